@@ -1,0 +1,118 @@
+"""The model card: what a model needs to be fed and read correctly, carried inside every artifact.
+
+It travels as one JSON string under the key ``edgetl.card``: in safetensors metadata, in ONNX
+``metadata_props`` and in an engine's sidecar JSON. Every stage reads it from the artifact it
+works on, never from a second copy of the settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from edgetl import __version__
+from edgetl.errors import ModelError
+
+CARD_KEY = "edgetl.card"
+
+# How the graph input is laid out: normalised float NCHW (the default), or raw uint8 NHWC
+# RGB pixels when `export --fuse-preprocess` moved scaling and normalisation into the graph.
+InputFormat = Literal["float32_nchw", "uint8_nhwc"]
+
+
+class ModelCard(BaseModel):
+    model: str = Field(description="timm architecture name")
+    class_names: list[str]
+    input_size: tuple[int, int, int] = Field(description="C, H, W of the network input")
+    resize: int = Field(description="shorter side is resized to this, then centre-cropped to H, W")
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channel_order: Literal["RGB"] = "RGB"
+    input_format: InputFormat = "float32_nchw"
+    weights_sha256: str | None = Field(default=None, description="hash of the fine-tuned tensors")
+    source_weights: dict[str, Any] = Field(default_factory=dict, description="where the backbone came from")
+    edgetl_version: str = __version__
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def height(self) -> int:
+        return self.input_size[1]
+
+    @property
+    def width(self) -> int:
+        return self.input_size[2]
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "model card") -> "ModelCard":
+        try:
+            return cls.model_validate(json.loads(text))
+        except (ValueError, ValidationError) as e:
+            raise ModelError(f"{where}: the edgetl model card is unreadable: {_first_line(e)}") from None
+
+    def metadata(self) -> dict[str, str]:
+        return {CARD_KEY: self.to_json()}
+
+    # -- safetensors --------------------------------------------------------------------------
+    @classmethod
+    def from_safetensors(cls, path: str | os.PathLike) -> "ModelCard":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata() or {}
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise ModelError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+        if CARD_KEY not in meta:
+            raise ModelError(f"{path}: has no edgetl model card", "was it written by `edgetl finetune`?")
+        return cls.from_json(meta[CARD_KEY], str(path))
+
+    # -- ONNX ---------------------------------------------------------------------------------
+    def write_onnx(self, model_proto: Any) -> None:
+        """Set the card in an onnx.ModelProto's metadata_props, replacing an older one."""
+        for prop in list(model_proto.metadata_props):
+            if prop.key == CARD_KEY:
+                model_proto.metadata_props.remove(prop)
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = CARD_KEY, self.to_json()
+
+    @classmethod
+    def from_onnx(cls, model: Any) -> "ModelCard":
+        """Read the card from an onnx.ModelProto or a path to an .onnx file (weights not loaded)."""
+        where = "ONNX model"
+        if isinstance(model, (str, os.PathLike)):
+            import onnx
+
+            where = str(model)
+            try:
+                model = onnx.load(str(model), load_external_data=False)
+            except Exception as e:
+                raise ModelError(f"{where}: not a readable ONNX file ({_first_line(e)})") from None
+        for prop in model.metadata_props:
+            if prop.key == CARD_KEY:
+                return cls.from_json(prop.value, where)
+        raise ModelError(f"{where}: has no edgetl model card in metadata_props", "export it with `edgetl export`")
+
+    # -- sidecar JSON -------------------------------------------------------------------------
+    @classmethod
+    def from_sidecar(cls, path: str | os.PathLike) -> "ModelCard":
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls.model_validate(data["card"])
+        except (OSError, ValueError, KeyError, ValidationError) as e:
+            raise ModelError(f"{path}: unreadable engine sidecar ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]

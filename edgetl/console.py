@@ -1,0 +1,80 @@
+"""rich output shared by the CLI commands: one console, progress bars, tables."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def make_progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console, transient=True)
+
+
+@contextlib.contextmanager
+def progress_callback(description: str) -> Iterator:
+    """A (done, total) callback that drives one transient rich bar."""
+    with make_progress() as progress:
+        task = progress.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield update
+
+
+@contextlib.contextmanager
+def finetune_events():
+    """Events for edgetl.finetune that draw a bar per epoch and print one line per finished epoch."""
+    from edgetl.finetune import Events
+
+    with make_progress() as progress:
+        state: dict = {}
+
+        def message(text: str) -> None:
+            console.print(text, markup=False)
+
+        def check_progress(done: int, total: int) -> None:
+            if "check" not in state:
+                state["check"] = progress.add_task("checking images", total=total)
+            progress.update(state["check"], completed=done, total=total)
+            if done == total:
+                progress.remove_task(state.pop("check"))
+
+        def epoch_start(epoch: int, epochs: int, steps: int) -> None:
+            state["task"] = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=steps)
+
+        def step(done: int) -> None:
+            progress.update(state["task"], completed=done)
+
+        def epoch_end(row: dict) -> None:
+            progress.remove_task(state.pop("task"))
+            mark = " *" if row.get("best") else ""
+            console.print(f"epoch {row['epoch']:>3}  train loss {row['train_loss']:.4f} top-1 {row['train_top1']:.3f}  "
+                          f"val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.3f}  "
+                          f"{row['images_per_second']:.0f} img/s{mark}", markup=False, soft_wrap=True)
+
+        yield Events(message=message, epoch_start=epoch_start, step=step, epoch_end=epoch_end,
+                     check_progress=check_progress)
+
+
+def print_metrics(metrics: dict, title: str = "evaluation") -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("n", "top1", "top5", "macro_f1", "auc_roc"):
+        value = metrics.get(key)
+        table.add_row(key, "n/a" if value is None else (str(value) if key == "n" else f"{value:.4f}"))
+    console.print(table)
+    per_class = metrics.get("per_class_accuracy") or {}
+    if per_class and len(per_class) <= 30:
+        console.print("per-class accuracy: " + ", ".join(
+            f"{c} {'n/a' if v is None else f'{v:.3f}'}" for c, v in per_class.items()), markup=False)

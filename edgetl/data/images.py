@@ -1,0 +1,52 @@
+"""Decode one image file into HxWx3 uint8 RGB, whatever its mode, bit depth or EXIF orientation."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from edgetl.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
+
+
+def is_image_file(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Return the image as HxWx3 uint8 RGB, upright. Raises DataError naming the file if unusable."""
+    try:
+        with warnings.catch_warnings():
+            # PIL warns on some odd-but-valid files (palette transparency, huge EXIF); not the user's concern.
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                img.load()  # full decode here, so a truncated file fails now, not mid-epoch
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb_array(img)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"{path}: unreadable image ({_reason(e)})", "fix or remove it, or pass --skip-bad-images") from None
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16/32-bit and float greyscale: scale by the type's range, not by clipping at 255.
+        arr = np.asarray(img)
+        if img.mode.startswith("I;16") or (arr.dtype.kind in "iu" and arr.max(initial=0) > 255):
+            arr = arr.astype(np.float64) / 65535.0 * 255.0
+        elif arr.dtype.kind == "f" and arr.max(initial=0) <= 1.0:
+            arr = arr * 255.0
+        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if img.mode != "RGB":
+        # Alpha is dropped (as timm and torchvision do); CMYK, palette, L and LA convert exactly.
+        img = img.convert("RGB")
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

@@ -1,0 +1,49 @@
+"""One exception family. Only cli.py turns these into a message and an exit code."""
+
+from __future__ import annotations
+
+
+class EdgetlError(Exception):
+    """A failure the user can act on: `message` says what and where, `hint` what to do."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class DataError(EdgetlError):
+    """The image folder, a label or an image is unusable."""
+
+
+class ModelError(EdgetlError):
+    """A model name, weights file or checkpoint is unusable."""
+
+
+class RunDirError(EdgetlError):
+    """The run directory lacks what a stage needs, or would be overwritten."""
+
+
+class ExportError(EdgetlError):
+    """The ONNX export failed or did not match the PyTorch model."""
+
+
+class QuantizeError(EdgetlError):
+    """Calibration or quantization failed."""
+
+
+class BackendUnavailable(EdgetlError):
+    """A runtime backend (tensorrt, onnxruntime CUDA, ...) is not installed here."""
+
+
+class EngineMismatch(EdgetlError):
+    """A TensorRT engine was built for another TensorRT version or GPU."""
+
+
+class DeployError(EdgetlError):
+    """Bundling, transport or the device side of a deploy failed."""

@@ -1,0 +1,297 @@
+"""The training loop: transfer a pretrained backbone to a new set of classes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgetl import __version__
+from edgetl.card import ModelCard
+from edgetl.config import FinetuneConfig, dump_config
+from edgetl.data import ImageDataset, check_images, load_splits, read_splits, save_splits
+from edgetl.data.transforms import eval_transform, resize_size, train_transform
+from edgetl.errors import EdgetlError, RunDirError
+from edgetl.io import atomic_path, read_json, write_json, write_text
+from edgetl.metrics import classification_metrics
+from edgetl.models import apply_strategy, create_model, param_groups, set_train_mode, weights_digest
+from edgetl.rundir import RunDir
+
+LOG_FIELDS = ["epoch", "train_loss", "train_top1", "val_loss", "val_top1", "lr", "epoch_seconds", "images_per_second"]
+
+
+@dataclass
+class Events:
+    """Callbacks for progress display; the CLI wires them to rich, tests leave them silent."""
+
+    message: Callable[[str], None] = lambda text: None
+    epoch_start: Callable[[int, int, int], None] = lambda epoch, epochs, steps: None
+    step: Callable[[int], None] = lambda done: None
+    epoch_end: Callable[[dict[str, Any]], None] = lambda row: None
+    check_progress: Callable[[int, int], None] | None = None
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EdgetlError("--device cuda: no CUDA device is visible here", "use --device cpu or auto")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_card(cfg: FinetuneConfig, model: nn.Module, classes: list[str], source: dict[str, Any]) -> ModelCard:
+    """Preprocessing from the model's own pretrained config (timm's resolve_model_data_config), sized as asked."""
+    import timm.data
+
+    data_cfg = timm.data.resolve_model_data_config(model)
+    size = cfg.img_size or data_cfg["input_size"][1]
+    crop_pct = cfg.crop_pct or data_cfg.get("crop_pct", 0.875)
+    return ModelCard(model=cfg.model, class_names=list(classes), input_size=(3, size, size),
+                     resize=resize_size(size, crop_pct), interpolation=data_cfg.get("interpolation", "bilinear"),
+                     mean=tuple(data_cfg["mean"]), std=tuple(data_cfg["std"]), source_weights=source)
+
+
+def save_weights(path: Path, model: nn.Module, card: ModelCard) -> ModelCard:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+    card = card.model_copy(update={"weights_sha256": weights_digest(state)})
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=card.metadata())
+    return card
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "_orig_mod", model)
+
+
+def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False, events: Events | None = None) -> RunDir:
+    """Train per `cfg` into the run directory `cfg.out`; returns it. See README 'finetune'."""
+    ev = events or Events()
+    run = RunDir(cfg.out)
+    state: dict[str, Any] | None = None
+    if resume:
+        if not run.checkpoint.exists():
+            done = " (it finished: nothing to resume)" if run.metrics.exists() else ""
+            raise RunDirError(f"{run.path}: no {run.checkpoint.name} to resume from{done}")
+        state = torch.load(run.checkpoint, map_location="cpu", weights_only=True)
+        cfg = FinetuneConfig.model_validate(state["config"])
+        train, val = read_splits(run.splits)
+        ev.message(f"resuming {run.path} after epoch {state['epoch'] + 1}")
+    else:
+        if run.path.exists() and any(run.path.iterdir()):
+            if not overwrite:
+                raise RunDirError(f"{run.path}: exists and is not empty", "pass --resume to continue it or --overwrite to replace it")
+            shutil.rmtree(run.path)
+        train, val = load_splits(cfg.data, cfg.val_fraction, cfg.seed)
+        ev.message(f"checking {len(train) + len(val)} images in {cfg.data}")
+        train, bad_train = check_images(train, cfg.skip_bad_images, ev.check_progress)
+        val, bad_val = check_images(val, cfg.skip_bad_images, ev.check_progress)
+        if bad_train or bad_val:
+            bad = bad_train + bad_val
+            ev.message(f"skipped {len(bad)} unreadable image(s): " + "; ".join(f"{p} ({r})" for p, r in bad[:10])
+                       + (" ..." if len(bad) > 10 else ""))
+    device = resolve_device(cfg.device)
+    created = not run.path.exists()
+    try:
+        return _train(cfg, run, train, val, device, state, ev)
+    except BaseException:
+        # A run that never finished an epoch has nothing worth keeping; later failures keep the
+        # last consistent checkpoint so --resume can continue.
+        if created and not run.checkpoint.exists() and run.path.exists():
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+
+
+def _train(cfg, run, train, val, device, state, ev: Events) -> RunDir:
+    from timm.scheduler import CosineLRScheduler
+    from torch.utils.data import DataLoader
+
+    seed_everything(cfg.seed)
+    weights = cfg.weights
+    model, load_report = create_model(cfg.model, len(train.classes), pretrained=cfg.pretrained and weights is None,
+                                      weights=weights)
+    ev.message(load_report.summary())
+    card = make_card(cfg, model, train.classes, load_report.source)
+    freeze = apply_strategy(model, cfg.strategy, cfg.unfreeze)
+    ev.message(f"strategy {cfg.strategy}: {freeze['trainable']:,} trainable, {freeze['frozen']:,} frozen parameters")
+
+    run.path.mkdir(parents=True, exist_ok=True)
+    if state is None:
+        write_text(run.config, dump_config(cfg))
+        save_splits(run.splits, train, val)
+
+    use_cuda = device.type == "cuda"
+    amp_dtype = None
+    if use_cuda and cfg.amp:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    memory_format = torch.channels_last if (use_cuda and cfg.channels_last) else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+
+    train_ds = ImageDataset(train, train_transform(card, cfg.augment, seed=cfg.seed))
+    train_ds.check_output_size(card)
+    val_ds = ImageDataset(val, eval_transform(card))
+    steps_per_epoch = max(1, len(train_ds) // cfg.batch_size)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_scale, cfg.layer_decay),
+                                  lr=cfg.lr)
+    scheduler = CosineLRScheduler(optimizer, t_initial=cfg.epochs * steps_per_epoch, lr_min=cfg.lr * 1e-2,
+                                  warmup_t=int(cfg.warmup_epochs * steps_per_epoch), warmup_lr_init=cfg.lr * 1e-2,
+                                  t_in_epochs=False)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    start_epoch, best, best_epoch, log_rows = 0, -1.0, -1, []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, best, best_epoch = state["epoch"] + 1, state["best"], state["best_epoch"]
+        log_rows = list(read_json(run.path / ".train_log.json")) if (run.path / ".train_log.json").exists() else []
+        card = card.model_copy(update={"source_weights": state["source_weights"]})
+
+    train_model = torch.compile(model) if cfg.compile else model
+    for epoch in range(start_epoch, cfg.epochs):
+        # Everything random in an epoch derives from (seed, epoch): a resumed run replays it exactly.
+        seed_everything(cfg.seed + epoch)
+        train_ds.transform.set_random_seed(cfg.seed + epoch)
+        gen = torch.Generator().manual_seed(cfg.seed + epoch)
+        loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_ds) >= cfg.batch_size,
+                            num_workers=cfg.workers, generator=gen, pin_memory=use_cuda,
+                            worker_init_fn=_seed_worker, persistent_workers=False)
+        ev.epoch_start(epoch, cfg.epochs, len(loader))
+        set_train_mode(model)
+        t0 = time.perf_counter()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for step, (x, y) in enumerate(loader):
+            x = x.to(device, non_blocking=True, memory_format=memory_format)
+            y = y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+                out = train_model(x)
+                loss = criterion(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            scheduler.step_update(epoch * steps_per_epoch + step + 1)
+            loss_sum += loss.item() * len(y)
+            correct += (out.argmax(1) == y).sum().item()
+            seen += len(y)
+            ev.step(step + 1)
+        seconds = time.perf_counter() - t0
+        val_loss, val_logits, val_labels = _validate(model, val_ds, cfg, device, amp_dtype, memory_format, criterion)
+        val_top1 = float((val_logits.argmax(1) == val_labels).mean())
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_top1": correct / max(seen, 1),
+               "val_loss": val_loss, "val_top1": val_top1, "lr": optimizer.param_groups[0]["lr"],
+               "epoch_seconds": seconds, "images_per_second": seen / seconds if seconds else 0.0}
+        log_rows.append(row)
+        improved = val_top1 > best
+        if improved:
+            best, best_epoch = val_top1, epoch
+            card = save_weights(run.weights, model, card)
+        _write_log(run, log_rows)
+        stop = cfg.patience is not None and epoch - best_epoch >= cfg.patience
+        _save_checkpoint(run, cfg, model, optimizer, scheduler, scaler, epoch, best, best_epoch, card)
+        row["best"] = improved
+        ev.epoch_end(row)
+        if stop:
+            ev.message(f"early stop: no better val top-1 for {cfg.patience} epoch(s)")
+            break
+
+    return _finish(run, cfg, device, load_report, freeze, log_rows, best_epoch, ev)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Each DataLoader worker gets a distinct, reproducible seed derived from the loader's generator.
+    import torch.utils.data
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    if info is not None and hasattr(info.dataset.transform, "set_random_seed"):
+        info.dataset.transform.set_random_seed(seed)
+
+
+@torch.no_grad()
+def _validate(model, ds, cfg, device, amp_dtype, memory_format, criterion):
+    from torch.utils.data import DataLoader
+
+    model.eval()
+    loader = DataLoader(ds, batch_size=cfg.batch_size * 2, shuffle=False, num_workers=cfg.workers)
+    logits, labels, loss_sum = [], [], 0.0
+    for x, y in loader:
+        x = x.to(device, memory_format=memory_format)
+        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+            out = model(x).float()
+        loss_sum += criterion(out, y.to(device)).item() * len(y)
+        logits.append(out.cpu().numpy())
+        labels.append(y.numpy())
+    return loss_sum / len(ds), np.concatenate(logits), np.concatenate(labels)
+
+
+def _write_log(run: RunDir, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(run.train_log, buf.getvalue())
+    write_json(run.path / ".train_log.json", rows)
+
+
+def _save_checkpoint(run, cfg, model, optimizer, scheduler, scaler, epoch, best, best_epoch, card) -> None:
+    state = {"config": cfg.model_dump(mode="json"), "model": _unwrap(model).state_dict(),
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "scaler": scaler.state_dict() if scaler is not None else None,
+             "epoch": epoch, "best": best, "best_epoch": best_epoch, "source_weights": card.source_weights,
+             "edgetl_version": __version__}
+    with atomic_path(run.checkpoint) as tmp:
+        torch.save(state, tmp)
+
+
+def _finish(run, cfg, device, load_report, freeze, log_rows, best_epoch, ev: Events) -> RunDir:
+    """Score the best checkpoint exactly as `edgetl eval` does, write metrics and plots, drop resume state."""
+    from edgetl.evaluate import evaluate
+    from edgetl.plots import plot_confusion, plot_curves
+    from edgetl.runtime import create_backend
+
+    _, val = read_splits(run.splits)
+    with create_backend("torch", run.weights, device="cpu") as backend:
+        metrics = evaluate(backend, val)
+    metrics.update({
+        "best_epoch": best_epoch + 1,
+        "epochs_run": len(log_rows),
+        "train_seconds": float(sum(r["epoch_seconds"] for r in log_rows)),
+        "model": cfg.model, "strategy": cfg.strategy, "trainable_params": freeze["trainable"],
+        "frozen_params": freeze["frozen"], "loaded_params": load_report.loaded_params,
+        "new_params": load_report.new_params, "source_weights": load_report.source,
+        "train_images": len(read_splits(run.splits)[0]), "device": str(device),
+    })
+    write_json(run.metrics, metrics)
+    plot_curves(log_rows, run.path / "curves.png")
+    plot_confusion(metrics["confusion"], metrics["classes"], run.path / "confusion.png")
+    run.checkpoint.unlink(missing_ok=True)
+    (run.path / ".train_log.json").unlink(missing_ok=True)
+    ev.message(f"val top-1 {metrics['top1']:.4f}, macro F1 {metrics['macro_f1']:.4f} (best epoch {best_epoch + 1}) -> {run.path}")
+    return run

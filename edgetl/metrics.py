@@ -1,0 +1,60 @@
+"""Classification metrics from logits and labels (scikit-learn does the arithmetic)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """top1, top5 (5+ classes), macro_f1, auc_roc (one-vs-rest macro), per-class accuracy, confusion."""
+    from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score, top_k_accuracy_score
+
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(classes)
+    all_labels = np.arange(n)
+    pred = logits.argmax(axis=1)
+    probs = softmax(logits)
+    out: dict[str, Any] = {
+        "n": int(len(labels)),
+        "top1": float((pred == labels).mean()),
+        "top5": _top5(labels, logits, all_labels, top_k_accuracy_score) if n >= 5 else None,
+        "macro_f1": float(f1_score(labels, pred, labels=all_labels, average="macro", zero_division=0)),
+        "auc_roc": _auc(labels, probs, n, roc_auc_score),
+    }
+    cm = confusion_matrix(labels, pred, labels=all_labels)
+    support = cm.sum(axis=1)
+    out["per_class_accuracy"] = {c: (float(cm[i, i] / support[i]) if support[i] else None) for i, c in enumerate(classes)}
+    out["classes"] = list(classes)
+    out["confusion"] = cm.tolist()
+    return out
+
+
+def _top5(labels, logits, all_labels, top_k_accuracy_score) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # with exactly 5 classes top-5 is 1.0 by construction; sklearn warns
+        return float(top_k_accuracy_score(labels, logits, k=5, labels=all_labels))
+
+
+def _auc(labels: np.ndarray, probs: np.ndarray, n: int, roc_auc_score) -> float | None:
+    present = np.unique(labels)
+    if len(present) < 2:
+        return None  # undefined with a single class in the data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if n == 2:
+            return float(roc_auc_score(labels, probs[:, 1]))
+        # Classes absent from this data cannot have a ROC curve: average over the present ones.
+        scores = [roc_auc_score(labels == c, probs[:, c]) for c in present]
+    value = float(np.mean(scores))
+    return None if math.isnan(value) else value

@@ -1,0 +1,224 @@
+"""timm backbones: creation, weight loading with a new task head, freezing, parameter groups."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgetl.errors import ModelError
+from edgetl.io import sha256_file
+
+STRATEGIES = ("linear", "partial", "full")
+
+
+@dataclass
+class LoadReport:
+    """What a weights load did: how many parameters came from the source, how many are new."""
+
+    source: dict[str, Any]
+    loaded_params: int = 0
+    new_params: int = 0
+    loaded_tensors: int = 0
+    skipped: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        return (f"loaded {self.loaded_params:,} parameters from {self.source.get('id') or self.source.get('path')}; "
+                f"{self.new_params:,} newly initialised (task head{' and ' + str(len(self.skipped)) + ' mismatched' if self.skipped else ''})")
+
+
+def create_model(name: str, num_classes: int, pretrained: bool = False, weights: str | os.PathLike | None = None,
+                 **kwargs) -> tuple[nn.Module, LoadReport]:
+    """A timm model with a fresh `num_classes` head; backbone from the hub, a local file, or random."""
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
+        raise ModelError(f"unknown model '{name}'", f"timm knows e.g. {', '.join(close)}" if close else "see `timm.list_models()`")
+    if weights is not None:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+        return model, load_backbone_weights(model, weights)
+    if pretrained:
+        try:
+            model = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
+        except Exception as e:  # hub/network errors come in many types (OSError, HF errors, RuntimeError)
+            raise ModelError(f"could not load pretrained weights for '{name}' from the hub ({_first_line(e)})",
+                             "offline? pass --weights FILE (.safetensors, .pth or a run dir), or --no-pretrained") from None
+        source = {"kind": "hub", "id": model.pretrained_cfg.get("hf_hub_id") or model.pretrained_cfg.get("url") or name}
+        head = _head_param_count(model)
+        total = sum(p.numel() for p in model.parameters())
+        return model, LoadReport(source, loaded_params=total - head, new_params=head)
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    total = sum(p.numel() for p in model.parameters())
+    return model, LoadReport({"kind": "none"}, loaded_params=0, new_params=total)
+
+
+def read_state_dict(weights: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors from a .safetensors, a .pth/.pt/.bin (weights_only, never unpickling code) or a run dir."""
+    from timm.models import load_state_dict
+
+    path = Path(weights)
+    if path.is_dir():
+        path = path / "model.safetensors"
+        kind = "run"
+    else:
+        kind = "file"
+    if not path.exists():
+        raise ModelError(f"{weights}: no such weights file", "give a .safetensors, a .pth or an edgetl run directory")
+    try:
+        state = load_state_dict(str(path), use_ema=True, weights_only=True)
+    except Exception as e:
+        raise ModelError(f"{path}: cannot read weights ({_first_line(e)})",
+                         "only .safetensors and plain tensor .pth files load; pickled code is refused") from None
+    state = {re.sub(r"^(module\.|_orig_mod\.)", "", k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise ModelError(f"{path}: holds no tensors")
+    return state, {"kind": kind, "path": str(weights), "sha256": sha256_file(path)}
+
+
+def load_backbone_weights(model: nn.Module, weights: str | os.PathLike) -> LoadReport:
+    """Load every tensor whose name and shape match, except the task head, which stays new."""
+    state, source = read_state_dict(weights)
+    own = model.state_dict()
+    head_prefixes = _head_prefixes(model)
+    loadable = {}
+    skipped = []
+    for k, v in state.items():
+        if k in own and not k.startswith(head_prefixes):
+            if tuple(own[k].shape) == tuple(v.shape):
+                loadable[k] = v
+            else:
+                skipped.append(k)
+    if not loadable:
+        raise ModelError(f"{weights}: no tensor matches model '{getattr(model, 'default_cfg', {}).get('architecture', '?')}'",
+                         "were these weights saved from the same architecture (--model)?")
+    model.load_state_dict(loadable, strict=False)
+    param_names = {n for n, _ in model.named_parameters()}
+    params = dict(model.named_parameters())
+    loaded = sum(params[k].numel() for k in loadable if k in param_names)
+    total = sum(p.numel() for p in model.parameters())
+    return LoadReport(source, loaded_params=loaded, new_params=total - loaded, loaded_tensors=len(loadable),
+                      skipped=tuple(skipped))
+
+
+def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    classifier = model.pretrained_cfg.get("classifier", "fc") if hasattr(model, "pretrained_cfg") else "fc"
+    names = classifier if isinstance(classifier, (list, tuple)) else [classifier]
+    return tuple(f"{n}." for n in names)
+
+
+def _head_param_count(model: nn.Module) -> int:
+    prefixes = _head_prefixes(model)
+    return sum(p.numel() for n, p in model.named_parameters() if n.startswith(prefixes))
+
+
+def stage_groups(model: nn.Module) -> list[list[str]]:
+    """Parameter names grouped into stages, input to output, via timm's coarse group matcher. The last
+    group is the task head."""
+    from timm.models import group_parameters
+
+    groups = group_parameters(model, model.group_matcher(coarse=True))
+    ordered = [groups[k] for k in sorted(groups)]
+    head = set(n for n, _ in model.named_parameters() if n.startswith(_head_prefixes(model)))
+    body = [[n for n in g if n not in head] for g in ordered]
+    return [g for g in body if g] + [sorted(head)]
+
+
+def apply_strategy(model: nn.Module, strategy: str, unfreeze: int = 1) -> dict[str, int]:
+    """Freeze per `strategy`: linear = head only, partial = head + last `unfreeze` stages, full = all."""
+    if strategy not in STRATEGIES:
+        raise ModelError(f"--strategy {strategy}: unknown", f"use one of {', '.join(STRATEGIES)}")
+    groups = stage_groups(model)
+    if strategy == "full":
+        trainable = {n for g in groups for n in g}
+    else:
+        n_stages = 0 if strategy == "linear" else max(0, unfreeze)
+        if strategy == "partial" and n_stages > len(groups) - 1:
+            raise ModelError(f"--unfreeze {unfreeze}: the model has only {len(groups) - 1} stages")
+        chosen = groups[len(groups) - 1 - n_stages:]
+        trainable = {n for g in chosen for n in g}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in trainable)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_total = sum(p.numel() for p in model.parameters())
+    return {"trainable": n_train, "frozen": n_total - n_train, "stages": len(groups) - 1}
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """model.train(), but BatchNorm layers whose parameters are frozen stay in eval mode, so their
+    running statistics (learnt on the source task) are neither used per-batch nor updated."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if not any(p.requires_grad for p in m.parameters(recurse=False)):
+                m.eval()
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_scale: float,
+                 layer_decay: float | None) -> list[dict[str, Any]]:
+    """Head at `lr`, backbone lower: timm's layer-wise decay if given, else one scale for the backbone."""
+    if layer_decay is not None:
+        from timm.optim import param_groups_layer_decay
+
+        groups = param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay)
+        for g in groups:
+            g["lr"] = lr  # timm's scheduler multiplies by each group's lr_scale
+        return groups
+    head = _head_prefixes(model)
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim <= 1 or n.endswith(".bias")  # norms and biases: no weight decay (timm's rule)
+        buckets.setdefault((n.startswith(head), no_decay), []).append(p)
+    # Base lr everywhere; timm's scheduler applies each group's lr_scale when it sets the rate.
+    return [{"params": ps, "lr": lr, "lr_scale": 1.0 if is_head else backbone_lr_scale,
+             "weight_decay": 0.0 if no_decay else weight_decay}
+            for (is_head, no_decay), ps in buckets.items()]
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes: identifies the weights independently of file metadata."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def load_trained(weights: str | os.PathLike):
+    """The fine-tuned model and its card from an edgetl model.safetensors (or the run dir holding it)."""
+    import timm
+    from safetensors.torch import load_file
+
+    from edgetl.card import ModelCard
+
+    path = Path(weights)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.exists():
+        raise ModelError(f"{path}: no checkpoint", "run `edgetl finetune` first, or give the run directory it wrote")
+    card = ModelCard.from_safetensors(path)
+    if not timm.is_model(card.model):
+        raise ModelError(f"{path}: written for model '{card.model}', which this timm ({timm.__version__}) does not know",
+                         "install the timm version that trained it")
+    model = timm.create_model(card.model, pretrained=False, num_classes=card.num_classes)
+    try:
+        model.load_state_dict(load_file(str(path)), strict=True)
+    except (RuntimeError, OSError) as e:
+        raise ModelError(f"{path}: weights do not fit '{card.model}' ({_first_line(e)})") from None
+    model.eval()
+    return model, card
