@@ -1,0 +1,61 @@
+"""Shared fixtures: small real data (scikit-learn digits) and a tiny trained run, built once per session.
+
+Fixtures that return a shared run directory must not be written to: copy it first (`run_copy`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edgetl.config import FinetuneConfig
+from edgetl.data.demo import write_demo_data
+from edgetl.finetune import finetune
+
+_TRAINED: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> dict[str, Path]:
+    """source/{train,val}/0..4 (~64 train + 16 val per class) and target/{train,val}/5..9 (10 shots)."""
+    root = tmp_path_factory.mktemp("digits")
+    return write_demo_data(root, size=32, shots=10, per_class_limit=80)
+
+
+def tiny_config(data: Path, out: Path, model: str = "resnet18", **overrides) -> FinetuneConfig:
+    """A few-second CPU run: 32 px, no hub download, no worker processes."""
+    settings = dict(data=str(data), out=str(out), model=model, pretrained=False, img_size=32, crop_pct=1.0,
+                    epochs=3, batch_size=32, lr=3e-3, augment="crop", workers=0, warmup_epochs=0.5)
+    settings.update(overrides)
+    return FinetuneConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def train_run(tmp_path_factory, digits):
+    """Factory: train_run(model) -> a finished run dir on the digits source task, cached per model."""
+
+    def make(model: str = "resnet18", epochs: int = 3) -> Path:
+        key = f"{model}-{epochs}"
+        if key not in _TRAINED:
+            out = tmp_path_factory.mktemp(f"run-{model}")
+            finetune(tiny_config(digits["source"], out, model=model, epochs=epochs), overwrite=True)
+            _TRAINED[key] = out
+        return _TRAINED[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(train_run) -> Path:
+    """resnet18 trained 3 epochs on digits 0-4 (val top-1 is well above chance). Read-only: see run_copy."""
+    return train_run("resnet18")
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path) -> Path:
+    """A private, writable copy of `trained_run`."""
+    dst = tmp_path / "run"
+    shutil.copytree(trained_run, dst)
+    return dst
