@@ -75,11 +75,12 @@ def finetune(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
 ) -> None:
     """Fine-tune a pretrained timm backbone on an image folder; writes the run directory."""
+    given = dict(locals())  # first statement: only the options, before any import adds names
     from edgetl.config import FinetuneConfig, load_config
     from edgetl.finetune import finetune as run_finetune
     from edgetl.console import finetune_events
 
-    overrides = {k: v for k, v in locals().items() if k not in ("config", "resume", "overwrite")}
+    overrides = {k: v for k, v in given.items() if k not in ("config", "resume", "overwrite")}
     overrides["data"], overrides["out"] = str(data), str(out)
     cfg = load_config(FinetuneConfig, config, overrides)
     with finetune_events() as events:
@@ -126,15 +127,238 @@ def demo(
 
 
 # --- export (issue 3) -------------------------------------------------------------------------------
+@app.command("export")
+def export_cmd(
+    run: Path = typer.Argument(..., help="run directory (holds model.safetensors and splits.json)"),
+    opset: int = typer.Option(17, help="ONNX opset; 17 parses on TensorRT 8.5+, 10.x (JetPack 6) and 11.x"),
+    static_batch: Optional[int] = typer.Option(None, help="fix the batch dimension to N [default: dynamic]"),
+    fuse_preprocess: bool = typer.Option(False, "--fuse-preprocess",
+                                         help="graph takes uint8 NHWC RGB and normalises it itself"),
+    tolerance: float = typer.Option(1e-4, help="largest |delta logit| vs PyTorch that passes"),
+    simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="onnxslim pass, kept only if parity holds"),
+    parity_images: int = typer.Option(64, help="validation images compared with PyTorch"),
+) -> None:
+    """Export the run's model to RUN/model.onnx, checked against PyTorch on real validation images."""
+    from edgetl.export import export, print_report
+    from edgetl.io import read_json
+    from edgetl.rundir import RunDir
+
+    with console.status("exporting") as status:
+        export(run, opset=opset, static_batch=static_batch, fuse_preprocess=fuse_preprocess, tolerance=tolerance,
+               simplify=simplify, parity_images=parity_images, on_step=lambda msg: status.update(msg))
+    print_report(read_json(RunDir(run).export_report))
+
+
 # --- end export -------------------------------------------------------------------------------------
 
 # --- quantize (issue 4) -----------------------------------------------------------------------------
+@app.command()
+def quantize(
+    run: Path = typer.Argument(..., help="run directory with model.onnx (from `edgetl export`)"),
+    precision: str = typer.Option("int8", help="int8 | fp16"),
+    target: str = typer.Option("tensorrt", help="int8 form: tensorrt (S8S8 Q/DQ) | cpu (U8S8, fast on x86) | both"),
+    calib: Optional[Path] = typer.Option(None, help="calibration ImageFolder DIR/<class>/* [default: the run's train split]"),
+    calib_size: int = typer.Option(256, help="calibration images, stratified by class (all if fewer)"),
+    method: str = typer.Option("minmax", help="minmax | entropy | percentile | auto (try all, keep the best)"),
+    percentile: float = typer.Option(99.999, help="with --method percentile"),
+    data: Optional[Path] = typer.Option(None, help="ImageFolder to score on [default: the run's val split]"),
+    max_drop: float = typer.Option(1.0, help="top-1 points the int8 model may lose; beyond, sensitive layers stay float"),
+    batch_size: int = typer.Option(32, help="calibration batch"),
+    seed: int = typer.Option(0, help="seed of the calibration sample"),
+) -> None:
+    """Bake INT8 (Q/DQ) or FP16 into the ONNX graph and score it against fp32 -> quant_report.json."""
+    from edgetl.quantize import QuantizeRequest, quantize as run_quantize
+    from edgetl.console import progress_callback
+
+    request = QuantizeRequest(precision=precision, target=target, calib=str(calib) if calib else None,
+                              calib_size=calib_size, method=method, percentile=percentile,
+                              data=str(data) if data else None, max_drop=max_drop, batch_size=batch_size, seed=seed)
+    with progress_callback("calibrating") as progress:
+        result = run_quantize(run, request, log=lambda m: console.print(m, markup=False, soft_wrap=True),
+                              progress=progress)
+    _print_quant_entries(result["entries"])
+    console.print(f"report: {result['report']}", markup=False)
+
+
+def _print_quant_entries(entries: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title="quantized vs fp32 (onnxruntime, CPU)")
+    for col in ("model", "fp32 top-1", "top-1", "drop pt", "method", "calib", "float layers"):
+        table.add_column(col, justify="left" if col in ("model", "method") else "right", no_wrap=col == "model")
+    notes = []
+    for e in entries.values():
+        top1, drop = e.get("top1"), e.get("drop")
+        table.add_row(e["model_file"], f"{e['fp32_top1'] * 100:.2f}", "n/a" if top1 is None else f"{top1 * 100:.2f}",
+                      "n/a" if drop is None else f"{drop:+.2f}", e.get("method") or "-",
+                      str(e.get("calib_size") or "-"), str(len(e.get("excluded") or [])))
+        if e.get("cpu_note"):
+            notes.append(f"{e['model_file']}: {e['cpu_note']}")
+        if e.get("parity"):
+            p = e["parity"]
+            notes.append(f"{e['model_file']}: parity {'ok' if e.get('parity_ok') else 'FAILED'} (max |delta logit| "
+                         f"{p['max_abs_logit_delta']:.3g} <= {p['tolerance']:.3g}, top-1 agreement "
+                         f"{p['top1_agreement'] * 100:.1f}%)")
+        if drop is not None and not e.get("within_max_drop", True):
+            notes.append(f"{e['model_file']}: drop {drop:.2f} pt is above --max-drop {e['max_drop']}")
+        for x in e.get("excluded") or []:
+            notes.append(f"{e['model_file']}: kept {x['node']} in float (+{x['gain']:.2f} pt)")
+    console.print(table)
+    for line in notes:
+        console.print(line, markup=False, soft_wrap=True)
+
+
 # --- end quantize -----------------------------------------------------------------------------------
 
 # --- build / bench (issue 5) ------------------------------------------------------------------------
+@app.command("build")
+def build_cmd(
+    run: Path = typer.Argument(..., help="run directory (holds model.onnx / model.fp16.onnx / model.int8.onnx)"),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8: which precision-baked ONNX to build"),
+    batch: str = typer.Option("1,1,32", help="optimisation profile MIN,OPT,MAX of the batch axis, or one fixed N"),
+    workspace: int = typer.Option(1024, help="builder workspace limit, MiB"),
+    opt_level: int = typer.Option(3, help="builder optimisation level 0..5 (higher: longer build, maybe faster)"),
+    version_compatible: bool = typer.Option(False, "--version-compatible",
+                                            help="engine runs on later TensorRT of the same major (lean runtime)"),
+    dla_core: Optional[int] = typer.Option(None, help="build for this DLA core (Jetson Orin/Xavier), GPU fallback on"),
+    timing_cache: bool = typer.Option(True, "--timing-cache/--no-timing-cache",
+                                      help="reuse and update RUN/engines/<gpu>-trt<ver>/timing.cache"),
+) -> None:
+    """Build a TensorRT engine for this GPU (strongly typed; precision comes from the ONNX graph)."""
+    from edgetl.build import build
+
+    with console.status("building TensorRT engine") as status:
+        result = build(run, precision=precision, batch=batch, workspace_mib=workspace, opt_level=opt_level,
+                       version_compatible=version_compatible, dla_core=dla_core, timing_cache=timing_cache,
+                       log=lambda msg: status.update(msg))
+    console.print(f"engine: {result.plan} ({result.seconds:.1f} s)\nsidecar: {result.sidecar}", markup=False)
+    console.print(f"same build with trtexec:\n  {result.trtexec}", markup=False, soft_wrap=True)
+
+
+@app.command("bench")
+def bench_cmd(
+    run: Path = typer.Argument(..., help="run directory"),
+    data: Optional[Path] = typer.Option(None, help="ImageFolder DIR/<class>/* [default: the run's own val split]"),
+    backends: str = typer.Option("torch,onnxruntime,tensorrt", help="comma list: torch, onnxruntime, tensorrt"),
+    precisions: Optional[str] = typer.Option(None, help="comma list of fp32, fp16, bf16, int8 [default: every model file the run has]"),
+    batch_sizes: str = typer.Option("1", help="comma list, e.g. 1,8"),
+    iterations: int = typer.Option(100, help="timed iterations per row"),
+    duration: Optional[float] = typer.Option(None, help="time each row for S seconds instead of --iterations"),
+    warmup: int = typer.Option(10, help="untimed iterations first"),
+    device: str = typer.Option("cpu", help="cpu | cuda (torch and onnxruntime rows; tensorrt always runs on the GPU)"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch and onnxruntime"),
+    limit: Optional[int] = typer.Option(None, help="score top-1 on the first N images only"),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="tensorrt rows replay a CUDA graph"),
+) -> None:
+    """Latency (mean/p50/p90/p99, throughput) and top-1 per backend x precision x batch size; writes
+    RUN/bench.json, bench.md and bench.png."""
+    from edgetl.bench import bench_run
+    from edgetl.report import print_bench
+
+    result = bench_run(run, data=data, backends=backends, precisions=precisions, batch_sizes=batch_sizes,
+                       warmup=warmup, iterations=iterations, duration=duration, device=device, threads=threads,
+                       limit=limit, cuda_graph=cuda_graph)
+    print_bench(result)
+    console.print(f"wrote {_bench_files(run)}", markup=False)
+
+
+def _bench_files(run: Path) -> str:
+    from edgetl.rundir import RunDir
+
+    r = RunDir(run)
+    return ", ".join(str(p) for p in (r.bench_json, r.bench_md, r.bench_png))
+
+
 # --- end build / bench ------------------------------------------------------------------------------
 
 # --- deploy / bundle / triton (issue 6) -------------------------------------------------------------
+@app.command("bundle")
+def bundle_cmd(
+    run: Path = typer.Argument(..., help="run directory"),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8: which precision-baked ONNX file to ship"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="also write this .tar.gz (for offline devices)"),
+    tar: bool = typer.Option(False, "--tar", help="also write RUN/bundles/<run>-<precision>.tar.gz"),
+    max_images: int = typer.Option(256, help="validation images carried (preprocessed) for the device's accuracy"),
+) -> None:
+    """Pack what a device needs: ONNX, model card, preprocessed eval images, entry point, SHA-256 manifest."""
+    from edgetl.bundle import make_bundle
+
+    if tar and out is None:
+        out = run / "bundles" / f"{run.resolve().name}-{precision}.tar.gz"
+    with console.status("bundling"):
+        b = make_bundle(run, precision, tarball=out, max_images=max_images)
+    console.print(f"bundle {b.path} ({'unchanged' if b.reused else 'written'}), sha256 {b.sha256}", markup=False, soft_wrap=True)
+    for rel in b.files:
+        console.print(f"  {rel:<28} {b.manifest['files'][rel]['size']:>12,} B", markup=False)
+    ref = b.manifest["reference"].get("top1")
+    console.print(f"{b.manifest['data']['n']} eval images; fp32 PyTorch top-1 on them: "
+                  f"{'n/a' if ref is None else f'{ref:.4f}'}", markup=False)
+    if b.tarball is not None:
+        console.print(f"tarball {b.tarball}  (on the device: tar xzf it, then python3 <dir>/edgetl_device.py verify)",
+                      markup=False, soft_wrap=True)
+
+
+@app.command("deploy")
+def deploy_cmd(
+    run: Path = typer.Argument(..., help="run directory"),
+    host: str = typer.Option(..., "--host", help="ssh destination: user@host or a Host alias of ~/.ssh/config"),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8"),
+    bench: bool = typer.Option(False, "--bench", help="benchmark on the device and fetch bench.json"),
+    backend: str = typer.Option("tensorrt", help="tensorrt (engine built on the device) | onnxruntime"),
+    remote_dir: str = typer.Option("~/edgetl", help="bundles go to REMOTE_DIR/<run>/<bundle-hash>/ on the device"),
+    python: str = typer.Option("python3", help="the device's Python interpreter"),
+    ssh_option: Optional[List[str]] = typer.Option(None, "--ssh-option", help="extra ssh argument, repeatable "
+                                                   "(--ssh-option=-p --ssh-option=2222, --ssh-option=-i --ssh-option=KEY)"),
+    batch_size: Optional[List[int]] = typer.Option(None, "--batch-size", help="repeatable [default: 1 and 8]"),
+    warmup: int = typer.Option(10, help="untimed runs per batch size"),
+    iterations: int = typer.Option(100, help="timed runs per batch size"),
+    max_images: int = typer.Option(256, help="validation images carried for the accuracy check"),
+    device: str = typer.Option("auto", help="onnxruntime backend: auto | cpu | cuda"),
+    build: bool = typer.Option(True, "--build/--no-build", help="build the TensorRT engine on the device"),
+    force: bool = typer.Option(False, "--force", help="replace a bundle on the device that no longer verifies"),
+) -> None:
+    """Ship a run to a device over ssh, build the engine there, benchmark there, fetch the results."""
+    from edgetl.deploy import deploy
+
+    result = deploy(run, host, precision=precision, bench=bench, backend=backend, remote_dir=remote_dir, python=python,
+                    ssh_options=ssh_option or [], batch_sizes=batch_size or [1, 8], warmup=warmup,
+                    iterations=iterations, max_images=max_images, build=build, force=force, device=device)
+    console.print(f"on {host}: {result.remote_dir}", markup=False, soft_wrap=True)
+    if result.bench:
+        from rich.table import Table
+
+        table = Table(title=f"measured on {result.facts.get('model') or host}")
+        for col in ("backend", "precision", "batch", "p50 ms", "p99 ms", "img/s", "top-1", "drop"):
+            table.add_column(col, justify="right")
+        for r in result.bench["rows"]:
+            lat = r["latency_ms"]
+            drop = "n/a" if r["top1_drop"] is None else f"{r['top1_drop']:+.4f}"
+            table.add_row(r["backend"], r["precision"], str(r["batch_size"]), f"{lat['p50']:.2f}", f"{lat['p99']:.2f}",
+                          f"{r['throughput_ips']:.1f}", f"{r['top1']:.4f}", drop)
+        console.print(table)
+    console.print(f"results in {result.local_dir}", markup=False, soft_wrap=True)
+
+
+@app.command("triton")
+def triton_cmd(
+    run: Path = typer.Argument(..., help="run directory"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="model repository folder [default: RUN/triton]"),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8"),
+    max_batch: int = typer.Option(8, help="max_batch_size, the dynamic batcher's upper bound"),
+    name: Optional[str] = typer.Option(None, help="model name [default: the run folder's name]"),
+    kind: str = typer.Option("gpu", help="instance kind for the ONNX model: gpu | cpu"),
+    queue_delay_us: int = typer.Option(100, help="dynamic batching: max queue delay in microseconds"),
+) -> None:
+    """Write a Triton Inference Server model repository (ONNX model, and the TensorRT engine where one was built)."""
+    from edgetl.triton import triton_repository
+
+    repo = triton_repository(run, out, precision=precision, max_batch=max_batch, name=name, kind=kind,
+                             queue_delay_us=queue_delay_us)
+    for model in repo.models:
+        console.print(f"{repo.path / model}  ({repo.backends[model]})", markup=False, soft_wrap=True)
+    console.print(f"serve with: tritonserver --model-repository={repo.path.resolve()}", markup=False, soft_wrap=True)
+
+
 # --- end deploy -------------------------------------------------------------------------------------
 
 

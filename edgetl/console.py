@@ -38,7 +38,7 @@ def finetune_events():
         state: dict = {}
 
         def message(text: str) -> None:
-            console.print(text, markup=False)
+            console.print(text, markup=False, soft_wrap=True)
 
         def check_progress(done: int, total: int) -> None:
             if "check" not in state:

@@ -1,39 +1,464 @@
-"""torch -> ONNX: a self-describing graph (model card in metadata_props), checked against PyTorch."""
+"""torch -> ONNX: a self-describing graph (model card in metadata_props), checked against PyTorch.
+
+`export(run)` writes RUN/model.onnx only after every check passed: the ONNX checker with full
+shape inference, and parity with the PyTorch model on the run's own validation images through
+ONNX Runtime (max |delta logit| and top-1 agreement). An optional onnxslim pass is kept only if
+parity still holds. Everything is built in a private temporary folder inside the run directory
+and renamed into place at the end, so a failed export leaves an older model.onnx untouched.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
+from torch import nn
 
-from edgetl.errors import ExportError
-from edgetl.io import atomic_path
+from edgetl.card import ModelCard
+from edgetl.errors import ExportError, RunDirError
 from edgetl.models import load_trained
 from edgetl.rundir import RunDir
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
+BATCH_DIM = "batch"
+# Opset 17: TensorRT 8.5+ parses up to 17, TensorRT 10.0 up to 20, TensorRT 11 up to 25 (docs/export.md).
 DEFAULT_OPSET = 17
+MIN_OPSET = 9  # oldest opset TensorRT's ONNX parser still reads
+DEFAULT_TOLERANCE = 1e-4
+DEFAULT_PARITY_IMAGES = 64
+# protobuf cannot serialise a message over 2 GiB; keep room for the graph itself.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
+DATA_SUFFIX = ".data"
+_PARITY_CHUNK = 32
 
 
-def export(run_path: str | os.PathLike, opset: int = DEFAULT_OPSET, static_batch: int | None = None) -> Path:
-    """Write RUN/model.onnx (fp32, dynamic batch unless `static_batch`) with the card in metadata_props."""
+class FusedPreprocess(nn.Module):
+    """uint8 NHWC RGB in, logits out: Cast, Transpose, (x - mean*255) * 1/(std*255), then the model.
+
+    The constants are computed exactly as albumentations' Normalize computes them (float32), so the
+    fused graph sees the same numbers the float pipeline feeds the plain graph.
+    """
+
+    def __init__(self, model: nn.Module, card: ModelCard):
+        super().__init__()
+        self.model = model
+        mean = np.asarray(card.mean, dtype=np.float32) * np.float32(255.0)
+        scale = np.reciprocal(np.asarray(card.std, dtype=np.float32) * np.float32(255.0))
+        self.register_buffer("mean", torch.from_numpy(mean).view(1, 3, 1, 1))
+        self.register_buffer("scale", torch.from_numpy(scale).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # Cast first: TensorRT takes UINT8 only as a network input that is immediately cast.
+        x = images.to(torch.float32).permute(0, 3, 1, 2)
+        return self.model((x - self.mean) * self.scale)
+
+
+def export(run_path: str | os.PathLike, opset: int = DEFAULT_OPSET, static_batch: int | None = None, *,
+           fuse_preprocess: bool = False, tolerance: float = DEFAULT_TOLERANCE, simplify: bool = True,
+           parity_images: int = DEFAULT_PARITY_IMAGES, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+           on_step: Callable[[str], None] | None = None) -> Path:
+    """Write RUN/model.onnx (fp32, dynamic batch unless `static_batch`) with the card in metadata_props,
+    and RUN/export_report.json. Raises ExportError (nothing written) when a check fails."""
     import onnx
 
+    from edgetl.data import load_arrays, read_splits
+    from edgetl.io import sha256_file, write_json
+
+    step = on_step or (lambda _msg: None)
+    _check_options(opset, static_batch, tolerance, parity_images)
     run = RunDir(run_path)
-    run.require(run.weights, hint="run `edgetl finetune` first")
+    run.require(run.weights, hint="run `edgetl finetune` first, or give the run directory it wrote")
+    run.require(run.splits, hint="export checks parity on the run's validation images; `edgetl finetune` writes splits.json")
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    step("loading the checkpoint")
     model, card = load_trained(run.weights)
-    c, h, w = card.input_size
-    example = torch.zeros(static_batch or 2, c, h, w)
-    dynamic_axes = None if static_batch else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
-    with atomic_path(run.onnx) as tmp:
-        try:
-            torch.onnx.export(model, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False, do_constant_folding=True)
-        except Exception as e:
-            raise ExportError(f"torch.onnx.export failed for '{card.model}' ({str(e).strip().splitlines()[0]})") from None
-        proto = onnx.load(str(tmp))
-        card.write_onnx(proto)
-        onnx.save(proto, str(tmp))
+    _, val = read_splits(run.splits)
+    n = min(parity_images, len(val))
+    if n == 0:
+        raise ExportError(f"{run.splits}: the validation split is empty", "parity needs real validation images")
+    step(f"reading {n} validation images")
+    x_float, labels = load_arrays(val, card, n)
+    with torch.inference_mode():
+        reference = model(torch.from_numpy(x_float)).float().numpy()
+
+    out_card = card.model_copy(update={"input_format": "uint8_nhwc"}) if fuse_preprocess else card
+    module = FusedPreprocess(model, card).eval() if fuse_preprocess else model
+    x_graph = load_arrays(val, out_card, n)[0] if fuse_preprocess else x_float
+
+    try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=".export-", dir=run.path))
+    except OSError as e:
+        raise RunDirError(f"{run.path}: cannot write into the run directory ({e.strerror or e})",
+                          "check its permissions and free disk space") from None
+    try:
+        step(f"exporting '{card.model}' to ONNX opset {opset}")
+        t = time.perf_counter()
+        raw = tmpdir / "raw" / run.onnx.name
+        raw.parent.mkdir()
+        _torch_export(module, out_card, raw, opset, static_batch)
+        proto = onnx.load(str(raw))
+        out_card.write_onnx(proto)
+        nodes_before = len(proto.graph.node)
+        external = _initializer_bytes(proto) > external_data_threshold
+        candidate = tmpdir / "plain" / run.onnx.name
+        _save(proto, candidate, external)
+        del proto
+        timings["export"] = time.perf_counter() - t
+
+        step("checking the graph (onnx.checker, full shape inference)")
+        t = time.perf_counter()
+        _check_graph(candidate, out_card, static_batch)
+        timings["check"] = time.perf_counter() - t
+
+        step(f"parity with PyTorch on {n} validation images (onnxruntime)")
+        t = time.perf_counter()
+        parity, batch_sizes = _parity(candidate, x_graph, reference, labels, tolerance, static_batch)
+        timings["parity"] = time.perf_counter() - t
+        if not parity["passed"]:
+            raise ExportError(
+                f"ONNX output differs from PyTorch on {n} validation images of {run.path}: "
+                f"max |delta logit| {parity['max_abs_diff']:.3g} (tolerance {tolerance:g}), "
+                f"top-1 agreement {parity['top1_agreement']:.2%}; model.onnx not written",
+                "try another --opset; if the gap is tiny and expected, raise --tolerance")
+
+        final, nodes_after = candidate, nodes_before
+        simplification: dict[str, Any] = {"requested": simplify, "kept": False}
+        if simplify:
+            step("simplifying (onnxslim)")
+            t = time.perf_counter()
+            slim_path, slim_parity, note = _simplify(candidate, tmpdir / "slim" / run.onnx.name, out_card, external,
+                                                     static_batch, x_graph, reference, labels, tolerance)
+            timings["simplify"] = time.perf_counter() - t
+            if slim_path is not None:
+                final, parity = slim_path, slim_parity
+                nodes_after = len(onnx.load(str(final), load_external_data=False).graph.node)
+                simplification["kept"] = True
+            simplification["note"] = note
+
+        step("writing model.onnx")
+        _install(final, run.onnx)
+        header = onnx.load(str(run.onnx), load_external_data=False)
+        data_file = run.onnx.with_name(run.onnx.name + DATA_SUFFIX)
+        report = {
+            "model_file": run.onnx.name,
+            "external_data": data_file.name if external else None,
+            "model": card.model,
+            "opset": opset,
+            "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
+            "dynamic_batch": static_batch is None,
+            "static_batch": static_batch,
+            "fuse_preprocess": fuse_preprocess,
+            "input_format": out_card.input_format,
+            "inputs": _describe(header.graph.input),
+            "outputs": _describe(header.graph.output),
+            "nodes_before_simplify": nodes_before,
+            "nodes_after_simplify": nodes_after,
+            "simplification": simplification,
+            "parity": {**parity, "batch_sizes": batch_sizes, "images": "val split (splits.json), first "
+                       f"{n} in file order"},
+            "file_size_bytes": run.onnx.stat().st_size + (data_file.stat().st_size if external else 0),
+            "sha256": sha256_file(run.onnx),
+            "external_data_sha256": sha256_file(data_file) if external else None,
+            "weights_sha256": sha256_file(run.weights),
+            "versions": _versions(),
+            "seconds": {**{k: round(v, 3) for k, v in timings.items()},
+                        "total": round(time.perf_counter() - t_start, 3)},
+        }
+        write_json(run.export_report, report)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
     return run.onnx
+
+
+# -- steps ------------------------------------------------------------------------------------------
+def _check_options(opset: int, static_batch: int | None, tolerance: float, parity_images: int) -> None:
+    if opset < MIN_OPSET:
+        raise ExportError(f"--opset {opset}: TensorRT's ONNX parser reads opset {MIN_OPSET} and newer",
+                          f"use the default {DEFAULT_OPSET}")
+    if static_batch is not None and static_batch < 1:
+        raise ExportError(f"--static-batch {static_batch}: must be 1 or more", "leave it out for a dynamic batch")
+    if not tolerance >= 0:  # also refuses NaN
+        raise ExportError(f"--tolerance {tolerance}: must be 0 or more")
+    if parity_images < 1:
+        raise ExportError(f"--parity-images {parity_images}: must be 1 or more")
+
+
+def _torch_export(module: nn.Module, card: ModelCard, path: Path, opset: int, static_batch: int | None) -> None:
+    c, h, w = card.input_size
+    batch = static_batch or 2  # 2, not 1: a batch of 1 lets the tracer bake in size-1 broadcasts
+    if card.input_format == "uint8_nhwc":
+        example = torch.zeros(batch, h, w, c, dtype=torch.uint8)
+    else:
+        example = torch.zeros(batch, c, h, w)
+    dynamic_axes = None if static_batch else {INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}}
+    try:
+        with warnings.catch_warnings(), _quiet_fds():
+            # The legacy exporter announces its own deprecation and timm's traced asserts; neither is the user's.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False, do_constant_folding=True)
+    except Exception as e:
+        text = str(e).strip()
+        first = text.splitlines()[0] if text else type(e).__name__
+        op = re.search(r"operator '([\w:.]+)'", text) or re.search(r"\b((?:aten|prim|onnx)::\w+)", text)
+        if op:
+            raise ExportError(f"the ONNX exporter cannot convert operator '{op.group(1)}' of '{card.model}' "
+                              f"at opset {opset}",
+                              "try another --opset (TensorRT 10.0 parses up to 20), or a model without this "
+                              "operator") from None
+        raise ExportError(f"torch.onnx.export failed for '{card.model}' at opset {opset} ({first})") from None
+
+
+@contextlib.contextmanager
+def _quiet_fds() -> Iterator[None]:
+    """Silence file descriptors 1 and 2: on failure the exporter's C++ side dumps the whole TorchScript
+    graph to stdout, which would bury the one-line error."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
+def _initializer_bytes(proto) -> int:
+    return sum(t.ByteSize() for t in proto.graph.initializer)
+
+
+def _save(proto, path: Path, external: bool) -> None:
+    """Save; weights go to `<name>.data` beside it (a relative location, so the folder stays movable)
+    when the model is too large for one protobuf."""
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if external:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + DATA_SUFFIX, size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(path))
+
+
+def _check_graph(path: Path, card: ModelCard, static_batch: int | None) -> None:
+    """onnx.checker with full (strict) shape inference, then the inferred I/O must be what the card says."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:  # checker and shape inference raise several error types
+        raise ExportError(f"onnx.checker rejected the exported graph ({_first_line(e)})",
+                          "try another --opset") from None
+    inferred = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False), strict_mode=True)
+    batch = static_batch or BATCH_DIM
+    c, h, w = card.input_size
+    want_in = [batch, h, w, c] if card.input_format == "uint8_nhwc" else [batch, c, h, w]
+    ios = {d["name"]: d for d in _describe(inferred.graph.input) + _describe(inferred.graph.output)}
+    got_in, got_out = ios.get(INPUT_NAME, {}).get("shape"), ios.get(OUTPUT_NAME, {}).get("shape")
+    if got_in != want_in or got_out != [batch, card.num_classes]:
+        raise ExportError(f"exported graph has input {got_in} and output {got_out}; "
+                          f"expected {want_in} and {[batch, card.num_classes]}")
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise ExportError(f"onnxruntime cannot load the exported graph ({_first_line(e)})") from None
+
+
+def _ort_logits(path: Path, x: np.ndarray, static_batch: int | None) -> tuple[np.ndarray, list[int]]:
+    """Logits for all of `x`. A static graph gets exact batches (the last one padded); a dynamic one
+    is run in chunks and also at batch 1, so both a full and a single-image batch are exercised."""
+    session = _session(path)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        try:
+            return np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0], dtype=np.float32)
+        except Exception as e:
+            raise ExportError(f"onnxruntime failed to run the exported graph ({_first_line(e)})") from None
+
+    out, sizes = [], set()
+    step = static_batch or _PARITY_CHUNK
+    for start in range(0, len(x), step):
+        chunk = x[start:start + step]
+        k = len(chunk)
+        if static_batch and k < static_batch:
+            pad = np.repeat(chunk[-1:], static_batch - k, axis=0)
+            chunk = np.concatenate([chunk, pad])
+        sizes.add(len(chunk))
+        out.append(run(np.ascontiguousarray(chunk))[:k])
+    logits = np.concatenate(out)
+    if static_batch is None:
+        single = run(np.ascontiguousarray(x[:1]))
+        sizes.add(1)
+        # a dynamic graph must give the same first row whatever the batch size
+        logits = np.concatenate([logits, single])
+    return logits, sorted(sizes)
+
+
+def _parity(path: Path, x: np.ndarray, reference: np.ndarray, labels: np.ndarray, tolerance: float,
+            static_batch: int | None) -> tuple[dict[str, Any], list[int]]:
+    got, sizes = _ort_logits(path, x, static_batch)
+    ref = reference if len(got) == len(reference) else np.concatenate([reference, reference[:1]])
+    if got.shape != ref.shape:
+        raise ExportError(f"exported graph returns logits of shape {got.shape[1:]}, PyTorch {ref.shape[1:]}")
+    diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+    max_abs = float(np.nanmax(diff)) if np.isfinite(got).all() else float("inf")
+    agreement = float(np.mean(got.argmax(1) == ref.argmax(1)))
+    n = len(reference)
+    return {
+        "n_images": n,
+        "max_abs_diff": max_abs,
+        "mean_abs_diff": float(diff.mean()) if np.isfinite(max_abs) else float("inf"),
+        "top1_agreement": agreement,
+        "tolerance": tolerance,
+        "torch_top1": float(np.mean(reference.argmax(1) == labels)),
+        "onnx_top1": float(np.mean(got[:n].argmax(1) == labels)),
+        "passed": bool(agreement == 1.0 and max_abs <= tolerance),
+    }, sizes
+
+
+def _simplify(src: Path, dst: Path, card: ModelCard, external: bool, static_batch: int | None, x: np.ndarray,
+              reference: np.ndarray, labels: np.ndarray, tolerance: float):
+    """onnxslim, offline. Returns (path, parity, note), or (None, None, why not kept)."""
+    import logging
+
+    import onnx
+
+    try:
+        import onnxslim
+    except ImportError:
+        return None, None, "onnxslim is not installed; graph kept as exported"
+    before = onnx.load(str(src), load_external_data=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logging.getLogger("onnxslim").setLevel(logging.ERROR)
+            slim = onnxslim.slim(str(src))
+    except Exception as e:  # a failed optional pass keeps the checked, unsimplified graph
+        return None, None, f"onnxslim failed ({_first_line(e)}); graph kept as exported"
+    if slim is None:
+        return None, None, "onnxslim returned nothing; graph kept as exported"
+    if _describe(slim.graph.input) != _describe(before.graph.input) or \
+            _describe(slim.graph.output) != _describe(before.graph.output):
+        return None, None, "onnxslim changed the inputs or outputs; graph kept as exported"
+    card.write_onnx(slim)
+    _save(slim, dst, external)
+    try:
+        _check_graph(dst, card, static_batch)
+        parity, _ = _parity(dst, x, reference, labels, tolerance, static_batch)
+    except ExportError as e:
+        return None, None, f"simplified graph failed a check ({e.message}); graph kept as exported"
+    if not parity["passed"]:
+        return None, None, (f"simplified graph lost parity (max |delta| {parity['max_abs_diff']:.3g}, "
+                            f"agreement {parity['top1_agreement']:.2%}); graph kept as exported")
+    return dst, parity, "onnxslim " + getattr(onnxslim, "__version__", "?")
+
+
+def _install(src: Path, dst: Path) -> None:
+    """Rename the checked file (and its external data) over the run's. Data first: the new graph must
+    never point at a missing or older data file; a stale data file from a larger export is removed."""
+    data_src = src.with_name(src.name + DATA_SUFFIX)
+    data_dst = dst.with_name(dst.name + DATA_SUFFIX)
+    has_data = data_src.exists()
+    if has_data:
+        os.replace(data_src, data_dst)
+    os.replace(src, dst)
+    if not has_data and data_dst.exists():
+        data_dst.unlink()
+
+
+def _describe(values) -> list[dict[str, Any]]:
+    import onnx
+
+    out = []
+    for v in values:
+        t = v.type.tensor_type
+        shape = [d.dim_param or d.dim_value for d in t.shape.dim] if t.HasField("shape") else None
+        out.append({"name": v.name, "dtype": onnx.TensorProto.DataType.Name(t.elem_type).lower(), "shape": shape})
+    return out
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import timm
+
+    from edgetl import __version__
+
+    versions = {"edgetl": __version__, "torch": torch.__version__, "timm": timm.__version__,
+                "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    try:
+        import onnxslim
+
+        versions["onnxslim"] = onnxslim.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+# -- printing -------------------------------------------------------------------------------------
+def print_report(report: dict[str, Any]) -> None:
+    """The export report as a rich table (the CLI's output)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from edgetl.console import console
+
+    p = report["parity"]
+    table = Table(title=f"export: {report['model']} -> {report['model_file']}", show_header=False)
+    table.add_column("item")
+    table.add_column("value")
+
+    def io(entries):
+        return escape(", ".join(f"{e['name']} {e['dtype']} [{', '.join(map(str, e['shape'] or []))}]" for e in entries))
+
+    table.add_row("opset", str(report["opset"]))
+    table.add_row("input", io(report["inputs"]))
+    table.add_row("output", io(report["outputs"]))
+    table.add_row("batch", "dynamic" if report["dynamic_batch"] else f"static {report['static_batch']}")
+    table.add_row("preprocessing", "fused in graph (uint8 NHWC RGB in)" if report["fuse_preprocess"]
+                  else "outside graph (float32 NCHW, normalised)")
+    simp = report["simplification"]
+    table.add_row("nodes", f"{report['nodes_before_simplify']} -> {report['nodes_after_simplify']}"
+                  + ("" if simp.get("kept") else escape(f"  ({simp.get('note') or 'not simplified'})")))
+    ok = "[green]pass[/]" if p["passed"] else "[red]FAIL[/]"
+    table.add_row("parity", f"{ok} on {p['n_images']} val images: max |delta logit| {p['max_abs_diff']:.2e} "
+                  f"(tol {p['tolerance']:g}), top-1 agreement {p['top1_agreement']:.2%}")
+    table.add_row("top-1 on them", f"torch {p['torch_top1']:.3f}, onnx {p['onnx_top1']:.3f}")
+    size = report["file_size_bytes"] / 2**20
+    table.add_row("file", f"{size:.2f} MiB" + (f" (weights in {report['external_data']})" if report["external_data"] else ""))
+    table.add_row("sha256", report["sha256"])
+    table.add_row("time", f"{report['seconds']['total']:.1f} s")
+    console.print(table)

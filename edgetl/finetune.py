@@ -178,33 +178,14 @@ def _train(cfg, run, train, val, device, state, ev: Events) -> RunDir:
                             worker_init_fn=_seed_worker, persistent_workers=False)
         ev.epoch_start(epoch, cfg.epochs, len(loader))
         set_train_mode(model)
-        t0 = time.perf_counter()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for step, (x, y) in enumerate(loader):
-            x = x.to(device, non_blocking=True, memory_format=memory_format)
-            y = y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-                out = train_model(x)
-                loss = criterion(out, y)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            scheduler.step_update(epoch * steps_per_epoch + step + 1)
-            loss_sum += loss.item() * len(y)
-            correct += (out.argmax(1) == y).sum().item()
-            seen += len(y)
-            ev.step(step + 1)
-        seconds = time.perf_counter() - t0
+        stats = train_one_epoch(train_model, loader, optimizer, criterion, device, amp_dtype=amp_dtype,
+                                memory_format=memory_format, scaler=scaler,
+                                on_step=lambda i: (scheduler.step_update(epoch * steps_per_epoch + i), ev.step(i)))
         val_loss, val_logits, val_labels = _validate(model, val_ds, cfg, device, amp_dtype, memory_format, criterion)
         val_top1 = float((val_logits.argmax(1) == val_labels).mean())
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_top1": correct / max(seen, 1),
+        row = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_top1": stats["top1"],
                "val_loss": val_loss, "val_top1": val_top1, "lr": optimizer.param_groups[0]["lr"],
-               "epoch_seconds": seconds, "images_per_second": seen / seconds if seconds else 0.0}
+               "epoch_seconds": stats["seconds"], "images_per_second": stats["images_per_second"]}
         log_rows.append(row)
         improved = val_top1 > best
         if improved:
@@ -220,6 +201,39 @@ def _train(cfg, run, train, val, device, state, ev: Events) -> RunDir:
             break
 
     return _finish(run, cfg, device, load_report, freeze, log_rows, best_epoch, ev)
+
+
+def train_one_epoch(model, batches, optimizer, criterion, device, amp_dtype=None, memory_format=torch.contiguous_format,
+                    scaler=None, on_step: Callable[[int], None] | None = None) -> dict[str, float]:
+    """One pass over `batches` of (images, labels); the benchmark times this same function on synthetic input."""
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for step, (x, y) in enumerate(batches):
+        x = x.to(device, non_blocking=True, memory_format=memory_format)
+        y = y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+            out = model(x)
+            loss = criterion(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        # Accumulate on the device: a .item() per step would force a GPU sync every iteration.
+        loss_sum += loss.detach() * len(y)
+        correct += (out.detach().argmax(1) == y).sum()
+        seen += len(y)
+        if on_step is not None:
+            on_step(step + 1)
+    loss_total, correct_total = loss_sum.item(), correct.item()  # one sync, at the end
+    seconds = time.perf_counter() - t0
+    return {"loss": loss_total / max(seen, 1), "top1": correct_total / max(seen, 1), "images": seen,
+            "seconds": seconds, "images_per_second": seen / seconds if seconds else 0.0}
 
 
 def _seed_worker(worker_id: int) -> None:

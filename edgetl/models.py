@@ -44,6 +44,7 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, weights:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
         return model, load_backbone_weights(model, weights)
     if pretrained:
+        _require_hub_or_cache(name)
         try:
             model = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
         except Exception as e:  # hub/network errors come in many types (OSError, HF errors, RuntimeError)
@@ -56,6 +57,31 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, weights:
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     total = sum(p.numel() for p in model.parameters())
     return model, LoadReport({"kind": "none"}, loaded_params=0, new_params=total)
+
+
+def _require_hub_or_cache(name: str) -> None:
+    """Fail in a second, not after a minute of hub retries, when the weights are neither cached nor reachable."""
+    import socket
+    from urllib.parse import urlparse
+
+    import timm
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if hub_id:
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            if isinstance(try_to_load_from_cache(hub_id, filename), str):
+                return
+    if constants.HF_HUB_OFFLINE:
+        raise ModelError(f"pretrained weights for '{name}' are not in the local hub cache and HF_HUB_OFFLINE is set",
+                         "pass --weights FILE (.safetensors, .pth or a run dir), or --no-pretrained")
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as e:
+        raise ModelError(f"cannot reach {host} to download pretrained weights for '{name}' ({e.strerror or e})",
+                         "offline? pass --weights FILE (.safetensors, .pth or a run dir), or --no-pretrained") from None
 
 
 def read_state_dict(weights: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

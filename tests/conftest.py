@@ -27,7 +27,7 @@ def digits(tmp_path_factory) -> dict[str, Path]:
 def tiny_config(data: Path, out: Path, model: str = "resnet18", **overrides) -> FinetuneConfig:
     """A few-second CPU run: 32 px, no hub download, no worker processes."""
     settings = dict(data=str(data), out=str(out), model=model, pretrained=False, img_size=32, crop_pct=1.0,
-                    epochs=3, batch_size=32, lr=3e-3, augment="crop", workers=0, warmup_epochs=0.5)
+                    epochs=5, batch_size=16, lr=5e-3, augment="crop", workers=0, warmup_epochs=0.5)
     settings.update(overrides)
     return FinetuneConfig(**settings)
 
@@ -36,7 +36,7 @@ def tiny_config(data: Path, out: Path, model: str = "resnet18", **overrides) -> 
 def train_run(tmp_path_factory, digits):
     """Factory: train_run(model) -> a finished run dir on the digits source task, cached per model."""
 
-    def make(model: str = "resnet18", epochs: int = 3) -> Path:
+    def make(model: str = "resnet18", epochs: int = 5) -> Path:
         key = f"{model}-{epochs}"
         if key not in _TRAINED:
             out = tmp_path_factory.mktemp(f"run-{model}")
@@ -49,7 +49,7 @@ def train_run(tmp_path_factory, digits):
 
 @pytest.fixture(scope="session")
 def trained_run(train_run) -> Path:
-    """resnet18 trained 3 epochs on digits 0-4 (val top-1 is well above chance). Read-only: see run_copy."""
+    """resnet18 trained 5 epochs on digits 0-4 (val top-1 is well above chance). Read-only: see run_copy."""
     return train_run("resnet18")
 
 

@@ -71,7 +71,7 @@ class Backend(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "device": self.device, "precision": self.precision,
-                "model_file": self.model_path.name}
+                "model_file": self.model_path.name, "timed": "infer(): host batch in, host logits out"}
 
     # -- to implement -----------------------------------------------------------------------------
     @abstractmethod

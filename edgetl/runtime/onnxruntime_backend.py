@@ -43,5 +43,13 @@ class OnnxRuntimeBackend(Backend):
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
 
+    def describe(self) -> dict:
+        out = super().describe()
+        if self.is_active:
+            out["provider"] = self.session.get_providers()[0]
+        out["timed"] = ("session.run on host arrays (compute; host<->device copies included for GPU providers)"
+                        if self.device != "cpu" else "session.run on host arrays (CPU compute)")
+        return out
+
     def deactivate_impl(self) -> None:
         del self.session

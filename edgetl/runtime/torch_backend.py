@@ -23,6 +23,8 @@ class TorchBackend(Backend):
             raise EdgetlError(f"torch backend: precision '{self.precision}' is not one of {', '.join(_DTYPES)}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendUnavailable("torch backend: no CUDA device here", "use --device cpu")
+        if self.options.get("threads"):
+            torch.set_num_threads(int(self.options["threads"]))  # process-wide: torch has no per-model setting
         model, card = load_trained(self.model_path)
         self.dtype = getattr(torch, _DTYPES[self.precision])
         model = model.to(self.device, dtype=self.dtype).eval()
@@ -45,6 +47,12 @@ class TorchBackend(Backend):
     def synchronize(self) -> None:
         if self.device.startswith("cuda"):
             self._torch.cuda.synchronize()
+
+    def describe(self) -> dict:
+        out = super().describe()
+        where = "host->GPU copy + forward + GPU->host copy" if self.device.startswith("cuda") else "forward pass on the CPU"
+        out["timed"] = where + (" (torch.compile)" if self.options.get("compile") else " (eager)")
+        return out
 
     def deactivate_impl(self) -> None:
         del self.model

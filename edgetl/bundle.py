@@ -1,0 +1,287 @@
+"""The deploy bundle: everything a device needs to build and benchmark a run's model, and nothing else.
+
+RUN/bundles/<precision>/
+    model[.<precision>].onnx     the precision-baked graph(s) (int8: the TensorRT Q/DQ form, plus the
+                                 CPU form when quantize wrote one, for onnxruntime on the device's CPU)
+    card.json                    the model card (the same one inside the ONNX metadata)
+    data/inputs.npy, labels.npy  validation images already preprocessed per the card, so the device needs
+                                 no image decoding or albumentations
+    edgetl_device.py             the device-side entry point (standard library + numpy + TensorRT/ORT)
+    manifest.json                every file's size and SHA-256, the edgetl version, the graph's I/O, and
+                                 the reference fp32 PyTorch top-1 on data/ (for the device's top1_drop)
+
+The bundle's identity is the SHA-256 of manifest.json. Bundling is deterministic, so the same run
+and settings give the same hash; `edgetl deploy` uses it to skip what a device already holds.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgetl import __version__
+from edgetl.errors import DeployError, RunDirError
+from edgetl.io import atomic_path, sha256_file
+from edgetl.rundir import RunDir
+
+BUNDLE_FORMAT = "edgetl-bundle/1"
+MANIFEST = "manifest.json"
+ENTRY_POINT = "edgetl_device.py"
+DEVICE_SCRIPT = Path(__file__).resolve().parent / "device" / ENTRY_POINT
+PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_MAX_IMAGES = 256
+INPUTS, LABELS = "data/inputs.npy", "data/labels.npy"
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+    sha256: str
+    reused: bool = False
+    tarball: Path | None = None
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def short_hash(self) -> str:
+        return self.sha256[:16]
+
+
+def bundle_dir(run: RunDir, precision: str) -> Path:
+    return run.path / "bundles" / precision
+
+
+def make_bundle(run_path: str | os.PathLike, precision: str = "fp32", out_dir: str | os.PathLike | None = None,
+                tarball: str | os.PathLike | None = None, max_images: int = DEFAULT_MAX_IMAGES) -> Bundle:
+    """Write (or reuse, when its sources are unchanged and it verifies) the bundle directory; optionally a tarball."""
+    run = RunDir(run_path)
+    if max_images < 1:
+        raise DeployError(f"--max-images {max_images}: must be at least 1")
+    models = model_files(run, precision)
+    target = Path(out_dir) if out_dir is not None else bundle_dir(run, precision)
+    source = {
+        "models": {k: sha256_file(p) for k, p in sorted(models.items())},
+        "weights_sha256": sha256_file(run.weights) if run.weights.exists() else None,
+        "splits_sha256": sha256_file(run.splits),
+        "max_images": max_images,
+        "entry_point_sha256": sha256_file(DEVICE_SCRIPT),
+        "edgetl_version": __version__,
+    }
+    bundle = _existing(target, source)
+    if bundle is None:
+        bundle = _write(run, target, precision, models, source, max_images)
+    if tarball is not None:
+        bundle.tarball = write_tarball(bundle.path, Path(tarball), f"{run.path.resolve().name}-{precision}")
+    return bundle
+
+
+def model_files(run: RunDir, precision: str) -> dict[str, Path]:
+    """The ONNX file(s) a bundle of `precision` carries; one clear error when the run lacks them (or splits.json)."""
+    if precision not in PRECISIONS:
+        raise DeployError(f"--precision {precision}: not one of {', '.join(PRECISIONS)}")
+    run.require(hint="give the folder that `edgetl finetune --out` wrote")
+    primary = run.onnx_for(precision)
+    if not primary.exists():
+        if precision == "fp32":
+            hint = "run `edgetl export RUN` first"
+        else:
+            have = [p for p in PRECISIONS if run.onnx_for(p).exists()]
+            hint = (f"run `edgetl quantize RUN --precision {precision}` first"
+                    + (f", or bundle a precision the run has: {', '.join(have)}" if have else ""))
+        raise RunDirError(f"{run.path}: {primary.name} is missing, so there is no {precision} model to bundle", hint)
+    models = {precision: primary}
+    cpu = run.onnx_for("int8", "cpu")
+    if precision == "int8" and cpu.exists():
+        models["int8_cpu"] = cpu
+    run.require(run.splits, hint="the bundle's evaluation images come from the run's validation split (splits.json)")
+    for path in models.values():
+        if _external_data(path):
+            raise DeployError(f"{path}: stores its weights in external data files, which bundles do not carry yet",
+                              "re-export without external data (models under 2 GB fit in one file)")
+    return models
+
+
+def _external_data(path: Path) -> bool:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+
+
+def graph_io(path: str | os.PathLike) -> dict:
+    """Name, element type and shape (None for a symbolic dim) of the graph's first input and output."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = [v for v in proto.graph.input if v.name not in initializers]
+
+    def describe(value) -> dict:
+        t = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim]
+        return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+                "elem_type": onnx.TensorProto.DataType.Name(t.elem_type), "shape": dims,
+                "dynamic_batch": bool(dims) and dims[0] is None}
+
+    return {"input": describe(inputs[0]), "output": describe(proto.graph.output[0]),
+            "inputs": [describe(v) for v in inputs], "outputs": [describe(v) for v in proto.graph.output]}
+
+
+def _existing(target: Path, source: dict) -> Bundle | None:
+    """The bundle already at `target` if it was made from the same sources and still verifies."""
+    manifest_path = target / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if manifest.get("format") != BUNDLE_FORMAT or manifest.get("source") != source:
+        return None
+    try:
+        verify_dir(target, manifest)
+    except DeployError:
+        return None
+    return Bundle(target, manifest, sha256_file(manifest_path), reused=True, files=sorted(manifest["files"]))
+
+
+def verify_dir(path: Path, manifest: dict) -> None:
+    """Local check of a bundle directory against its manifest (the device runs the same check)."""
+    for rel, entry in manifest["files"].items():
+        p = path / rel
+        if not p.is_file() or p.stat().st_size != entry["size"] or sha256_file(p) != entry["sha256"]:
+            raise DeployError(f"{p}: does not match the bundle manifest", "re-run `edgetl bundle` to rewrite it")
+
+
+def _eval_arrays(run: RunDir, card, max_images: int):
+    """The first `max_images` of an even spread over the run's validation split, preprocessed per the card."""
+    from edgetl.data import load_arrays, read_splits
+
+    _, val = read_splits(run.splits)
+    if list(val.classes) != list(card.class_names):
+        raise DeployError(f"{run.splits}: classes {val.classes} differ from the model card's {card.class_names}",
+                          "the ONNX file and splits.json come from different runs")
+    if len(val) == 0:
+        raise DeployError(f"{run.splits}: the validation split is empty")
+    # An even spread keeps every class in a small sample (splits list images class by class).
+    index = np.unique(np.linspace(0, len(val) - 1, min(max_images, len(val))).round().astype(int))
+    items = val.subset(index.tolist())
+    x, y = load_arrays(items, card)
+    return items, x, y.astype(np.int64)
+
+
+def _reference(run: RunDir, items, y: np.ndarray) -> dict:
+    """fp32 PyTorch top-1 on the bundle's images: the yardstick for the device's top1_drop."""
+    if not run.weights.exists():
+        return {"backend": "torch", "precision": "fp32", "top1": None, "n": int(len(y)),
+                "note": "model.safetensors absent: no PyTorch reference"}
+    from edgetl.data import load_arrays
+    from edgetl.runtime import create_backend
+
+    with create_backend("torch", run.weights, device="cpu", precision="fp32") as be:
+        x, _ = load_arrays(items, be.card)  # the torch model's own input format (never fused preprocessing)
+        logits = np.concatenate([be.infer(x[i:i + 64]) for i in range(0, len(x), 64)])
+    return {"backend": "torch", "precision": "fp32", "top1": float((logits.argmax(1) == y).mean()), "n": int(len(y))}
+
+
+def _write(run: RunDir, target: Path, precision: str, models: dict[str, Path], source: dict, max_images: int) -> Bundle:
+    from edgetl.card import ModelCard
+
+    card = ModelCard.from_onnx(models[precision])
+    io_info = graph_io(models[precision])
+    items, x, y = _eval_arrays(run, card, max_images)
+    reference = _reference(run, items, y)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        names = {}
+        for key, path in models.items():
+            shutil.copyfile(path, staging / path.name)
+            names[key] = path.name
+        (staging / "card.json").write_text(json.dumps(card.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+        (staging / "data").mkdir()
+        np.save(staging / INPUTS, np.ascontiguousarray(x), allow_pickle=False)
+        np.save(staging / LABELS, y, allow_pickle=False)
+        shutil.copyfile(DEVICE_SCRIPT, staging / ENTRY_POINT)
+        files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+        manifest = {
+            "format": BUNDLE_FORMAT,
+            "edgetl_version": __version__,
+            "run": run.path.resolve().name,
+            "precision": precision,
+            "models": names,
+            "io": io_info,
+            "card": card.model_dump(mode="json"),
+            "data": {"inputs": INPUTS, "labels": LABELS, "n": int(len(y)), "input_format": card.input_format,
+                     "shape": list(x.shape), "dtype": x.dtype.name, "from": "the run's validation split (splits.json)"},
+            "reference": reference,
+            "entry_point": ENTRY_POINT,
+            "source": source,
+            "files": {rel: {"sha256": sha256_file(staging / rel), "size": (staging / rel).stat().st_size} for rel in files},
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        _replace_dir(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return Bundle(target, manifest, sha256_file(target / MANIFEST), files=files)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Swap a finished directory into place: readers see the old bundle or the new one, never a mix."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_tarball(directory: Path, out: Path, root: str) -> Path:
+    """A reproducible .tar.gz of `directory` under `root/`: sorted names, fixed mtimes, no owners."""
+    if not out.name.endswith((".tar.gz", ".tgz")):
+        raise DeployError(f"--out {out}: give a .tar.gz file name")
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            entries = sorted(p for p in directory.rglob("*") if not p.name.startswith("."))
+            tar.addfile(_tarinfo(root, directory))
+            for path in entries:
+                info = _tarinfo(f"{root}/{path.relative_to(directory).as_posix()}", path)
+                if path.is_file():
+                    with open(path, "rb") as f:
+                        tar.addfile(info, f)
+                elif path.is_dir():
+                    tar.addfile(info)
+    return out
+
+
+def _tarinfo(name: str, path: Path) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    if path.is_dir():
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+    else:
+        info.size = path.stat().st_size
+        info.mode = 0o755 if path.name == ENTRY_POINT else 0o644
+    return info
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    try:
+        return json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DeployError(f"{path}: no readable {MANIFEST} ({e})", "make the bundle with `edgetl bundle RUN`") from None
+
+
+__all__ = ["BUNDLE_FORMAT", "Bundle", "DEVICE_SCRIPT", "ENTRY_POINT", "MANIFEST", "PRECISIONS", "bundle_dir",
+           "graph_io", "make_bundle", "model_files", "read_manifest", "verify_dir", "write_tarball"]

@@ -1,0 +1,154 @@
+"""`edgetl triton`: a Triton Inference Server model repository for a run, so serving at scale uses an existing
+server (dynamic batching, many instances, HTTP/gRPC) rather than anything of ours.
+
+OUT/<name>/config.pbtxt      onnxruntime backend, I/O names, dims and data types read from the ONNX graph
+OUT/<name>/1/model.onnx
+OUT/<name>/labels.txt        class names, so Triton's classification extension returns labels
+OUT/<name>_trt_<engine>/...  one tensorrt model per engine the run has (RUN/engines/<gpu>-trt<ver>/), since an
+                             engine only loads on the GPU and TensorRT version it was built with
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgetl import __version__
+from edgetl.errors import DeployError, RunDirError
+from edgetl.io import write_text
+from edgetl.rundir import RunDir
+
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "config.pbtxt.tmpl"
+PRECISIONS = ("fp32", "fp16", "int8")
+KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
+# numpy dtype name -> Triton data type (model_config.proto DataType)
+TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "uint8": "TYPE_UINT8",
+                "int8": "TYPE_INT8", "int16": "TYPE_INT16", "int32": "TYPE_INT32", "int64": "TYPE_INT64",
+                "uint16": "TYPE_UINT16", "uint32": "TYPE_UINT32", "uint64": "TYPE_UINT64", "bool": "TYPE_BOOL",
+                "bfloat16": "TYPE_BF16"}
+
+
+@dataclass
+class TritonRepository:
+    path: Path
+    models: list[str] = field(default_factory=list)
+    backends: dict[str, str] = field(default_factory=dict)
+
+
+def triton_repository(run_path: str | os.PathLike, out: str | os.PathLike | None = None, precision: str = "fp32",
+                      max_batch: int = 8, name: str | None = None, kind: str = "gpu",
+                      queue_delay_us: int = 100) -> TritonRepository:
+    """Write (or refresh) the model repository and return what it holds."""
+    from edgetl.bundle import graph_io
+    from edgetl.card import ModelCard
+
+    run = RunDir(run_path)
+    if precision not in PRECISIONS:
+        raise DeployError(f"--precision {precision}: not one of {', '.join(PRECISIONS)}")
+    if max_batch < 1:
+        raise DeployError(f"--max-batch {max_batch}: must be at least 1")
+    if kind not in KINDS:
+        raise DeployError(f"--kind {kind}: not one of {', '.join(KINDS)}")
+    onnx_path = run.onnx_for(precision)
+    hint = "run `edgetl export RUN` first" if precision == "fp32" else f"run `edgetl quantize RUN --precision {precision}` first"
+    run.require(onnx_path, hint=hint)
+    card = ModelCard.from_onnx(onnx_path)
+    io_info = graph_io(onnx_path)
+    base = _model_name(name or run.path.resolve().name)
+    repo = TritonRepository(Path(out) if out is not None else run.path / "triton")
+
+    model = base if precision == "fp32" else f"{base}_{precision}"
+    _write_model(repo.path / model, model, "onnxruntime", onnx_path, "model.onnx", io_info, card, max_batch,
+                 KINDS[kind], queue_delay_us, source=onnx_path.name)
+    repo.models.append(model)
+    repo.backends[model] = "onnxruntime"
+    for plan in sorted(run.engines_dir.glob(f"*/model.{precision}.plan")):
+        engine_max = _engine_max_batch(plan)
+        if engine_max is not None and engine_max < max_batch:
+            raise DeployError(f"{plan}: built for batches up to {engine_max}, --max-batch is {max_batch}",
+                              f"pass --max-batch {engine_max} or rebuild the engine for a larger batch")
+        trt_model = f"{model}_trt_{_model_name(plan.parent.name)}"
+        _write_model(repo.path / trt_model, trt_model, "tensorrt", plan, "model.plan", io_info, card, max_batch,
+                     "KIND_GPU", queue_delay_us, source=f"{plan.parent.name}/{plan.name}")
+        repo.models.append(trt_model)
+        repo.backends[trt_model] = "tensorrt"
+    return repo
+
+
+def _model_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "model"
+
+
+def _engine_max_batch(plan: Path) -> int | None:
+    """The engine's largest batch, from its sidecar when the builder recorded it."""
+    for sidecar in (plan.with_suffix(".json"), plan.with_name(plan.name + ".json")):
+        if sidecar.exists():
+            try:
+                meta = json.loads(sidecar.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            value = meta.get("max_batch") or (meta.get("profile") or {}).get("max_batch")
+            return int(value) if value else None
+    return None
+
+
+def _pbtxt_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _tensor_blocks(kind: str, tensors: list[dict], batching: bool, labels: bool) -> str:
+    blocks = []
+    for t in tensors:
+        dtype = TRITON_TYPES.get(t["dtype"])
+        if dtype is None:
+            raise DeployError(f"tensor '{t['name']}': data type {t['dtype']} has no Triton equivalent")
+        dims = t["shape"][1:] if batching else t["shape"]
+        dims_text = ", ".join("-1" if d is None else str(d) for d in dims)
+        lines = [f"    name: {_pbtxt_string(t['name'])}", f"    data_type: {dtype}", f"    dims: [ {dims_text} ]"]
+        if labels:
+            lines.append('    label_filename: "labels.txt"')
+        blocks.append("  {\n" + "\n".join(lines) + "\n  }")
+    return f"{kind} [\n" + ",\n".join(blocks) + "\n]"
+
+
+def render_config(name: str, backend: str, io_info: dict, card, max_batch: int, instance_kind: str,
+                  queue_delay_us: int, model_filename: str, source: str) -> str:
+    """config.pbtxt text: dynamic batching when the graph's batch axis is dynamic (max_batch_size 0 otherwise)."""
+    batching = all(t["dynamic_batch"] for t in io_info["inputs"] + io_info["outputs"])
+    max_batch_size = max_batch if batching else 0
+    dynamic = (f"dynamic_batching {{\n  max_queue_delay_microseconds: {int(queue_delay_us)}\n}}" if batching
+               else "# no dynamic_batching: the graph has a fixed batch size (export without --static-batch to enable it)")
+    labels = card.num_classes == (io_info["output"]["shape"][-1] or -1)
+    pre = (f"{card.input_format}, {card.channel_order}, resize {card.resize} + centre crop {card.height}x{card.width}, "
+           f"mean {list(card.mean)}, std {list(card.std)}") if card.input_format == "float32_nchw" else \
+        f"{card.input_format}: raw RGB pixels, resize {card.resize} + centre crop {card.height}x{card.width} (normalisation is in the graph)"
+    values = {
+        "edgetl_version": __version__, "source": source, "preprocessing": pre, "name": name, "backend": backend,
+        "max_batch_size": max_batch_size, "inputs": _tensor_blocks("input", io_info["inputs"], batching, False),
+        "outputs": _tensor_blocks("output", io_info["outputs"], batching, labels), "dynamic_batching": dynamic,
+        "instance_count": 1, "instance_kind": instance_kind, "model_filename": model_filename,
+        "card_json": _pbtxt_string(json.dumps(card.model_dump(mode="json"), ensure_ascii=False, sort_keys=True)),
+    }
+    return string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values)
+
+
+def _write_model(folder: Path, name: str, backend: str, model_file: Path, filename: str, io_info: dict, card,
+                 max_batch: int, instance_kind: str, queue_delay_us: int, source: str) -> None:
+    if not model_file.exists():
+        raise RunDirError(f"{model_file}: missing")
+    text = render_config(name, backend, io_info, card, max_batch, instance_kind, queue_delay_us, filename, source)
+    version = folder / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    tmp = version / f".{filename}.tmp"
+    shutil.copyfile(model_file, tmp)
+    os.replace(tmp, version / filename)
+    write_text(folder / "labels.txt", "\n".join(card.class_names) + "\n")
+    write_text(folder / "config.pbtxt", text)  # last: a folder with a config is complete
+
+
+__all__ = ["TritonRepository", "render_config", "triton_repository"]

@@ -1,0 +1,222 @@
+"""`edgetl bundle` and the device-side entry point, run locally (no ssh): what a device receives and runs."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgetl.bundle import DEVICE_SCRIPT, make_bundle, write_tarball
+from edgetl.errors import DeployError, RunDirError
+
+
+@pytest.fixture(scope="module")
+def exported_run(tmp_path_factory, trained_run):
+    from edgetl.export import export
+
+    dst = tmp_path_factory.mktemp("bundle-run") / "digits"
+    shutil.copytree(trained_run, dst)
+    export(dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def bundle(exported_run):
+    return make_bundle(exported_run, "fp32", max_images=40)
+
+
+def _device(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(DEVICE_SCRIPT), *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_bundle_contents(bundle, exported_run):
+    from edgetl.card import ModelCard
+    from edgetl.data import load_rgb, preprocess, read_splits
+
+    m = bundle.manifest
+    assert bundle.path == exported_run / "bundles" / "fp32"
+    assert set(m["files"]) == {"model.onnx", "card.json", "data/inputs.npy", "data/labels.npy", "edgetl_device.py"}
+    for rel, entry in m["files"].items():
+        data = (bundle.path / rel).read_bytes()
+        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    assert bundle.sha256 == hashlib.sha256((bundle.path / "manifest.json").read_bytes()).hexdigest()
+    assert (bundle.path / "model.onnx").read_bytes() == (exported_run / "model.onnx").read_bytes()
+    card = ModelCard.from_onnx(exported_run / "model.onnx")
+    assert json.loads((bundle.path / "card.json").read_text()) == card.model_dump(mode="json") == m["card"]
+    assert m["io"]["input"]["name"] == "images" and m["io"]["output"]["name"] == "logits"
+    assert m["io"]["input"]["shape"] == [None, 3, 32, 32] and m["io"]["input"]["dynamic_batch"]
+
+    # the images are preprocessed per the card: the same arrays the host pipeline makes from the files
+    x = np.load(bundle.path / "data/inputs.npy")
+    y = np.load(bundle.path / "data/labels.npy")
+    assert x.shape == (40, 3, 32, 32) and x.dtype == np.float32 and y.dtype == np.int64
+    _, val = read_splits(exported_run / "splits.json")
+    assert set(y.tolist()) == set(range(len(card.class_names)))  # an even spread keeps every class
+    first, last = preprocess(load_rgb(val.paths[0]), card), preprocess(load_rgb(val.paths[-1]), card)
+    np.testing.assert_array_equal(x[0], first)
+    np.testing.assert_array_equal(x[-1], last)
+    assert y[0] == val.labels[0] and y[-1] == val.labels[-1]
+
+    # the reference is fp32 PyTorch top-1 on exactly these arrays
+    from edgetl.runtime import create_backend
+
+    with create_backend("torch", exported_run / "model.safetensors") as be:
+        top1 = float((be.infer(x).argmax(1) == y).mean())
+    assert m["reference"] == {"backend": "torch", "precision": "fp32", "top1": pytest.approx(top1), "n": 40}
+    assert m["reference"]["top1"] > 0.5  # the trained digits model is far above chance (0.2)
+
+
+def test_bundle_is_deterministic_and_reused(bundle, exported_run, tmp_path):
+    again = make_bundle(exported_run, "fp32", max_images=40)
+    assert again.reused and again.sha256 == bundle.sha256
+    elsewhere = make_bundle(exported_run, "fp32", out_dir=tmp_path / "b2", max_images=40)
+    assert not elsewhere.reused and elsewhere.sha256 == bundle.sha256
+
+    t1 = write_tarball(bundle.path, tmp_path / "a.tar.gz", "digits-fp32")
+    t2 = write_tarball(elsewhere.path, tmp_path / "b.tar.gz", "digits-fp32")
+    assert t1.read_bytes() == t2.read_bytes()
+    with tarfile.open(t1) as tar:
+        members = tar.getmembers()
+        names = [m.name for m in members]
+        assert names == sorted(names) and names[0] == "digits-fp32"
+        assert all(m.mtime == 0 and m.uid == 0 and m.uname == "" for m in members)
+        assert "digits-fp32/manifest.json" in names and "digits-fp32/data/inputs.npy" in names
+        extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(tmp_path / "unpacked", **extra)
+    # unpacked on an offline device, the entry point verifies it from its own folder
+    unpacked = tmp_path / "unpacked" / "digits-fp32"
+    res = subprocess.run([sys.executable, str(unpacked / "edgetl_device.py"), "verify"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["files"] == 5
+
+    # a changed file is not reused: the bundle is rewritten
+    (tmp_path / "b2" / "card.json").write_text("{}")
+    redo = make_bundle(exported_run, "fp32", out_dir=tmp_path / "b2", max_images=40)
+    assert not redo.reused and redo.sha256 == bundle.sha256
+    # different settings, different bundle
+    assert make_bundle(exported_run, "fp32", out_dir=tmp_path / "b3", max_images=20).sha256 != bundle.sha256
+
+
+def test_cli_bundle_tarball(exported_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgetl.cli import app
+
+    out = tmp_path / "dist" / "digits.tar.gz"
+    res = CliRunner().invoke(app, ["bundle", str(exported_run), "--out", str(out), "--max-images", "40"])
+    assert res.exit_code == 0, res.output
+    assert out.is_file() and "sha256" in res.output
+    with tarfile.open(out) as tar:
+        manifest = json.load(tar.extractfile("digits-fp32/manifest.json"))
+    assert manifest["precision"] == "fp32" and manifest["data"]["n"] == 40
+
+
+def test_missing_precision_is_one_clear_line(exported_run):
+    with pytest.raises(RunDirError) as err:
+        make_bundle(exported_run, "int8")
+    assert "model.int8.onnx" in err.value.message and "edgetl quantize" in err.value.hint
+    res = subprocess.run([sys.executable, "-m", "edgetl.cli", "bundle", str(exported_run), "--precision", "int8"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "model.int8.onnx is missing" in res.stderr and "edgetl quantize" in res.stderr
+    with pytest.raises(DeployError, match="not one of"):
+        make_bundle(exported_run, "int4")
+
+
+def test_entry_point_imports_only_what_jetpack_has():
+    """The device script must run with the standard library, numpy and TensorRT/onnxruntime: never edgetl."""
+    tree = ast.parse(DEVICE_SCRIPT.read_text())
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    allowed = set(sys.stdlib_module_names) | {"numpy", "tensorrt", "onnxruntime", "__future__"}
+    assert roots <= allowed, roots - allowed
+    assert "edgetl" not in roots
+
+
+def test_device_verify_detects_tampering(bundle, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(bundle.path, copy)
+    ok = _device("verify", "--dir", str(copy))
+    assert ok.returncode == 0 and json.loads(ok.stdout)["ok"] is True
+    labels = copy / "data" / "labels.npy"
+    data = bytearray(labels.read_bytes())
+    data[-1] ^= 1
+    labels.write_bytes(bytes(data))
+    bad = _device("verify", "--dir", str(copy))
+    assert bad.returncode == 2 and bad.stdout == ""
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "data/labels.npy sha256 differs" in lines[0]
+    labels.unlink()
+    assert "data/labels.npy is missing" in _device("verify", "--dir", str(copy)).stderr
+    # a manifest naming a file outside the bundle is refused
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"]["../../etc/passwd"] = {"sha256": "0" * 64, "size": 1}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert "outside the bundle" in _device("verify", "--dir", str(copy)).stderr
+
+
+def test_device_bench_onnxruntime_matches_host(bundle, exported_run):
+    import onnxruntime as ort
+
+    res = _device("bench", "--dir", str(bundle.path), "--backend", "onnxruntime", "--device", "cpu",
+                  "--batch-sizes", "1,3", "--warmup", "1", "--iterations", "4")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    x = np.load(bundle.path / "data/inputs.npy")
+    y = np.load(bundle.path / "data/labels.npy")
+    sess = ort.InferenceSession(str(exported_run / "model.onnx"), providers=["CPUExecutionProvider"])
+    top1 = float((sess.run(None, {"images": x})[0].argmax(1) == y).mean())
+    assert [r["batch_size"] for r in doc["rows"]] == [1, 3]
+    for r in doc["rows"]:
+        assert r["top1"] == pytest.approx(top1) and r["iterations"] == 4 and r["n_images"] == 40
+        assert r["top1_drop"] == pytest.approx(bundle.manifest["reference"]["top1"] - top1)
+        assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
+    assert doc["bundle"]["bundle_sha256"] == bundle.sha256
+
+
+def test_device_build_without_tensorrt_says_so(bundle):
+    pytest.importorskip("numpy")
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed here: the no-TensorRT message cannot be checked")
+    except ImportError:
+        pass
+    if shutil.which("trtexec") or shutil.which("dpkg-query") and subprocess.run(
+            ["dpkg-query", "-W", "tensorrt"], capture_output=True).returncode == 0:
+        pytest.skip("TensorRT is installed here")
+    res = _device("build", "--dir", str(bundle.path))
+    assert res.returncode == 2 and "TensorRT is not installed" in res.stderr
+    res = _device("bench", "--dir", str(bundle.path), "--backend", "tensorrt")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_device_facts_are_optional():
+    res = _device("facts")
+    assert res.returncode == 0, res.stderr
+    facts = json.loads(res.stdout)
+    for key in ("model", "l4t", "jetpack", "tensorrt", "power_mode", "clocks", "gpu", "python", "numpy"):
+        assert key in facts
+    assert facts["python"] == ".".join(map(str, sys.version_info[:3]))
+    if not Path("/etc/nv_tegra_release").exists():
+        assert facts["l4t"] is None
+
+
+def test_device_inventory(bundle, tmp_path):
+    res = _device("inventory", str(bundle.path), str(tmp_path / "absent"))
+    inv = json.loads(res.stdout)
+    files = inv[str(bundle.path)]["files"]
+    assert files["model.onnx"] == bundle.manifest["files"]["model.onnx"]
+    assert inv[str(tmp_path / "absent")] == {"exists": False, "files": {}}

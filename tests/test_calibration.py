@@ -1,0 +1,130 @@
+"""Calibration: stratified seeded sampling, eval-preprocessed reader, methods, and the range cache."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgetl.calibration import calibrate, calibration_items, items_hash, stratified_sample
+from edgetl.calibration.methods import collect_ranges
+from edgetl.calibration.reader import ImageCalibrationReader
+from edgetl.card import ModelCard
+from edgetl.data import ImageList, iter_batches, scan_folder
+from edgetl.errors import DataError, QuantizeError
+from edgetl.export import export
+from edgetl.rundir import RunDir
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory) -> Path:
+    """A private copy of the tiny run with model.onnx (module-wide, read-only for the tests)."""
+    dst = tmp_path_factory.mktemp("calib") / "run"
+    shutil.copytree(trained_run, dst)
+    export(dst)
+    return dst
+
+
+def _items(n_per_class=(50, 30, 20)) -> ImageList:
+    paths, labels = [], []
+    for c, n in enumerate(n_per_class):
+        paths += [f"/x/{c}/{i}.png" for i in range(n)]
+        labels += [c] * n
+    return ImageList(["a", "b", "c"], paths, labels)
+
+
+def test_stratified_sample_keeps_class_shares_and_is_seeded():
+    items = _items()
+    s = stratified_sample(items, 20, seed=0)
+    counts = np.bincount(s.labels, minlength=3)
+    assert counts.tolist() == [10, 6, 4]  # 50/30/20 of 100 -> 20
+    assert stratified_sample(items, 20, seed=0).paths == s.paths
+    assert stratified_sample(items, 20, seed=1).paths != s.paths
+    assert len(set(s.paths)) == 20 and set(s.paths) <= set(items.paths)
+
+
+def test_stratified_sample_small_size_still_sees_every_class():
+    items = _items((97, 2, 1))
+    s = stratified_sample(items, 5, seed=0)
+    assert len(s) == 5
+    assert set(s.labels) == {0, 1, 2}
+
+
+def test_stratified_sample_all_when_fewer_and_bad_size():
+    items = _items()
+    assert stratified_sample(items, 1000).paths == items.paths
+    assert stratified_sample(items, None).paths == items.paths
+    with pytest.raises(DataError):
+        stratified_sample(items, 0)
+
+
+def test_calibration_items_default_is_train_split_and_hash_tracks_content(exported, digits, tmp_path):
+    run = RunDir(exported)
+    card = ModelCard.from_onnx(run.onnx)
+    items = calibration_items(run, card, None, size=40, seed=0)
+    assert len(items) == 40 and items.classes == card.class_names
+    assert set(items.labels) == set(range(len(card.class_names)))
+    h = items_hash(items)
+    # Moving the folder keeps the hash (contents, not names); changing one image changes it.
+    copy = tmp_path / "calib"
+    shutil.copytree(digits["source"] / "train", copy)
+    moved = scan_folder(copy, classes=card.class_names)
+    original = scan_folder(digits["source"] / "train", classes=card.class_names)
+    assert items_hash(moved) == items_hash(original)
+    first = Path(moved.paths[0])
+    first.write_bytes(Path(moved.paths[1]).read_bytes())
+    assert items_hash(moved) != items_hash(original)
+    assert h == items_hash(calibration_items(run, card, None, size=40, seed=0))
+
+
+def test_reader_feeds_eval_preprocessing_in_batches(exported):
+    run = RunDir(exported)
+    card = ModelCard.from_onnx(run.onnx)
+    items = calibration_items(run, card, None, size=20, seed=0)
+    reader = ImageCalibrationReader(items, card, "images", batch_size=8)
+    batches = []
+    while (b := reader.get_next()) is not None:
+        batches.append(b["images"])
+    assert [len(b) for b in batches] == [8, 8, 4] and reader.batches_read == 3
+    expected = next(iter_batches(items, card, 8))[0]
+    np.testing.assert_array_equal(batches[0], expected)  # the card's eval pipeline, no augmentation
+    dropped = ImageCalibrationReader(items, card, "images", batch_size=8, drop_last=True)
+    assert dropped.images_used == 16 and len(dropped) == 2
+
+
+def test_methods_give_different_ranges_and_percentile_clips(exported):
+    run = RunDir(exported)
+    card = ModelCard.from_onnx(run.onnx)
+    items = calibration_items(run, card, None, size=32, seed=0)
+    ranges = {m: collect_ranges(run.onnx, ImageCalibrationReader(items, card, "images", 16), m)
+              for m in ("minmax", "percentile")}
+    assert ranges["minmax"].keys() == ranges["percentile"].keys() and len(ranges["minmax"]) > 10
+    names = sorted(ranges["minmax"])
+    # percentile (99.999 of |x|, symmetric) never exceeds max |x|, and clips somewhere
+    mm_abs = np.array([max(abs(v) for v in ranges["minmax"][n]) for n in names])
+    pc_abs = np.array([max(abs(v) for v in ranges["percentile"][n]) for n in names])
+    assert np.all(pc_abs <= mm_abs * 1.0001) and np.any(pc_abs < mm_abs * 0.999)
+    with pytest.raises(QuantizeError):
+        collect_ranges(run.onnx, ImageCalibrationReader(items, card, "images", 16), "kl")
+
+
+def test_cache_hit_reads_no_images_and_key_changes_miss(exported, tmp_path):
+    run = RunDir(exported)
+    card = ModelCard.from_onnx(run.onnx)
+    items = calibration_items(run, card, None, size=32, seed=0)
+    first = calibrate(run.onnx, items, card, "images", "minmax", tmp_path, batch_size=16)
+    assert not first.cache_hit and first.batches_read == 2 and first.cache_file.is_file()
+    second = calibrate(run.onnx, items, card, "images", "minmax", tmp_path, batch_size=16)
+    assert second.cache_hit and second.batches_read == 0
+    assert second.ranges.keys() == first.ranges.keys()
+    assert all(np.allclose(second.ranges[k], first.ranges[k]) for k in first.ranges)
+    # another calibration set, another method: misses, new files
+    other = calibrate(run.onnx, calibration_items(run, card, None, size=32, seed=1), card, "images", "minmax",
+                      tmp_path, batch_size=16)
+    assert not other.cache_hit and other.cache_file != first.cache_file
+    # a corrupt cache file is a miss, not a crash
+    first.cache_file.write_text("{not json")
+    again = calibrate(run.onnx, items, card, "images", "minmax", tmp_path, batch_size=16)
+    assert not again.cache_hit and again.batches_read == 2

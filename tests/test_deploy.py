@@ -1,0 +1,301 @@
+"""`edgetl deploy` against a real OpenSSH server on 127.0.0.1 (throwaway host and user keys, one sshd per module).
+
+The "device" is this machine reached over ssh: the remote Python is this test's interpreter (it has numpy and
+onnxruntime), the benchmark runs with the onnxruntime backend (no GPU needed), and every remote path lives in a
+temp folder. Skipped with a reason where `sshd` is not installed (.ci/run installs openssh-server).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgetl.errors import DeployError
+from edgetl.transport import SSHTransport, host_slug, remote_path, validate_host
+
+SSHD = shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if os.path.exists(p)), None)
+needs_sshd = pytest.mark.skipif(SSHD is None or shutil.which("ssh") is None or shutil.which("ssh-keygen") is None,
+                                reason="OpenSSH server/client not installed (apt-get install openssh-server openssh-client)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, root: Path, port: int, options: list[str], host: str):
+        self.root, self.port, self.options, self.host = root, port, options, host
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    if SSHD is None or shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
+        pytest.skip("OpenSSH server/client not installed (apt-get install openssh-server openssh-client)")
+    root = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True)
+    (root / "authorized_keys").write_text((root / "user_key.pub").read_text())
+    os.chmod(root / "authorized_keys", 0o600)
+    port = _free_port()
+    host_pub = (root / "host_key.pub").read_text().split()
+    (root / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    config = root / "sshd_config"
+    config.write_text("\n".join([
+        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {root / 'host_key'}", f"PidFile {root / 'sshd.pid'}",
+        f"AuthorizedKeysFile {root / 'authorized_keys'}", "PubkeyAuthentication yes", "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password", "StrictModes no", "UsePAM no",
+        "MaxStartups 50", "MaxSessions 50", "LogLevel ERROR", ""]))
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
+    log = open(root / "sshd.log", "wb")
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.close()
+            pytest.skip(f"sshd would not start here: {(root / 'sshd.log').read_text().strip()[-300:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    options = ["-F", "/dev/null", "-p", str(port), "-i", str(root / "user_key"), "-o", "IdentitiesOnly=yes",
+               "-o", f"UserKnownHostsFile={root / 'known_hosts'}", "-o", "GlobalKnownHostsFile=/dev/null"]
+    yield Server(root, port, options, f"{getpass.getuser()}@127.0.0.1")
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, trained_run):
+    """A private copy of the trained run with model.onnx exported (one per module: deploy never changes it)."""
+    from edgetl.export import export
+
+    dst = tmp_path_factory.mktemp("deploy-run") / "digits"
+    shutil.copytree(trained_run, dst)
+    export(dst)
+    return dst
+
+
+def _local_top1(run: Path, bundle_dir: Path) -> float:
+    """What onnxruntime gives here on the bundle's own preprocessed images."""
+    import onnxruntime as ort
+
+    x = np.load(bundle_dir / "data" / "inputs.npy")
+    y = np.load(bundle_dir / "data" / "labels.npy")
+    sess = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    return float((logits.argmax(1) == y).mean())
+
+
+def _deploy(run, sshd, remote, **kw):
+    from edgetl.deploy import deploy
+
+    settings = dict(host=sshd.host, ssh_options=sshd.options, remote_dir=str(remote), python=sys.executable,
+                    backend="onnxruntime", quiet=True, batch_sizes=(1, 4), warmup=1, iterations=5, max_images=64)
+    settings.update(kw)
+    return deploy(run, **settings)
+
+
+# -- no server needed ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", ["", "-oProxyCommand=touch /tmp/x", "host;touch /tmp/pwned", "a b", "h$(id)",
+                                 "h`id`", "h\nx", "h|x", "h'x"])
+def test_bad_host_names_are_refused(bad):
+    with pytest.raises(DeployError):
+        validate_host(bad)
+
+
+@pytest.mark.parametrize("good", ["nvidia@orin.local", "orin", "user@192.168.1.20", "user@[fe80::1%eth0]",
+                                  "ssh://nvidia@orin:2222"])
+def test_good_host_names_pass(good):
+    assert validate_host(good) == good
+
+
+def test_slugs_and_remote_paths():
+    assert host_slug("nvidia@orin.local") == "orin.local"
+    assert host_slug("ssh://nvidia@orin:2222") == "orin_2222"
+    assert remote_path("~/edgetl") == "edgetl"
+    assert remote_path("~") == "."
+    assert remote_path("-rf") == "./-rf"
+    assert remote_path("/opt/x") == "/opt/x"
+
+
+# -- against a real sshd ------------------------------------------------------------------------------
+
+@needs_sshd
+@pytest.mark.ssh
+def test_deploy_bench_and_fetch(sshd, demo_run, tmp_path):
+    remote = tmp_path / "device"
+    result = _deploy(demo_run, sshd, remote, bench=True)
+
+    # what is on the "device": the bundle under <remote>/<run>/<hash>/, every file as in the manifest
+    final = remote / "digits" / result.bundle.short_hash
+    assert Path(result.remote_dir) == final and final.is_dir()
+    assert not list((remote / "digits").glob(".*.partial"))
+    manifest = json.loads((final / "manifest.json").read_text())
+    assert manifest["run"] == "digits" and manifest["precision"] == "fp32"
+    import hashlib
+
+    for rel, entry in manifest["files"].items():
+        data = (final / rel).read_bytes()
+        assert len(data) == entry["size"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
+    assert (final / "manifest.json").read_bytes() == (result.bundle.path / "manifest.json").read_bytes()
+    assert result.installed and "model.onnx" in result.uploaded and "edgetl_device.py" in result.uploaded
+
+    # results fetched home
+    local = demo_run / "devices" / "127.0.0.1"
+    assert result.local_dir == local
+    bench = json.loads((local / "bench.json").read_text())
+    rows = bench["rows"]
+    assert [r["batch_size"] for r in rows] == [1, 4]
+    expected_top1 = _local_top1(demo_run, result.bundle.path)
+    ref = manifest["reference"]["top1"]
+    for r in rows:
+        assert r["backend"] == "onnxruntime" and r["precision"] == "fp32" and r["device"] == "cpu"
+        assert r["model_file"] == "model.onnx"
+        lat = r["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] and lat["mean"] > 0
+        assert r["throughput_ips"] == pytest.approx(r["batch_size"] / (lat["mean"] / 1e3))
+        assert r["top1"] == pytest.approx(expected_top1, abs=1e-9)
+        assert r["top1_drop"] == pytest.approx(ref - expected_top1, abs=1e-9)
+    assert bench["system"]["python"] == ".".join(map(str, sys.version_info[:3]))
+    facts = json.loads((local / "facts.json").read_text())
+    assert facts["onnxruntime"] and facts["numpy"] and "tensorrt" in facts and "power_mode" in facts
+    record = json.loads((local / "deploy.json").read_text())
+    assert record["bundle_sha256"] == result.bundle.sha256 and record["remote_dir"] == str(final)
+
+    # re-running is idempotent: the installed bundle verifies, nothing is sent again
+    again = _deploy(demo_run, sshd, remote, bench=False)
+    assert again.bundle.reused and again.bundle.sha256 == result.bundle.sha256
+    assert again.uploaded == [] and again.resumed == [] and not again.installed
+
+    # a file changed on the device is caught before anything runs
+    target = final / "model.onnx"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(DeployError) as err:
+        _deploy(demo_run, sshd, remote)
+    assert "model.onnx" in err.value.message and "sha256" in err.value.message
+    assert "--force" in err.value.hint
+    # --force replaces it
+    fixed = _deploy(demo_run, sshd, remote, force=True)
+    assert fixed.installed and "model.onnx" in fixed.uploaded
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == manifest["files"]["model.onnx"]["sha256"]
+
+
+@needs_sshd
+@pytest.mark.ssh
+def test_interrupted_upload_resumes(sshd, demo_run, tmp_path):
+    """A partial copy (as a broken connection leaves it) is appended to, not re-sent; nothing half-installed shows."""
+    from edgetl.bundle import make_bundle
+
+    remote = tmp_path / "device"
+    bundle = make_bundle(demo_run, "fp32", max_images=64)
+    staging = remote / "digits" / f".{bundle.short_hash}.partial"
+    staging.mkdir(parents=True)
+    onnx_bytes = (bundle.path / "model.onnx").read_bytes()
+    (staging / "model.onnx").write_bytes(onnx_bytes[: len(onnx_bytes) // 3])
+    shutil.copyfile(bundle.path / "card.json", staging / "card.json")
+    (staging / "edgetl_device.py").write_text("garbage from an earlier, different bundle")
+    assert not (remote / "digits" / bundle.short_hash).exists()
+
+    result = _deploy(demo_run, sshd, remote)
+    assert result.resumed == ["model.onnx"]
+    assert "card.json" in result.skipped and "edgetl_device.py" in result.uploaded
+    final = remote / "digits" / bundle.short_hash
+    assert (final / "model.onnx").read_bytes() == onnx_bytes and not staging.exists()
+
+
+@needs_sshd
+@pytest.mark.ssh
+def test_shell_metacharacters_do_no_harm(sshd, demo_run, tmp_path):
+    """A run name and a remote dir full of shell syntax arrive as literal folder names; nothing is executed."""
+    name = f"edgetl-pwned-{os.getpid()}"
+    markers = [Path("/tmp") / name, Path.home() / name, tmp_path / name]
+    evil_run = tmp_path / f"run;touch {name};$(touch {name})`touch {name}`"
+    shutil.copytree(demo_run, evil_run, ignore=shutil.ignore_patterns("bundles", "devices"))
+    remote = tmp_path / f"dev ice';touch /tmp/{name};'" / f"$(touch /tmp/{name})" / "-rf"
+    result = _deploy(evil_run, sshd, remote)
+    assert not any(m.exists() for m in markers)
+    final = remote / evil_run.name / result.bundle.short_hash
+    assert (final / "manifest.json").is_file()
+    with pytest.raises(DeployError):
+        _deploy(evil_run, sshd, remote, host=f"{sshd.host};touch /tmp/{name}")
+    assert not any(m.exists() for m in markers)
+
+
+@needs_sshd
+@pytest.mark.ssh
+def test_unreachable_host_is_one_clear_line(sshd, demo_run, tmp_path):
+    closed = _free_port()
+    options = [o if o != str(sshd.port) else str(closed) for o in sshd.options]
+    cmd = [sys.executable, "-m", "edgetl.cli", "deploy", str(demo_run), "--host", sshd.host,
+           "--remote-dir", str(tmp_path / "x"), "--backend", "onnxruntime"]
+    for o in options:
+        cmd.append(f"--ssh-option={o}")
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    assert "connection refused" in res.stderr and "127.0.0.1" in res.stderr
+
+
+@needs_sshd
+@pytest.mark.ssh
+def test_auth_failure_and_unknown_host_key(sshd, tmp_path):
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    options = ["-F", "/dev/null", "-p", str(sshd.port), "-i", str(other), "-o", "IdentitiesOnly=yes",
+               "-o", f"UserKnownHostsFile={sshd.root / 'known_hosts'}", "-o", "GlobalKnownHostsFile=/dev/null"]
+    with pytest.raises(DeployError, match="authentication failed"):
+        with SSHTransport(sshd.host, options):
+            pass
+    # strict host-key checking stays on: an unknown host key is refused, not accepted
+    (tmp_path / "empty_known_hosts").write_text("")
+    options = ["-F", "/dev/null", "-p", str(sshd.port), "-i", str(sshd.root / "user_key"), "-o", "IdentitiesOnly=yes",
+               "-o", f"UserKnownHostsFile={tmp_path / 'empty_known_hosts'}", "-o", "GlobalKnownHostsFile=/dev/null"]
+    with pytest.raises(DeployError, match="host key verification failed"):
+        with SSHTransport(sshd.host, options):
+            pass
+    assert (tmp_path / "empty_known_hosts").read_text() == ""
+
+
+@needs_sshd
+@pytest.mark.ssh
+def test_missing_remote_python_is_named(sshd, demo_run, tmp_path):
+    with pytest.raises(DeployError, match="no Python interpreter"):
+        _deploy(demo_run, sshd, tmp_path / "d", python="/nonexistent/python3")
+
+
+@needs_sshd
+@pytest.mark.ssh
+def test_cli_deploy(sshd, demo_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgetl.cli import app
+
+    args = ["deploy", str(demo_run), "--host", sshd.host, "--remote-dir", str(tmp_path / "d"), "--python",
+            sys.executable, "--backend", "onnxruntime", "--bench", "--batch-size", "2", "--iterations", "3",
+            "--warmup", "1", "--max-images", "64"] + [f"--ssh-option={o}" for o in sshd.options]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "top-1" in res.output
+    rows = json.loads((demo_run / "devices" / "127.0.0.1" / "bench.json").read_text())["rows"]
+    assert any(r["batch_size"] == 2 and r["backend"] == "onnxruntime" for r in rows)

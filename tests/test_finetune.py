@@ -1,0 +1,146 @@
+"""The training loop on real (tiny) data: it learns, evaluates honestly, freezes what it says, resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+
+from edgetl.card import ModelCard
+from edgetl.config import FinetuneConfig, load_config
+from edgetl.errors import EdgetlError, RunDirError
+from edgetl.evaluate import eval_run
+from edgetl.finetune import Events, finetune
+from edgetl.models import load_trained
+from tests.conftest import tiny_config
+
+
+def test_learns_far_better_than_chance(trained_run):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["top1"] >= 0.9  # 5 classes: chance is 0.2
+    assert metrics["auc_roc"] > 0.9
+    assert set(metrics) >= {"top1", "top5", "macro_f1", "auc_roc", "per_class_accuracy", "classes", "confusion"}
+    assert sum(map(sum, metrics["confusion"])) == metrics["n"] == 80
+    for name in ("config.yaml", "model.safetensors", "train_log.csv", "curves.png", "confusion.png", "splits.json"):
+        assert (trained_run / name).exists(), name
+    assert not (trained_run / "last_checkpoint.pt").exists()
+    log = (trained_run / "train_log.csv").read_text().splitlines()
+    assert log[0].startswith("epoch,train_loss") and len(log) == 6
+
+
+def test_card_travels_in_the_checkpoint(trained_run):
+    card = ModelCard.from_safetensors(trained_run / "model.safetensors")
+    assert card.model == "resnet18" and card.class_names == ["0", "1", "2", "3", "4"]
+    assert card.input_size == (3, 32, 32) and card.resize == 32 and len(card.weights_sha256) == 64
+    with safe_open(str(trained_run / "model.safetensors"), "pt") as f:
+        assert "fc.weight" in f.keys()
+
+
+def test_eval_reproduces_metrics_json(trained_run):
+    saved = json.loads((trained_run / "metrics.json").read_text())
+    again = eval_run(trained_run)
+    for key in ("top1", "top5", "macro_f1", "auc_roc", "confusion", "per_class_accuracy"):
+        assert again[key] == saved[key], key
+
+
+def test_linear_strategy_leaves_backbone_unchanged(trained_run, digits, tmp_path):
+    cfg = tiny_config(digits["target"], tmp_path / "linear", weights=str(trained_run), strategy="linear", epochs=2)
+    run = finetune(cfg)
+    before, _ = load_trained(trained_run)
+    after, card = load_trained(run.path)
+    changed_head = False
+    for (k, a), b in zip(before.state_dict().items(), after.state_dict().values()):
+        if k.startswith("fc."):
+            changed_head = True
+            continue
+        assert torch.equal(a, b), f"{k} changed under --strategy linear"
+    assert changed_head and card.class_names == ["5", "6", "7", "8", "9"]
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    assert metrics["frozen_params"] > 10 * metrics["trainable_params"]
+    assert metrics["source_weights"]["kind"] == "run"
+
+
+def test_resume_gives_the_same_result(digits, tmp_path):
+    straight = finetune(tiny_config(digits["source"], tmp_path / "a", epochs=3, batch_size=64))
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_second(row):
+        if row["epoch"] == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        finetune(tiny_config(digits["source"], tmp_path / "b", epochs=3, batch_size=64),
+                 events=Events(epoch_end=stop_after_second))
+    assert (tmp_path / "b" / "last_checkpoint.pt").exists() and not (tmp_path / "b" / "metrics.json").exists()
+    resumed = finetune(tiny_config(digits["source"], tmp_path / "b"), resume=True)
+    a = json.loads((straight.path / "metrics.json").read_text())
+    b = json.loads((resumed.path / "metrics.json").read_text())
+    assert a["top1"] == b["top1"] and a["confusion"] == b["confusion"] and a["best_epoch"] == b["best_epoch"]
+    card_a = ModelCard.from_safetensors(straight.weights)
+    card_b = ModelCard.from_safetensors(resumed.weights)
+    assert card_a.weights_sha256 == card_b.weights_sha256  # bit-identical weights
+    assert (resumed.path / "train_log.csv").read_text().count("\n") == 4
+
+
+def test_existing_run_is_not_overwritten(trained_run, digits):
+    with pytest.raises(RunDirError, match="exists and is not empty"):
+        finetune(tiny_config(digits["source"], trained_run))
+    with pytest.raises(RunDirError, match="nothing to resume"):
+        finetune(tiny_config(digits["source"], trained_run), resume=True)
+
+
+def test_failed_run_leaves_no_directory(digits, tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(EdgetlError, match="unknown model"):
+        finetune(tiny_config(digits["source"], out, model="no_such_net"))
+    assert not out.exists()
+
+
+def test_config_file_and_overrides(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"data": "d", "out": "o", "epochs": 4, "lr": 0.01}))
+    cfg = load_config(FinetuneConfig, path, {"epochs": 7, "lr": None})
+    assert cfg.epochs == 7 and cfg.lr == 0.01 and cfg.model == "resnet50"
+    with pytest.raises(EdgetlError, match="strategy"):
+        load_config(FinetuneConfig, None, {"data": "d", "out": "o", "strategy": "bogus"})
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "edgetl.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_cli_bad_inputs_give_one_line_and_exit_1(tmp_path, digits):
+    for args in (["finetune", tmp_path / "nope", "--out", tmp_path / "o"],
+                 ["finetune", digits["source"], "--out", tmp_path / "o", "--model", "no_such_net", "--no-pretrained"],
+                 ["eval", tmp_path / "no_run"]):
+        res = _cli(*args)
+        assert res.returncode == 1, res
+        assert "Traceback" not in res.stderr + res.stdout
+        assert res.stderr.startswith("error: ")
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_finetune_skip_bad_images_and_eval(tmp_path, digits):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(digits["source"], data)
+    (data / "train" / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    res = _cli("finetune", data, "--out", tmp_path / "r", "--model", "resnet18", "--no-pretrained", "--img-size", "32",
+               "--epochs", "1", "--workers", "0")
+    assert res.returncode == 1 and "broken.png" in res.stderr and "--skip-bad-images" in res.stderr
+    res = _cli("finetune", data, "--out", tmp_path / "r", "--model", "resnet18", "--no-pretrained", "--img-size", "32",
+               "--epochs", "1", "--workers", "0", "--skip-bad-images", "--augment", "crop")
+    assert res.returncode == 0, res.stderr
+    assert "skipped 1 unreadable image(s)" in res.stdout and "broken.png" in res.stdout
+    res = _cli("eval", tmp_path / "r", "--json", tmp_path / "m.json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "m.json").read_text())["n"] == 80

@@ -1,0 +1,290 @@
+"""edgetl quantize: INT8 Q/DQ (TensorRT and cpu forms), FP16, the structural check, sensitivity/exclusion,
+the calibration cache, bad input and the CLI, on the tiny digits run (ONNX Runtime, CPU)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edgetl.card import CARD_KEY
+from edgetl.errors import DataError, ModelError, QuantizeError, RunDirError
+from edgetl.export import export
+from edgetl.quantize import QuantizeRequest, check_graph, quantize, read_report, to_fp16
+from edgetl.rundir import RunDir
+
+# Stated bound on the digits val split (80 images; the tiny run is weak, so near-ties are common):
+# int8 top-1 within 5 points of fp32 and the same top-1 class as fp32 on >= 90% of the images.
+MAX_DROP_PT = 5.0
+MIN_AGREEMENT = 0.90
+NO_EXCLUSION = 100.0  # --max-drop that never triggers sensitivity analysis (keeps tests fast)
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory) -> Path:
+    """model.onnx + splits.json of the tiny run (module-wide; tests that write copy it with `fresh`)."""
+    dst = tmp_path_factory.mktemp("quant") / "run"
+    shutil.copytree(trained_run, dst)
+    export(dst)
+    return dst
+
+
+def fresh(exported: Path, tmp_path: Path) -> Path:
+    """A writable run with only what quantize reads (model.onnx and splits.json)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("model.onnx", "splits.json"):
+        shutil.copy2(exported / name, run / name)
+    return run
+
+
+@pytest.fixture(scope="module")
+def quantized(exported, tmp_path_factory) -> tuple[Path, dict]:
+    """Both int8 forms and fp16, written once."""
+    run = tmp_path_factory.mktemp("quantized") / "run"
+    run.mkdir()
+    for name in ("model.onnx", "splits.json"):
+        shutil.copy2(exported / name, run / name)
+    quantize(run, QuantizeRequest(precision="int8", target="both", calib_size=64, max_drop=NO_EXCLUSION))
+    quantize(run, QuantizeRequest(precision="fp16"))
+    return run, read_report(run)
+
+
+def _zero_points(model) -> list[np.ndarray]:
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return [inits[n.input[2]] for n in model.graph.node
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
+
+
+def test_int8_tensorrt_form_structure_and_accuracy(quantized):
+    run, report = quantized
+    path = RunDir(run).onnx_for("int8", "tensorrt")
+    model = onnx.load(str(path))
+    summary = check_graph(model, "tensorrt")
+    zps = _zero_points(model)
+    assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)  # S8S8, symmetric
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") == summary["quantize_linear"] > 0
+    n_weighted = sum(op in ("Conv", "Gemm", "MatMul") for op in ops)
+    assert summary["quantized_layers"] == n_weighted and summary["float_layers"] == []
+    assert summary["quantized_adds"] > 0  # residual joins have Q/DQ on both inputs (TensorRT fuses them)
+    # per-channel weights: a Conv's weight DQ has one scale per output channel on axis 0
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name: t for t in model.graph.initializer}
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    wdq = producer[conv.input[1]]
+    wq = producer[wdq.input[0]]  # a Q/DQ pair on the float weight, as TensorRT's explicit mode reads it
+    assert wq.op_type == "QuantizeLinear" and wq.input[0] in inits
+    assert numpy_helper.to_array(inits[wdq.input[1]]).shape == (inits[wq.input[0]].dims[0],)
+    assert len(conv.input) < 3 or conv.input[2] in inits  # bias stays float (no bias quantization)
+    # Conv outputs are not quantized (inputs only): no Q reads a Conv output directly
+    assert not any(n.op_type == "QuantizeLinear" and producer.get(n.input[0]) is not None
+                   and producer[n.input[0]].op_type == "Conv" for n in model.graph.node)
+    e = report["entries"]["int8/tensorrt"]
+    assert e["model_file"] == "model.int8.onnx" and e["target"] == "tensorrt"
+    assert abs(e["drop"]) <= MAX_DROP_PT and e["top1_agreement"] >= MIN_AGREEMENT
+    assert e["drop"] == pytest.approx((e["fp32_top1"] - e["int8_top1"]) * 100)
+    for key in ("fp32_top1", "int8_top1", "drop", "method", "calib_size", "calib_hash", "excluded", "seconds"):
+        assert key in e
+    assert e["calib_size"] == 64 and len(e["calib_hash"]) == 64 and e["excluded"] == []
+    assert json.loads(dict((p.key, p.value) for p in model.metadata_props)[CARD_KEY])["class_names"]
+
+
+def test_int8_cpu_form_is_u8s8_and_scored_on_its_own(quantized):
+    run, report = quantized
+    model = onnx.load(str(RunDir(run).onnx_for("int8", "cpu")))
+    check_graph(model, "cpu")
+    dtypes = {z.dtype for z in _zero_points(model)}
+    assert np.dtype(np.uint8) in dtypes and np.dtype(np.int8) in dtypes  # uint8 activations, int8 weights
+    with pytest.raises(QuantizeError, match="structural check"):
+        check_graph(model, "tensorrt")  # uint8 activations are not the TensorRT form
+    e = report["entries"]["int8/cpu"]
+    assert e["model_file"] == "model.int8.cpu.onnx"
+    assert abs(e["drop"]) <= MAX_DROP_PT and e["top1_agreement"] >= MIN_AGREEMENT
+    assert set(report["entries"]) == {"int8/tensorrt", "int8/cpu", "fp16"}  # merged, nothing lost
+
+
+def test_structural_check_catches_bad_graphs(quantized, tmp_path):
+    run, _ = quantized
+    good = onnx.load(str(RunDir(run).onnx_for("int8", "tensorrt")))
+    # a non-zero int8 zero point
+    bad = onnx.ModelProto()
+    bad.CopyFrom(good)
+    dq = next(n for n in bad.graph.node if n.op_type == "DequantizeLinear")
+    zp = next(t for t in bad.graph.initializer if t.name == dq.input[2])
+    zp.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(zp) + np.int8(3), zp.name))
+    with pytest.raises(QuantizeError, match="zero point is not 0"):
+        check_graph(bad, "tensorrt")
+    # a quantized Conv whose weight bypasses its DQ: a dangling float path
+    bad.CopyFrom(good)
+    producer = {o: n for n in bad.graph.node for o in n.output}
+    conv = next(n for n in bad.graph.node if n.op_type == "Conv")
+    conv.input[1] = producer[producer[conv.input[1]].input[0]].input[0]
+    with pytest.raises(QuantizeError, match="one input only"):
+        check_graph(bad, "tensorrt")
+    # per-tensor weight scales where per-channel is required
+    bad.CopyFrom(good)
+    producer = {o: n for n in bad.graph.node for o in n.output}
+    wdq = producer[next(n for n in bad.graph.node if n.op_type == "Conv").input[1]]
+    scale = next(t for t in bad.graph.initializer if t.name == wdq.input[1])
+    scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale)[:2], scale.name))
+    with pytest.raises(QuantizeError, match="axis"):
+        check_graph(bad, "tensorrt")
+
+
+def test_fp16_parity_and_io(quantized):
+    run, report = quantized
+    model = onnx.load(str(RunDir(run).onnx_for("fp16")))
+    for v in list(model.graph.input) + list(model.graph.output):
+        assert v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    e = report["entries"]["fp16"]
+    assert e["cpu_runnable"] is True and e["parity_ok"] is True
+    assert e["parity"]["max_abs_logit_delta"] <= e["parity"]["tolerance"]
+    assert e["parity"]["max_abs_logit_delta"] > 0  # it really ran in fp16
+    assert e["parity"]["top1_agreement"] >= 0.99 and abs(e["drop"]) <= 2.5
+
+
+def test_fp16_keeps_overflow_prone_ops_in_fp32():
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+                               helper.make_node("Softmax", ["h"], ["y"], name="sm", axis=-1)], "g", [x], [y], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    fp16, kept = to_fp16(model)
+    assert kept == ["Softmax"]
+    inferred = onnx.shape_inference.infer_shapes(fp16)
+    types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    sm = next(n for n in fp16.graph.node if n.op_type == "Softmax")
+    assert types[sm.input[0]] == TensorProto.FLOAT  # Softmax reads float32 (a Cast is put in front)
+    assert next(t for t in fp16.graph.initializer if t.name == "w").data_type == TensorProto.FLOAT16
+
+
+def test_second_run_uses_cache_and_method_auto_keeps_best(exported, tmp_path, monkeypatch):
+    run = fresh(exported, tmp_path)
+    req = QuantizeRequest(target="tensorrt", calib_size=32, max_drop=NO_EXCLUSION, method="auto")
+    first = quantize(run, req)["entries"]["int8/tensorrt"]
+    tried = first["methods_tried"]
+    assert set(tried) == {"minmax", "entropy", "percentile"}
+    assert first["int8_top1"] == max(t["top1"] for t in tried.values())
+    assert tried[first["method"]]["top1"] == first["int8_top1"]
+    assert len(list((Path(run) / "calib_cache").glob("*.json"))) == 3
+
+    import edgetl.calibration.cache as cache
+
+    def no_calibration(*a, **k):
+        raise AssertionError("the calibrator ran although the ranges were cached")
+
+    monkeypatch.setattr(cache, "collect_ranges", no_calibration)
+    second = quantize(run, req)["entries"]["int8/tensorrt"]
+    assert all(t["cache_hit"] for t in second["methods_tried"].values())
+    assert second["int8_top1"] == first["int8_top1"] and second["method"] == first["method"]
+
+
+def test_max_drop_excludes_the_layer_that_hurts(exported, tmp_path):
+    """Crafted case: one conv's input range is shrunk in the cache to 1e-4, so quantizing that conv ruins
+    the model. Sensitivity analysis must find that very conv, keep it in float and recover accuracy."""
+    run = fresh(exported, tmp_path)
+    req = QuantizeRequest(target="tensorrt", calib_size=32, max_drop=NO_EXCLUSION)
+    clean = quantize(run, req)["entries"]["int8/tensorrt"]
+    model = onnx.load(str(Path(run) / "model.onnx"))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    victim = next(n for n in model.graph.node if n.op_type == "Conv" and producer.get(n.input[0]) is not None
+                  and producer[n.input[0]].op_type == "Relu" and len(readers[n.input[0]]) == 1)
+    cache_file = next((Path(run) / "calib_cache").glob("minmax-*.json"))
+    data = json.loads(cache_file.read_text())
+    data["ranges"][victim.input[0]] = [0.0, 1e-4]
+    cache_file.write_text(json.dumps(data))
+
+    broken = quantize(run, req)["entries"]["int8/tensorrt"]
+    assert broken["drop"] > clean["drop"] + 5  # the crafted range really hurts
+    fixed = quantize(run, QuantizeRequest(target="tensorrt", calib_size=32, max_drop=clean["drop"] + 1.0))
+    e = fixed["entries"]["int8/tensorrt"]
+    assert e["excluded"] and e["excluded"][0]["node"] == victim.name
+    assert e["excluded"][0]["gain"] > 5 and e["int8_top1"] > broken["int8_top1"]
+    assert e["sensitivity"][0]["node"] == victim.name  # the most sensitive layer is the crafted one
+    assert victim.name in e["structure"]["float_layers"]
+    written = onnx.load(str(RunDir(run).onnx_for("int8", "tensorrt")))
+    node = next(n for n in written.graph.node if n.name == victim.name)
+    producer = {o: n for n in written.graph.node for o in n.output}
+    assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in node.input)
+
+
+# -- bad input: one clear error each, nothing written ------------------------------------------------------
+def _nothing_written(run: Path) -> None:
+    assert not (run / "model.int8.onnx").exists() and not (run / "model.int8.cpu.onnx").exists()
+    assert not (run / "quant_report.json").exists()
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_bad_calibration_folders(exported, tmp_path):
+    run = fresh(exported, tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no class sub-folders"):
+        quantize(run, QuantizeRequest(calib=str(empty)))
+    foreign = tmp_path / "foreign"
+    (foreign / "cat").mkdir(parents=True)
+    shutil.copy2(_any_png(exported), foreign / "cat" / "a.png")
+    with pytest.raises(DataError, match="classes the model does not know: cat"):
+        quantize(run, QuantizeRequest(calib=str(foreign)))
+    with pytest.raises(QuantizeError, match="fewer than one batch of 32"):
+        quantize(run, QuantizeRequest(calib_size=8, batch_size=32))
+    _nothing_written(run)
+
+
+def _any_png(exported: Path) -> Path:
+    splits = json.loads((exported / "splits.json").read_text())
+    return Path(splits["train"]["paths"][0])
+
+
+def test_already_quantized_no_card_no_model(exported, quantized, tmp_path):
+    run = fresh(exported, tmp_path)
+    shutil.copy2(RunDir(quantized[0]).onnx_for("int8", "tensorrt"), run / "model.onnx")
+    with pytest.raises(QuantizeError, match="already quantized"):
+        quantize(run, QuantizeRequest())
+    shutil.copy2(RunDir(quantized[0]).onnx_for("fp16"), run / "model.onnx")
+    with pytest.raises(QuantizeError, match="float16"):
+        quantize(run, QuantizeRequest(precision="fp16"))
+    model = onnx.load(str(exported / "model.onnx"))
+    del model.metadata_props[:]
+    onnx.save(model, str(run / "model.onnx"))
+    with pytest.raises(ModelError, match="no edgetl model card"):
+        quantize(run, QuantizeRequest())
+    (run / "model.onnx").unlink()
+    with pytest.raises(RunDirError, match="model.onnx is missing") as err:
+        quantize(run, QuantizeRequest())
+    assert "edgetl export" in err.value.hint
+    _nothing_written(run)
+    with pytest.raises(QuantizeError, match="--method"):
+        quantize(run, QuantizeRequest(method="kl"))
+
+
+def test_cli_end_to_end_and_error_exit(exported, tmp_path):
+    run = fresh(exported, tmp_path)
+    cmd = [sys.executable, "-m", "edgetl.cli", "quantize", str(run), "--target", "both", "--calib-size", "32",
+           "--max-drop", str(NO_EXCLUSION)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "model.int8.onnx" in done.stdout and "model.int8.cpu.onnx" in done.stdout
+    report = json.loads((run / "quant_report.json").read_text())
+    assert set(report["entries"]) == {"int8/tensorrt", "int8/cpu"}
+    check_graph(run / "model.int8.onnx", "tensorrt")
+    bad = subprocess.run([sys.executable, "-m", "edgetl.cli", "quantize", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "no such run directory" in bad.stderr

@@ -1,0 +1,100 @@
+"""The Backend interface: torch and onnxruntime on a real tiny run give the same logits; bad use is one error."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgetl.errors import BackendUnavailable, EdgetlError, RunDirError
+from edgetl.rundir import RunDir
+from edgetl.runtime import create_backend, resolve_model_file
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory) -> Path:
+    from edgetl.export import export
+
+    dst = tmp_path_factory.mktemp("runtime") / "run"
+    shutil.copytree(trained_run, dst)
+    export(dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def images(exported):
+    from edgetl.card import ModelCard
+    from edgetl.data import load_arrays, read_splits
+
+    return load_arrays(read_splits(RunDir(exported).splits)[1], ModelCard.from_onnx(RunDir(exported).onnx), limit=6)[0]
+
+
+def test_torch_and_onnxruntime_agree(exported, images):
+    run = RunDir(exported)
+    with create_backend("torch", resolve_model_file(run, "torch")) as t, \
+            create_backend("onnxruntime", resolve_model_file(run, "onnxruntime"), threads=1) as o:
+        a, b = t.infer(images), o.infer(images)
+        assert a.shape == b.shape == (6, 5) and a.dtype == b.dtype == np.float32
+        np.testing.assert_allclose(a, b, atol=1e-3)
+        assert t.card == o.card  # both read the card from their own file: safetensors and ONNX metadata
+        assert o.describe()["provider"] == "CPUExecutionProvider"
+        assert t.describe()["timed"] == "forward pass on the CPU (eager)"
+        t.synchronize()
+        o.synchronize()
+
+
+def test_life_cycle_and_input_checks(exported, images):
+    be = create_backend("onnxruntime", RunDir(exported).onnx)
+    with pytest.raises(EdgetlError, match=r"infer\(\) before activate\(\)"):
+        be.infer(images)
+    with be:
+        assert be.is_active and be.input_shape() == (3, 32, 32) and be.input_dtype() == np.float32
+        with pytest.raises(EdgetlError, match=r"input of shape \(6, 32, 32, 3\)"):
+            be.infer(images.transpose(0, 2, 3, 1))
+    assert not be.is_active
+
+
+def test_bad_backend_precision_device(exported):
+    with pytest.raises(BackendUnavailable, match="unknown backend 'caffe'"):
+        create_backend("caffe", exported)
+    with pytest.raises(EdgetlError, match="precision 'int8' is not one of"):
+        create_backend("torch", exported, precision="int8").activate()
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(BackendUnavailable, match="CUDAExecutionProvider is not available"):
+            create_backend("onnxruntime", RunDir(exported).onnx, device="cuda").activate()
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendUnavailable, match="no CUDA device"):
+            create_backend("torch", exported, device="cuda").activate()
+
+
+def test_resolve_model_file_prefers_the_cpu_int8_form_on_cpu(exported, tmp_path):
+    run = RunDir(shutil.copytree(exported, tmp_path / "run"))
+    with pytest.raises(RunDirError, match="model.int8.onnx is missing"):
+        resolve_model_file(run, "onnxruntime", "int8", "cuda")
+    shutil.copy(run.onnx, run.onnx_for("int8"))  # stand-ins: only the file choice is under test here
+    assert resolve_model_file(run, "onnxruntime", "int8", "cpu") == run.onnx_for("int8")
+    shutil.copy(run.onnx, run.onnx_for("int8", "cpu"))
+    assert resolve_model_file(run, "onnxruntime", "int8", "cpu").name == "model.int8.cpu.onnx"
+    assert resolve_model_file(run, "onnxruntime", "int8", "cuda").name == "model.int8.onnx"
+    assert resolve_model_file(run, "torch", "fp16", "cuda") == run.weights
+
+
+def test_tensorrt_backend_refuses_the_cpu(exported):
+    pytest.importorskip("tensorrt", reason="needs TensorRT's Python API")
+    with pytest.raises(EdgetlError, match="runs on the GPU"):
+        create_backend("tensorrt", exported / "x.plan", device="cpu").activate()
+
+
+@pytest.mark.gpu
+def test_torch_cuda_fp16_close_to_fp32(exported, images):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    with create_backend("torch", exported) as cpu, create_backend("torch", exported, device="cuda", precision="fp16") as gpu:
+        np.testing.assert_allclose(gpu.infer(images), cpu.infer(images), atol=5e-2)
