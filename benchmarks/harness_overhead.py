@@ -43,7 +43,12 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 steadies a shared machine)")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from edgetl.bench import time_infer
     from edgetl.runtime import create_backend
@@ -62,7 +67,10 @@ def main() -> None:
                 ratios.append(h / b)
     overhead = (statistics.median(ratios) - 1) * 100
     print(f"machine: {machine()}")
-    print(f"{args.model} {args.img_size}px batch {args.batch}, {args.rounds} rounds x {args.iterations} iterations")
+    import torch
+
+    print(f"{args.model} {args.img_size}px batch {args.batch}, {args.rounds} rounds x {args.iterations} iterations, "
+          f"torch threads {torch.get_num_threads()}")
     print(f"harness p50 {statistics.median(h_p50):.3f} ms, bare loop p50 {statistics.median(b_p50):.3f} ms, "
           f"overhead {overhead:+.1f}% (target within 5%: {'met' if abs(overhead) <= 5 else 'NOT met'})")
 

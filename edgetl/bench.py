@@ -309,8 +309,10 @@ class _DataSource:
 
         key = (card.to_json(), n)
         if key not in self._inputs:
-            items, _ = self.labelled(card)
+            items, note = self.labelled(card)
             if items is None:
+                if self.data is None:
+                    raise DataError(note or "no images to time")
                 items = scan_folder(self.data)  # any images will do for timing
             self._inputs[key] = load_arrays(items, card, limit=n)[0]
         return self._inputs[key]

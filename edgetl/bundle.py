@@ -56,7 +56,7 @@ class Bundle:
 
 
 def bundle_dir(run: RunDir, precision: str) -> Path:
-    return run.path / "bundles" / precision
+    return run.bundles_dir / precision
 
 
 def make_bundle(run_path: str | os.PathLike, precision: str = "fp32", out_dir: str | os.PathLike | None = None,

@@ -55,7 +55,7 @@ class Steps:
         self.quiet = quiet
 
     @contextlib.contextmanager
-    def step(self, text: str) -> Iterator[dict]:
+    def step(self, text: str, spinner: bool = True) -> Iterator[dict]:
         note: dict = {}
         start = time.perf_counter()
         if self.quiet:
@@ -63,7 +63,8 @@ class Steps:
             return
         from edgetl.console import console
 
-        with console.status(text):
+        # No spinner around a step that draws its own bar: older rich allows one live display at a time.
+        with console.status(text) if spinner else contextlib.nullcontext():
             yield note
         extra = f" - {note['done']}" if note.get("done") else ""
         console.print(f"[green]done[/] {text}{extra} ({time.perf_counter() - start:.1f} s)")
@@ -118,7 +119,7 @@ def deploy(run_path: str | os.PathLike, host: str, precision: str = "fp32", benc
         parent = f"{base}/{bundle.manifest['run']}"
         final, staging = f"{parent}/{bundle.short_hash}", f"{parent}/.{bundle.short_hash}.partial"
         result = DeployResult(host=host, remote_dir=final, bundle=bundle)
-        with steps.step(f"upload to {host}:{final}") as note:
+        with steps.step(f"upload to {host}:{final}", spinner=False) as note:
             _upload(transport, steps, bundle, final, staging, force, device_cmd, result)
             note["done"] = (f"{len(result.uploaded)} sent, {len(result.resumed)} resumed, {len(result.skipped)} already there"
                             if result.installed else "already installed and verified")

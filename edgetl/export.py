@@ -129,7 +129,8 @@ def export(run_path: str | os.PathLike, opset: int = DEFAULT_OPSET, static_batch
         if not parity["passed"]:
             raise ExportError(
                 f"ONNX output differs from PyTorch on {n} validation images of {run.path}: "
-                f"max |delta logit| {parity['max_abs_diff']:.3g} (tolerance {tolerance:g}), "
+                f"max |delta logit| {parity['max_abs_diff']:.3g} ({parity['max_scaled_diff']:.3g} of the logit "
+                f"scale, tolerance {tolerance:g}), "
                 f"top-1 agreement {parity['top1_agreement']:.2%}; model.onnx not written",
                 "try another --opset; if the gap is tiny and expected, raise --tolerance")
 
@@ -329,18 +330,26 @@ def _parity(path: Path, x: np.ndarray, reference: np.ndarray, labels: np.ndarray
     if got.shape != ref.shape:
         raise ExportError(f"exported graph returns logits of shape {got.shape[1:]}, PyTorch {ref.shape[1:]}")
     diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
-    max_abs = float(np.nanmax(diff)) if np.isfinite(got).all() else float("inf")
+    finite = bool(np.isfinite(got).all())
+    max_abs = float(diff.max()) if finite else float("inf")
+    # float32 rounding grows with the size of the activations: with logits of ~30, PyTorch's own fp32
+    # result is ~3e-4 off its fp64 result. So |delta| is judged relative to each image's largest
+    # |logit| once that exceeds 1 (below 1 it is the plain absolute difference).
+    scale = np.maximum(1.0, np.abs(ref.astype(np.float64)).max(axis=1, keepdims=True))
+    max_scaled = float((diff / scale).max()) if finite else float("inf")
     agreement = float(np.mean(got.argmax(1) == ref.argmax(1)))
     n = len(reference)
     return {
         "n_images": n,
         "max_abs_diff": max_abs,
-        "mean_abs_diff": float(diff.mean()) if np.isfinite(max_abs) else float("inf"),
+        "max_scaled_diff": max_scaled,
+        "max_abs_logit": float(np.abs(ref).max()),
+        "mean_abs_diff": float(diff.mean()) if finite else float("inf"),
         "top1_agreement": agreement,
         "tolerance": tolerance,
         "torch_top1": float(np.mean(reference.argmax(1) == labels)),
         "onnx_top1": float(np.mean(got[:n].argmax(1) == labels)),
-        "passed": bool(agreement == 1.0 and max_abs <= tolerance),
+        "passed": bool(agreement == 1.0 and max_scaled <= tolerance),
     }, sizes
 
 
@@ -376,7 +385,7 @@ def _simplify(src: Path, dst: Path, card: ModelCard, external: bool, static_batc
     except ExportError as e:
         return None, None, f"simplified graph failed a check ({e.message}); graph kept as exported"
     if not parity["passed"]:
-        return None, None, (f"simplified graph lost parity (max |delta| {parity['max_abs_diff']:.3g}, "
+        return None, None, (f"simplified graph lost parity (scaled max |delta| {parity['max_scaled_diff']:.3g}, "
                             f"agreement {parity['top1_agreement']:.2%}); graph kept as exported")
     return dst, parity, "onnxslim " + getattr(onnxslim, "__version__", "?")
 
@@ -454,8 +463,9 @@ def print_report(report: dict[str, Any]) -> None:
     table.add_row("nodes", f"{report['nodes_before_simplify']} -> {report['nodes_after_simplify']}"
                   + ("" if simp.get("kept") else escape(f"  ({simp.get('note') or 'not simplified'})")))
     ok = "[green]pass[/]" if p["passed"] else "[red]FAIL[/]"
-    table.add_row("parity", f"{ok} on {p['n_images']} val images: max |delta logit| {p['max_abs_diff']:.2e} "
-                  f"(tol {p['tolerance']:g}), top-1 agreement {p['top1_agreement']:.2%}")
+    table.add_row("parity", f"{ok} on {p['n_images']} val images: max |delta logit| {p['max_abs_diff']:.2e}, "
+                  f"scaled {p['max_scaled_diff']:.2e} (tol {p['tolerance']:g}), "
+                  f"top-1 agreement {p['top1_agreement']:.2%}")
     table.add_row("top-1 on them", f"torch {p['torch_top1']:.3f}, onnx {p['onnx_top1']:.3f}")
     size = report["file_size_bytes"] / 2**20
     table.add_row("file", f"{size:.2f} MiB" + (f" (weights in {report['external_data']})" if report["external_data"] else ""))

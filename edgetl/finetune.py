@@ -126,7 +126,7 @@ def _train(cfg, run, train, val, device, state, ev: Events) -> RunDir:
     seed_everything(cfg.seed)
     weights = cfg.weights
     model, load_report = create_model(cfg.model, len(train.classes), pretrained=cfg.pretrained and weights is None,
-                                      weights=weights)
+                                      weights=weights, img_size=cfg.img_size)
     ev.message(load_report.summary())
     card = make_card(cfg, model, train.classes, load_report.source)
     freeze = apply_strategy(model, cfg.strategy, cfg.unfreeze)

@@ -33,13 +33,14 @@ class LoadReport:
 
 
 def create_model(name: str, num_classes: int, pretrained: bool = False, weights: str | os.PathLike | None = None,
-                 **kwargs) -> tuple[nn.Module, LoadReport]:
+                 img_size: int | None = None, **kwargs) -> tuple[nn.Module, LoadReport]:
     """A timm model with a fresh `num_classes` head; backbone from the hub, a local file, or random."""
     import timm
 
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
         raise ModelError(f"unknown model '{name}'", f"timm knows e.g. {', '.join(close)}" if close else "see `timm.list_models()`")
+    kwargs.update(size_kwargs(name, img_size))
     if weights is not None:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
         return model, load_backbone_weights(model, weights)
@@ -57,6 +58,17 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, weights:
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     total = sum(p.numel() for p in model.parameters())
     return model, LoadReport({"kind": "none"}, loaded_params=0, new_params=total)
+
+
+def size_kwargs(name: str, img_size: int | None) -> dict[str, Any]:
+    """Fixed-size models (ViTs) are built at the training size, so timm resamples the position embedding
+    once when weights load rather than on every forward (which also would not export to ONNX)."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if img_size is not None and cfg is not None and getattr(cfg, "fixed_input_size", False):
+        return {"img_size": img_size}
+    return {}
 
 
 def _require_hub_or_cache(name: str) -> None:
@@ -241,7 +253,8 @@ def load_trained(weights: str | os.PathLike):
     if not timm.is_model(card.model):
         raise ModelError(f"{path}: written for model '{card.model}', which this timm ({timm.__version__}) does not know",
                          "install the timm version that trained it")
-    model = timm.create_model(card.model, pretrained=False, num_classes=card.num_classes)
+    model = timm.create_model(card.model, pretrained=False, num_classes=card.num_classes,
+                              **size_kwargs(card.model, card.height))
     try:
         model.load_state_dict(load_file(str(path)), strict=True)
     except (RuntimeError, OSError) as e:

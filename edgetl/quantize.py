@@ -265,9 +265,28 @@ def _shape_inferred(path: Path):
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
     try:
-        return load_model_with_shape_infer(Path(path))
+        model = load_model_with_shape_infer(Path(path))
     except Exception as e:
         raise QuantizeError(f"{path}: shape inference failed ({_first_line(e)})") from None
+    _inline_constant_identities(model)
+    return model
+
+
+def _inline_constant_identities(model) -> None:
+    """Replace Identity(initializer) by a copy of the initializer. The torch exporter shares equal
+    constants (e.g. two all-zero folded biases) through Identity nodes; the quantizer cannot see through
+    them, so such biases stayed float and ONNX Runtime's CPU could not fuse those convs to QLinearConv."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    for node in [n for n in graph.node if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs]:
+        copy_ = graph.initializer.add()
+        copy_.CopyFrom(inits[node.input[0]])
+        copy_.name = node.output[0]
+        graph.node.remove(node)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for t in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(t)
 
 
 def quantizer_settings(target: str) -> dict[str, Any]:

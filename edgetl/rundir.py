@@ -91,6 +91,14 @@ class RunDir:
     def devices_dir(self) -> Path:
         return self.path / "devices"
 
+    @property
+    def bundles_dir(self) -> Path:
+        return self.path / "bundles"
+
+    @property
+    def triton_dir(self) -> Path:
+        return self.path / "triton"
+
     def require(self, *paths: Path, hint: str) -> None:
         if not self.path.is_dir():
             raise RunDirError(f"{self.path}: no such run directory", "give the folder that `edgetl finetune --out` wrote")

@@ -60,7 +60,7 @@ def triton_repository(run_path: str | os.PathLike, out: str | os.PathLike | None
     card = ModelCard.from_onnx(onnx_path)
     io_info = graph_io(onnx_path)
     base = _model_name(name or run.path.resolve().name)
-    repo = TritonRepository(Path(out) if out is not None else run.path / "triton")
+    repo = TritonRepository(Path(out) if out is not None else run.triton_dir)
 
     model = base if precision == "fp32" else f"{base}_{precision}"
     _write_model(repo.path / model, model, "onnxruntime", onnx_path, "model.onnx", io_info, card, max_batch,
@@ -92,8 +92,10 @@ def _engine_max_batch(plan: Path) -> int | None:
                 meta = json.loads(sidecar.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 return None
-            value = meta.get("max_batch") or (meta.get("profile") or {}).get("max_batch")
-            return int(value) if value else None
+            if meta.get("max_batch"):
+                return int(meta["max_batch"])
+            profile_max = (meta.get("profile") or {}).get("max")  # edgetl build: [N, C, H, W]
+            return int(profile_max[0]) if profile_max else None
     return None
 
 

@@ -111,7 +111,9 @@ def test_engine_gets_a_tensorrt_model(exported_run, tmp_path):
     engine_dir = run / "engines" / "orin-trt10.3.0"
     engine_dir.mkdir(parents=True)
     (engine_dir / "model.fp32.plan").write_bytes(b"engine bytes as built on the device")
-    (engine_dir / "model.fp32.json").write_text(json.dumps({"max_batch": 8}))
+    # the profile as `edgetl build` records it in the sidecar
+    (engine_dir / "model.fp32.json").write_text(json.dumps({"profile": {"input": "images", "min": [1, 3, 32, 32],
+                                                                        "opt": [8, 3, 32, 32], "max": [8, 3, 32, 32]}}))
     repo = triton_repository(run, tmp_path / "repo", max_batch=8)
     assert repo.backends == {"withengine": "onnxruntime", "withengine_trt_orin-trt10.3.0": "tensorrt"}
     trt = tmp_path / "repo" / "withengine_trt_orin-trt10.3.0"

@@ -244,8 +244,9 @@ def model_file(manifest: dict, precision: str, target: str = "tensorrt") -> str:
     return models[precision]
 
 
-def _reusable(sidecar: Path, plan: Path, onnx_sha: str, trt_version, gpu) -> bool:
-    """An engine is reused only when its ONNX, TensorRT version and GPU are the ones here now."""
+def _reusable(sidecar: Path, plan: Path, onnx_sha: str, trt_version, gpu, max_batch: int) -> bool:
+    """An engine is reused only when its ONNX, TensorRT version and GPU are the ones here now (and its
+    optimisation profile covers the batch sizes asked for)."""
     if not (sidecar.is_file() and plan.is_file()):
         return False
     try:
@@ -253,7 +254,8 @@ def _reusable(sidecar: Path, plan: Path, onnx_sha: str, trt_version, gpu) -> boo
     except (OSError, ValueError):
         return False
     return (meta.get("onnx_sha256") == onnx_sha and str(meta.get("tensorrt_version")) == str(trt_version)
-            and meta.get("gpu") == gpu and meta.get("engine_sha256") == sha256_file(plan))
+            and meta.get("gpu") == gpu and int(meta.get("max_batch") or 0) >= max_batch
+            and meta.get("engine_sha256") == sha256_file(plan))
 
 
 def build(bundle: Path, precision: str, max_batch: int, force: bool = False) -> dict:
@@ -268,7 +270,7 @@ def build(bundle: Path, precision: str, max_batch: int, force: bool = False) -> 
         raise DeviceError("TensorRT is not installed on this device (no python3-libnvinfer / tensorrt package)")
     engine_dir = bundle / "engines" / f"{_slug(gpu or 'gpu')}-trt{trt_version}"
     plan, sidecar = engine_dir / f"model.{precision}.plan", engine_dir / f"model.{precision}.json"
-    if not force and _reusable(sidecar, plan, onnx_sha, trt_version, gpu):
+    if not force and _reusable(sidecar, plan, onnx_sha, trt_version, gpu, max_batch):
         return {"engine": str(plan), "sidecar": str(sidecar), "reused": True, "builder": json.loads(sidecar.read_text())["builder"]}
     engine_dir.mkdir(parents=True, exist_ok=True)
     io = manifest["io"]
@@ -277,7 +279,8 @@ def build(bundle: Path, precision: str, max_batch: int, force: bool = False) -> 
     with tempfile.TemporaryDirectory(dir=engine_dir, prefix=".build-") as tmp:
         tmp_plan = Path(tmp) / plan.name
         if shutil.which("edgetl") and _run(["edgetl", "build", "--help"], timeout=60) is not None:
-            builder, command = "edgetl", ["edgetl", "build", str(bundle), "--precision", precision]
+            builder = "edgetl"
+            command = ["edgetl", "build", str(bundle), "--precision", precision, "--batch", f"1,{max_batch},{max_batch}"]
             _check_call(command, "edgetl build")
             built = sorted((bundle / "engines").glob(f"*/model.{precision}.plan"), key=lambda p: p.stat().st_mtime)
             if not built:
@@ -302,7 +305,11 @@ def build(bundle: Path, precision: str, max_batch: int, force: bool = False) -> 
         if not tmp_plan.is_file() or tmp_plan.stat().st_size == 0:
             raise DeviceError(f"{builder} wrote no engine")
         os.replace(tmp_plan, plan)
+    # Field names follow `edgetl build`'s sidecar (format edgetl-engine/1) where they mean the same thing.
+    dims = lambda b: [b, *chw]  # noqa: E731
     meta = {
+        "format": "edgetl-engine/1", "gpu_name": gpu, "source_onnx": rel, "source_onnx_sha256": onnx_sha,
+        "profile": {"input": io["input"]["name"], "min": dims(1), "opt": dims(max_batch), "max": dims(max_batch)},
         "card": manifest["card"], "precision": precision, "onnx_file": rel, "onnx_sha256": onnx_sha,
         "engine_file": plan.name, "engine_sha256": sha256_file(plan), "tensorrt_version": trt_version, "gpu": gpu,
         "device_model": _read("/proc/device-tree/model"), "l4t": l4t_release(), "builder": builder,
