@@ -30,6 +30,7 @@ from edgetl.rundir import RunDir
 from edgetl.transport import SSHTransport, host_slug, remote_path
 
 BACKENDS = ("tensorrt", "onnxruntime")
+DEVICES = ("auto", "cpu", "cuda")  # onnxruntime's execution provider on the device
 
 
 @dataclass
@@ -92,6 +93,8 @@ def deploy(run_path: str | os.PathLike, host: str, precision: str = "fp32", benc
     """Bundle, upload, verify, build, benchmark and fetch, as the module docstring lists. Returns what it did."""
     if backend not in BACKENDS:
         raise DeployError(f"--backend {backend}: not one of {', '.join(BACKENDS)}")
+    if device not in DEVICES:
+        raise DeployError(f"--device {device}: not one of {', '.join(DEVICES)}")
     if not batch_sizes or min(batch_sizes) < 1 or iterations < 1 or warmup < 0:
         raise DeployError("--batch-size values must be >= 1, --iterations >= 1 and --warmup >= 0")
     run = RunDir(run_path)
@@ -163,8 +166,8 @@ def deploy(run_path: str | os.PathLike, host: str, precision: str = "fp32", benc
 
 def _upload(transport: SSHTransport, steps: Steps, bundle: Bundle, final: str, staging: str, force: bool,
             device_cmd, result: DeployResult) -> None:
-    inv = device_cmd("inventory", final, staging, what="inventory")
-    if inv[final]["exists"]:
+    # `test -d` rather than an inventory of the installed folder: verify hashes it anyway, once is enough.
+    if transport.run(["test", "-d", final], check=False, what="test -d").returncode == 0:
         try:
             device_cmd("verify", "--dir", final, what="verify")
             result.skipped = sorted(bundle.manifest["files"]) + [MANIFEST]
@@ -174,8 +177,7 @@ def _upload(transport: SSHTransport, steps: Steps, bundle: Bundle, final: str, s
                 raise DeployError(f"{e.message} [on {transport.host}:{final}]",
                                   "something changed the bundle on the device; re-run with --force to replace it") from None
             transport.run(["rm", "-rf", "--", final], what=f"rm -rf {final}")
-    have = inv[staging]["files"]
-    transport.run(["mkdir", "-p", "--", staging], what=f"mkdir -p {staging}")
+    have = device_cmd("inventory", staging, what="inventory")[staging]["files"]
     wanted = dict(bundle.manifest["files"])
     plan: list[tuple[str, int]] = []
     for rel, entry in sorted(wanted.items()):
@@ -188,10 +190,8 @@ def _upload(transport: SSHTransport, steps: Steps, bundle: Bundle, final: str, s
             offset = there["size"]  # an interrupted copy of this very file: send the rest
         plan.append((rel, offset))
     plan.append((MANIFEST, 0))  # written last: a staging folder with a manifest has all its files
-    for rel, offset in plan:
-        parent = os.path.dirname(rel)
-        if parent:
-            transport.run(["mkdir", "-p", "--", f"{staging}/{parent}"], what="mkdir")
+    folders = sorted({staging} | {f"{staging}/{os.path.dirname(rel)}" for rel, _ in plan if os.path.dirname(rel)})
+    transport.run(["mkdir", "-p", "--", *folders], what=f"mkdir -p {staging}")
     total = sum((bundle.path / rel).stat().st_size - offset for rel, offset in plan)
     with steps.bytes("uploading", total) as advance:
         for rel, offset in plan:

@@ -49,6 +49,8 @@ def eval_run(run_path, data=None, backend: str = "torch", precision: str = "fp32
     from edgetl.runtime import create_backend, resolve_model_file
 
     run = RunDir(run_path)
+    if backend == "tensorrt":
+        device = "cuda"  # an engine runs only on the GPU it was built for
     model_file = resolve_model_file(run, backend, precision, device)
     with create_backend(backend, model_file, device=device, precision=precision) as be:
         if data is None:

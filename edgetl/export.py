@@ -89,13 +89,14 @@ def export(run_path: str | os.PathLike, opset: int = DEFAULT_OPSET, static_batch
     if n == 0:
         raise ExportError(f"{run.splits}: the validation split is empty", "parity needs real validation images")
     step(f"reading {n} validation images")
-    x_float, labels = load_arrays(val, card, n)
+    sample = even_spread(val, n)
+    x_float, labels = load_arrays(sample, card)
     with torch.inference_mode():
         reference = model(torch.from_numpy(x_float)).float().numpy()
 
     out_card = card.model_copy(update={"input_format": "uint8_nhwc"}) if fuse_preprocess else card
     module = FusedPreprocess(model, card).eval() if fuse_preprocess else model
-    x_graph = load_arrays(val, out_card, n)[0] if fuse_preprocess else x_float
+    x_graph = load_arrays(sample, out_card)[0] if fuse_preprocess else x_float
 
     try:
         tmpdir = Path(tempfile.mkdtemp(prefix=".export-", dir=run.path))
@@ -167,8 +168,8 @@ def export(run_path: str | os.PathLike, opset: int = DEFAULT_OPSET, static_batch
             "nodes_before_simplify": nodes_before,
             "nodes_after_simplify": nodes_after,
             "simplification": simplification,
-            "parity": {**parity, "batch_sizes": batch_sizes, "images": "val split (splits.json), first "
-                       f"{n} in file order"},
+            "parity": {**parity, "batch_sizes": batch_sizes, "images": f"val split (splits.json), {n} spread "
+                       "evenly over it"},
             "file_size_bytes": run.onnx.stat().st_size + (data_file.stat().st_size if external else 0),
             "sha256": sha256_file(run.onnx),
             "external_data_sha256": sha256_file(data_file) if external else None,
@@ -184,6 +185,14 @@ def export(run_path: str | os.PathLike, opset: int = DEFAULT_OPSET, static_batch
 
 
 # -- steps ------------------------------------------------------------------------------------------
+def even_spread(items, n: int):
+    """At most `n` of `items` spread evenly, first and last included: a split lists its images class by
+    class, so its first `n` would show parity (or accuracy) on the first classes only."""
+    n = min(n, len(items))
+    index = np.linspace(0, len(items) - 1, n).round().astype(int)  # distinct: the step is >= 1
+    return items.subset(index.tolist())
+
+
 def _check_options(opset: int, static_batch: int | None, tolerance: float, parity_images: int) -> None:
     if opset < MIN_OPSET:
         raise ExportError(f"--opset {opset}: TensorRT's ONNX parser reads opset {MIN_OPSET} and newer",

@@ -115,10 +115,14 @@ class SSHTransport:
     def close(self) -> None:
         if self._control_dir is None:
             return
-        subprocess.run([self.ssh, *self.ssh_options, "-o", f"ControlPath={self._control_dir}/%C", "-O", "exit",
-                        "--", self.host], stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
-        shutil.rmtree(self._control_dir, ignore_errors=True)
-        self._control_dir = None
+        try:
+            subprocess.run([self.ssh, *self.ssh_options, "-o", f"ControlPath={self._control_dir}/%C", "-O", "exit",
+                            "--", self.host], stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # closing runs in `finally`: it must not replace the error that got us here; ControlPersist ends it
+        finally:
+            shutil.rmtree(self._control_dir, ignore_errors=True)
+            self._control_dir = None
 
     def _connection_error(self, stderr: str) -> DeployError:
         lines = [line.strip() for line in stderr.splitlines() if line.strip() and not line.startswith("Warning: Permanently")]
@@ -204,7 +208,7 @@ class SSHTransport:
 
     def download(self, remote: str, local: Path) -> Path:
         """The remote file's bytes into `local`, written atomically."""
-        res = self.run(["cat", remote], what=f"cat {remote}")
+        res = self.run(["cat", "--", remote], what=f"cat {remote}")
         with atomic_path(local) as tmp:
             tmp.write_bytes(res.stdout)
         return local

@@ -24,7 +24,6 @@ from edgetl.io import write_text
 from edgetl.rundir import RunDir
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "config.pbtxt.tmpl"
-PRECISIONS = ("fp32", "fp16", "int8")
 KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 # numpy dtype name -> Triton data type (model_config.proto DataType)
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "uint8": "TYPE_UINT8",
@@ -44,7 +43,7 @@ def triton_repository(run_path: str | os.PathLike, out: str | os.PathLike | None
                       max_batch: int = 8, name: str | None = None, kind: str = "gpu",
                       queue_delay_us: int = 100) -> TritonRepository:
     """Write (or refresh) the model repository and return what it holds."""
-    from edgetl.bundle import graph_io
+    from edgetl.bundle import PRECISIONS, graph_io
     from edgetl.card import ModelCard
 
     run = RunDir(run_path)
@@ -52,6 +51,8 @@ def triton_repository(run_path: str | os.PathLike, out: str | os.PathLike | None
         raise DeployError(f"--precision {precision}: not one of {', '.join(PRECISIONS)}")
     if max_batch < 1:
         raise DeployError(f"--max-batch {max_batch}: must be at least 1")
+    if queue_delay_us < 0:
+        raise DeployError(f"--queue-delay-us {queue_delay_us}: must be 0 or more")
     if kind not in KINDS:
         raise DeployError(f"--kind {kind}: not one of {', '.join(KINDS)}")
     onnx_path = run.onnx_for(precision)

@@ -93,7 +93,7 @@ def test_latency_numbers_are_consistent(result):
         lat = r["latency_ms"]
         assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
         assert r["iterations"] == 12
-        assert r["throughput_ips"] == pytest.approx(r["batch_size"] * 1000 / lat["mean"], rel=1e-3)
+        assert r["throughput_ips"] == pytest.approx(r["batch_size"] * 1000 / lat["mean"], rel=1e-3, abs=0.006)  # 2 decimals
         assert r["timed"]
 
 

@@ -128,6 +128,16 @@ def test_good_host_names_pass(good):
     assert validate_host(good) == good
 
 
+def test_bad_options_fail_before_connecting(tmp_path):
+    from edgetl.deploy import deploy
+
+    # "unreachable.invalid" would fail to resolve: each message below proves the check came first
+    for kw, what in [({"device": "tpu"}, "--device"), ({"backend": "tflite"}, "--backend"),
+                     ({"batch_sizes": (0,)}, "--batch-size")]:
+        with pytest.raises(DeployError, match=what):
+            deploy(tmp_path, "nvidia@unreachable.invalid", quiet=True, **kw)
+
+
 def test_slugs_and_remote_paths():
     assert host_slug("nvidia@orin.local") == "orin.local"
     assert host_slug("ssh://nvidia@orin:2222") == "orin_2222"

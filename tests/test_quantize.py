@@ -206,7 +206,6 @@ def test_max_drop_excludes_the_layer_that_hurts(exported, tmp_path):
     req = QuantizeRequest(target="tensorrt", calib_size=32, max_drop=NO_EXCLUSION)
     clean = quantize(run, req)["entries"]["int8/tensorrt"]
     model = onnx.load(str(Path(run) / "model.onnx"))
-    producer = {o: n for n in model.graph.node for o in n.output}
     readers: dict[str, list] = {}
     for n in model.graph.node:
         for i in n.input:

@@ -133,6 +133,9 @@ def test_bad_input(exported_run, tmp_path):
         triton_repository(exported_run, tmp_path / "r", max_batch=0)
     with pytest.raises(DeployError):
         triton_repository(exported_run, tmp_path / "r", kind="tpu")
+    with pytest.raises(DeployError, match="queue-delay-us"):
+        triton_repository(exported_run, tmp_path / "r", queue_delay_us=-1)
+    assert not (tmp_path / "r").exists()  # refused before anything is written
 
 
 def test_cli_triton(exported_run, tmp_path):

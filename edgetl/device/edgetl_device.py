@@ -268,24 +268,31 @@ def build(bundle: Path, precision: str, max_batch: int, force: bool = False) -> 
     trt_version, gpu = tensorrt_version(), gpu_name()
     if trt_version is None:
         raise DeviceError("TensorRT is not installed on this device (no python3-libnvinfer / tensorrt package)")
+    io = manifest["io"]
+    first, *chw = io["input"]["shape"]
+    # A static-batch graph (export --static-batch N) has one profile, N..N, whatever batch sizes were asked for.
+    fixed = None if io["input"].get("dynamic_batch", True) else int(first)
+    lo, hi = (fixed, fixed) if fixed else (1, max_batch)
     engine_dir = bundle / "engines" / f"{_slug(gpu or 'gpu')}-trt{trt_version}"
     plan, sidecar = engine_dir / f"model.{precision}.plan", engine_dir / f"model.{precision}.json"
-    if not force and _reusable(sidecar, plan, onnx_sha, trt_version, gpu, max_batch):
+    if not force and _reusable(sidecar, plan, onnx_sha, trt_version, gpu, hi):
         return {"engine": str(plan), "sidecar": str(sidecar), "reused": True, "builder": json.loads(sidecar.read_text())["builder"]}
     engine_dir.mkdir(parents=True, exist_ok=True)
-    io = manifest["io"]
-    _, *chw = io["input"]["shape"]
     started = time.time()
     with tempfile.TemporaryDirectory(dir=engine_dir, prefix=".build-") as tmp:
         tmp_plan = Path(tmp) / plan.name
         if shutil.which("edgetl") and _run(["edgetl", "build", "--help"], timeout=60) is not None:
             builder = "edgetl"
-            command = ["edgetl", "build", str(bundle), "--precision", precision, "--batch", f"1,{max_batch},{max_batch}"]
+            command = ["edgetl", "build", str(bundle), "--precision", precision, "--batch", f"{lo},{hi},{hi}"]
             _check_call(command, "edgetl build")
             built = sorted((bundle / "engines").glob(f"*/model.{precision}.plan"), key=lambda p: p.stat().st_mtime)
             if not built:
                 raise DeviceError(f"`edgetl build` finished but wrote no engines/*/model.{precision}.plan")
             shutil.copyfile(built[-1], tmp_plan)
+            try:  # edgetl's own sidecar (CUDA's GPU name, compute capability) keeps the engine loadable by `edgetl bench`
+                own = json.loads(built[-1].with_suffix(".json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                own = {}
         else:
             trtexec = find_trtexec()
             if trtexec is None:
@@ -293,14 +300,14 @@ def build(bundle: Path, precision: str, max_batch: int, force: bool = False) -> 
             name = io["input"]["name"]
             shape = lambda b: f"{name}:" + "x".join(str(d) for d in [b, *chw])  # noqa: E731
             command = [trtexec, f"--onnx={onnx_path}", f"--saveEngine={tmp_plan}", "--skipInference"]
-            if io["input"].get("dynamic_batch", True):
-                command += [f"--minShapes={shape(1)}", f"--optShapes={shape(max_batch)}", f"--maxShapes={shape(max_batch)}"]
+            if not fixed:
+                command += [f"--minShapes={shape(lo)}", f"--optShapes={shape(hi)}", f"--maxShapes={shape(hi)}"]
             help_text = subprocess.run([trtexec, "--help"], capture_output=True, text=True).stdout
             if "--stronglyTyped" in help_text:
                 command.append("--stronglyTyped")  # precision is baked into the ONNX graph
             elif precision in ("int8", "fp16"):
                 command += ["--int8", "--fp16"] if precision == "int8" else ["--fp16"]  # TensorRT 8.6: weak typing
-            builder = "trtexec"
+            builder, own = "trtexec", {}
             _check_call(command, "trtexec")
         if not tmp_plan.is_file() or tmp_plan.stat().st_size == 0:
             raise DeviceError(f"{builder} wrote no engine")
@@ -309,13 +316,14 @@ def build(bundle: Path, precision: str, max_batch: int, force: bool = False) -> 
     dims = lambda b: [b, *chw]  # noqa: E731
     meta = {
         "format": "edgetl-engine/1", "gpu_name": gpu, "source_onnx": rel, "source_onnx_sha256": onnx_sha,
-        "profile": {"input": io["input"]["name"], "min": dims(1), "opt": dims(max_batch), "max": dims(max_batch)},
+        "profile": {"input": io["input"]["name"], "min": dims(lo), "opt": dims(hi), "max": dims(hi)},
         "card": manifest["card"], "precision": precision, "onnx_file": rel, "onnx_sha256": onnx_sha,
         "engine_file": plan.name, "engine_sha256": sha256_file(plan), "tensorrt_version": trt_version, "gpu": gpu,
         "device_model": _read("/proc/device-tree/model"), "l4t": l4t_release(), "builder": builder,
-        "command": [str(c) for c in command], "max_batch": max_batch, "build_seconds": round(time.time() - started, 1),
+        "command": [str(c) for c in command], "max_batch": hi, "build_seconds": round(time.time() - started, 1),
         "built_by": "edgetl_device.py",
     }
+    meta.update({k: v for k, v in own.items() if k not in ("builder", "command", "max_batch", "gpu")})
     _write_json(sidecar, meta)
     return {"engine": str(plan), "sidecar": str(sidecar), "reused": False, "builder": builder}
 
