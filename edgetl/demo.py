@@ -34,7 +34,39 @@ def run_demo(out: Path, epochs: int = 8, model: str = "resnet18", img_size: int 
     results = {name: read_json(Path(path) / "metrics.json") for name, path in
                (("source (0-4)", source), ("transfer (5-9)", transfer), ("scratch (5-9)", scratch))}
     _print_comparison(results)
-    return {"source": source, "transfer": transfer, "scratch": scratch, "metrics": results}
+    bench = _deploy_chain(transfer)
+    return {"source": source, "transfer": transfer, "scratch": scratch, "metrics": results, "bench": bench}
+
+
+def _deploy_chain(run: Path) -> dict:
+    """Make the transferred model fast: ONNX, int8 (TensorRT and CPU forms) and fp16, then the bench table."""
+    from edgetl.bench import bench_run
+    from edgetl.export import export
+    from edgetl.quantize import QuantizeRequest, quantize
+    from edgetl.report import print_bench
+
+    console.rule("4. export to ONNX (parity against PyTorch on the val images)")
+    export(run)
+    parity = read_json(Path(run) / "export_report.json")["parity"]
+    console.print(f"model.onnx: top-1 agreement {parity['top1_agreement']:.0%}, max |delta logit| "
+                  f"{parity['max_abs_diff']:.2e}", markup=False)
+    console.rule("5. quantize: int8 Q/DQ (TensorRT and CPU forms) and fp16, scored with ONNX Runtime")
+    entries = {}
+    entries.update(quantize(run, QuantizeRequest(precision="int8", target="both"), log=_say)["entries"])
+    entries.update(quantize(run, QuantizeRequest(precision="fp16"), log=_say)["entries"])
+    for key, entry in entries.items():
+        top1 = entry.get("int8_top1", entry.get("fp16_top1"))
+        top1_text = "n/a" if top1 is None else f"{top1:.3f}"
+        console.print(f"{key:14} top-1 {top1_text} (fp32 {entry['fp32_top1']:.3f}) -> {entry['model_file']}", markup=False)
+    console.rule("6. benchmark what this machine can run")
+    result = bench_run(run, backends=("torch", "onnxruntime", "tensorrt"), batch_sizes=(1, 8), warmup=5, iterations=30)
+    print_bench(result)
+    console.print(f"bench.json, bench.md, bench.png -> {run}", markup=False)
+    return result
+
+
+def _say(text: str) -> None:
+    console.print(text, markup=False, soft_wrap=True)
 
 
 def _train(cfg: FinetuneConfig) -> Path:

@@ -148,8 +148,13 @@ def _train(cfg, run, train, val, device, state, ev: Events) -> RunDir:
     train_ds.check_output_size(card)
     val_ds = ImageDataset(val, eval_transform(card))
     steps_per_epoch = max(1, len(train_ds) // cfg.batch_size)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_scale, cfg.layer_decay),
-                                  lr=cfg.lr)
+    # A lower backbone rate protects what the source task learnt; a random backbone has nothing to protect.
+    from_scratch = load_report.source.get("kind") == "none"
+    if from_scratch and (cfg.backbone_lr_scale != 1.0 or cfg.layer_decay is not None):
+        ev.message("no source weights: the backbone trains at the full learning rate")
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay,
+                                               1.0 if from_scratch else cfg.backbone_lr_scale,
+                                               None if from_scratch else cfg.layer_decay), lr=cfg.lr)
     scheduler = CosineLRScheduler(optimizer, t_initial=cfg.epochs * steps_per_epoch, lr_min=cfg.lr * 1e-2,
                                   warmup_t=int(cfg.warmup_epochs * steps_per_epoch), warmup_lr_init=cfg.lr * 1e-2,
                                   t_in_epochs=False)

@@ -19,10 +19,10 @@ from edgetl.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
-def exported(trained_run, tmp_path_factory) -> Path:
-    """A private copy of the tiny run with model.onnx (module-wide, read-only for the tests)."""
+def exported(train_run, tmp_path_factory) -> Path:
+    """A private copy of the 8-epoch digits run (the one tests/test_quantize.py trains) with model.onnx."""
     dst = tmp_path_factory.mktemp("calib") / "run"
-    shutil.copytree(trained_run, dst)
+    shutil.copytree(train_run("resnet18"), dst)
     export(dst)
     return dst
 

@@ -32,7 +32,7 @@ def exported(train_run, tmp_path_factory) -> Path:
     """model.onnx + splits.json of resnet18 trained 8 epochs on digits 0-4 (~90% val top-1: the 3-epoch
     `trained_run` is near chance, too weak to show an accuracy loss). Tests that write copy it (`fresh`)."""
     dst = tmp_path_factory.mktemp("quant") / "run"
-    shutil.copytree(train_run("resnet18", epochs=8), dst)
+    shutil.copytree(train_run("resnet18"), dst)
     export(dst)
     return dst
 
