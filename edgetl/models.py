@@ -28,6 +28,8 @@ class LoadReport:
     skipped: tuple[str, ...] = ()
 
     def summary(self) -> str:
+        if self.source.get("kind") == "none":
+            return f"no source weights: all {self.new_params:,} parameters newly initialised"
         return (f"loaded {self.loaded_params:,} parameters from {self.source.get('id') or self.source.get('path')}; "
                 f"{self.new_params:,} newly initialised (task head{' and ' + str(len(self.skipped)) + ' mismatched' if self.skipped else ''})")
 
