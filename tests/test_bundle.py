@@ -220,3 +220,37 @@ def test_device_inventory(bundle, tmp_path):
     files = inv[str(bundle.path)]["files"]
     assert files["model.onnx"] == bundle.manifest["files"]["model.onnx"]
     assert inv[str(tmp_path / "absent")] == {"exists": False, "files": {}}
+
+
+def test_engine_of_another_bundle_is_reused_only_when_it_matches(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("edgetl_device_under_test", DEVICE_SCRIPT)
+    device = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(device)
+    run_dir = tmp_path / "pets"
+    old_engines = run_dir / "aaa" / "engines" / "orin-trt10.3"
+    old_engines.mkdir(parents=True)
+    plan = old_engines / "model.int8.plan"
+    plan.write_bytes(b"engine bytes")
+    sidecar = old_engines / "model.int8.json"
+    meta = {"onnx_sha256": "onnx1", "tensorrt_version": "10.3", "gpu": "Orin", "max_batch": 8,
+            "engine_sha256": hashlib.sha256(b"engine bytes").hexdigest(), "builder": "trtexec"}
+    sidecar.write_text(json.dumps(meta))
+    new_bundle = run_dir / "bbb"
+    new_bundle.mkdir()
+    find = device.find_sibling_engine
+    assert find(new_bundle, "orin-trt10.3", "int8", "onnx1", "10.3", "Orin", 8) == (plan, sidecar)
+    # any change of ONNX, TensorRT, GPU or a larger batch than the profile covers means a new build
+    assert find(new_bundle, "orin-trt10.3", "int8", "onnx2", "10.3", "Orin", 8) is None
+    assert find(new_bundle, "orin-trt10.3", "int8", "onnx1", "10.4", "Orin", 8) is None
+    assert find(new_bundle, "orin-trt10.3", "int8", "onnx1", "10.3", "Thor", 8) is None
+    assert find(new_bundle, "orin-trt10.3", "int8", "onnx1", "10.3", "Orin", 16) is None
+    plan.write_bytes(b"tampered")  # an engine whose bytes no longer match its sidecar is never adopted
+    assert find(new_bundle, "orin-trt10.3", "int8", "onnx1", "10.3", "Orin", 8) is None
+    plan.write_bytes(b"engine bytes")
+    target = new_bundle / "engines" / "orin-trt10.3"
+    device.adopt_engine((plan, sidecar), target / "model.int8.plan", target / "model.int8.json")
+    assert (target / "model.int8.plan").read_bytes() == b"engine bytes"
+    assert json.loads((target / "model.int8.json").read_text()) == meta
+    assert sorted(p.name for p in target.iterdir()) == ["model.int8.json", "model.int8.plan"]

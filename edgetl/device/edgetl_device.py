@@ -258,6 +258,31 @@ def _reusable(sidecar: Path, plan: Path, onnx_sha: str, trt_version, gpu, max_ba
             and meta.get("engine_sha256") == sha256_file(plan))
 
 
+def find_sibling_engine(bundle: Path, engine_dir_name: str, precision: str, onnx_sha: str, trt_version, gpu,
+                        max_batch: int):
+    """(plan, sidecar) of an engine another bundle of this run built from the same ONNX, TensorRT and GPU.
+
+    A new bundle (another --max-images, another edgetl version) with an unchanged model needs no new
+    engine: building one takes minutes on a Jetson."""
+    for other in sorted(bundle.parent.iterdir()):
+        if other == bundle or not other.is_dir() or other.name.startswith("."):
+            continue
+        engine_dir = other / "engines" / engine_dir_name
+        plan, sidecar = engine_dir / f"model.{precision}.plan", engine_dir / f"model.{precision}.json"
+        if _reusable(sidecar, plan, onnx_sha, trt_version, gpu, max_batch):
+            return plan, sidecar
+    return None
+
+
+def adopt_engine(source, plan: Path, sidecar: Path) -> None:
+    """Copy another bundle's engine and sidecar here, each via a temporary name, the sidecar last."""
+    plan.parent.mkdir(parents=True, exist_ok=True)
+    for src, dst in zip(source, (plan, sidecar)):
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+
+
 def build(bundle: Path, precision: str, max_batch: int, force: bool = False) -> dict:
     """Build (or reuse) BUNDLE/engines/<gpu>-trt<ver>/model.<precision>.plan with its JSON sidecar."""
     manifest = load_manifest(bundle)
@@ -277,6 +302,12 @@ def build(bundle: Path, precision: str, max_batch: int, force: bool = False) -> 
     plan, sidecar = engine_dir / f"model.{precision}.plan", engine_dir / f"model.{precision}.json"
     if not force and _reusable(sidecar, plan, onnx_sha, trt_version, gpu, hi):
         return {"engine": str(plan), "sidecar": str(sidecar), "reused": True, "builder": json.loads(sidecar.read_text())["builder"]}
+    if not force:
+        source = find_sibling_engine(bundle, engine_dir.name, precision, onnx_sha, trt_version, gpu, hi)
+        if source is not None:
+            adopt_engine(source, plan, sidecar)
+            return {"engine": str(plan), "sidecar": str(sidecar), "reused": True, "reused_from": str(source[0]),
+                    "builder": json.loads(sidecar.read_text())["builder"]}
     engine_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with tempfile.TemporaryDirectory(dir=engine_dir, prefix=".build-") as tmp:
