@@ -4,8 +4,8 @@
     python benchmarks/finetune_throughput.py --model resnet18 --img-size 64 --batch-size 32    # CPU
 
 Both loops run the same model (same initial weights), batch, precision (AMP bf16/fp16 on GPU, channels_last)
-and the same synthetic batches, interleaved (ref, edgetl, ref, edgetl, ...) in one process; the best round of
-each is compared. Target: edgetl within 5% of the reference. The loader part decodes and augments real JPEG
+and the same synthetic batches, interleaved in one process (which loop goes first alternates per round); the best round of each is
+compared. Target: edgetl within 5% of the reference. The loader part decodes and augments real JPEG
 files with edgetl's albumentations pipeline per worker count; target: faster than training consumes images.
 """
 
@@ -137,16 +137,21 @@ def main(argv=None):
     reference_loop(ref_model, warm, device, amp_dtype)
     edgetl_loop(edg_model, warm, device, amp_dtype, fmt)
     ref, edg = [], []
-    for _ in range(a.rounds):
-        ref.append(reference_loop(ref_model, batches, device, amp_dtype))
-        edg.append(edgetl_loop(edg_model, batches, device, amp_dtype, fmt))
+    for i in range(a.rounds):
+        # Alternate which loop goes first, so drift in clocks or background load favours neither.
+        if i % 2 == 0:
+            ref.append(reference_loop(ref_model, batches, device, amp_dtype))
+            edg.append(edgetl_loop(edg_model, batches, device, amp_dtype, fmt))
+        else:
+            edg.append(edgetl_loop(edg_model, batches, device, amp_dtype, fmt))
+            ref.append(reference_loop(ref_model, batches, device, amp_dtype))
     workers = [int(w) for w in a.workers.split(",") if w != ""]
     loader = loader_throughput(a.img_size, workers, a.loader_images, a.batch_size)
     result = {
         "date": date.today().isoformat(),
         "machine": torch.cuda.get_device_name(0) if cuda else f"{cpu_name()} ({torch.get_num_threads()} threads)",
         "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "model": a.model, "img_size": a.img_size,
-        "batch_size": a.batch_size, "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+        "batch_size": a.batch_size, "rounds_reference_ips": ref, "rounds_edgetl_ips": edg, "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         "channels_last": cuda, "reference_ips": max(ref), "edgetl_ips": max(edg),
         "edgetl_vs_reference": max(edg) / max(ref), "loader_ips_by_workers": loader,
         "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),

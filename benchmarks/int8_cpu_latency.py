@@ -11,22 +11,16 @@ from other processes hits all three alike; the ratio is the median over rounds.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-
-def lscpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except Exception:
-        return platform.processor() or "unknown"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402
 
 
 def main() -> None:
@@ -108,7 +102,7 @@ def main() -> None:
                 times.append((time.perf_counter() - t) * 1000)
             per_round[k].append(statistics.median(times))
             samples[k] += times
-    print(f"machine: {lscpu_model()}, {args.threads} threads; onnxruntime {ort.__version__}; "
+    print(f"machine: {machine()}, {args.threads} threads; onnxruntime {ort.__version__}; "
           f"{args.model} {args.size} px batch 1; {args.rounds} rounds x {args.iters} iterations")
     print("| model | p50 ms | p90 ms | mean ms | speed-up vs fp32 (median of per-round ratios) |")
     print("|---|---:|---:|---:|---:|")

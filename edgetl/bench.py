@@ -267,10 +267,9 @@ def write_results(run: RunDir, result: dict) -> None:
 
 
 def _top1(backend, items, batch_size: int) -> float:
-    from edgetl.evaluate import predict
+    from edgetl.evaluate import evaluate
 
-    logits, labels = predict(backend, items, batch_size)
-    return float((logits.argmax(axis=1) == labels).mean())
+    return evaluate(backend, items, batch_size)["top1"]  # the same top-1 `edgetl eval` reports
 
 
 class _DataSource:
@@ -483,7 +482,9 @@ def _run(cmd: list[str]) -> str | None:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    if out.returncode != 0:  # e.g. nvidia-smi without a driver prints its complaint on stdout
+        return None
+    return out.stdout.strip() or None
 
 
 def skipped_lines(skipped: Iterable[dict]) -> list[str]:

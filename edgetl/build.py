@@ -145,8 +145,8 @@ def import_tensorrt():
         raise BackendUnavailable("TensorRT is not installed here (`import tensorrt` fails)",
                                  "build engines on the target: a Jetson has it with JetPack; on x86 "
                                  "`pip install tensorrt` from NVIDIA's index") from None
-    major = int(str(trt.__version__).split(".")[0])
-    if major < 10 or not hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+    m = re.match(r"\d+", str(trt.__version__))
+    if m is None or int(m.group()) < 10:
         raise BackendUnavailable(f"TensorRT {trt.__version__} is too old: edgetl needs 10.0 or newer "
                                  "(strongly typed networks)", "upgrade TensorRT (JetPack 6 ships 10.x)")
     return trt
@@ -283,6 +283,12 @@ def build(run_path: str | os.PathLike, precision: str = "fp32", batch: str | Pro
         raise EdgetlError(f"--opt-level {opt_level}: TensorRT's builder optimisation level is 0..5")
     if workspace_mib < 1:
         raise EdgetlError(f"--workspace {workspace_mib}: give the workspace limit in MiB (>= 1)")
+    if dla_core is not None and dla_core < 0:
+        raise EdgetlError(f"--dla-core {dla_core}: DLA cores are numbered from 0")
+    if dla_core is not None and precision == "fp32":
+        # DLA runs fp16 and int8 layers only: an fp32 graph would fall back to the GPU layer by layer
+        raise EdgetlError("--dla-core: DLA runs fp16 and int8 graphs only, not fp32",
+                          "build --precision fp16 or int8 (after `edgetl quantize`) for the DLA")
     card = ModelCard.from_onnx(onnx_path)
     input_name, dims = onnx_input(onnx_path)
     sample = check_profile(profile, dims, str(onnx_path))
@@ -296,7 +302,10 @@ def build(run_path: str | os.PathLike, precision: str = "fp32", batch: str | Pro
 
     logger = capturing_logger(trt)
     builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    # 10.x needs the flag; 11.x accepts and ignores it (always strongly typed); a release that drops it
+    # is strongly typed anyway.
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]

@@ -162,7 +162,6 @@ def verify_dir(path: Path, manifest: dict) -> None:
 def _eval_arrays(run: RunDir, card, max_images: int):
     """The first `max_images` of an even spread over the run's validation split, preprocessed per the card."""
     from edgetl.data import load_arrays, read_splits
-    from edgetl.export import even_spread
 
     _, val = read_splits(run.splits)
     if list(val.classes) != list(card.class_names):
@@ -170,7 +169,7 @@ def _eval_arrays(run: RunDir, card, max_images: int):
                           "the ONNX file and splits.json come from different runs")
     if len(val) == 0:
         raise DeployError(f"{run.splits}: the validation split is empty")
-    items = even_spread(val, max_images)  # every class, even in a small sample
+    items = val.spread(max_images)  # every class, even in a small sample
     x, y = load_arrays(items, card)
     return items, x, y.astype(np.int64)
 

@@ -89,7 +89,7 @@ def export(run_path: str | os.PathLike, opset: int = DEFAULT_OPSET, static_batch
     if n == 0:
         raise ExportError(f"{run.splits}: the validation split is empty", "parity needs real validation images")
     step(f"reading {n} validation images")
-    sample = even_spread(val, n)
+    sample = val.spread(n)
     x_float, labels = load_arrays(sample, card)
     with torch.inference_mode():
         reference = model(torch.from_numpy(x_float)).float().numpy()
@@ -185,14 +185,6 @@ def export(run_path: str | os.PathLike, opset: int = DEFAULT_OPSET, static_batch
 
 
 # -- steps ------------------------------------------------------------------------------------------
-def even_spread(items, n: int):
-    """At most `n` of `items` spread evenly, first and last included: a split lists its images class by
-    class, so its first `n` would show parity (or accuracy) on the first classes only."""
-    n = min(n, len(items))
-    index = np.linspace(0, len(items) - 1, n).round().astype(int)  # distinct: the step is >= 1
-    return items.subset(index.tolist())
-
-
 def _check_options(opset: int, static_batch: int | None, tolerance: float, parity_images: int) -> None:
     if opset < MIN_OPSET:
         raise ExportError(f"--opset {opset}: TensorRT's ONNX parser reads opset {MIN_OPSET} and newer",

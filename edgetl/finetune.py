@@ -23,7 +23,6 @@ from edgetl.data import ImageDataset, check_images, load_splits, read_splits, sa
 from edgetl.data.transforms import eval_transform, resize_size, train_transform
 from edgetl.errors import EdgetlError, RunDirError
 from edgetl.io import atomic_path, read_json, write_json, write_text
-from edgetl.metrics import classification_metrics
 from edgetl.models import apply_strategy, create_model, param_groups, set_train_mode, weights_digest
 from edgetl.rundir import RunDir
 

@@ -15,6 +15,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def top1(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((np.asarray(logits).argmax(axis=1) == np.asarray(labels)).mean())
+
+
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """top1, top5 (5+ classes), macro_f1, auc_roc (one-vs-rest macro), per-class accuracy, confusion."""
     from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score, top_k_accuracy_score
@@ -27,7 +31,7 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list
     probs = softmax(logits)
     out: dict[str, Any] = {
         "n": int(len(labels)),
-        "top1": float((pred == labels).mean()),
+        "top1": top1(logits, labels),
         "top5": _top5(labels, logits, all_labels, top_k_accuracy_score) if n >= 5 else None,
         "macro_f1": float(f1_score(labels, pred, labels=all_labels, average="macro", zero_division=0)),
         "auc_roc": _auc(labels, probs, n, roc_auc_score),

@@ -8,7 +8,7 @@ from typing import Any
 from edgetl.io import atomic_path
 
 
-def _pyplot():
+def pyplot_agg():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,7 +18,7 @@ def _pyplot():
 
 
 def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot_agg()
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train")
@@ -35,7 +35,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot_agg()
     n = len(classes)
     size = min(12, 2 + 0.5 * n)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -54,7 +54,7 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -
 
 
 def _save(fig, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot_agg()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)

@@ -30,9 +30,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgetl.calibration._ort import first_line as _first_line, ort_names
 from edgetl.card import ModelCard
 from edgetl.errors import QuantizeError
 from edgetl.io import atomic_path, read_json, sha256_file, write_json
+from edgetl.metrics import top1 as top1_of
 from edgetl.rundir import RunDir
 
 PRECISIONS = ("int8", "fp16")
@@ -113,11 +115,12 @@ def quantize(run_path: str | os.PathLike, request: QuantizeRequest | None = None
     entries: dict[str, dict] = {}
     if req.precision == "fp16":
         entries["fp16"] = _fp16(ctx, model, req)
+        report_path = _merge_report(run, entries)
     else:
-        targets = TARGETS if req.target == "both" else (req.target,)
-        for target in targets:
+        for target in TARGETS if req.target == "both" else (req.target,):
             entries[f"int8/{target}"] = _int8(ctx, target, calib_items, calib_hash, req, progress)
-    report_path = _merge_report(run, entries)
+            # merged per model file: if the next target fails, the report still matches what was written
+            report_path = _merge_report(run, {f"int8/{target}": entries[f"int8/{target}"]})
     return {"report": report_path, "entries": entries}
 
 
@@ -192,7 +195,7 @@ def _context(run: RunDir, card: ModelCard, model, static_batch: int | None, req:
                    static_batch=static_batch, x=x, y=y, eval_source=source, fp32_logits=np.empty(0),
                    fp32_top1=0.0, log=log, threads=req.threads)
     ctx.fp32_logits = _logits(ctx, run.onnx)
-    ctx.fp32_top1 = _top1(ctx.fp32_logits, y)
+    ctx.fp32_top1 = top1_of(ctx.fp32_logits, y)
     log(f"fp32 top-1 {ctx.fp32_top1 * 100:.2f}%")
     return ctx
 
@@ -262,8 +265,7 @@ def _int8(ctx: _Context, target: str, items, calib_hash: str, req: QuantizeReque
 
 
 def _shape_inferred(path: Path):
-    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
-
+    load_model_with_shape_infer = ort_names("onnxruntime.quantization.quant_utils", "load_model_with_shape_infer")
     try:
         model = load_model_with_shape_infer(Path(path))
     except Exception as e:
@@ -291,8 +293,7 @@ def _inline_constant_identities(model) -> None:
 
 def quantizer_settings(target: str) -> dict[str, Any]:
     """The QDQ quantizer's arguments for a target (documented in docs/quantize.md)."""
-    from onnxruntime.quantization import QuantType
-
+    QuantType = ort_names("onnxruntime.quantization", "QuantType")
     if target == "tensorrt":
         return dict(per_channel=True, reduce_range=False, weight_type=QuantType.QInt8,
                     activation_type=QuantType.QInt8, op_types=list(TRT_OP_TYPES),
@@ -302,8 +303,7 @@ def quantizer_settings(target: str) -> dict[str, Any]:
                                    "OpTypesToExcludeOutputQuantization": list(TRT_OP_TYPES),
                                    "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}})
     if target == "cpu":
-        from onnxruntime.quantization.registry import QDQRegistry
-
+        QDQRegistry = ort_names("onnxruntime.quantization.registry", "QDQRegistry")
         return dict(per_channel=True, reduce_range=False, weight_type=QuantType.QInt8,
                     activation_type=QuantType.QUInt8, op_types=sorted(QDQRegistry),
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
@@ -313,15 +313,17 @@ def quantizer_settings(target: str) -> dict[str, Any]:
 
 def _qdq(base, calib, target: str, exclude: list[str]):
     """A fresh Q/DQ ModelProto of `base` with the calibrated ranges; `exclude` nodes stay float."""
-    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-
     from edgetl.calibration.methods import tensors_data
 
+    QDQQuantizer = ort_names("onnxruntime.quantization.qdq_quantizer", "QDQQuantizer")
     s = quantizer_settings(target)
-    try:
-        quantizer = QDQQuantizer(copy.deepcopy(base), s["per_channel"], s["reduce_range"], s["weight_type"],
-                                 s["activation_type"], tensors_data(calib.ranges, calib.method), [], list(exclude),
-                                 s["op_types"], s["extra_options"])
+    ranges = tensors_data(calib.ranges, calib.method)
+    try:  # keywords: a renamed parameter fails loudly rather than shifting the arguments
+        quantizer = QDQQuantizer(model=copy.deepcopy(base), per_channel=s["per_channel"],
+                                 reduce_range=s["reduce_range"], weight_qType=s["weight_type"],
+                                 activation_qType=s["activation_type"], tensors_range=ranges, nodes_to_quantize=[],
+                                 nodes_to_exclude=list(exclude), op_types_to_quantize=s["op_types"],
+                                 extra_options=s["extra_options"])
         quantizer.quantize_model()
     except Exception as e:
         raise QuantizeError(f"onnxruntime's quantizer failed on this graph ({_first_line(e)})") from None
@@ -537,7 +539,7 @@ def _fp16(ctx: _Context, model, req: QuantizeRequest) -> dict:
                       "cpu_runnable": False, "cpu_note": f"onnxruntime on this CPU cannot run it: {e}"})
         ctx.log(f"wrote {out.name}; not scored: onnxruntime CPU cannot run it ({e})")
     else:
-        top1 = _top1(logits, ctx.y)
+        top1 = top1_of(logits, ctx.y)
         delta = float(np.abs(logits - ctx.fp32_logits).max())
         scale = float(max(1.0, np.abs(ctx.fp32_logits).max()))
         agreement = float((logits.argmax(1) == ctx.fp32_logits.argmax(1)).mean())
@@ -555,8 +557,8 @@ def _fp16(ctx: _Context, model, req: QuantizeRequest) -> dict:
 
 def to_fp16(model) -> tuple[Any, list[str]]:
     """(float16 copy of `model` with float32 inputs/outputs, op types kept in float32 that it has)."""
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
+    DEFAULT_OP_BLOCK_LIST, convert_float_to_float16 = ort_names(
+        "onnxruntime.transformers.float16", "DEFAULT_OP_BLOCK_LIST", "convert_float_to_float16")
     block = sorted(set(FP16_BLOCK_OPS) | set(DEFAULT_OP_BLOCK_LIST))
     try:
         proto = convert_float_to_float16(copy.deepcopy(model), keep_io_types=True, op_block_list=block)
@@ -617,11 +619,7 @@ def _score_proto(ctx: _Context, proto) -> tuple[float, np.ndarray]:
         logits = _logits(ctx, proto.SerializeToString())
     except _CannotRun as e:
         raise QuantizeError(f"onnxruntime cannot run the quantized graph ({e})") from None
-    return _top1(logits, ctx.y), logits
-
-
-def _top1(logits: np.ndarray, y: np.ndarray) -> float:
-    return float((logits.argmax(1) == y).mean())
+    return top1_of(logits, ctx.y), logits
 
 
 # -- writing ---------------------------------------------------------------------------------------------
@@ -643,8 +641,3 @@ def _merge_report(run: RunDir, entries: dict[str, dict]) -> Path:
     merged.update(entries)
     report = {"edgetl_version": __version__, "model": "model.onnx", "entries": merged}
     return write_json(run.quant_report, report)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]

@@ -111,9 +111,9 @@ def bench_markdown(result: dict[str, Any]) -> str:
 def plot_bench(result: dict[str, Any], path: str | Path) -> None:
     """Top-1 against p50 latency, one labelled point per row (batch size in the label)."""
     from edgetl.io import atomic_path
-    from edgetl.plots import _pyplot
+    from edgetl.plots import pyplot_agg
 
-    plt = _pyplot()
+    plt = pyplot_agg()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     scored = [r for r in result["rows"] if r.get("top1") is not None]
     markers = {"torch": "o", "onnxruntime": "s", "tensorrt": "^"}

@@ -180,6 +180,10 @@ def test_bad_input_is_refused_before_tensorrt(exported, tmp_path):
         B.build(exported, batch="4,2,1")
     with pytest.raises(EdgetlError, match="--opt-level 7"):
         B.build(exported, opt_level=7)
+    with pytest.raises(EdgetlError, match="DLA runs fp16 and int8 graphs only") as e:
+        B.build(exported, precision="fp32", dla_core=0)  # every layer would fall back to the GPU
+    assert "--precision fp16 or int8" in e.value.hint
+    assert not RunDir(exported).engines_dir.exists()
 
 
 @needs_no_tensorrt

@@ -20,7 +20,7 @@ from edgetl.rundir import RunDir
 
 @pytest.fixture(scope="module")
 def exported(train_run, tmp_path_factory) -> Path:
-    """A private copy of the 8-epoch digits run (the one tests/test_quantize.py trains) with model.onnx."""
+    """A private copy of the session's resnet18 digits run (the one tests/test_quantize.py uses) with model.onnx."""
     dst = tmp_path_factory.mktemp("calib") / "run"
     shutil.copytree(train_run("resnet18"), dst)
     export(dst)
@@ -128,3 +128,15 @@ def test_cache_hit_reads_no_images_and_key_changes_miss(exported, tmp_path):
     first.cache_file.write_text("{not json")
     again = calibrate(run.onnx, items, card, "images", "minmax", tmp_path, batch_size=16)
     assert not again.cache_hit and again.batches_read == 2
+
+
+def test_missing_onnxruntime_tool_is_one_clear_error():
+    from edgetl.calibration._ort import ort_names
+
+    with pytest.raises(QuantizeError, match=r"onnxruntime \S+ lacks onnxruntime\.quantization\.NoSuchTool") as e:
+        ort_names("onnxruntime.quantization", "NoSuchTool")
+    assert "pip install" in e.value.hint
+    with pytest.raises(QuantizeError, match="lacks onnxruntime.no_such_module.X"):
+        ort_names("onnxruntime.no_such_module", "X")
+    quant_type, method = ort_names("onnxruntime.quantization", "QuantType", "CalibrationMethod")
+    assert quant_type.QInt8 and method.MinMax

@@ -104,12 +104,10 @@ def test_resnet18_parity_and_report(exported):
 
 
 def test_parity_images_cover_every_class(trained_run):
-    from edgetl.export import even_spread
-
     _, val = read_splits(RunDir(trained_run).splits)
     assert val.labels == sorted(val.labels)  # splits list images class by class: a prefix would miss classes
     for n in (1, 5, 7, len(val) - 1, len(val), len(val) + 3):
-        picked = even_spread(val, n)
+        picked = val.spread(n)
         want = min(n, len(val))
         assert len(picked) == want == len(set(picked.paths))
         assert picked.paths[0] == val.paths[0] and (want == 1 or picked.paths[-1] == val.paths[-1])

@@ -29,8 +29,8 @@ NO_EXCLUSION = 100.0  # --max-drop that never triggers sensitivity analysis (kee
 
 @pytest.fixture(scope="module")
 def exported(train_run, tmp_path_factory) -> Path:
-    """model.onnx + splits.json of resnet18 trained 8 epochs on digits 0-4 (~90% val top-1: the 3-epoch
-    `trained_run` is near chance, too weak to show an accuracy loss). Tests that write copy it (`fresh`)."""
+    """model.onnx + splits.json of the session's resnet18 run on digits 0-4 (conftest's `train_run`; val
+    top-1 well above chance, so an accuracy loss shows). Tests that write copy it (`fresh`)."""
     dst = tmp_path_factory.mktemp("quant") / "run"
     shutil.copytree(train_run("resnet18"), dst)
     export(dst)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl.calibration._ort import first_line as _first_line, ort_names
 from edgetl.errors import QuantizeError
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -26,8 +27,7 @@ CHUNK_BATCHES = 8
 
 
 def _ort_method(method: str):
-    from onnxruntime.quantization import CalibrationMethod
-
+    CalibrationMethod = ort_names("onnxruntime.quantization", "CalibrationMethod")
     table = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
              "percentile": CalibrationMethod.Percentile}
     if method not in table:
@@ -38,8 +38,7 @@ def _ort_method(method: str):
 def collect_ranges(model_path: str | os.PathLike, reader, method: str,
                    percentile: float = DEFAULT_PERCENTILE) -> dict[str, tuple[float, float]]:
     """Run the calibration images through the float model; (lowest, highest) per float tensor."""
-    from onnxruntime.quantization.calibrate import create_calibrator
-
+    create_calibrator = ort_names("onnxruntime.quantization.calibrate", "create_calibrator")
     ort_method = _ort_method(method)
     if not 0.0 < percentile <= 100.0:
         raise QuantizeError(f"--percentile {percentile}: must be in (0, 100]")
@@ -77,8 +76,7 @@ def collect_ranges(model_path: str | os.PathLike, reader, method: str,
 
 def tensors_data(ranges: dict[str, tuple[float, float]], method: str):
     """Cached ranges -> the TensorsData ONNX Runtime's quantizer takes."""
-    from onnxruntime.quantization.calibrate import TensorData, TensorsData
-
+    TensorData, TensorsData = ort_names("onnxruntime.quantization.calibrate", "TensorData", "TensorsData")
     return TensorsData(_ort_method(method), {
         name: TensorData(lowest=np.array(lo, dtype=np.float32), highest=np.array(hi, dtype=np.float32))
         for name, (lo, hi) in ranges.items()})
@@ -87,8 +85,3 @@ def tensors_data(ranges: dict[str, tuple[float, float]], method: str):
 def _quiet():
     """ONNX Runtime's histogram calibrators print() their progress; edgetl shows its own."""
     return contextlib.redirect_stdout(io.StringIO())
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]

@@ -27,6 +27,13 @@ class ImageList:
     def subset(self, indices) -> "ImageList":
         return ImageList(self.classes, [self.paths[i] for i in indices], [self.labels[i] for i in indices])
 
+    def spread(self, n: int) -> "ImageList":
+        """At most `n` items spread evenly, first and last included: a split lists its images class by
+        class, so its first `n` would cover the first classes only."""
+        n = min(n, len(self))
+        index = np.linspace(0, len(self) - 1, n).round().astype(int)  # distinct: the step is >= 1
+        return self.subset(index.tolist())
+
     def to_dict(self) -> dict:
         return {"classes": self.classes, "paths": self.paths, "labels": self.labels}
 

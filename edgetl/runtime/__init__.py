@@ -31,7 +31,6 @@ def create_backend(name: str, model_path: str | os.PathLike, device: str = "cpu"
 def resolve_model_file(run, backend: str, precision: str = "fp32", device: str = "cpu"):
     """Which file of a run a backend runs at a precision. On the CPU, onnxruntime's int8 row uses
     the cpu-form graph (U8S8) when it exists: the TensorRT form (S8S8) is slow on x86 kernels."""
-    from edgetl.errors import RunDirError
 
     if backend == "torch":
         run.require(run.weights, hint="run `edgetl finetune` first")

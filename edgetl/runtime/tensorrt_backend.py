@@ -78,13 +78,18 @@ class TensorRTBackend(Backend):
         self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
         card = ModelCard.model_validate(sidecar["card"])
         sample = int(np.prod(tuple(hi)[1:]))
-        self._stream = _cuda.Stream()
-        self._d_in = _cuda.DeviceBuffer(self.max_batch * sample * self._in_dtype.itemsize)
-        self._d_out = _cuda.DeviceBuffer(self.max_batch * card.num_classes * self._out_dtype.itemsize)
-        self._context.set_tensor_address(self._in, int(self._d_in.ptr))
-        self._context.set_tensor_address(self._out, int(self._d_out.ptr))
         self._graphs: dict[int, Any] = {}
         self._shape: tuple | None = None
+        self._stream = self._d_in = self._d_out = None
+        try:  # a failure half-way must not leak the stream or GPU memory already taken
+            self._stream = _cuda.Stream()
+            self._d_in = _cuda.DeviceBuffer(self.max_batch * sample * self._in_dtype.itemsize)
+            self._d_out = _cuda.DeviceBuffer(self.max_batch * card.num_classes * self._out_dtype.itemsize)
+            self._context.set_tensor_address(self._in, int(self._d_in.ptr))
+            self._context.set_tensor_address(self._out, int(self._d_out.ptr))
+        except BaseException:
+            self.deactivate_impl()
+            raise
         self.sidecar = sidecar
         return card
 
@@ -137,9 +142,13 @@ class TensorRTBackend(Backend):
         for g in self._graphs.values():
             g.destroy()
         self._graphs.clear()
-        self._d_in.free()
-        self._d_out.free()
-        self._stream.destroy()
+        for res in (self._d_in, self._d_out):
+            if res is not None:
+                res.free()
+        if self._stream is not None:
+            self._stream.destroy()
+        self._stream = self._d_in = self._d_out = None
+        # the context before the engine before the runtime: TensorRT's required destruction order
         del self._context, self._engine, self._runtime
 
 
