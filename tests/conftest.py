@@ -59,3 +59,21 @@ def run_copy(trained_run, tmp_path) -> Path:
     dst = tmp_path / "run"
     shutil.copytree(trained_run, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def exported_copy(trained_run, tmp_path_factory):
+    """Factory: exported_copy(name) -> a private, writable copy of `trained_run` with model.onnx exported
+    (the export runs once per session; every call gets its own folder, named `name`)."""
+    from edgetl.export import export
+
+    master = tmp_path_factory.mktemp("exported") / "run"
+    shutil.copytree(trained_run, master)
+    export(master)
+
+    def make(name: str = "run") -> Path:
+        dst = tmp_path_factory.mktemp("exported-copy") / name
+        shutil.copytree(master, dst)
+        return dst
+
+    return make

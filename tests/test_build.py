@@ -33,13 +33,8 @@ FACTS = {"tensorrt_version": "10.3.0.30", "gpu_name": "Orin", "compute_capabilit
 
 
 @pytest.fixture(scope="module")
-def exported(trained_run, tmp_path_factory) -> Path:
-    from edgetl.export import export
-
-    dst = tmp_path_factory.mktemp("build") / "run"
-    shutil.copytree(trained_run, dst)
-    export(dst)
-    return dst
+def exported(exported_copy) -> Path:
+    return exported_copy("run")
 
 
 # -- profile ----------------------------------------------------------------------------------------

@@ -19,13 +19,8 @@ from edgetl.errors import DeployError, RunDirError
 
 
 @pytest.fixture(scope="module")
-def exported_run(tmp_path_factory, trained_run):
-    from edgetl.export import export
-
-    dst = tmp_path_factory.mktemp("bundle-run") / "digits"
-    shutil.copytree(trained_run, dst)
-    export(dst)
-    return dst
+def exported_run(exported_copy):
+    return exported_copy("digits")
 
 
 @pytest.fixture(scope="module")

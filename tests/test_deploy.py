@@ -83,14 +83,9 @@ def sshd(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, trained_run):
-    """A private copy of the trained run with model.onnx exported (one per module: deploy never changes it)."""
-    from edgetl.export import export
-
-    dst = tmp_path_factory.mktemp("deploy-run") / "digits"
-    shutil.copytree(trained_run, dst)
-    export(dst)
-    return dst
+def demo_run(exported_copy):
+    """A private exported copy of the trained run (one per module: deploy never changes it)."""
+    return exported_copy("digits")
 
 
 def _local_top1(run: Path, bundle_dir: Path) -> float:

@@ -14,13 +14,8 @@ from edgetl.runtime import create_backend, resolve_model_file
 
 
 @pytest.fixture(scope="module")
-def exported(trained_run, tmp_path_factory) -> Path:
-    from edgetl.export import export
-
-    dst = tmp_path_factory.mktemp("runtime") / "run"
-    shutil.copytree(trained_run, dst)
-    export(dst)
-    return dst
+def exported(exported_copy) -> Path:
+    return exported_copy("run")
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,8 @@ except Exception:  # pragma: no cover - depends on the environment
 
 
 @pytest.fixture(scope="module")
-def exported_run(tmp_path_factory, trained_run):
-    from edgetl.export import export
-
-    dst = tmp_path_factory.mktemp("triton-run") / "digits run"
-    shutil.copytree(trained_run, dst)
-    export(dst)
-    return dst
+def exported_run(exported_copy):
+    return exported_copy("digits run")
 
 
 def _onnx_io(path):
