@@ -4,7 +4,7 @@ Each model is trained from scratch (no hub download here) on the digits source t
 exported, and quantized by `edgetl.quantize` in both int8 forms; calibration from the run's train split,
 scoring on its val split, as `edgetl quantize` does. Target: drop <= 0.5 point (see docs/BENCHMARKS.md).
 
-    python benchmarks/quantize_accuracy.py [--models resnet18 mobilenetv2_050] [--epochs 10] [--method minmax]
+    python benchmarks/quantize_accuracy.py [--models resnet18 mobilenetv2_050] [--epochs 10] [--img-size 32] [--method minmax]
 """
 
 from __future__ import annotations
@@ -26,17 +26,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=["resnet18", "mobilenetv2_050"])
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--img-size", type=int, default=32, help="digits are upscaled to this (mobile nets want 64+)")
     ap.add_argument("--method", default="minmax")
     ap.add_argument("--max-drop", type=float, default=0.5)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     root = Path(args.out or tempfile.mkdtemp(prefix="edgetl-qacc-"))
-    data = write_demo_data(root / "data", size=32)
+    data = write_demo_data(root / "data", size=args.img_size)
     rows = []
     for model in args.models:
         out = root / model
         t = time.time()
-        finetune(FinetuneConfig(data=str(data["source"]), out=str(out), model=model, pretrained=False, img_size=32,
+        finetune(FinetuneConfig(data=str(data["source"]), out=str(out), model=model, pretrained=False, img_size=args.img_size,
                                 crop_pct=1.0, epochs=args.epochs, batch_size=32, lr=3e-3, backbone_lr_scale=1.0,
                                 augment="crop", workers=0, warmup_epochs=1.0), overwrite=True)
         export(out)
@@ -46,7 +47,7 @@ def main() -> None:
         for key, e in res["entries"].items():
             rows.append((model, key, e["eval_n"], e["fp32_top1"], e["int8_top1"], e["drop"], e["method"],
                          len(e["excluded"]), train_s))
-    print(f"date: {datetime.date.today()}; digits source task (5 classes, 32 px), {args.epochs} epochs from scratch")
+    print(f"date: {datetime.date.today()}; digits source task (5 classes, {args.img_size} px), {args.epochs} epochs from scratch")
     print("| model | form | val images | fp32 top-1 | int8 top-1 | drop (pt) | method | layers kept float |")
     print("|---|---|---:|---:|---:|---:|---|---:|")
     for m, k, n, f, q, d, meth, ex, _ in rows:
