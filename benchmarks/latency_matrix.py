@@ -3,8 +3,8 @@
     python benchmarks/latency_matrix.py cpu [--models resnet18,mobilenetv3_large_100] [--img-size 224]
     python benchmarks/latency_matrix.py gpu [--models resnet50,mobilenetv3_large_100]
 
-cpu: torch eager fp32 vs onnxruntime fp32 vs onnxruntime int8 (QDQ U8S8, the cpu form edgetl benches on x86;
-     calibrated on random inputs: latency only) at batch 1 and 8.
+cpu: torch eager fp32 vs onnxruntime fp32 vs onnxruntime int8 (the cpu form, U8S8, written by edgetl quantize;
+     calibrated on random images: latency only) at batch 1 and 8.
 gpu: torch eager fp32 vs fp16 vs bf16 vs torch.compile (fp16) at batch 1 and 32.
 Everything goes through edgetl's Backend interface and edgetl.bench.time_infer (synchronised clock).
 """
@@ -19,32 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, make_run  # noqa: E402
-
-
-def int8_cpu_graph(onnx_path: Path, out: Path, shape) -> None:
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    from edgetl.card import ModelCard
-
-    rng = np.random.default_rng(0)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.left = 8
-
-        def get_next(self):
-            if self.left == 0:
-                return None
-            self.left -= 1
-            return {"images": rng.standard_normal((1, *shape)).astype(np.float32)}
-
-    quantize_static(str(onnx_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    proto = onnx.load(str(out))
-    ModelCard.from_onnx(onnx_path).write_onnx(proto)
-    onnx.save(proto, str(out))
+from _common import export_and_quantize, machine, make_run  # noqa: E402
 
 
 def measure(name, path, device, precision, batches, iterations, warmup, **options):
@@ -82,9 +57,8 @@ def main() -> None:
             if args.target == "cpu":
                 import torch
 
-                export_plain(run)
+                export_and_quantize(run, "cpu")
                 int8 = run / "model.int8.cpu.onnx"
-                int8_cpu_graph(run / "model.onnx", int8, (3, args.img_size, args.img_size))
                 rows["torch eager fp32"] = measure("torch", run, "cpu", "fp32", batches, args.iterations, args.warmup)
                 rows["onnxruntime fp32"] = measure("onnxruntime", run / "model.onnx", "cpu", "fp32", batches,
                                                    args.iterations, args.warmup)
@@ -100,29 +74,11 @@ def main() -> None:
                                                      args.warmup, compile=True)
                 base_name = "torch eager fp32"
             print(f"\n{model}")
-            print(f"| variant | " + " | ".join(f"bs{b} p50 ms | bs{b} vs {base_name}" for b in batches) + " |")
+            print("| variant | " + " | ".join(f"bs{b} p50 ms | bs{b} vs {base_name}" for b in batches) + " |")
             print("|---|" + "---:|---:|" * len(batches))
             for name, lat in rows.items():
                 cells = [f"{lat[b]:.2f} | {rows[base_name][b] / lat[b]:.2f}x" for b in batches]
                 print(f"| {name} | " + " | ".join(cells) + " |")
-
-
-def export_plain(run: Path) -> None:
-    """torch.onnx.export with edgetl's names and card (edgetl.export's parity check needs a validation split,
-    which these weight-only runs do not have; latency does not need it)."""
-    import onnx
-    import torch
-
-    from edgetl.models import load_trained
-
-    model, card = load_trained(run)
-    c, h, w = card.input_size
-    path = run / "model.onnx"
-    torch.onnx.export(model, (torch.zeros(1, c, h, w),), str(path), input_names=["images"], output_names=["logits"],
-                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
-    proto = onnx.load(str(path))
-    card.write_onnx(proto)
-    onnx.save(proto, str(path))
 
 
 if __name__ == "__main__":
