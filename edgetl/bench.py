@@ -83,7 +83,7 @@ def plan_rows(run: RunDir, backends: Sequence[str], precisions: Sequence[str] | 
                 import_tensorrt()
                 machine_facts()
             except EdgetlError as e:
-                skip(backend, None, _reason(e))
+                skip(backend, None, str(e))
                 continue
         if known is None:
             wanted = {"torch": ["fp32"] + (["fp16"] if dev.startswith("cuda") else [])}.get(
@@ -100,7 +100,7 @@ def plan_rows(run: RunDir, backends: Sequence[str], precisions: Sequence[str] | 
                 path = resolve_model_file(run, backend, precision, dev)
             except EdgetlError as e:
                 if not implicit:  # asked for by name: say why it is missing; otherwise it just is not there
-                    skip(backend, precision, _reason(e))
+                    skip(backend, precision, str(e))
                 continue
             todo.append((backend, precision, Path(path), dev))
     return todo, skipped
@@ -115,10 +115,6 @@ def _unsupported(backend: str, precision: str, device: str) -> str | None:
     if backend != "torch" and precision == "bf16":
         return "edgetl writes no bf16 ONNX or engine (quantize makes fp16 and int8); bf16 is a torch-only row"
     return None
-
-
-def _reason(e: EdgetlError) -> str:
-    return f"{e.message} ({e.hint})" if e.hint else e.message
 
 
 # -- timing ----------------------------------------------------------------------------------------
@@ -227,7 +223,7 @@ def bench_run(run_path: str | os.PathLike, data: str | os.PathLike | None = None
                                      "n_images": None if items is None else len(items)})
             except EdgetlError as e:
                 entry = {"backend": backend_name, "precision": precision, "model_file": _relative(model_file, run.path),
-                         "reason": _reason(e)}
+                         "reason": str(e)}
                 skipped.append(entry)
                 if on_skip:
                     on_skip(entry)
@@ -299,7 +295,7 @@ class _DataSource:
                     items = items.subset(range(min(self.limit, len(items))))
                 self._labelled[key] = (items, None)
             except DataError as e:
-                self._labelled[key] = (None, f"top-1 not scored: {_reason(e)}")
+                self._labelled[key] = (None, f"top-1 not scored: {str(e)}")
         return self._labelled[key]
 
     def inputs(self, card, n: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgetl import __version__
-from edgetl.errors import BackendUnavailable, EdgetlError, EngineMismatch, ModelError
+from edgetl.errors import BackendUnavailable, EdgetlError, EngineMismatch, ModelError, first_line
 from edgetl.io import read_json, write_bytes, write_json
 from edgetl.rundir import RunDir
 
@@ -79,7 +79,7 @@ def onnx_input(path: str | os.PathLike) -> tuple[str, list[int | str | None]]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
-        raise ModelError(f"{path}: not a readable ONNX file ({str(e).strip().splitlines()[0]})") from None
+        raise ModelError(f"{path}: not a readable ONNX file ({first_line(e)})") from None
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:

@@ -179,13 +179,12 @@ def _reference(run: RunDir, items, y: np.ndarray) -> dict:
     if not run.weights.exists():
         return {"backend": "torch", "precision": "fp32", "top1": None, "n": int(len(y)),
                 "note": "model.safetensors absent: no PyTorch reference"}
-    from edgetl.data import load_arrays
+    from edgetl.evaluate import evaluate
     from edgetl.runtime import create_backend
 
     with create_backend("torch", run.weights, device="cpu", precision="fp32") as be:
-        x, _ = load_arrays(items, be.card)  # the torch model's own input format (never fused preprocessing)
-        logits = np.concatenate([be.infer(x[i:i + 64]) for i in range(0, len(x), 64)])
-    return {"backend": "torch", "precision": "fp32", "top1": float((logits.argmax(1) == y).mean()), "n": int(len(y))}
+        top1 = evaluate(be, items)["top1"]  # fed in the torch model's own input format, as `edgetl eval` does
+    return {"backend": "torch", "precision": "fp32", "top1": top1, "n": int(len(y))}
 
 
 def _write(run: RunDir, target: Path, precision: str, models: dict[str, Path], source: dict, max_images: int) -> Bundle:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from edgetl import __version__
-from edgetl.errors import ModelError
+from edgetl.errors import ModelError, first_line
 
 CARD_KEY = "edgetl.card"
 
@@ -58,7 +58,7 @@ class ModelCard(BaseModel):
         try:
             return cls.model_validate(json.loads(text))
         except (ValueError, ValidationError) as e:
-            raise ModelError(f"{where}: the edgetl model card is unreadable: {_first_line(e)}") from None
+            raise ModelError(f"{where}: the edgetl model card is unreadable: {first_line(e)}") from None
 
     def metadata(self) -> dict[str, str]:
         return {CARD_KEY: self.to_json()}
@@ -72,7 +72,7 @@ class ModelCard(BaseModel):
             with safe_open(str(path), framework="numpy") as f:
                 meta = f.metadata() or {}
         except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise ModelError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+            raise ModelError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
         if CARD_KEY not in meta:
             raise ModelError(f"{path}: has no edgetl model card", "was it written by `edgetl finetune`?")
         return cls.from_json(meta[CARD_KEY], str(path))
@@ -97,7 +97,7 @@ class ModelCard(BaseModel):
             try:
                 model = onnx.load(str(model), load_external_data=False)
             except Exception as e:
-                raise ModelError(f"{where}: not a readable ONNX file ({_first_line(e)})") from None
+                raise ModelError(f"{where}: not a readable ONNX file ({first_line(e)})") from None
         for prop in model.metadata_props:
             if prop.key == CARD_KEY:
                 return cls.from_json(prop.value, where)
@@ -110,9 +110,4 @@ class ModelCard(BaseModel):
             data = json.loads(Path(path).read_text(encoding="utf-8"))
             return cls.model_validate(data["card"])
         except (OSError, ValueError, KeyError, ValidationError) as e:
-            raise ModelError(f"{path}: unreadable engine sidecar ({_first_line(e)})") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
+            raise ModelError(f"{path}: unreadable engine sidecar ({first_line(e)})") from None

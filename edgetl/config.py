@@ -9,7 +9,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgetl.errors import EdgetlError
+from edgetl.errors import EdgetlError, first_line
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -53,7 +53,7 @@ def load_config(cls: type[T], path: str | os.PathLike | None, overrides: dict[st
         try:
             data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as e:
-            raise EdgetlError(f"{path}: cannot read config ({str(e).splitlines()[0]})") from None
+            raise EdgetlError(f"{path}: cannot read config ({first_line(e)})") from None
         if not isinstance(data, dict):
             raise EdgetlError(f"{path}: a config file must be a YAML mapping")
     data.update({k: v for k, v in overrides.items() if v is not None})

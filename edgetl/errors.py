@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def first_line(e: BaseException) -> str:
+    """An exception as one short line: library errors often carry pages of context, or no text at all."""
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:300]
+
+
 class EdgetlError(Exception):
     """A failure the user can act on: `message` says what and where, `hint` what to do."""
 

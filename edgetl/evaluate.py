@@ -37,7 +37,6 @@ def evaluate(backend: Backend, items: ImageList, batch_size: int = 64,
     return classification_metrics(logits, labels, backend.card.class_names)
 
 
-
 def eval_run(run_path, data=None, backend: str = "torch", precision: str = "fp32", device: str = "cpu",
              batch_size: int = 64, progress=None) -> dict[str, Any]:
     """`edgetl eval`: score one of the run's model files on DATA (default: the run's own val split).

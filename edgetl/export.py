@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from edgetl.card import ModelCard
-from edgetl.errors import ExportError, RunDirError
+from edgetl.errors import ExportError, RunDirError, first_line
+from edgetl.metrics import top1
 from edgetl.models import load_trained
 from edgetl.rundir import RunDir
 
@@ -213,7 +214,7 @@ def _torch_export(module: nn.Module, card: ModelCard, path: Path, opset: int, st
                               dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False, do_constant_folding=True)
     except Exception as e:
         text = str(e).strip()
-        first = text.splitlines()[0] if text else type(e).__name__
+        first = first_line(e)
         op = re.search(r"operator '([\w:.]+)'", text) or re.search(r"\b((?:aten|prim|onnx)::\w+)", text)
         if op:
             raise ExportError(f"the ONNX exporter cannot convert operator '{op.group(1)}' of '{card.model}' "
@@ -270,7 +271,7 @@ def _check_graph(path: Path, card: ModelCard, static_batch: int | None) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:  # checker and shape inference raise several error types
-        raise ExportError(f"onnx.checker rejected the exported graph ({_first_line(e)})",
+        raise ExportError(f"onnx.checker rejected the exported graph ({first_line(e)})",
                           "try another --opset") from None
     inferred = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False), strict_mode=True)
     batch = static_batch or BATCH_DIM
@@ -291,7 +292,7 @@ def _session(path: Path):
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise ExportError(f"onnxruntime cannot load the exported graph ({_first_line(e)})") from None
+        raise ExportError(f"onnxruntime cannot load the exported graph ({first_line(e)})") from None
 
 
 def _ort_logits(path: Path, x: np.ndarray, static_batch: int | None) -> tuple[np.ndarray, list[int]]:
@@ -303,7 +304,7 @@ def _ort_logits(path: Path, x: np.ndarray, static_batch: int | None) -> tuple[np
         try:
             return np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0], dtype=np.float32)
         except Exception as e:
-            raise ExportError(f"onnxruntime failed to run the exported graph ({_first_line(e)})") from None
+            raise ExportError(f"onnxruntime failed to run the exported graph ({first_line(e)})") from None
 
     out, sizes = [], set()
     step = static_batch or _PARITY_CHUNK
@@ -348,8 +349,8 @@ def _parity(path: Path, x: np.ndarray, reference: np.ndarray, labels: np.ndarray
         "mean_abs_diff": float(diff.mean()) if finite else float("inf"),
         "top1_agreement": agreement,
         "tolerance": tolerance,
-        "torch_top1": float(np.mean(reference.argmax(1) == labels)),
-        "onnx_top1": float(np.mean(got[:n].argmax(1) == labels)),
+        "torch_top1": top1(reference, labels),
+        "onnx_top1": top1(got[:n], labels),
         "passed": bool(agreement == 1.0 and max_scaled <= tolerance),
     }, sizes
 
@@ -372,7 +373,7 @@ def _simplify(src: Path, dst: Path, card: ModelCard, external: bool, static_batc
             logging.getLogger("onnxslim").setLevel(logging.ERROR)
             slim = onnxslim.slim(str(src))
     except Exception as e:  # a failed optional pass keeps the checked, unsimplified graph
-        return None, None, f"onnxslim failed ({_first_line(e)}); graph kept as exported"
+        return None, None, f"onnxslim failed ({first_line(e)}); graph kept as exported"
     if slim is None:
         return None, None, "onnxslim returned nothing; graph kept as exported"
     if _describe(slim.graph.input) != _describe(before.graph.input) or \
@@ -431,11 +432,6 @@ def _versions() -> dict[str, str]:
     except ImportError:
         pass
     return versions
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 # -- printing -------------------------------------------------------------------------------------

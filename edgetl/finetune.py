@@ -294,7 +294,7 @@ def _finish(run, cfg, device, load_report, freeze, log_rows, best_epoch, ev: Eve
     from edgetl.plots import plot_confusion, plot_curves
     from edgetl.runtime import create_backend
 
-    _, val = read_splits(run.splits)
+    train, val = read_splits(run.splits)
     with create_backend("torch", run.weights, device="cpu") as backend:
         metrics = evaluate(backend, val)
     metrics.update({
@@ -304,7 +304,7 @@ def _finish(run, cfg, device, load_report, freeze, log_rows, best_epoch, ev: Eve
         "model": cfg.model, "strategy": cfg.strategy, "trainable_params": freeze["trainable"],
         "frozen_params": freeze["frozen"], "loaded_params": load_report.loaded_params,
         "new_params": load_report.new_params, "source_weights": load_report.source,
-        "train_images": len(read_splits(run.splits)[0]), "device": str(device),
+        "train_images": len(train), "device": str(device),
     })
     write_json(run.metrics, metrics)
     plot_curves(log_rows, run.path / "curves.png")

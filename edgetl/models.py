@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgetl.errors import ModelError
+from edgetl.errors import ModelError, first_line
 from edgetl.io import sha256_file
 
 STRATEGIES = ("linear", "partial", "full")
@@ -51,7 +51,7 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, weights:
         try:
             model = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
         except Exception as e:  # hub/network errors come in many types (OSError, HF errors, RuntimeError)
-            raise ModelError(f"could not load pretrained weights for '{name}' from the hub ({_first_line(e)})",
+            raise ModelError(f"could not load pretrained weights for '{name}' from the hub ({first_line(e)})",
                              "offline? pass --weights FILE (.safetensors, .pth or a run dir), or --no-pretrained") from None
         source = {"kind": "hub", "id": model.pretrained_cfg.get("hf_hub_id") or model.pretrained_cfg.get("url") or name}
         head = _head_param_count(model)
@@ -113,7 +113,7 @@ def read_state_dict(weights: str | os.PathLike) -> tuple[dict[str, torch.Tensor]
     try:
         state = load_state_dict(str(path), use_ema=True, weights_only=True)
     except Exception as e:
-        raise ModelError(f"{path}: cannot read weights ({_first_line(e)})",
+        raise ModelError(f"{path}: cannot read weights ({first_line(e)})",
                          "only .safetensors and plain tensor .pth files load; pickled code is refused") from None
     state = {re.sub(r"^(module\.|_orig_mod\.)", "", k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not state:
@@ -138,9 +138,8 @@ def load_backbone_weights(model: nn.Module, weights: str | os.PathLike) -> LoadR
         raise ModelError(f"{weights}: no tensor matches model '{getattr(model, 'default_cfg', {}).get('architecture', '?')}'",
                          "were these weights saved from the same architecture (--model)?")
     model.load_state_dict(loadable, strict=False)
-    param_names = {n for n, _ in model.named_parameters()}
     params = dict(model.named_parameters())
-    loaded = sum(params[k].numel() for k in loadable if k in param_names)
+    loaded = sum(params[k].numel() for k in loadable if k in params)
     total = sum(p.numel() for p in model.parameters())
     return LoadReport(source, loaded_params=loaded, new_params=total - loaded, loaded_tensors=len(loadable),
                       skipped=tuple(skipped))
@@ -234,11 +233,6 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
 def load_trained(weights: str | os.PathLike):
     """The fine-tuned model and its card from an edgetl model.safetensors (or the run dir holding it)."""
     import timm
@@ -260,6 +254,6 @@ def load_trained(weights: str | os.PathLike):
     try:
         model.load_state_dict(load_file(str(path)), strict=True)
     except (RuntimeError, OSError) as e:
-        raise ModelError(f"{path}: weights do not fit '{card.model}' ({_first_line(e)})") from None
+        raise ModelError(f"{path}: weights do not fit '{card.model}' ({first_line(e)})") from None
     model.eval()
     return model, card

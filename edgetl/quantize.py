@@ -30,9 +30,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgetl.calibration._ort import first_line as _first_line, ort_names
+from edgetl.calibration._ort import ort_names
 from edgetl.card import ModelCard
-from edgetl.errors import QuantizeError
+from edgetl.errors import QuantizeError, first_line
 from edgetl.io import atomic_path, read_json, sha256_file, write_json
 from edgetl.metrics import top1 as top1_of
 from edgetl.rundir import RunDir
@@ -159,7 +159,7 @@ def _load_float_model(path: Path):
     try:
         model = onnx.load(str(path))
     except Exception as e:
-        raise QuantizeError(f"{path}: not a readable ONNX file ({_first_line(e)})", "re-run `edgetl export`") from None
+        raise QuantizeError(f"{path}: not a readable ONNX file ({first_line(e)})", "re-run `edgetl export`") from None
     quantized = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OP_TYPES})
     if quantized:
         raise QuantizeError(f"{path}: is already quantized (has {', '.join(quantized)} nodes)",
@@ -269,7 +269,7 @@ def _shape_inferred(path: Path):
     try:
         model = load_model_with_shape_infer(Path(path))
     except Exception as e:
-        raise QuantizeError(f"{path}: shape inference failed ({_first_line(e)})") from None
+        raise QuantizeError(f"{path}: shape inference failed ({first_line(e)})") from None
     _inline_constant_identities(model)
     return model
 
@@ -326,7 +326,7 @@ def _qdq(base, calib, target: str, exclude: list[str]):
                                  extra_options=s["extra_options"])
         quantizer.quantize_model()
     except Exception as e:
-        raise QuantizeError(f"onnxruntime's quantizer failed on this graph ({_first_line(e)})") from None
+        raise QuantizeError(f"onnxruntime's quantizer failed on this graph ({first_line(e)})") from None
     proto = quantizer.model.model
     if exclude:
         _float_inputs(proto, set(exclude))
@@ -563,7 +563,7 @@ def to_fp16(model) -> tuple[Any, list[str]]:
     try:
         proto = convert_float_to_float16(copy.deepcopy(model), keep_io_types=True, op_block_list=block)
     except Exception as e:
-        raise QuantizeError(f"fp16 conversion failed ({_first_line(e)})") from None
+        raise QuantizeError(f"fp16 conversion failed ({first_line(e)})") from None
     _check_fp16_io(proto)
     return proto, sorted({n.op_type for n in model.graph.node if n.op_type in block})
 
@@ -593,7 +593,7 @@ def _session(ctx: _Context, model: str | bytes):
     try:
         return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise _CannotRun(_first_line(e)) from None
+        raise _CannotRun(first_line(e)) from None
 
 
 def _logits(ctx: _Context, model: str | os.PathLike | bytes) -> np.ndarray:
@@ -609,7 +609,7 @@ def _logits(ctx: _Context, model: str | os.PathLike | bytes) -> np.ndarray:
         try:
             res = sess.run(None, {ctx.input_name: xb})[0]
         except Exception as e:
-            raise _CannotRun(_first_line(e)) from None
+            raise _CannotRun(first_line(e)) from None
         out.append(np.asarray(res, dtype=np.float32)[:len(xb) - pad])
     return np.concatenate(out)
 

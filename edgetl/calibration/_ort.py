@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from edgetl.errors import QuantizeError
+from edgetl.errors import QuantizeError, first_line
 
 
 def ort_names(module: str, *names: str) -> Any:
@@ -28,9 +28,3 @@ def ort_names(module: str, *names: str) -> Any:
         raise QuantizeError(f"onnxruntime {version} lacks {module}.{'/'.join(names)} ({first_line(e)})",
                             "install the onnxruntime edgetl is tested with: pip install 'onnxruntime>=1.18'") from None
     return values[0] if len(values) == 1 else values
-
-
-def first_line(e: BaseException) -> str:
-    """An exception as one short line (library errors often carry pages of context)."""
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.calibration._ort import first_line as _first_line, ort_names
-from edgetl.errors import QuantizeError
+from edgetl.calibration._ort import ort_names
+from edgetl.errors import QuantizeError, first_line
 
 METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_PERCENTILE = 99.999
@@ -50,7 +50,7 @@ def collect_ranges(model_path: str | os.PathLike, reader, method: str,
                                            calibrate_method=ort_method, extra_options=options)
         except Exception as e:
             raise QuantizeError(f"{model_path}: onnxruntime cannot prepare it for calibration "
-                                f"({_first_line(e)})") from None
+                                f"({first_line(e)})") from None
         while not reader.exhausted:
             reader.start_chunk(CHUNK_BATCHES)
             before = reader.batches_read
@@ -60,7 +60,7 @@ def collect_ranges(model_path: str | os.PathLike, reader, method: str,
             except ValueError as e:
                 if reader.batches_read == before:  # "No data is collected": the chunk was empty
                     break
-                raise QuantizeError(f"calibration failed ({_first_line(e)})") from None
+                raise QuantizeError(f"calibration failed ({first_line(e)})") from None
         reader.start_chunk(None)
         if reader.batches_read == 0:
             raise QuantizeError("calibration read no images")

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from edgetl.errors import DataError
+from edgetl.errors import DataError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 
@@ -28,7 +28,7 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
                 img = ImageOps.exif_transpose(img)
                 return _to_rgb_array(img)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"{path}: unreadable image ({_reason(e)})", "fix or remove it, or pass --skip-bad-images") from None
+        raise DataError(f"{path}: unreadable image ({first_line(e)})", "fix or remove it, or pass --skip-bad-images") from None
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
@@ -45,8 +45,3 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
         # Alpha is dropped (as timm and torchvision do); CMYK, palette, L and LA convert exactly.
         img = img.convert("RGB")
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from edgetl.card import ModelCard
-from edgetl.errors import DataError
+from edgetl.errors import DataError, first_line
 
 INTERPOLATION = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC,
                  "area": cv2.INTER_AREA, "lanczos": cv2.INTER_LANCZOS4}
@@ -70,7 +70,7 @@ def train_transform(card: ModelCard, augment: str | os.PathLike = "flip", seed: 
         try:
             loaded = A.load(str(path), data_format="yaml")
         except Exception as e:
-            raise DataError(f"{path}: not an albumentations YAML pipeline ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            raise DataError(f"{path}: not an albumentations YAML pipeline ({first_line(e)})") from None
         steps = list(loaded.transforms)
     return A.Compose([*steps, normalize(card)], seed=seed)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgetl.card import ModelCard
-from edgetl.errors import BackendUnavailable, ModelError
+from edgetl.errors import BackendUnavailable, ModelError, first_line
 from edgetl.runtime.base import Backend
 
 _PROVIDERS = {"cpu": ["CPUExecutionProvider"],
@@ -36,7 +36,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             self.session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=wanted)
         except Exception as e:
-            raise ModelError(f"{self.model_path}: onnxruntime cannot load it ({str(e).strip().splitlines()[0]})") from None
+            raise ModelError(f"{self.model_path}: onnxruntime cannot load it ({first_line(e)})") from None
         self.input_name = self.session.get_inputs()[0].name
         return card
 
