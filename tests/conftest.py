@@ -77,3 +77,24 @@ def exported_copy(trained_run, tmp_path_factory):
         return dst
 
     return make
+
+
+@pytest.fixture(scope="session")
+def family_graphs(tmp_path_factory):
+    """Factory: family_graphs(model) -> a random-init run (32 px, 4 classes) of a timm family with
+    model.onnx, model.int8.onnx (TensorRT form) and model.fp16.onnx written by edgetl's own export and
+    quantize, made once per session. Read-only: copy it before writing. Graph structure and NVIDIA's
+    parser/builder need no trained weights."""
+    from edgetl.scaffold import export_and_quantize, make_run
+
+    made: dict[str, Path] = {}
+
+    def make(model: str) -> Path:
+        if model not in made:
+            run = make_run(tmp_path_factory.mktemp(f"family-{model}"), model, img_size=32, num_classes=4,
+                           images_per_class=4)
+            export_and_quantize(run, "tensorrt", fp16=True)
+            made[model] = run
+        return made[model]
+
+    return make
