@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-from pathlib import Path
 
 from edgetl.scaffold import export_and_quantize, make_run  # noqa: F401 (re-exported for the scripts)
 

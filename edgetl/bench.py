@@ -78,7 +78,7 @@ def plan_rows(run: RunDir, backends: Sequence[str], precisions: Sequence[str] | 
         dev = "cuda" if backend == "tensorrt" else device
         if backend == "tensorrt":
             try:
-                from edgetl.build import import_tensorrt, machine_facts
+                from edgetl.engine import import_tensorrt, machine_facts
 
                 import_tensorrt()
                 machine_facts()
@@ -400,7 +400,7 @@ def system_info() -> dict[str, Any]:
     """CPU, GPU, driver, library versions; on a Jetson the L4T release, power mode and clocks."""
     from importlib import metadata
 
-    from edgetl.build import l4t_release
+    from edgetl.portable.jetson import l4t_release
 
     info: dict[str, Any] = {"hostname": platform.node(), "os": platform.platform(), "python": platform.python_version(),
                             "cpu": _cpu_model(), "cpu_count": os.cpu_count()}

@@ -2,11 +2,11 @@
 
 Precision lives in the ONNX graph (Q/DQ for int8, an fp16 body for fp16), so the network is always created
 STRONGLY_TYPED (TensorRT 10.x needs the flag; 11.x is always strongly typed and ignores it) and no FP16/INT8
-builder flag is ever set. An engine only runs on the TensorRT version and GPU that built it, so engines live
-under RUN/engines/<gpu>-trt<version>/ and every load checks the sidecar against the running machine.
+builder flag is ever set. What an engine is (sidecar, names, machine facts, the mismatch rule) lives in
+edgetl.engine and edgetl.portable.engines; this module only builds.
 
-Everything that needs no TensorRT (profile, names, sidecar, mismatch check, trtexec line) is a plain
-function, tested everywhere; `build()` itself runs only where TensorRT and a GPU are.
+Everything that needs no TensorRT (profile, trtexec line) is a plain function, tested everywhere;
+`build()` itself runs only where TensorRT and a GPU are.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import os
-import re
 import shlex
 import time
 from dataclasses import dataclass
@@ -22,17 +21,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgetl import __version__
-from edgetl.errors import BackendUnavailable, EdgetlError, EngineMismatch, ModelError, first_line
-from edgetl.io import read_json, write_bytes, write_json
+from edgetl.engine import capturing_logger, engine_file, import_flavour, machine_facts, sidecar_path
+from edgetl.errors import BackendUnavailable, EdgetlError, ModelError, first_line
+from edgetl.io import sha256_file, write_bytes, write_json
+from edgetl.portable.engines import ENGINE_PRECISIONS as PRECISIONS
+from edgetl.portable.engines import make_sidecar
 from edgetl.rundir import RunDir
 
-PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_BATCH = "1,1,32"
 DEFAULT_WORKSPACE_MIB = 1024
 DEFAULT_OPT_LEVEL = 3
-SIDECAR_FORMAT = "edgetl-engine/1"
-L4T_RELEASE_FILE = "/etc/nv_tegra_release"
-REBUILD_HINT = "rebuild it here with `edgetl build`"
 
 
 # -- optimisation profile ---------------------------------------------------------------------------
@@ -105,113 +103,6 @@ def check_profile(profile: Profile, dims: list, where: str) -> tuple[int, ...]:
     return tuple(sample)
 
 
-# -- where engines live -----------------------------------------------------------------------------
-def slug(text: str) -> str:
-    """'NVIDIA GeForce RTX 4090' -> 'nvidia-geforce-rtx-4090' (safe in a path on every OS)."""
-    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-.") or "unknown"
-
-
-def engine_dir(run: RunDir, gpu_name: str, trt_version: str) -> Path:
-    return run.engines_dir / f"{slug(gpu_name)}-trt{slug(trt_version)}"
-
-
-def engine_file(run: RunDir, facts: dict[str, Any], precision: str) -> Path:
-    return engine_dir(run, facts["gpu_name"], facts["tensorrt_version"]) / f"model.{precision}.plan"
-
-
-def sidecar_path(plan: str | os.PathLike) -> Path:
-    return Path(plan).with_suffix(".json")
-
-
-# -- this machine -----------------------------------------------------------------------------------
-def parse_l4t(text: str) -> str | None:
-    """'# R36 (release), REVISION: 3.0, GCID: ...' -> 'R36.3.0' (the L4T release a JetPack ships)."""
-    m = re.search(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
-    return f"R{m.group(1)}.{m.group(2)}" if m else None
-
-
-def l4t_release(path: str = L4T_RELEASE_FILE) -> str | None:
-    try:
-        return parse_l4t(Path(path).read_text(errors="replace"))
-    except OSError:
-        return None
-
-
-def import_tensorrt():
-    """The tensorrt module, or BackendUnavailable (one line) where it is not installed."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise BackendUnavailable("TensorRT is not installed here (`import tensorrt` fails)",
-                                 "build engines on the target: a Jetson has it with JetPack; on x86 "
-                                 "`pip install tensorrt` from NVIDIA's index") from None
-    m = re.match(r"\d+", str(trt.__version__))
-    if m is None or int(m.group()) < 10:
-        raise BackendUnavailable(f"TensorRT {trt.__version__} is too old: edgetl needs 10.0 or newer "
-                                 "(strongly typed networks)", "upgrade TensorRT (JetPack 6 ships 10.x)")
-    return trt
-
-
-def machine_facts(trt=None) -> dict[str, Any]:
-    """What an engine is tied to on this machine: TensorRT version, GPU name, compute capability."""
-    from edgetl.runtime._cuda import device_facts
-
-    trt = trt or import_tensorrt()
-    return {"tensorrt_version": str(trt.__version__), **device_facts(), "l4t_release": l4t_release()}
-
-
-# -- the sidecar and the load-time check ------------------------------------------------------------
-def read_sidecar(plan: str | os.PathLike) -> dict[str, Any]:
-    path = sidecar_path(plan)
-    if not path.exists():
-        raise EngineMismatch(f"{plan}: has no sidecar {path.name}, so edgetl did not build it (or it was renamed)",
-                             f"edgetl loads only engines it built: {REBUILD_HINT}")
-    try:
-        data = read_json(path)
-    except (OSError, ValueError) as e:
-        raise EngineMismatch(f"{path}: unreadable engine sidecar ({e})", REBUILD_HINT) from None
-    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
-        raise EngineMismatch(f"{path}: not an edgetl engine sidecar ({SIDECAR_FORMAT})", REBUILD_HINT)
-    return data
-
-
-def engine_mismatch(sidecar: dict[str, Any], facts: dict[str, Any]) -> str | None:
-    """Why an engine built as `sidecar` says cannot run on a machine with `facts`; None when it can.
-
-    A version-compatible engine runs on the same or a later TensorRT of the same major version; the GPU
-    (name and compute capability) must always match: edgetl does not build hardware-compatible engines.
-    """
-    built = f"{sidecar.get('gpu_name')} (sm {sidecar.get('compute_capability')}), TensorRT {sidecar.get('tensorrt_version')}"
-    here = f"{facts.get('gpu_name')} (sm {facts.get('compute_capability')}), TensorRT {facts.get('tensorrt_version')}"
-    gpu_ok = (sidecar.get("gpu_name") == facts.get("gpu_name")
-              and sidecar.get("compute_capability") == facts.get("compute_capability"))
-    trt_ok = sidecar.get("tensorrt_version") == facts.get("tensorrt_version")
-    if not trt_ok and sidecar.get("version_compatible"):
-        b, h = _version_tuple(sidecar.get("tensorrt_version")), _version_tuple(facts.get("tensorrt_version"))
-        trt_ok = bool(b and h and b[0] == h[0] and h >= b)
-    if gpu_ok and trt_ok:
-        return None
-    return f"built for {built}, this is {here}"
-
-
-def check_engine(plan: str | os.PathLike, sidecar: dict[str, Any], facts: dict[str, Any],
-                 engine_sha256: str | None = None) -> None:
-    """Refuse (EngineMismatch, one line) an engine for another machine, or one whose bytes changed."""
-    reason = engine_mismatch(sidecar, facts)
-    if reason:
-        raise EngineMismatch(f"{plan}: {reason}", REBUILD_HINT)
-    if engine_sha256 is not None and engine_sha256 != sidecar.get("engine_sha256"):
-        raise EngineMismatch(f"{plan}: its SHA-256 differs from the one edgetl recorded when it built it",
-                             f"edgetl loads only engines it built: {REBUILD_HINT}")
-
-
-def _version_tuple(v: Any) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in str(v).split(".")[:3])
-    except ValueError:
-        return ()
-
-
 # -- trtexec ---------------------------------------------------------------------------------------
 def trtexec_command(onnx: str | os.PathLike, plan: str | os.PathLike, input_name: str, sample_shape: tuple[int, ...],
                     profile: Profile, workspace_mib: int = DEFAULT_WORKSPACE_MIB,
@@ -244,26 +135,6 @@ class BuildResult:
     warnings: list[str]
 
 
-def capturing_logger(trt, min_severity=None):
-    """A trt.ILogger that keeps every message, so a failure can say TensorRT's own reason."""
-
-    class _Logger(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.messages: list[tuple[Any, str]] = []
-
-        def log(self, severity, msg):
-            self.messages.append((severity, msg))
-
-        def lines(self, worst_first: bool = True) -> list[str]:
-            bad = (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR)
-            errors = [m for s, m in self.messages if s in bad]
-            warnings = [m for s, m in self.messages if s == trt.ILogger.Severity.WARNING]
-            return errors + warnings if worst_first else [m for _, m in self.messages]
-
-    return _Logger()
-
-
 def build(run_path: str | os.PathLike, precision: str = "fp32", batch: str | Profile = DEFAULT_BATCH,
           workspace_mib: int = DEFAULT_WORKSPACE_MIB, opt_level: int = DEFAULT_OPT_LEVEL,
           version_compatible: bool = False, dla_core: int | None = None, timing_cache: bool = True,
@@ -293,8 +164,8 @@ def build(run_path: str | os.PathLike, precision: str = "fp32", batch: str | Pro
     input_name, dims = onnx_input(onnx_path)
     sample = check_profile(profile, dims, str(onnx_path))
 
-    trt = import_tensorrt()
-    facts = machine_facts(trt)
+    trt = import_flavour("tensorrt")
+    facts = machine_facts("tensorrt", trt)
     plan = engine_file(run, facts, precision)
     cache_file = plan.parent / "timing.cache"
     command = trtexec_command(onnx_path, plan, input_name, sample, profile, workspace_mib,
@@ -336,7 +207,7 @@ def build(run_path: str | os.PathLike, precision: str = "fp32", batch: str | Pro
         cache = config.create_timing_cache(blob)
         config.set_timing_cache(cache, ignore_mismatch=False)
 
-    log(f"building {plan.name} on {facts['gpu_name']} with TensorRT {facts['tensorrt_version']} "
+    log(f"building {plan.name} on {facts['gpu_name']} with TensorRT {facts['library_version']} "
         f"(batch {profile.min},{profile.opt},{profile.max})")
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
@@ -348,31 +219,19 @@ def build(run_path: str | os.PathLike, precision: str = "fp32", batch: str | Pro
     data = bytes(serialized)
     if cache is not None:
         write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
-    sidecar = make_sidecar(facts, precision, input_name, shapes, onnx_path, data, seconds, card.model_dump(mode="json"),
-                           command, workspace_mib=workspace_mib, opt_level=opt_level,
-                           version_compatible=version_compatible, dla_core=dla_core)
+    sidecar = make_sidecar(
+        library=facts["library"], library_version=facts["library_version"], gpu_name=facts["gpu_name"],
+        compute_capability=facts["compute_capability"], cuda_driver=facts.get("cuda_driver"),
+        l4t_release=facts.get("l4t_release"), precision=precision,
+        profile={"input": input_name, **{k: list(v) for k, v in shapes.items()}}, source_onnx=Path(onnx_path).name,
+        source_onnx_sha256=sha256_file(onnx_path), engine_sha256=hashlib.sha256(data).hexdigest(),
+        builder="edgetl build", edgetl_version=__version__, card=card.model_dump(mode="json"),
+        built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), build_seconds=seconds,
+        workspace_mib=int(workspace_mib), builder_optimization_level=int(opt_level),
+        version_compatible=version_compatible, dla_core=dla_core, trtexec=command)
     write_engine(plan, data, sidecar)
     warnings = [m for s, m in logger.messages if s == trt.ILogger.Severity.WARNING]
     return BuildResult(plan, sidecar_path(plan), command, seconds, warnings)
-
-
-def make_sidecar(facts: dict[str, Any], precision: str, input_name: str, shapes: dict[str, tuple[int, ...]],
-                 onnx_path: str | os.PathLike, engine: bytes, seconds: float, card: dict[str, Any], trtexec: str,
-                 workspace_mib: int = DEFAULT_WORKSPACE_MIB, opt_level: int = DEFAULT_OPT_LEVEL,
-                 version_compatible: bool = False, dla_core: int | None = None) -> dict[str, Any]:
-    """What an engine is: the machine it was built on, how, from which ONNX (hash), its own hash, the card."""
-    from edgetl.io import sha256_file
-
-    return {
-        "format": SIDECAR_FORMAT, **facts, "precision": precision,
-        "profile": {"input": input_name, **{k: list(v) for k, v in shapes.items()}},
-        "workspace_mib": int(workspace_mib), "builder_optimization_level": int(opt_level),
-        "version_compatible": bool(version_compatible), "dla_core": dla_core,
-        "source_onnx": Path(onnx_path).name, "source_onnx_sha256": sha256_file(onnx_path),
-        "engine_sha256": hashlib.sha256(engine).hexdigest(), "build_seconds": round(seconds, 2),
-        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "edgetl_version": __version__, "trtexec": trtexec, "card": card,
-    }
 
 
 def write_engine(plan: str | os.PathLike, engine: bytes, sidecar: dict[str, Any]) -> None:

@@ -1,9 +1,8 @@
-"""edgetl build: everything around TensorRT that runs without it (profile, names, sidecar, mismatch refusal,
-trtexec line, the missing-TensorRT message), and a real build + load where TensorRT and a GPU are."""
+"""edgetl build: everything around TensorRT that runs without it (profile, trtexec line, the missing-TensorRT
+message), and a real build + load where TensorRT and a GPU are."""
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import numpy as np
 import pytest
 
 from edgetl import build as B
+from edgetl.engine import read_sidecar, sidecar_path
+from edgetl.io import write_bytes, write_json
 from edgetl.card import ModelCard
 from edgetl.errors import BackendUnavailable, EdgetlError, EngineMismatch, RunDirError
 from edgetl.rundir import RunDir
@@ -27,10 +28,6 @@ def _has_tensorrt() -> bool:
 
 
 needs_no_tensorrt = pytest.mark.skipif(_has_tensorrt(), reason="tensorrt is installed here")
-
-FACTS = {"tensorrt_version": "10.3.0.30", "gpu_name": "Orin", "compute_capability": "8.7", "cuda_driver": "12.6",
-         "l4t_release": "R36.4.0"}
-
 
 @pytest.fixture(scope="module")
 def exported(exported_copy) -> Path:
@@ -70,83 +67,6 @@ def test_profile_checked_against_the_onnx_input(exported, tmp_path):
     assert "--batch 2" in e.value.hint
     with pytest.raises(EdgetlError, match="only the batch axis may be dynamic"):
         B.check_profile(B.Profile(1, 1, 1), ["n", 3, "h", 8], "d")
-
-
-# -- names -----------------------------------------------------------------------------------------
-def test_engine_dir_naming(tmp_path):
-    run = RunDir(tmp_path)
-    assert B.slug("NVIDIA GeForce RTX 4090") == "nvidia-geforce-rtx-4090"
-    assert B.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
-    assert B.engine_dir(run, "Orin", "10.3.0.30") == tmp_path / "engines" / "orin-trt10.3.0.30"
-    assert B.engine_file(run, FACTS, "int8") == tmp_path / "engines" / "orin-trt10.3.0.30" / "model.int8.plan"
-    assert B.sidecar_path(tmp_path / "e" / "model.int8.plan") == tmp_path / "e" / "model.int8.json"
-
-
-def test_parse_l4t(tmp_path):
-    line = "# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64, DATE: Fri Sep 13 04:36:44 UTC 2024\n"
-    assert B.parse_l4t(line) == "R36.4.0"
-    assert B.parse_l4t("# R35 (release), REVISION: 5.0, GCID: 1\n") == "R35.5.0"
-    assert B.parse_l4t("garbage") is None
-    f = tmp_path / "nv_tegra_release"
-    f.write_text(line)
-    assert B.l4t_release(str(f)) == "R36.4.0"
-    assert B.l4t_release(str(tmp_path / "absent")) is None
-
-
-# -- mismatch refusal ------------------------------------------------------------------------------
-def test_engine_mismatch_rules():
-    side = {**FACTS}
-    assert B.engine_mismatch(side, FACTS) is None
-    other_gpu = {**FACTS, "gpu_name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"}
-    msg = B.engine_mismatch(side, other_gpu)
-    assert msg == ("built for Orin (sm 8.7), TensorRT 10.3.0.30, "
-                   "this is NVIDIA GeForce RTX 4090 (sm 8.9), TensorRT 10.3.0.30")
-    assert B.engine_mismatch(side, {**FACTS, "compute_capability": "7.2"})  # same name, other capability
-    newer = {**FACTS, "tensorrt_version": "10.7.0.23"}
-    assert "TensorRT 10.3.0.30, this is Orin (sm 8.7), TensorRT 10.7.0.23" in B.engine_mismatch(side, newer)
-    # version-compatible engines run on the same or a later TensorRT of the same major, never an older one
-    vc = {**side, "version_compatible": True}
-    assert B.engine_mismatch(vc, newer) is None
-    assert B.engine_mismatch(vc, {**FACTS, "tensorrt_version": "10.1.0.27"})
-    assert B.engine_mismatch(vc, {**FACTS, "tensorrt_version": "11.0.0.1"})
-    assert B.engine_mismatch(vc, other_gpu)
-
-
-def test_sidecar_roundtrip_and_refusals(exported, tmp_path):
-    onnx_path = RunDir(exported).onnx
-    card = ModelCard.from_onnx(onnx_path)
-    engine = b"not really an engine, but bytes with a hash"
-    profile = B.Profile(1, 4, 16)
-    cmd = B.trtexec_command(onnx_path, "p.plan", "images", (3, 32, 32), profile)
-    side = B.make_sidecar(FACTS, "fp32", "images", profile.shapes((3, 32, 32)), onnx_path, engine, 1.234,
-                          card.model_dump(mode="json"), cmd)
-    plan = tmp_path / "engines" / "orin-trt10.3.0.30" / "model.fp32.plan"
-    B.write_engine(plan, engine, side)
-
-    back = B.read_sidecar(plan)
-    assert back["format"] == B.SIDECAR_FORMAT and back["gpu_name"] == "Orin" and back["l4t_release"] == "R36.4.0"
-    assert back["profile"] == {"input": "images", "min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [16, 3, 32, 32]}
-    assert back["engine_sha256"] == hashlib.sha256(engine).hexdigest()
-    assert back["source_onnx"] == "model.onnx" and len(back["source_onnx_sha256"]) == 64
-    assert back["build_seconds"] == 1.23 and back["trtexec"] == cmd
-    assert ModelCard.from_sidecar(B.sidecar_path(plan)) == card  # the card travels into the sidecar
-
-    from edgetl.io import sha256_file
-
-    B.check_engine(plan, back, FACTS, sha256_file(plan))  # same machine, same bytes: accepted
-    with pytest.raises(EngineMismatch) as e:
-        B.check_engine(plan, back, {**FACTS, "gpu_name": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0"})
-    assert "built for Orin (sm 8.7)" in e.value.message and "this is NVIDIA A100-SXM4-40GB" in e.value.message
-    assert e.value.hint == "rebuild it here with `edgetl build`"
-    plan.write_bytes(engine + b"tampered")
-    with pytest.raises(EngineMismatch, match="SHA-256 differs"):
-        B.check_engine(plan, back, FACTS, sha256_file(plan))
-    B.sidecar_path(plan).unlink()
-    with pytest.raises(EngineMismatch, match="has no sidecar"):
-        B.read_sidecar(plan)
-    B.sidecar_path(plan).write_text('{"format": "something-else"}')
-    with pytest.raises(EngineMismatch, match="not an edgetl engine sidecar"):
-        B.read_sidecar(plan)
 
 
 def test_trtexec_line():
@@ -205,9 +125,16 @@ def test_tensorrt_backend_without_tensorrt(exported):
 
     with pytest.raises(BackendUnavailable, match="TensorRT is not installed"):
         resolve_model_file(RunDir(exported), "tensorrt", "fp32", "cuda")
-    be = create_backend("tensorrt", exported / "engines" / "x" / "model.fp32.plan", device="cuda")
+    plan = exported / "engines" / "x" / "model.fp32.plan"
+    with pytest.raises(RunDirError, match="no such engine"):
+        create_backend("tensorrt", plan, device="cuda").activate()
+    # an engine edgetl built elsewhere: the sidecar names its library, which is missing here
+    from test_engine import _sidecar
+
+    write_bytes(plan, b"engine bytes")
+    write_json(sidecar_path(plan), _sidecar())
     with pytest.raises(BackendUnavailable, match="TensorRT is not installed"):
-        be.activate()
+        create_backend("tensorrt", plan, device="cuda").activate()
 
 
 # -- with TensorRT (run where it is installed) ---------------------------------------------------------
@@ -220,7 +147,7 @@ def test_real_build_load_and_parity(exported, tmp_path):
 
     run = RunDir(shutil.copytree(exported, tmp_path / "run"))
     res = B.build(run.path, precision="fp32", batch="1,4,8")
-    side = B.read_sidecar(res.plan)
+    side = read_sidecar(res.plan)
     assert side["profile"]["max"][0] == 8 and res.trtexec.startswith("trtexec --onnx=")
     assert (res.plan.parent / "timing.cache").stat().st_size > 0
     assert resolve_model_file(run, "tensorrt", "fp32", "cuda") == res.plan

@@ -43,7 +43,7 @@ def resolve_model_file(run, backend: str, precision: str = "fp32", device: str =
         run.require(path, hint=hint)
         return path
     if backend == "tensorrt":
-        from edgetl.runtime.tensorrt_backend import find_engine
+        from edgetl.engine import find_engine
 
         return find_engine(run, precision)
     raise BackendUnavailable(f"unknown backend '{backend}'", f"use one of {', '.join(BACKENDS)}")

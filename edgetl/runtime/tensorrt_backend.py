@@ -8,7 +8,6 @@ infer() measures is "compute + host<->device copies".
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,38 +17,21 @@ from edgetl.errors import EdgetlError, EngineMismatch, RunDirError
 from edgetl.runtime.base import Backend
 
 
-def find_engine(run, precision: str = "fp32", facts: dict[str, Any] | None = None) -> Path:
-    """RUN/engines/<this gpu>-trt<this version>/model.<precision>.plan, or one clear error saying why not."""
-    from edgetl.build import engine_file, machine_facts
-
-    run.require(hint="give the folder that `edgetl finetune --out` wrote")
-    facts = facts or machine_facts()
-    plan = engine_file(run, facts, precision)
-    if plan.exists():
-        return plan
-    others = sorted(p.parent.name for p in run.engines_dir.glob(f"*/model.{precision}.plan"))
-    if others:
-        raise EngineMismatch(f"{run.path}: the {precision} engine was built for {', '.join(others)}, this is "
-                             f"{plan.parent.name}", f"rebuild it here with `edgetl build {run.path} --precision {precision}`")
-    raise RunDirError(f"{run.path}: no {precision} TensorRT engine for this machine ({plan.parent.name})",
-                      f"run `edgetl build {run.path} --precision {precision}`")
-
-
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def activate_impl(self) -> ModelCard:
-        from edgetl.build import capturing_logger, check_engine, import_tensorrt, machine_facts, read_sidecar
+        from edgetl.engine import capturing_logger, check_engine, import_flavour, machine_facts, read_sidecar
         from edgetl.io import sha256_file
         from edgetl.runtime import _cuda
 
         if not self.device.startswith("cuda"):
             raise EdgetlError(f"tensorrt backend: runs on the GPU, not on '{self.device}'", "use --device cuda")
-        trt = import_tensorrt()
         if not self.model_path.exists():
             raise RunDirError(f"{self.model_path}: no such engine", "run `edgetl build` first")
         sidecar = read_sidecar(self.model_path)
-        check_engine(self.model_path, sidecar, machine_facts(trt), sha256_file(self.model_path))
+        trt = import_flavour(sidecar["library"])
+        check_engine(self.model_path, sidecar, machine_facts(sidecar["library"], trt), sha256_file(self.model_path))
         if sidecar.get("precision") not in (None, self.precision):
             raise EngineMismatch(f"{self.model_path}: is a {sidecar['precision']} engine, asked for {self.precision}")
 
@@ -152,4 +134,4 @@ class TensorRTBackend(Backend):
         del self._context, self._engine, self._runtime
 
 
-__all__ = ["TensorRTBackend", "find_engine"]
+__all__ = ["TensorRTBackend"]

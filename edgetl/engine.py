@@ -1,0 +1,203 @@
+"""What an engine is, on the package side: its sidecar (a versioned pydantic schema), the machine facts an
+engine is tied to, the rule that says whether it may run here, where it lives in a run, and which NVIDIA
+library flavour builds and runs it.
+
+`build.py` only builds; `runtime/tensorrt_backend.py`, `bench` and `triton` ask this module. The names and
+the sidecar dict themselves live in `edgetl.portable.engines`, shared with the device entry point.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edgetl.errors import BackendUnavailable, EngineMismatch, RunDirError, first_line
+from edgetl.io import read_json
+from edgetl.portable.engines import (ENGINE_PRECISIONS, LIBRARIES, SIDECAR_FORMAT, engine_dir_name,
+                                     engine_mismatch, plan_name, sidecar_for)
+from edgetl.portable.jetson import l4t_release
+
+Library = Literal["tensorrt", "tensorrt_rtx"]
+REBUILD_HINT = "rebuild it here with `edgetl build`"
+
+
+class Sidecar(BaseModel):
+    """The JSON next to every engine (model.<precision>.json); written by `edgetl build` and the device."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["edgetl-engine/2"]
+    library: Library
+    library_version: str
+    gpu_name: str | None
+    compute_capability: str | None
+    target_compute_capabilities: list[str]
+    cuda_driver: str | None
+    l4t_release: str | None
+    precision: Literal["fp32", "fp16", "int8"]
+    profile: dict[str, Any]
+    workspace_mib: int | None
+    builder_optimization_level: int | None
+    version_compatible: bool
+    dla_core: int | None
+    source_onnx: str
+    source_onnx_sha256: str
+    engine_sha256: str
+    build_seconds: float | None
+    built_at: str
+    builder: str
+    trtexec: str | None
+    edgetl_version: str
+    card: dict[str, Any] | None
+
+    def max_batch(self) -> int | None:
+        shape = self.profile.get("max")
+        return int(shape[0]) if shape else None
+
+
+# -- the library flavour --------------------------------------------------------------------------------
+def import_flavour(library: str = "tensorrt"):
+    """The module of an NVIDIA builder flavour (`tensorrt` 10+ or `tensorrt_rtx`), or BackendUnavailable."""
+    if library == "tensorrt_rtx":
+        try:
+            import tensorrt_rtx as trt
+        except ImportError:
+            raise BackendUnavailable("TensorRT for RTX is not installed here (`import tensorrt_rtx` fails)",
+                                     "pip install 'edgetl[rtx]' (x86-64 Linux or Windows)") from None
+        return trt
+    if library != "tensorrt":
+        raise BackendUnavailable(f"unknown engine library '{library}'", f"use one of {', '.join(LIBRARIES)}")
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise BackendUnavailable("TensorRT is not installed here (`import tensorrt` fails)",
+                                 "build engines on the target: a Jetson has it with JetPack; on x86 "
+                                 "`pip install tensorrt` from NVIDIA's index") from None
+    m = re.match(r"\d+", str(trt.__version__))
+    if m is None or int(m.group()) < 10:
+        raise BackendUnavailable(f"TensorRT {trt.__version__} is too old: edgetl needs 10.0 or newer "
+                                 "(strongly typed networks)", "upgrade TensorRT (JetPack 6 ships 10.x)")
+    return trt
+
+
+def import_tensorrt():
+    return import_flavour("tensorrt")
+
+
+def machine_facts(library: str = "tensorrt", trt=None) -> dict[str, Any]:
+    """What an engine is tied to on this machine: the library and its version, the GPU and its compute
+    capability (BackendUnavailable without a GPU), the CUDA driver and, on a Jetson, the L4T release."""
+    from edgetl.runtime._cuda import device_facts
+
+    trt = trt or import_flavour(library)
+    return {"library": library, "library_version": str(trt.__version__), **device_facts(),
+            "l4t_release": l4t_release()}
+
+
+def capturing_logger(trt):
+    """A trt.ILogger that keeps every message, so a failure can say the library's own reason."""
+
+    class _Logger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.messages: list[tuple[Any, str]] = []
+
+        def log(self, severity, msg):
+            self.messages.append((severity, msg))
+
+        def lines(self, worst_first: bool = True) -> list[str]:
+            bad = (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR)
+            errors = [m for s, m in self.messages if s in bad]
+            warnings = [m for s, m in self.messages if s == trt.ILogger.Severity.WARNING]
+            return errors + warnings if worst_first else [m for _, m in self.messages]
+
+        def warnings(self) -> list[str]:
+            return [m for s, m in self.messages if s == trt.ILogger.Severity.WARNING]
+
+    return _Logger()
+
+
+# -- where engines live ----------------------------------------------------------------------------------
+def engine_dir(run, target: str, library: str, version: str) -> Path:
+    return run.engines_dir / engine_dir_name(target, library, version)
+
+
+def engine_file(run, facts: dict[str, Any], precision: str) -> Path:
+    """The plan this machine (facts) builds for a precision."""
+    return engine_dir(run, facts["gpu_name"], facts["library"], facts["library_version"]) / plan_name(precision)
+
+
+def sidecar_path(plan: str | os.PathLike) -> Path:
+    return Path(sidecar_for(str(plan)))
+
+
+def find_engine(run, precision: str = "fp32", facts: dict[str, Any] | None = None,
+                library: str = "tensorrt") -> Path:
+    """The run's engine of a precision that may run on this machine: the one built here first, else any
+    whose sidecar passes the mismatch rule (a version-compatible engine built by an earlier TensorRT, an RTX
+    engine built ahead of time for this GPU's compute capability); else one clear error saying why not."""
+    run.require(hint="give the folder that `edgetl finetune --out` wrote")
+    facts = facts or machine_facts(library)
+    own = engine_file(run, facts, precision)
+    if own.exists():
+        return own
+    candidates = sorted(run.engines_dir.glob(f"*/{plan_name(precision)}"))
+    reasons = []
+    for plan in candidates:
+        try:
+            sidecar = read_sidecar(plan)
+        except EngineMismatch as e:
+            reasons.append(f"{plan.parent.name} ({first_line(e)})")
+            continue
+        why = engine_mismatch(sidecar, facts)
+        if why is None:
+            return plan
+        reasons.append(f"{plan.parent.name} ({why})")
+    build_hint = f"run `edgetl build {run.path} --precision {precision}` here"
+    if reasons:
+        raise EngineMismatch(f"{run.path}: no {precision} engine of this run can run here: {'; '.join(reasons)}",
+                             build_hint)
+    raise RunDirError(f"{run.path}: no {precision} engine for this machine ({own.parent.name})", build_hint)
+
+
+# -- the sidecar and the load-time check ------------------------------------------------------------
+def read_sidecar(plan: str | os.PathLike) -> dict[str, Any]:
+    """The validated sidecar of a plan (a dict with every key of `Sidecar`), or EngineMismatch (one line)."""
+    path = sidecar_path(plan)
+    if not path.exists():
+        raise EngineMismatch(f"{plan}: has no sidecar {path.name}, so edgetl did not build it (or it was renamed)",
+                             f"edgetl loads only engines it built: {REBUILD_HINT}")
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as e:
+        raise EngineMismatch(f"{path}: unreadable engine sidecar ({first_line(e)})", REBUILD_HINT) from None
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else None
+        raise EngineMismatch(f"{path}: not an edgetl engine sidecar of format {SIDECAR_FORMAT}"
+                             + (f" (it says {found})" if found else ""), REBUILD_HINT)
+    try:
+        return Sidecar.model_validate(data).model_dump(mode="json")
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ())) or "sidecar"
+        raise EngineMismatch(f"{path}: invalid engine sidecar: {where}: {err.get('msg')}", REBUILD_HINT) from None
+
+
+def check_engine(plan: str | os.PathLike, sidecar: dict[str, Any], facts: dict[str, Any],
+                 engine_sha256: str | None = None) -> None:
+    """Refuse (EngineMismatch, one line) an engine for another machine, or one whose bytes changed."""
+    reason = engine_mismatch(sidecar, facts)
+    if reason:
+        raise EngineMismatch(f"{plan}: {reason}", REBUILD_HINT)
+    if engine_sha256 is not None and engine_sha256 != sidecar.get("engine_sha256"):
+        raise EngineMismatch(f"{plan}: its SHA-256 differs from the one edgetl recorded when it built it",
+                             f"edgetl loads only engines it built: {REBUILD_HINT}")
+
+
+__all__ = ["ENGINE_PRECISIONS", "REBUILD_HINT", "SIDECAR_FORMAT", "Sidecar", "capturing_logger", "check_engine",
+           "engine_dir", "engine_file", "engine_mismatch", "find_engine", "import_flavour", "import_tensorrt",
+           "machine_facts", "read_sidecar", "sidecar_path"]
