@@ -105,7 +105,8 @@ def _log_axis(ax, values: list[float]) -> tuple[float, float]:
 
     lo, hi = _log_limits(values)
     decades = math.log10(hi / lo)
-    subs = (1.0, 2.0, 3.0, 5.0) if decades <= 1.2 else (1.0, 2.0, 5.0) if decades <= 2.2 else (1.0,)
+    subs = ((1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0) if decades <= 0.6 else (1.0, 2.0, 3.0, 5.0) if decades <= 1.2
+            else (1.0, 2.0, 5.0) if decades <= 2.2 else (1.0,))
     ax.set_xscale("log")
     ax.set_xlim(lo, hi)
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
@@ -149,7 +150,10 @@ def bench_figure(result: dict[str, Any]):
     ncols = min(3, len(batches))
     nrows = math.ceil(len(batches) / ncols)
     panel_h = max(2.6, 0.32 * len(combos) + 1.2) if same else 3.4
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.7 * ncols + (1.6 if same else 2.2), panel_h * nrows + 0.9),
+    legend_h = 0 if same else 0.2 * len({p for _, p in combos}) + 0.2
+    # at least 7.5 in wide, so that the two title lines fit above a single panel
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(7.5, 3.7 * ncols + (1.6 if same else 0.5)),
+                                                    panel_h * nrows + 0.9 + legend_h),
                              sharey=True, squeeze=False, layout="constrained")
     devices = ", ".join(sorted({r["device"] for r in rows}))
     fig.suptitle(f"edgetl bench ({devices}): p50 latency per call, one panel per batch size\n{accuracy}",
@@ -197,13 +201,21 @@ def _accuracy_axis(fig, axes, scored: list[dict[str, Any]], ref_top1: float | No
     axes[0, 0].set_ylim(lo - pad, hi + pad)
     for ax in axes[:, 0]:
         ax.set_ylabel("top-1 (%)", fontsize=8)
+    # One legend column per backend, one line per precision (blank cells pad the columns), the reference last;
+    # under the panels, not beside them, where it would share the top of the figure with the title.
     shown = sorted({_combo(r) for r in scored}, key=_combo_key)
-    handles = [Line2D([], [], linestyle="none", markersize=7, markeredgecolor="black", markeredgewidth=0.5,
-                      label=f"{b} {p}", **_style((b, p))) for b, p in shown]
+    backends = list(dict.fromkeys(b for b, _ in shown))
+    depth = max(sum(1 for b, _ in shown if b == backend) for backend in backends)
+    blank = Line2D([], [], linestyle="none", label=" ")
+    handles = []
+    for backend in backends:
+        column = [Line2D([], [], linestyle="none", markersize=7, markeredgecolor="black", markeredgewidth=0.5,
+                         label=f"{b} {p}", **_style((b, p))) for b, p in shown if b == backend]
+        handles += column + [blank] * (depth - len(column))
     if ref_top1 is not None:
-        handles.append(Line2D([], [], color="grey", linestyle="--", linewidth=1, label="reference"))
-    fig.legend(handles=handles, loc="outside right upper", fontsize=8, title="backend precision",
-               title_fontsize=8, frameon=False)
+        handles += [Line2D([], [], color="grey", linestyle="--", linewidth=1, label="reference")]
+        handles += [blank] * (depth - 1)
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles) // depth, fontsize=8, frameon=False)
 
 
 def plot_bench(result: dict[str, Any], path: Path) -> None:
