@@ -125,19 +125,21 @@ def _accuracy_line(result: dict[str, Any], scored: list[dict[str, Any]]) -> tupl
         return True, "top-1 not measured on these images (see bench.md): latency only"
     tops = [r["top1"] for r in scored] + ([ref_top1] if ref_top1 is not None else [])
     n = max(r.get("n_images") or 0 for r in scored)
+    unscored = len(result["rows"]) - len(scored)
     if max(tops) - min(tops) <= _SAME_TOP1:
-        unscored = len(result["rows"]) - len(scored)
-        rest = f"; {unscored} row(s) unscored" if unscored else ""
         against = f": no drop against {source}" if ref_top1 is not None else ""
+        rest = f"; {unscored} row(s) unscored" if unscored else ""
         return True, f"every row scored top-1 {tops[0]:.1%} on {n} images{against}{rest}"
     ref_text = f"; dashed line: {source} {ref_top1:.1%}" if ref_top1 is not None else ""
-    return False, f"top-1 on {n} images{ref_text}"
+    rest = f"; {unscored} unscored row(s) not drawn" if unscored else ""
+    return False, f"top-1 on {n} images{ref_text}{rest}"
 
 
 def bench_figure(result: dict[str, Any]):
     """The bench's picture (a matplotlib Figure): one panel per batch size, p50 latency per call on a log axis.
 
-    When rows differ in top-1: top-1 against latency, colour = precision, marker = backend, legend outside.
+    When rows differ in top-1: top-1 against latency, colour = precision, marker = backend, a legend
+    under the panels.
     When every row scored the same (the usual fp32/fp16 case) or none was scored: one line per backend x
     precision with its latency written next to the point, and the accuracy said in the title instead.
     """
@@ -184,12 +186,12 @@ def bench_figure(result: dict[str, Any]):
         axes[0, 0].set_yticks(range(len(combos)), [f"{b} {p}" for b, p in combos])
         axes[0, 0].set_ylim(len(combos) - 0.5, -0.5)
     else:
-        _accuracy_axis(fig, axes, scored, (result.get("reference") or {}).get("top1"), combos)
+        _accuracy_axis(fig, axes, scored, (result.get("reference") or {}).get("top1"))
     return fig
 
 
-def _accuracy_axis(fig, axes, scored: list[dict[str, Any]], ref_top1: float | None,
-                   combos: list[tuple[str, str]]) -> None:
+def _accuracy_axis(fig, axes, scored: list[dict[str, Any]], ref_top1: float | None) -> None:
+    """Top-1 (%) on the shared y axis, the reference as a dashed line, the legend."""
     from matplotlib.lines import Line2D
 
     tops = [r["top1"] * 100 for r in scored] + ([ref_top1 * 100] if ref_top1 is not None else [])
@@ -218,7 +220,7 @@ def _accuracy_axis(fig, axes, scored: list[dict[str, Any]], ref_top1: float | No
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles) // depth, fontsize=8, frameon=False)
 
 
-def plot_bench(result: dict[str, Any], path: Path) -> None:
+def plot_bench(result: dict[str, Any], path: str | Path) -> None:
     """Write bench_figure(result) as a PNG, atomically."""
     fig = bench_figure(result)
     plt = pyplot_agg()

@@ -3,7 +3,6 @@ edgetl.plots."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 COLUMNS = ("backend", "precision", "batch", "device", "model file", "mean ms", "p50 ms", "p90 ms", "p99 ms",

@@ -98,7 +98,8 @@ def assert_table_fits(result: dict, width: int) -> str:
     console = Console(file=buf, width=width, force_terminal=False, color_system=None)
     print_bench(result, console)
     out = buf.getvalue()
-    assert max(len(line) for line in out.splitlines()) <= width
+    # every line fits, but the one naming the run and data: a path is printed whole, for copying
+    assert max(len(line) for line in out.splitlines() if not line.startswith("run: ")) <= width
     table_lines = [line for line in out.splitlines() if " bs" in line and not line.startswith(("trt", "ort", "torch"))]
     assert len(table_lines) == len(result["rows"])  # no row spilled onto a second line
     for r, line in zip(result["rows"], table_lines):
@@ -114,7 +115,8 @@ def test_real_bench_png_is_readable(real, drawn):
     assert {"batch 1", "batch 4"} <= set(texts)  # one panel per batch size
     tops = {r["top1"] for r in result["rows"]} | {result["reference"]["top1"]}
     if len(tops) == 1:  # the usual case here: fp16 and ONNX score what PyTorch scores
-        assert any(f"every row scored top-1 {tops.pop():.1%}" in t for t in texts)
+        (top1,) = tops
+        assert any(f"every row scored top-1 {top1:.1%}" in t for t in texts)
         for r in result["rows"]:  # each point's p50, three significant figures, written beside it
             p50 = r["latency_ms"]["p50"]
             assert (f"{p50:.3g} ms" if p50 < 1000 else f"{p50:.0f} ms") in texts
@@ -141,13 +143,14 @@ def test_fake_3x3x3_with_drops_is_readable(drawn, tmp_path):
     lo, hi = panels[0].get_xlim()
     assert lo < 0.5 and hi > 30 and len([t for t, _ in drawn.values() if t in ("0.5", "1", "2", "5", "10", "20")]) >= 4
     (legend,) = fig.legends
-    entries = {t.get_text(): h for t, h in zip(legend.get_texts(), legend.legend_handles)}
+    entries = {t.get_text(): h for t, h in zip(legend.get_texts(), legend.legend_handles) if t.get_text().strip()}
     assert len(entries) == 10 and "reference" in entries  # 9 backend x precision + the reference line
     trt_int8 = entries["tensorrt int8"]
     assert trt_int8.get_marker() == BACKEND_MARKERS["tensorrt"] and trt_int8.get_color() == PRECISION_COLOURS["int8"]
     # the collapsed engine is drawn where it scored, inside the accuracy axis
     ylo, yhi = panels[0].get_ylim()
-    assert ylo < 30.05 < 91.25 < yhi
+    collapsed = min(r["top1"] for r in result["rows"]) * 100
+    assert ylo < collapsed < result["reference"]["top1"] * 100 < yhi
 
 
 def test_fake_3x3x3_same_top1_says_so(drawn, tmp_path):
