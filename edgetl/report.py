@@ -113,7 +113,7 @@ def bench_table(result: dict[str, Any], console=None):
         natural = Measurement.get(console, console.options.update_width(100_000), table).maximum  # unwrapped
         if natural <= console.width:
             return table, layout
-    return table, layout  # narrower than any layout: rich cuts the file names with an ellipsis
+    return table, layout  # narrower than every layout: rich shortens cells with an ellipsis
 
 
 def _terminal_caption(result: dict[str, Any], layout: str) -> list[str]:
