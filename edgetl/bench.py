@@ -255,7 +255,8 @@ def bench_run(run_path: str | os.PathLike, data: str | os.PathLike | None = None
 def write_results(run: RunDir, result: dict) -> None:
     """bench.json, bench.md and bench.png, each written atomically."""
     from edgetl.io import write_json, write_text
-    from edgetl.report import bench_markdown, plot_bench
+    from edgetl.plots import plot_bench
+    from edgetl.report import bench_markdown
 
     write_json(run.bench_json, result)
     write_text(run.bench_md, bench_markdown(result))

@@ -1,8 +1,8 @@
-"""The bench's tables (rich on the terminal, Markdown in bench.md) and its accuracy-vs-latency plot."""
+"""The bench's tables: rich on the terminal (fitted to its width), the full one in bench.md. The plot is in
+edgetl.plots."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 COLUMNS = ("backend", "precision", "batch", "device", "model file", "mean ms", "p50 ms", "p90 ms", "p99 ms",
@@ -36,10 +36,10 @@ def _caption(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-_TEXT = ("backend", "precision", "device", "model file", "flags", "row")
-COMPACT_COLUMNS = ("row", "model file", "p50", "p99", "img/s", "speed", "top-1", "drop")
-WIDE_ENOUGH = 150  # terminal columns the full table needs; narrower terminals get the compact one
+_TEXT = ("backend", "precision", "device", "model file", "flags", "row", "file")
+COMPACT_COLUMNS = ("row", "file", "p50 ms", "p99 ms", "img/s", "speed-up", "top-1", "drop")
 _SHORT = {"onnxruntime": "ort", "tensorrt": "trt"}
+FLAGGED = "!"  # marks a flagged row in the compact table; its flags are listed under it
 
 
 def _style(r: dict[str, Any]) -> str | None:
@@ -47,42 +47,111 @@ def _style(r: dict[str, Any]) -> str | None:
     return "red" if any("below the reference" in f for f in flags) else ("yellow" if flags else None)
 
 
-def bench_table(result: dict[str, Any], width: int = 200):
-    """The terminal table: bench.md's columns, or on a narrow terminal a compact one (backend, precision and
-    batch in one cell, latency in ms; mean/p90 and flags are in bench.md and the lines under the table)."""
+def row_name(r: dict[str, Any]) -> str:
+    """The compact table's row label: `ort int8 bs8`."""
+    return f"{_SHORT.get(r['backend'], r['backend'])} {r['precision']} bs{r['batch_size']}"
+
+
+def short_file(model_file: str) -> str:
+    """`model.int8.cpu.onnx` -> `int8.cpu.onnx`, `engines/<gpu>-trt10.3/model.fp16.plan` -> `fp16.plan`,
+    `model.safetensors` -> `safetensors`: the format and form; the precision is in the row label."""
+    name = model_file.replace("\\", "/").rsplit("/", 1)[-1]
+    return name.removeprefix("model.") or name
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3f}" if value < 100 else f"{value:.1f}" if value < 10000 else f"{value:.0f}"
+
+
+def _compact_cells(r: dict[str, Any], full_paths: bool, p99: bool) -> list[str]:
+    lat, ips = r["latency_ms"], r["throughput_ips"]
+    cells = [row_name(r) + (f" {FLAGGED}" if r.get("flags") else ""),
+             r["model_file"] if full_paths else short_file(r["model_file"]), _ms(lat["p50"])]
+    if p99:
+        cells.append(_ms(lat["p99"]))
+    speed = "" if r.get("speedup") is None else f"{r['speedup']:.2f}x"
+    drop = "" if r.get("top1_drop") is None else f"{r['top1_drop'] * 100:.1f}"
+    return cells + [f"{ips:.1f}" if ips < 1000 else f"{ips:.0f}", speed, _fmt(r.get("top1"), ".4f"), drop]
+
+
+def _table(result: dict[str, Any], layout: str):
+    """One candidate layout: "full" (bench.md's columns), "compact" (one label cell, latency p50/p99),
+    "short" (compact with short file names), "narrow" (short, without p99)."""
     from rich import box
     from rich.table import Table
 
-    compact = width < WIDE_ENOUGH
     devices = ", ".join(sorted({r["device"] for r in result["rows"]}))
-    table = Table(title=f"edgetl bench ({devices})", box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD)
-    for col in COMPACT_COLUMNS if compact else COLUMNS:
-        table.add_column(col, justify="left" if col in _TEXT else "right", overflow="fold",
-                         no_wrap=col not in ("model file", "flags"), min_width=10 if col == "model file" else None)
-    for r in result["rows"]:
-        cells = row_cells(r)
-        if compact:
-            b, p, bs, _dev, f, _mean, p50, _p90, p99, ips, speed, top1, drop, _flags = cells
-            cells = [f"{_SHORT.get(b, b)} {p} bs{bs}", f, p50, p99, ips, speed, top1, drop]
+    full = layout == "full"
+    columns = COLUMNS if full else tuple(c for c in COMPACT_COLUMNS if layout != "narrow" or c != "p99 ms")
+    table = Table(title=f"edgetl bench ({devices})", box=box.HEAVY_HEAD if full else box.SIMPLE_HEAD,
+                  pad_edge=full, collapse_padding=not full)
+    rows = [row_cells(r) if full else _compact_cells(r, full_paths=layout == "compact", p99=layout != "narrow")
+            for r in result["rows"]]
+    for i, col in enumerate(columns):
+        # No cell wraps: a table that does not fit is replaced by a narrower layout (bench_table). Below the
+        # narrowest, rich cuts cells with an ellipsis, never the row label.
+        label = not full and i == 0
+        table.add_column(col, justify="left" if col in _TEXT else "right", no_wrap=True, overflow="ellipsis",
+                         min_width=max(len(c[0]) for c in rows) if label else None)
+    for r, cells in zip(result["rows"], rows):
         table.add_row(*cells, style=_style(r))
     return table
 
 
+LAYOUTS = ("full", "compact", "short", "narrow")
+
+
+def bench_table(result: dict[str, Any], console=None):
+    """The terminal table: the widest layout whose cells all fit the console's width unwrapped (rich reads the
+    width from the terminal, else from COLUMNS, else 80). Returns (table, layout)."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = console or Console(width=200)
+    for layout in LAYOUTS:
+        table = _table(result, layout)
+        natural = Measurement.get(console, console.options.update_width(100_000), table).maximum  # unwrapped
+        if natural <= console.width:
+            return table, layout
+    return table, layout  # narrower than every layout: rich shortens cells with an ellipsis
+
+
+def _terminal_caption(result: dict[str, Any], layout: str) -> list[str]:
+    """What the table's numbers mean, in short lines (bench.md says it all in full)."""
+    s, ref = result["settings"], result.get("reference") or {}
+    runs = f"{s['iterations']} iterations" if s.get("iterations") else f"{s['duration_s']} s"
+    source = str(ref.get("source", "n/a")).split(" (")[0]
+    lines = [f"latency: ms per call (one batch), {runs} per row after {s['warmup']} warm-up",
+             "speed-up: base p50 / row p50 (base: torch fp32 at the same batch and device, else the backend's fp32)",
+             f"drop: points below the reference top-1 {_fmt(ref.get('top1'), '.4f')} ({source})"]
+    if layout != "full":
+        backends = {r["backend"] for r in result["rows"]}
+        legend = [", ".join(f"{short} = {b}" for b, short in _SHORT.items() if b in backends)]
+        if layout != "compact":
+            legend.append("file: model.<file> in the run" + (", engines in engines/<gpu>-trt<version>/"
+                                                              if "tensorrt" in backends else ""))
+        if any(r.get("flags") for r in result["rows"]):
+            legend.append(f"{FLAGGED} = flagged, see below")
+        lines.append("; ".join(filter(None, legend + ["every column: bench.md"])))
+    return lines + sorted({f"timed: {r['backend']}: {r['timed']}" for r in result["rows"] if r.get("timed")})
+
+
 def print_bench(result: dict[str, Any], console=None) -> None:
-    """The rich table, what was timed, the flags, then one line per skipped combination and per note."""
+    """The rich table, what its numbers mean, the flags, then one line per skipped combination and per note."""
     from edgetl.bench import skipped_lines
     from edgetl.console import console as default_console
 
     console = console or default_console
-    console.print(bench_table(result, console.width))
-    lines = [(line, None) for line in _caption(result)]
-    if console.width < WIDE_ENOUGH:
-        lines += [(f"{r['backend']} {r['precision']} bs{r['batch_size']}: {flag}", _style(r))
-                  for r in result["rows"] for flag in r.get("flags") or []]
+    table, layout = bench_table(result, console)
+    console.print(table)
+    console.print(f"run: {result['run']}; data: {result['data']}", markup=False, soft_wrap=True)  # paths unbroken
+    lines = [(line, None) for line in _terminal_caption(result, layout)]
+    if layout != "full":
+        lines += [(f"{row_name(r)}: {flag}", _style(r)) for r in result["rows"] for flag in r.get("flags") or []]
     lines += [(line, "yellow") for line in skipped_lines(result.get("skipped") or [])]
     lines += [(note, "yellow") for note in result.get("notes") or []]
-    for line, style in lines:
-        console.print(line, markup=False, style=style, soft_wrap=True)
+    for line, style in lines:  # wrapped at spaces to the console's width, not cut inside a word
+        console.print(line, markup=False, style=style)
 
 
 def bench_markdown(result: dict[str, Any]) -> str:
@@ -106,33 +175,3 @@ def bench_markdown(result: dict[str, Any]) -> str:
     out += [f"- {line}" for line in skipped_lines(result.get("skipped") or [])]
     out += [f"- {n}" for n in result.get("notes") or []]
     return "\n".join(out) + "\n"
-
-
-def plot_bench(result: dict[str, Any], path: str | Path) -> None:
-    """Top-1 against p50 latency, one labelled point per row (batch size in the label)."""
-    from edgetl.io import atomic_path
-    from edgetl.plots import pyplot_agg
-
-    plt = pyplot_agg()
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    scored = [r for r in result["rows"] if r.get("top1") is not None]
-    markers = {"torch": "o", "onnxruntime": "s", "tensorrt": "^"}
-    for r in scored:
-        per_image = r["latency_ms"]["p50"]
-        ax.scatter(per_image, r["top1"], marker=markers.get(r["backend"], "x"), s=60)
-        ax.annotate(f"{r['backend']} {r['precision']} bs{r['batch_size']}", (per_image, r["top1"]),
-                    textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ref = (result.get("reference") or {}).get("top1")
-    if ref is not None:
-        ax.axhline(ref, color="grey", linestyle="--", linewidth=1, label=f"reference top-1 {ref:.3f}")
-        ax.legend(loc="lower right")
-    if not scored:
-        ax.text(0.5, 0.5, "no row has a top-1 (see bench.md)", ha="center", va="center", transform=ax.transAxes)
-    ax.set(xlabel="p50 latency per batch (ms)", ylabel="top-1", title="accuracy vs latency (one point per row)")
-    if scored and max(r["latency_ms"]["p50"] for r in scored) / max(1e-9, min(r["latency_ms"]["p50"] for r in scored)) > 20:
-        ax.set_xscale("log")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
