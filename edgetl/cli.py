@@ -51,7 +51,7 @@ def _run(args: List[str]) -> int:
         _print_error("aborted", None)
         return 1
     except _click_error_types() as e:
-        return _print_usage_error(e)
+        return _print_usage_error(e, args)
     except BrokenPipeError:
         # `edgetl ... | head`: the reader left; stop quietly (and keep Python's exit-time flush quiet too).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -70,15 +70,22 @@ def _print_error(message: str, hint: Optional[str], label: str = "error: ") -> N
         err_console.print(f"  hint: {hint}", soft_wrap=True, markup=False, highlight=False)
 
 
-def _print_usage_error(e: Exception) -> int:
+def _bare_context(args: List[str]):
+    """A context for the usage line when the parser raised without one (an option missing its value)."""
+    group = typer.main.get_command(app)
+    ctx = group.context_class(group, info_name="edgetl")
+    sub = getattr(group, "commands", {}).get(_command_name(args))
+    return sub.context_class(sub, info_name=_command_name(args), parent=ctx) if sub is not None else ctx
+
+
+def _print_usage_error(e: Exception, args: List[str]) -> int:
     """Click's message for a usage error (unknown command or option, missing argument, bad value), in two lines."""
     code = int(getattr(e, "exit_code", 2))
     if type(e).__name__ == "NoArgsIsHelpError":  # bare `edgetl` or a group without a command: the help is the answer
         e.show()
         return code
-    ctx = getattr(e, "ctx", None)
-    usage = ctx.get_usage().strip() if ctx is not None else "edgetl [OPTIONS] COMMAND [ARGS]..."
-    where = ctx.command_path if ctx is not None else "edgetl"
+    ctx = getattr(e, "ctx", None) or _bare_context(args)
+    usage, where = ctx.get_usage().strip(), ctx.command_path
     _print_error(e.format_message(), None)
     err_console.print(f"  {usage}  (more: {where} --help)", soft_wrap=True, markup=False, highlight=False)
     return code

@@ -343,8 +343,8 @@ def _finish(run, cfg, device, load_report, freeze, log_rows, best_epoch, ev: Eve
         "train_images": len(train), "device": str(device),
     })
     write_json(run.metrics, metrics)
-    plot_curves(log_rows, run.path / "curves.png")
-    plot_confusion(metrics["confusion"], metrics["classes"], run.path / "confusion.png")
+    plot_curves(log_rows, run.curves_png)
+    plot_confusion(metrics["confusion"], metrics["classes"], run.confusion_png)
     run.checkpoint.unlink(missing_ok=True)
     (run.path / ".train_log.json").unlink(missing_ok=True)
     ev.message(f"val top-1 {metrics['top1']:.4f}, macro F1 {metrics['macro_f1']:.4f} (best epoch {best_epoch + 1}) -> {cfg.out}")

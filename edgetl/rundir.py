@@ -36,6 +36,14 @@ class RunDir:
         return self.path / "train_log.csv"
 
     @property
+    def curves_png(self) -> Path:
+        return self.path / "curves.png"
+
+    @property
+    def confusion_png(self) -> Path:
+        return self.path / "confusion.png"
+
+    @property
     def checkpoint(self) -> Path:
         """Resume state of the last finished epoch (model, optimizer, scheduler, RNG)."""
         return self.path / "last_checkpoint.pt"
