@@ -57,7 +57,7 @@ USAGE = [
     ("misspelt-command", ["exprot", "{run}"], 2, "No such command 'exprot'"),
     ("no-command-args", ["eval"], 2, "Missing argument"),
     ("missing-argument", ["export"], 2, "Missing argument"),
-    ("unknown-option", ["export", "{run}", "--bogus"], 2, "No such option: --bogus"),
+    ("unknown-option", ["export", "{run}", "--bogus"], 2, "--bogus"),
     ("option-without-value", ["eval", "{run}", "--device"], 2, "requires an argument"),
     ("finetune-no-out", ["finetune", "{data}"], 2, "Missing option"),
     ("finetune-epochs-abc", ["finetune", "{data}", "--out", "{new}", "--epochs", "abc"], 2, "--epochs"),
