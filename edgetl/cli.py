@@ -54,7 +54,10 @@ def _run(args: List[str]) -> int:
         return _print_usage_error(e, args)
     except BrokenPipeError:
         # `edgetl ... | head`: the reader left; stop quietly (and keep Python's exit-time flush quiet too).
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is no real file (captured): nothing to quieten
+            pass
         return 1
     finally:
         restore()
