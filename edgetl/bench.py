@@ -9,6 +9,7 @@ cannot run here is skipped with its reason, and the rest still run.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import platform
 import subprocess
@@ -175,13 +176,17 @@ def bench_run(run_path: str | os.PathLike, data: str | os.PathLike | None = None
     precisions = parse_names(precisions)
     batch_sizes = parse_batch_sizes(batch_sizes)
     if duration is not None:
-        if duration <= 0:
+        if not (math.isfinite(duration) and duration > 0):  # nan passes `<= 0` and would time forever
             raise EdgetlError(f"--duration {duration}: give seconds > 0")
         iterations = None
     elif iterations is None or iterations < 1:
         raise EdgetlError(f"--iterations {iterations}: give a count >= 1 (or --duration SECONDS)")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise EdgetlError(f"--device {device}: use cpu or cuda")
+    if threads is not None and threads < 1:
+        raise EdgetlError(f"--threads {threads}: give a count >= 1")
+    if limit is not None and limit < 1:
+        raise EdgetlError(f"--limit {limit}: give a count >= 1 (or leave it out to score every image)")
     todo, skipped = plan_rows(run, backends, precisions, device)
     notes: list[str] = []
     for s in skipped:
@@ -292,7 +297,7 @@ class _DataSource:
                 items = read_splits(self.run.splits)[1] if self.data is None else scan_folder(self.data, classes=card.class_names)
                 if list(items.classes) != list(card.class_names):
                     raise DataError(f"{self.description}: classes {items.classes} differ from the model's {card.class_names}")
-                if self.limit:
+                if self.limit is not None:
                     items = items.subset(range(min(self.limit, len(items))))
                 self._labelled[key] = (items, None)
             except DataError as e:

@@ -65,6 +65,8 @@ def make_bundle(run_path: str | os.PathLike, precision: str = "fp32", out_dir: s
     run = RunDir(run_path)
     if max_images < 1:
         raise DeployError(f"--max-images {max_images}: must be at least 1")
+    if tarball is not None:
+        check_tarball_name(Path(tarball))  # before the bundle is built, not after
     models = model_files(run, precision)
     target = Path(out_dir) if out_dir is not None else bundle_dir(run, precision)
     source = {
@@ -241,10 +243,16 @@ def _replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_tarball(directory: Path, out: Path, root: str) -> Path:
-    """A reproducible .tar.gz of `directory` under `root/`: sorted names, fixed mtimes, no owners."""
+def check_tarball_name(out: Path) -> None:
     if not out.name.endswith((".tar.gz", ".tgz")):
         raise DeployError(f"--out {out}: give a .tar.gz file name")
+    if out.is_dir():
+        raise DeployError(f"--out {out}: is a folder", "give a .tar.gz file name")
+
+
+def write_tarball(directory: Path, out: Path, root: str) -> Path:
+    """A reproducible .tar.gz of `directory` under `root/`: sorted names, fixed mtimes, no owners."""
+    check_tarball_name(out)
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
                 tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:

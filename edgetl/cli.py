@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -14,39 +17,163 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
                   help="Fine-tune, export, quantize, build and benchmark image classifiers for NVIDIA edge devices.")
 
 
-def main() -> None:
-    """Console-script entry: EdgetlError becomes one line on stderr and exit code 1, never a traceback."""
-    from edgetl.errors import EdgetlError
+def main(argv: Optional[List[str]] = None) -> None:
+    """Console-script entry. Every way out is one exit code and, on failure, one or two lines on stderr, never
+    a traceback: 0 ok, 1 an EdgetlError (or its own exit_code), 2 a usage error, 128+N a signal (130 Ctrl-C)."""
+    sys.exit(_run(sys.argv[1:] if argv is None else list(argv)))
 
+
+def _run(args: List[str]) -> int:
+    from edgetl.errors import EdgetlError, Interrupted
+
+    command = typer.main.get_command(app)
+    received: dict = {}
+    restore = _unwind_on_sigterm(received)
     try:
-        app(standalone_mode=False)
+        # make_context + invoke rather than app(): Typer's own main turns Ctrl-C into a bare exit code,
+        # which would lose what the stage kept, and its error types differ between Typer versions.
+        with command.make_context("edgetl", args) as ctx:
+            command.invoke(ctx)
+        return 0
     except EdgetlError as e:
-        err_console.print(f"[bold red]error:[/] {e.message}", markup=True, soft_wrap=True)
-        if e.hint:
-            err_console.print(f"  hint: {e.hint}", soft_wrap=True, markup=False)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(1)
-    except Exception as e:  # click usage errors arrive here with standalone_mode=False
-        import click
+        _print_error(e.message, e.hint)
+        return int(getattr(e, "exit_code", 1) or 1)
+    except KeyboardInterrupt as e:
+        signum = received.get("signum", signal.SIGINT)
+        what = e.message if isinstance(e, Interrupted) else (
+            f"edgetl {_command_name(args)} stopped before it finished; nothing half-written was kept and files "
+            "it had not yet replaced are unchanged")
+        _print_error(f"interrupted ({signal.Signals(signum).name}): {what}", None, label="")
+        return 128 + signum
+    except _exit_types() as e:
+        return int(getattr(e, "exit_code", 0) or 0)
+    except _abort_types():
+        _print_error("aborted", None)
+        return 1
+    except _click_error_types() as e:
+        return _print_usage_error(e, args)
+    except BrokenPipeError:
+        # `edgetl ... | head`: the reader left; stop quietly (and keep Python's exit-time flush quiet too).
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is no real file (captured): nothing to quieten
+            pass
+        return 1
+    finally:
+        restore()
 
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+
+def _print_error(message: str, hint: Optional[str], label: str = "error: ") -> None:
+    """Markup off: a message may hold [brackets] (paths, lists) that rich would eat or choke on."""
+    from rich.text import Text
+
+    line = Text(label, style="bold red") + Text(message) if label else Text(message, style="bold red")
+    err_console.print(line, soft_wrap=True, markup=False, highlight=False)
+    if hint:
+        err_console.print(f"  hint: {hint}", soft_wrap=True, markup=False, highlight=False)
+
+
+def _bare_context(args: List[str]):
+    """A context for the usage line when the parser raised without one (an option missing its value)."""
+    group = typer.main.get_command(app)
+    ctx = group.context_class(group, info_name="edgetl")
+    sub = getattr(group, "commands", {}).get(_command_name(args))
+    return sub.context_class(sub, info_name=_command_name(args), parent=ctx) if sub is not None else ctx
+
+
+def _print_usage_error(e: Exception, args: List[str]) -> int:
+    """Click's message for a usage error (unknown command or option, missing argument, bad value), in two lines."""
+    code = int(getattr(e, "exit_code", 2))
+    if type(e).__name__ == "NoArgsIsHelpError":  # bare `edgetl` or a group without a command: the help is the answer
+        e.show()
+        return code
+    ctx = getattr(e, "ctx", None) or _bare_context(args)
+    usage, where = ctx.get_usage().strip(), ctx.command_path
+    _print_error(e.format_message(), None)
+    err_console.print(f"  {usage}  (more: {where} --help)", soft_wrap=True, markup=False, highlight=False)
+    return code
+
+
+def _command_name(args: List[str]) -> str:
+    return next((a for a in args if not a.startswith("-")), "")
+
+
+def _unwind_on_sigterm(received: dict):
+    """SIGTERM unwinds like Ctrl-C (finally blocks and temp-file clean-up run) instead of killing the process
+    mid-write; `received` records which signal came. Returns a function that restores the previous handler."""
+    import threading
+
+    def handler(signum, frame):
+        received["signum"] = signum
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:  # someone else (a test runner, a supervisor) handles it: leave it alone
+        return lambda: None
+    signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _typer_and_click(*names: str) -> tuple:
+    """The classes called `names` in Typer and, where installed, click: Typer 0.2x ships its own copy of click's
+    exceptions, older Typer raises click's."""
+    import importlib
+
+    found = []
+    for module in ("typer.exceptions", "typer._click.exceptions", "click.exceptions"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        found += [getattr(mod, n) for n in names if isinstance(getattr(mod, n, None), type)]
+    return tuple(dict.fromkeys(found))
+
+
+def _exit_types() -> tuple:
+    return _typer_and_click("Exit")
+
+
+def _abort_types() -> tuple:
+    return _typer_and_click("Abort")
+
+
+def _click_error_types() -> tuple:
+    return _typer_and_click("ClickException")
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, help="print the edgetl version and exit",
+                                 callback=lambda value: _print_version(value)),
+) -> None:
+    pass
+
+
+# Image sizes a CNN/ViT input sensibly has; beyond, decoding and resizing run out of memory before training.
+IMG_SIZE_MIN, IMG_SIZE_MAX = 16, 2048
+
+
+def _positive_seconds(value: Optional[float]) -> Optional[float]:
+    if value is not None and not (math.isfinite(value) and value > 0):  # nan passes every `<` test: check it
+        raise typer.BadParameter(f"{value}: give a number of seconds > 0")
+    return value
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from edgetl import __version__
+
+        console.print(f"edgetl {__version__}", markup=False)
+        raise typer.Exit()
 
 
 # --- finetune ---------------------------------------------------------------------------------------
 @app.command()
 def finetune(
     data: Path = typer.Argument(..., help="ImageFolder: DATA/train/<class>, DATA/val/<class>, or DATA/<class> (split)"),
-    out: Path = typer.Option(..., "--out", "-o", help="run directory to write"),
+    out: Path = typer.Option(..., "--out", "-o", file_okay=False, help="run directory to write"),
     config: Optional[Path] = typer.Option(None, help="YAML file of settings; options given here override it"),
     model: Optional[str] = typer.Option(None, help="timm model name [default: resnet50]"),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="hub weights via timm [default: on]"),
@@ -61,7 +188,8 @@ def finetune(
     weight_decay: Optional[float] = typer.Option(None, help="[default: 0.05]"),
     warmup_epochs: Optional[float] = typer.Option(None, help="[default: 1]"),
     label_smoothing: Optional[float] = typer.Option(None, help="[default: 0.1]"),
-    img_size: Optional[int] = typer.Option(None, help="input size [default: the model's pretrained size]"),
+    img_size: Optional[int] = typer.Option(None, min=IMG_SIZE_MIN, max=IMG_SIZE_MAX,
+                                           help="input size [default: the model's pretrained size]"),
     augment: Optional[str] = typer.Option(None, help="none | crop | flip | strong, or an albumentations YAML [default: flip]"),
     val_fraction: Optional[float] = typer.Option(None, help="val share when DATA has no train/val split [default: 0.2]"),
     seed: Optional[int] = typer.Option(None, help="[default: 0]"),
@@ -95,8 +223,8 @@ def eval_cmd(
     backend: str = typer.Option("torch", help="torch | onnxruntime | tensorrt"),
     precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (which model file of the run)"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
-    batch_size: int = typer.Option(64),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the metrics here"),
+    batch_size: int = typer.Option(64, min=1),
+    json_out: Optional[Path] = typer.Option(None, "--json", dir_okay=False, help="also write the metrics here"),
 ) -> None:
     """Score a run's model on a folder with top-1/top-5/F1/AUC and the confusion matrix."""
     from edgetl.evaluate import eval_run
@@ -117,7 +245,7 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), help="where the demo writes its data and runs"),
     epochs: int = typer.Option(8, help="epochs per training run"),
     model: str = typer.Option("resnet18", help="timm model name"),
-    img_size: int = typer.Option(32),
+    img_size: int = typer.Option(32, min=IMG_SIZE_MIN, max=IMG_SIZE_MAX),
 ) -> None:
     """The whole chain on scikit-learn's digits (no download): transfer learning vs training from scratch,
     then export, quantization and the benchmark of what this machine can run."""
@@ -242,12 +370,13 @@ def bench_cmd(
     backends: str = typer.Option("torch,onnxruntime,tensorrt", help="comma list: torch, onnxruntime, tensorrt"),
     precisions: Optional[str] = typer.Option(None, help="comma list of fp32, fp16, bf16, int8 [default: every model file the run has]"),
     batch_sizes: str = typer.Option("1", help="comma list, e.g. 1,8"),
-    iterations: int = typer.Option(100, help="timed iterations per row"),
-    duration: Optional[float] = typer.Option(None, help="time each row for S seconds instead of --iterations"),
-    warmup: int = typer.Option(10, help="untimed iterations first"),
+    iterations: int = typer.Option(100, min=1, help="timed iterations per row"),
+    duration: Optional[float] = typer.Option(None, callback=lambda v: _positive_seconds(v),
+                                             help="time each row for S seconds instead of --iterations"),
+    warmup: int = typer.Option(10, min=0, help="untimed iterations first"),
     device: str = typer.Option("cpu", help="cpu | cuda (torch and onnxruntime rows; tensorrt always runs on the GPU)"),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for torch and onnxruntime"),
-    limit: Optional[int] = typer.Option(None, help="score top-1 on the first N images only"),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch and onnxruntime"),
+    limit: Optional[int] = typer.Option(None, min=1, help="score top-1 on the first N images only"),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="tensorrt rows replay a CUDA graph"),
 ) -> None:
     """Latency (mean/p50/p90/p99, throughput) and top-1 per backend x precision x batch size; writes
@@ -276,7 +405,8 @@ def _bench_files(run: Path) -> str:
 def bundle_cmd(
     run: Path = typer.Argument(..., help="run directory"),
     precision: str = typer.Option("fp32", help="fp32 | fp16 | int8: which precision-baked ONNX file to ship"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="also write this .tar.gz (for offline devices)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", dir_okay=False,
+                                       help="also write this .tar.gz (for offline devices)"),
     tar: bool = typer.Option(False, "--tar", help="also write RUN/bundles/<run>-<precision>.tar.gz"),
     max_images: int = typer.Option(256, help="validation images carried (preprocessed) for the device's accuracy"),
 ) -> None:
@@ -342,7 +472,8 @@ def deploy_cmd(
 @app.command("triton")
 def triton_cmd(
     run: Path = typer.Argument(..., help="run directory"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="model repository folder [default: RUN/triton]"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", file_okay=False,
+                                       help="model repository folder [default: RUN/triton]"),
     precision: str = typer.Option("fp32", help="fp32 | fp16 | int8"),
     max_batch: int = typer.Option(8, help="max_batch_size, the dynamic batcher's upper bound"),
     name: Optional[str] = typer.Option(None, help="model name [default: the run folder's name]"),

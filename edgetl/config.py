@@ -32,7 +32,7 @@ class FinetuneConfig(BaseModel):
     weight_decay: float = Field(default=0.05, ge=0)
     warmup_epochs: float = Field(default=1.0, ge=0)
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
-    img_size: int | None = Field(default=None, ge=8, description="default: the model's pretrained size")
+    img_size: int | None = Field(default=None, ge=8, le=2048, description="default: the model's pretrained size")
     crop_pct: float | None = Field(default=None, gt=0, le=1)
     augment: str = "flip"
     val_fraction: float = 0.2

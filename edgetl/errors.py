@@ -10,7 +10,10 @@ def first_line(e: BaseException) -> str:
 
 
 class EdgetlError(Exception):
-    """A failure the user can act on: `message` says what and where, `hint` what to do."""
+    """A failure the user can act on: `message` says what and where, `hint` what to do.
+
+    `exit_code` is the process's exit status when the CLI reports it (1; a subclass may choose its own).
+    """
 
     exit_code = 1
 
@@ -53,3 +56,12 @@ class EngineMismatch(EdgetlError):
 
 class DeployError(EdgetlError):
     """Bundling, transport or the device side of a deploy failed."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped a stage that can say what it kept (`message`). A KeyboardInterrupt, not an
+    EdgetlError, so that no `except Exception` on the way out swallows it."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgetl.data import ImageList, iter_batches
-from edgetl.errors import DataError
+from edgetl.errors import DataError, EdgetlError
 from edgetl.metrics import classification_metrics
 from edgetl.runtime.base import Backend
 
@@ -47,6 +47,8 @@ def eval_run(run_path, data=None, backend: str = "torch", precision: str = "fp32
     from edgetl.rundir import RunDir
     from edgetl.runtime import create_backend, resolve_model_file
 
+    if batch_size < 1:
+        raise EdgetlError(f"--batch-size {batch_size}: give a count >= 1")
     run = RunDir(run_path)
     if backend == "tensorrt":
         device = "cuda"  # an engine runs only on the GPU it was built for

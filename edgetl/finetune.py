@@ -21,10 +21,10 @@ from edgetl.card import ModelCard
 from edgetl.config import FinetuneConfig, dump_config
 from edgetl.data import ImageDataset, check_images, load_splits, read_splits, save_splits
 from edgetl.data.transforms import eval_transform, resize_size, train_transform
-from edgetl.errors import EdgetlError, RunDirError
+from edgetl.errors import EdgetlError, Interrupted, RunDirError
 from edgetl.io import atomic_path, read_json, write_json, write_text
 from edgetl.models import apply_strategy, create_model, param_groups, set_train_mode, weights_digest
-from edgetl.rundir import RunDir
+from edgetl.rundir import RunDir, check_out_and_data, check_replaceable, foreign_entries, pending_dir, replace_dir
 
 LOG_FIELDS = ["epoch", "train_loss", "train_top1", "val_loss", "val_top1", "lr", "epoch_seconds", "images_per_second"]
 
@@ -83,9 +83,11 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False, events: Events | None = None) -> RunDir:
     """Train per `cfg` into the run directory `cfg.out`; returns it. See README 'finetune'."""
     ev = events or Events()
-    run = RunDir(cfg.out)
+    target = RunDir(cfg.out)
+    run = target  # where this call trains: the target, or a pending sibling that replaces it at the end
     state: dict[str, Any] | None = None
     if resume:
+        run = _resume_dir(target)
         if not run.checkpoint.exists():
             done = " (it finished: nothing to resume)" if run.metrics.exists() else ""
             raise RunDirError(f"{run.path}: no {run.checkpoint.name} to resume from{done}")
@@ -94,10 +96,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False,
         train, val = read_splits(run.splits)
         ev.message(f"resuming {run.path} after epoch {state['epoch'] + 1}")
     else:
-        if run.path.exists() and any(run.path.iterdir()):
-            if not overwrite:
-                raise RunDirError(f"{run.path}: exists and is not empty", "pass --resume to continue it or --overwrite to replace it")
-            shutil.rmtree(run.path)
+        run = _fresh_dir(target, cfg.data, overwrite)
         train, val = load_splits(cfg.data, cfg.val_fraction, cfg.seed)
         ev.message(f"checking {len(train) + len(val)} images in {cfg.data}")
         train, bad_train = check_images(train, cfg.skip_bad_images, ev.check_progress)
@@ -109,13 +108,50 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False,
     device = resolve_device(cfg.device)
     created = not run.path.exists()
     try:
-        return _train(cfg, run, train, val, device, state, ev)
-    except BaseException:
+        _train(cfg, run, train, val, device, state, ev)
+    except BaseException as e:
         # A run that never finished an epoch has nothing worth keeping; later failures keep the
         # last consistent checkpoint so --resume can continue.
         if created and not run.checkpoint.exists() and run.path.exists():
             shutil.rmtree(run.path, ignore_errors=True)
+        if isinstance(e, KeyboardInterrupt) and not isinstance(e, Interrupted):
+            raise Interrupted(_interrupted_note(cfg, run, target)) from e
         raise
+    if run.path != target.path:
+        replace_dir(run.path, target.path)  # only now is the previous run deleted
+    return target
+
+
+def _fresh_dir(target: RunDir, data: str, overwrite: bool) -> RunDir:
+    """The folder a new run trains in: `target` itself when it is new or empty; with --overwrite, a pending
+    sibling that replaces `target` once the run has finished (a failed or interrupted run deletes nothing)."""
+    check_out_and_data(target.path, data)
+    if not (target.path.exists() and any(target.path.iterdir())):
+        return target
+    if not overwrite:
+        raise RunDirError(f"{target.path}: exists and is not empty", "pass --resume to continue it or --overwrite to replace it")
+    check_replaceable(target.path)
+    pending = pending_dir(target.path)
+    if pending.exists():  # an earlier --overwrite that was interrupted: edgetl's own, replaced by this one
+        if foreign_entries(pending):
+            raise RunDirError(f"{pending}: holds files edgetl did not write", "move it away, then run again")
+        shutil.rmtree(pending)
+    return RunDir(pending)
+
+
+def _resume_dir(target: RunDir) -> RunDir:
+    """An interrupted --overwrite left its checkpoint in the pending sibling: that is the run to continue."""
+    pending = RunDir(pending_dir(target.path))
+    return pending if pending.checkpoint.exists() else target
+
+
+def _interrupted_note(cfg: FinetuneConfig, run: RunDir, target: RunDir) -> str:
+    """What an interrupted finetune kept, in one line."""
+    previous = f"; {target.path} still holds the previous run" if run.path != target.path else ""
+    if run.checkpoint.exists():
+        return (f"finetune stopped; the checkpoint of its last finished epoch is kept in {run.path}{previous}; "
+                f"continue with: edgetl finetune {cfg.data} --out {target.path} --resume")
+    return f"finetune stopped before its first epoch finished: no new run was kept{previous}"
 
 
 def _train(cfg, run, train, val, device, state, ev: Events) -> RunDir:
@@ -307,9 +343,9 @@ def _finish(run, cfg, device, load_report, freeze, log_rows, best_epoch, ev: Eve
         "train_images": len(train), "device": str(device),
     })
     write_json(run.metrics, metrics)
-    plot_curves(log_rows, run.path / "curves.png")
-    plot_confusion(metrics["confusion"], metrics["classes"], run.path / "confusion.png")
+    plot_curves(log_rows, run.curves_png)
+    plot_confusion(metrics["confusion"], metrics["classes"], run.confusion_png)
     run.checkpoint.unlink(missing_ok=True)
     (run.path / ".train_log.json").unlink(missing_ok=True)
-    ev.message(f"val top-1 {metrics['top1']:.4f}, macro F1 {metrics['macro_f1']:.4f} (best epoch {best_epoch + 1}) -> {run.path}")
+    ev.message(f"val top-1 {metrics['top1']:.4f}, macro F1 {metrics['macro_f1']:.4f} (best epoch {best_epoch + 1}) -> {cfg.out}")
     return run

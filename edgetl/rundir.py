@@ -36,6 +36,14 @@ class RunDir:
         return self.path / "train_log.csv"
 
     @property
+    def curves_png(self) -> Path:
+        return self.path / "curves.png"
+
+    @property
+    def confusion_png(self) -> Path:
+        return self.path / "confusion.png"
+
+    @property
     def checkpoint(self) -> Path:
         """Resume state of the last finished epoch (model, optimizer, scheduler, RNG)."""
         return self.path / "last_checkpoint.pt"
@@ -105,3 +113,106 @@ class RunDir:
         for p in paths:
             if not p.exists():
                 raise RunDirError(f"{self.path}: {p.name} is missing", hint)
+
+
+# --- replacing a run (finetune --overwrite) --------------------------------------------------------------
+# Families of files edgetl writes at the top of a run besides RunDir's named ones: precision-baked graphs and
+# their external data, and the temporary names of atomic writes (io.atomic_path, export's private folder).
+_EDGETL_PATTERNS = ("model*.onnx", "model*.onnx.data", ".*.tmp", ".export-*", ".train_log.json", ".edgetl-*")
+
+
+def edgetl_names(run: RunDir) -> set[str]:
+    """Every top-level name RunDir defines (its properties are the only place names live)."""
+    names = set()
+    for attr, value in vars(RunDir).items():
+        if isinstance(value, property):
+            path = getattr(run, attr)
+            if isinstance(path, Path) and path.parent == run.path:
+                names.add(path.name)
+    return names
+
+
+def foreign_entries(path: str | os.PathLike) -> list[str]:
+    """Top-level entries of `path` that edgetl does not write: a reason never to delete the folder."""
+    import fnmatch
+
+    run = RunDir(path)
+    known = edgetl_names(run)
+    return sorted(p.name for p in run.path.iterdir()
+                  if p.name not in known and not any(fnmatch.fnmatchcase(p.name, pat) for pat in _EDGETL_PATTERNS))
+
+
+def is_edgetl_run(path: str | os.PathLike) -> bool:
+    """A folder `edgetl finetune` wrote: its config.yaml holds finetune settings, and its weights (once an epoch
+    finished) carry an edgetl model card."""
+    import yaml
+
+    from edgetl.card import ModelCard
+
+    run = RunDir(path)
+    try:
+        settings = yaml.safe_load(run.config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    if not isinstance(settings, dict) or not {"data", "out", "model"} <= set(settings):
+        return False
+    if run.weights.exists():
+        try:
+            ModelCard.from_safetensors(run.weights)
+        except Exception:  # any unreadable or card-less file: not ours to delete
+            return False
+    elif not run.splits.exists():
+        return False
+    return True
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Refuse to replace a folder unless edgetl wrote it and everything in it."""
+    run = RunDir(path)
+    hint = "choose another --out, or move the folder away first"
+    if not is_edgetl_run(run.path):
+        raise RunDirError(f"{run.path}: exists and is not an edgetl run (no finetune config.yaml and model card), "
+                          "so --overwrite will not delete it", hint)
+    foreign = foreign_entries(run.path)
+    if foreign:
+        listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise RunDirError(f"{run.path}: holds files edgetl did not write ({listed}), so --overwrite will not delete it",
+                          "move them out of the run folder, or choose another --out")
+
+
+def check_out_and_data(out: str | os.PathLike, data: str | os.PathLike) -> None:
+    """--out must be a folder apart from the data set: a run inside DATA becomes part of the data, and DATA
+    inside (or equal to) a run would be replaced with it."""
+    out_path, data_path = Path(out), Path(data)
+    if out_path.exists() and not out_path.is_dir():
+        raise RunDirError(f"--out {out_path}: is a file, not a run directory", "give --out a folder name, e.g. runs/NAME")
+    o, d = out_path.resolve(), data_path.resolve()
+    if o == d:
+        raise RunDirError(f"--out {out_path}: is the data set itself", "write the run elsewhere, e.g. --out runs/NAME")
+    if d in o.parents:
+        raise RunDirError(f"--out {out_path}: is inside the data set {data_path}; the run's files would become data",
+                          "write the run elsewhere, e.g. --out runs/NAME")
+    if o in d.parents:
+        raise RunDirError(f"--out {out_path}: holds the data set {data_path}", "write the run elsewhere, e.g. --out runs/NAME")
+
+
+def pending_dir(target: str | os.PathLike) -> Path:
+    """Where `finetune --overwrite` trains before swapping in: a hidden sibling of the run, on the same file
+    system (so the swap is a rename), with a fixed name so that --resume finds an interrupted one."""
+    target = Path(target).resolve()
+    return target.with_name(f".{target.name}.edgetl-next")
+
+
+def replace_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Swap a finished run into place with two renames; the old run is deleted only once the new one is there."""
+    import shutil
+
+    new, target = Path(new), Path(target)
+    old = target.with_name(f".{target.name}.edgetl-old-{os.getpid()}")
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -62,6 +62,8 @@ def triton_repository(run_path: str | os.PathLike, out: str | os.PathLike | None
     io_info = graph_io(onnx_path)
     base = _model_name(name or run.path.resolve().name)
     repo = TritonRepository(Path(out) if out is not None else run.triton_dir)
+    if repo.path.exists() and not repo.path.is_dir():
+        raise DeployError(f"--out {repo.path}: is a file, not a model repository folder", "give --out a folder name")
 
     model = base if precision == "fp32" else f"{base}_{precision}"
     _write_model(repo.path / model, model, "onnxruntime", onnx_path, "model.onnx", io_info, card, max_batch,

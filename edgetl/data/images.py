@@ -28,7 +28,7 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
                 img = ImageOps.exif_transpose(img)
                 return _to_rgb_array(img)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"{path}: unreadable image ({first_line(e)})", "fix or remove it, or pass --skip-bad-images") from None
+        raise DataError(f"{path}: unreadable image ({first_line(e)})", "fix or remove it") from None
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:

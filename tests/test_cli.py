@@ -1,0 +1,114 @@
+"""The `edgetl` entry point itself: --version, help, how an error is printed and which code a command ends with,
+and what Ctrl-C (SIGINT) and SIGTERM leave behind. Run through the real console script where it matters."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from edgetl import __version__
+from edgetl.cli import main
+from edgetl.errors import EdgetlError
+from tests.test_faults import ROOT, edgetl_command, run_script, tree_digest
+
+
+def test_version_from_the_script_and_from_python_m():
+    for command in (edgetl_command(), [sys.executable, "-m", "edgetl"]):
+        res = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert (res.returncode, res.stdout, res.stderr) == (0, f"edgetl {__version__}\n", ""), command
+
+
+def test_help_exits_0():
+    res = run_script("export", "--help")
+    assert res.returncode == 0 and "--opset" in res.stdout and res.stderr == ""
+
+
+def test_brackets_in_a_message_are_printed_as_they_are(tmp_path):
+    # rich markup would drop "[x]" and raise on "[/y]" inside the error handler
+    run = tmp_path / "[x]" / "[/y]"
+    res = run_script("eval", run)
+    assert res.returncode == 1
+    assert res.stderr.splitlines()[0] == f"error: {run}: no such run directory"
+    assert "Traceback" not in res.stderr
+
+
+def test_an_error_class_chooses_its_exit_code(monkeypatch, capsys):
+    class BudgetMissed(EdgetlError):
+        exit_code = 3
+
+    def missed(*args, **kwargs):
+        raise BudgetMissed("int8 [x] is 2.6 pt down [/y]", "[bold]see quant_report.json[/bold]")
+
+    monkeypatch.setattr("edgetl.evaluate.eval_run", missed)
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "anywhere"])
+    assert exit_.value.code == 3
+    assert capsys.readouterr().err == "error: int8 [x] is 2.6 pt down [/y]\n  hint: [bold]see quant_report.json[/bold]\n"
+
+
+def test_a_plain_edgetl_error_exits_1(monkeypatch, capsys):
+    monkeypatch.setattr("edgetl.evaluate.eval_run", lambda *a, **k: (_ for _ in ()).throw(EdgetlError("no")))
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "anywhere"])
+    assert exit_.value.code == 1 and capsys.readouterr().err == "error: no\n"
+
+
+# --- signals ----------------------------------------------------------------------------------------------
+def _start(*args) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200")
+    return subprocess.Popen([*edgetl_command(), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def _wait_for(condition, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"exited {proc.returncode} before the signal:\n{out}\n{err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("the command never reached the point to interrupt")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_export_exits_128_plus_n_and_leaves_the_run_as_it_was(run_copy, sig, code):
+    before = tree_digest(run_copy)
+    proc = _start("export", run_copy)
+    _wait_for(lambda: any(p.name.startswith(".export-") for p in run_copy.iterdir()), proc)  # export's work folder
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == code, err
+    assert "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"interrupted ({sig.name}): edgetl export stopped"), err
+    assert tree_digest(run_copy) == before  # no model.onnx, no half-written file, no work folder
+
+
+def test_ctrl_c_during_finetune_overwrite_keeps_the_old_run(trained_run, digits, tmp_path):
+    from edgetl.rundir import pending_dir
+
+    out = tmp_path / "run"
+    shutil.copytree(trained_run, out)
+    before = tree_digest(out)
+    pending = pending_dir(out)
+    proc = _start("finetune", digits["source"], "--out", out, "--overwrite", "--model", "resnet18", "--no-pretrained",
+                  "--img-size", "32", "--epochs", "5", "--batch-size", "64", "--workers", "0", "--augment", "crop")
+    _wait_for(lambda: (pending / "last_checkpoint.pt").exists(), proc)  # the new run finished an epoch
+    proc.send_signal(signal.SIGINT)
+    out_text, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in out_text + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted (SIGINT): finetune stopped"), err
+    assert f"{out.resolve()} still holds the previous run" in lines[0] and "--resume" in lines[0]
+    assert tree_digest(out) == before
+    assert (pending / "last_checkpoint.pt").exists()  # --resume continues it (tests/test_faults.py)

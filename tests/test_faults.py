@@ -1,0 +1,232 @@
+"""Bad input, table-driven, across every command (issue 14): each case gets its exit code and one or two lines,
+never a traceback, and leaves the run, the data and every other folder exactly as they were.
+
+Usage errors (exit 2) run through the real `edgetl` console script; errors the library finds (exit 1) run
+through the same `cli.main` in this process, so torch is imported once for the whole table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgetl.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def edgetl_command() -> list[str]:
+    """The console script of this interpreter's environment (a venv's bin/), else the one on PATH."""
+    beside = Path(sys.executable).parent / "edgetl"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("edgetl")
+    return [found] if found else [sys.executable, "-m", "edgetl"]
+
+
+def run_script(*args, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               COLUMNS="200")
+    return subprocess.run([*edgetl_command(), *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=timeout, **kwargs)
+
+
+def tree_digest(path: Path) -> str:
+    """Every name, type and byte under `path` (hidden files too); '' when it does not exist."""
+    if not path.exists():
+        return ""
+    h = hashlib.sha256()
+    for p in sorted([path, *path.rglob("*")]):
+        h.update(str(p.relative_to(path)).encode() + b"\0")
+        if p.is_file():
+            h.update(p.read_bytes())
+        h.update(b"d" if p.is_dir() else b"f")
+    return h.hexdigest()
+
+
+# (id, arguments, exit code, text the first line holds). {run}: an exported run; {data}: the digits;
+# {file}: a file inside the run; {dir}: an empty folder; {thesis}: a folder holding thesis.tex;
+# {missing}: a path that does not exist; {new}: a fresh --out that must still not exist afterwards.
+USAGE = [
+    ("misspelt-command", ["exprot", "{run}"], 2, "No such command 'exprot'"),
+    ("no-command-args", ["eval"], 2, "Missing argument"),
+    ("missing-argument", ["export"], 2, "Missing argument"),
+    ("unknown-option", ["export", "{run}", "--bogus"], 2, "--bogus"),
+    ("option-without-value", ["eval", "{run}", "--device"], 2, "requires an argument"),
+    ("finetune-no-out", ["finetune", "{data}"], 2, "Missing option"),
+    ("finetune-epochs-abc", ["finetune", "{data}", "--out", "{new}", "--epochs", "abc"], 2, "--epochs"),
+    ("finetune-out-file", ["finetune", "{data}", "--out", "{file}"], 2, "is a file"),
+    ("finetune-img-size-huge", ["finetune", "{data}", "--out", "{new}", "--img-size", "100000"], 2, "--img-size"),
+    ("finetune-img-size-tiny", ["finetune", "{data}", "--out", "{new}", "--img-size", "4"], 2, "--img-size"),
+    ("eval-batch-size-0", ["eval", "{run}", "--batch-size", "0"], 2, "--batch-size"),
+    ("eval-json-dir", ["eval", "{run}", "--json", "{dir}"], 2, "is a directory"),
+    ("export-opset-float", ["export", "{run}", "--opset", "1.5"], 2, "--opset"),
+    ("quantize-calib-size-word", ["quantize", "{run}", "--calib-size", "many"], 2, "--calib-size"),
+    ("build-workspace-word", ["build", "{run}", "--workspace", "lots"], 2, "--workspace"),
+    ("bench-threads-negative", ["bench", "{run}", "--threads", "-1"], 2, "--threads"),
+    ("bench-duration-nan", ["bench", "{run}", "--duration", "nan"], 2, "--duration"),
+    ("bench-duration-negative", ["bench", "{run}", "--duration", "-2"], 2, "--duration"),
+    ("bench-limit-0", ["bench", "{run}", "--limit", "0"], 2, "--limit"),
+    ("bench-iterations-0", ["bench", "{run}", "--iterations", "0"], 2, "--iterations"),
+    ("bundle-out-dir", ["bundle", "{run}", "--out", "{dir}"], 2, "is a directory"),
+    ("deploy-no-host", ["deploy", "{run}"], 2, "Missing option"),
+    ("triton-out-file", ["triton", "{run}", "--out", "{file}"], 2, "is a file"),
+    ("demo-img-size-huge", ["demo", "--out", "{new}", "--img-size", "100000"], 2, "--img-size"),
+    ("demo-epochs-word", ["demo", "--out", "{new}", "--epochs", "ten"], 2, "--epochs"),
+]
+
+LIBRARY = [
+    ("finetune-missing-data", ["finetune", "{missing}", "--out", "{new}"], 1, "{missing}"),
+    ("finetune-out-is-data", ["finetune", "{data}", "--out", "{data}", "--overwrite"], 1, "is the data set itself"),
+    ("finetune-out-inside-data", ["finetune", "{data}", "--out", "{data}/train/0/run", "--overwrite"], 1,
+     "inside the data set"),
+    ("finetune-out-holds-data", ["finetune", "{data}", "--out", "{data}/..", "--overwrite"], 1, "holds the data set"),
+    ("finetune-out-thesis", ["finetune", "{data}", "--out", "{thesis}", "--overwrite"], 1, "not an edgetl run"),
+    ("finetune-out-thesis-no-overwrite", ["finetune", "{data}", "--out", "{thesis}"], 1, "exists and is not empty"),
+    ("finetune-existing-run", ["finetune", "{data}", "--out", "{run}"], 1, "exists and is not empty"),
+    ("finetune-overwrite-typo-data", ["finetune", "{missing}", "--out", "{run}", "--overwrite"], 1, "{missing}"),
+    ("finetune-bad-strategy", ["finetune", "{data}", "--out", "{new}", "--strategy", "bogus"], 1, "strategy"),
+    ("finetune-missing-config", ["finetune", "{data}", "--out", "{new}", "--config", "{missing}"], 1,
+     "cannot read config"),
+    ("finetune-resume-nothing", ["finetune", "{data}", "--out", "{new}", "--resume"], 1, "to resume from"),
+    ("eval-no-run", ["eval", "{missing}"], 1, "no such run directory"),
+    ("eval-bad-backend", ["eval", "{run}", "--backend", "tpu"], 1, "tpu"),
+    ("eval-no-int8-model", ["eval", "{run}", "--backend", "onnxruntime", "--precision", "int8"], 1,
+     "model.int8.onnx"),
+    ("eval-missing-data", ["eval", "{run}", "--data", "{missing}"], 1, "{missing}"),
+    ("export-old-opset", ["export", "{run}", "--opset", "5"], 1, "--opset 5"),
+    ("export-static-batch-0", ["export", "{run}", "--static-batch", "0"], 1, "--static-batch"),
+    ("export-tolerance-nan", ["export", "{run}", "--tolerance", "nan"], 1, "--tolerance"),
+    ("quantize-precision-int4", ["quantize", "{run}", "--precision", "int4"], 1, "--precision int4"),
+    ("quantize-method-bogus", ["quantize", "{run}", "--method", "bogus"], 1, "--method bogus"),
+    ("quantize-calib-size-0", ["quantize", "{run}", "--calib-size", "0"], 1, "--calib-size"),
+    ("build-opt-level-9", ["build", "{run}", "--opt-level", "9"], 1, "--opt-level"),
+    ("build-batch-0", ["build", "{run}", "--batch", "0"], 1, "--batch"),
+    ("build-no-int8-model", ["build", "{run}", "--precision", "int8"], 1, "model.int8.onnx"),
+    ("bench-bad-backend", ["bench", "{run}", "--backends", "tpu"], 1, "tpu"),
+    ("bench-batch-sizes-0", ["bench", "{run}", "--batch-sizes", "0"], 1, "--batch-sizes"),
+    ("bench-bad-device", ["bench", "{run}", "--device", "tpu"], 1, "--device tpu"),
+    ("bundle-out-zip", ["bundle", "{run}", "--out", "{dir}/x.zip"], 1, "give a .tar.gz file name"),
+    ("bundle-no-int8-model", ["bundle", "{run}", "--precision", "int8"], 1, "model.int8.onnx"),
+    ("bundle-max-images-0", ["bundle", "{run}", "--max-images", "0"], 1, "--max-images"),
+    ("deploy-bad-host", ["deploy", "{run}", "--host", "-oProxyCommand=false"], 1, "--host"),
+    ("deploy-no-fp16-model", ["deploy", "{run}", "--host", "nvidia@orin.local", "--precision", "fp16"], 1,
+     "model.fp16.onnx"),
+    ("triton-max-batch-0", ["triton", "{run}", "--max-batch", "0"], 1, "--max-batch"),
+    ("triton-bad-kind", ["triton", "{run}", "--kind", "tpu"], 1, "--kind tpu"),
+    ("triton-no-fp16-model", ["triton", "{run}", "--precision", "fp16"], 1, "model.fp16.onnx"),
+]
+
+
+@pytest.fixture(scope="module")
+def places(exported_copy, digits, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("faults")
+    thesis = root / "thesis"
+    thesis.mkdir()
+    (thesis / "thesis.tex").write_text("\\documentclass{article}\n")
+    (root / "empty").mkdir()
+    data = root / "data"
+    shutil.copytree(digits["source"], data)  # a private copy: some cases point --out at it
+    run = exported_copy("faults-run")
+    return {"run": run, "data": data, "file": run / "config.yaml", "dir": root / "empty", "thesis": thesis,
+            "missing": root / "missing", "new": root / "new-run"}
+
+
+@pytest.fixture(scope="module")
+def digests(places) -> dict[str, str]:
+    return {k: tree_digest(places[k]) for k in ("run", "data", "dir", "thesis")}
+
+
+def _fill(args: list[str], places: dict[str, Path]) -> list[str]:
+    return [a.format(**places) for a in args]
+
+
+def _check(code: int, out: str, err: str, expected_code: int, expected: str, places, digests) -> None:
+    assert code == expected_code, (code, out, err)
+    assert "Traceback" not in out + err, err
+    lines = err.strip().splitlines()
+    assert 1 <= len(lines) <= 2, err
+    assert lines[0].startswith("error: "), err
+    assert expected.format(**places) in lines[0], err
+    for key, digest in digests.items():
+        assert tree_digest(places[key]) == digest, f"{key} changed"
+    assert not places["new"].exists() and not places["missing"].exists()
+    leftovers = [p.name for p in places["run"].parent.iterdir() if ".edgetl-" in p.name]
+    assert leftovers == [], leftovers
+
+
+@pytest.mark.parametrize("args,code,expected", [c[1:] for c in USAGE], ids=[c[0] for c in USAGE])
+def test_usage_errors_through_the_console_script(args, code, expected, places, digests):
+    res = run_script(*_fill(args, places))
+    _check(res.returncode, res.stdout, res.stderr, code, expected, places, digests)
+    assert "Usage: edgetl" in res.stderr.splitlines()[1]
+
+
+@pytest.mark.parametrize("args,code,expected", [c[1:] for c in LIBRARY], ids=[c[0] for c in LIBRARY])
+def test_bad_values_found_by_the_library(args, code, expected, places, digests, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(_fill(args, places))
+    captured = capsys.readouterr()
+    _check(exit_.value.code, captured.out, captured.err, code, expected, places, digests)
+
+
+def test_the_table_covers_every_command():
+    from edgetl.cli import app
+
+    commands = {c.name or c.callback.__name__ for c in app.registered_commands}
+    used = {args[0] for _, args, _, _ in USAGE + LIBRARY}
+    assert commands <= used, commands - used
+    assert len(USAGE) + len(LIBRARY) >= 40
+
+
+# --- finetune --overwrite: the old run goes only once the new one is complete -----------------------------
+def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(trained_run, digits, tmp_path):
+    from edgetl.finetune import Events, finetune
+    from edgetl.rundir import pending_dir
+    from tests.conftest import tiny_config
+
+    out = tmp_path / "run"
+    shutil.copytree(trained_run, out)
+    before = tree_digest(out)
+
+    class Stop(Exception):
+        pass
+
+    def stop(row):
+        raise Stop
+
+    cfg = tiny_config(digits["source"], out, epochs=2, batch_size=64)
+    with pytest.raises(Stop):
+        finetune(cfg, overwrite=True, events=Events(epoch_end=stop))
+    assert tree_digest(out) == before  # the failed replacement deleted nothing
+    pending = pending_dir(out)
+    assert (pending / "last_checkpoint.pt").exists()
+
+    run = finetune(tiny_config(digits["source"], out), resume=True)  # continues the pending replacement
+    assert run.path == out and not pending.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no old or pending folder left beside it
+    import json
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 2  # the new run's, not the old one's 5
+    assert (out / "train_log.csv").read_text().count("\n") == 3
+
+
+def test_overwrite_refuses_a_run_holding_other_files(trained_run, digits, tmp_path):
+    from edgetl.errors import RunDirError
+    from edgetl.finetune import finetune
+    from tests.conftest import tiny_config
+
+    out = tmp_path / "run"
+    shutil.copytree(trained_run, out)
+    (out / "notes.md").write_text("mine\n")
+    before = tree_digest(out)
+    with pytest.raises(RunDirError, match=r"edgetl did not write \(notes.md\)"):
+        finetune(tiny_config(digits["source"], out), overwrite=True)
+    assert tree_digest(out) == before
