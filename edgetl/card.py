@@ -88,12 +88,16 @@ class ModelCard(BaseModel):
 
     @classmethod
     def from_onnx(cls, model: Any) -> "ModelCard":
-        """Read the card from an onnx.ModelProto or a path to an .onnx file (weights not loaded)."""
+        """Read the card from an onnx.ModelProto or a path to an .onnx file (weights not loaded). A path is
+        first checked against the SHA-256 its run's export or quant report recorded (edgetl.integrity)."""
         where = "ONNX model"
         if isinstance(model, (str, os.PathLike)):
             import onnx
 
+            from edgetl.integrity import verify_onnx
+
             where = str(model)
+            verify_onnx(model)  # every stage opens a run's ONNX file here first: a changed file stops now
             try:
                 model = onnx.load(str(model), load_external_data=False)
             except Exception as e:

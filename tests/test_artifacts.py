@@ -115,3 +115,94 @@ def test_export_temp_folder_left_by_sigkill_is_removed_by_the_next_export(export
 def test_temp_dir_is_private_and_named(tmp_path):
     d = make_tempdir(tmp_path, "export")
     assert d.name.startswith(".export.edgetl-") and d.name.endswith(".tmp") and _mode(d) == 0o700
+
+
+# -- recorded hashes, checked when a model is loaded -------------------------------------------------------
+def _flip_in_largest_initializer(onnx_path: Path) -> str:
+    """Flip one byte in the middle of the largest weight tensor (a conv weight) of an ONNX file, in place."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    init = max(proto.graph.initializer, key=lambda t: len(t.raw_data))
+    data = bytearray(onnx_path.read_bytes())
+    at = data.find(init.raw_data[:256])
+    assert at > 0
+    data[at + len(init.raw_data) // 2] ^= 0xFF
+    onnx_path.write_bytes(bytes(data))
+    return init.name
+
+
+def _flip_in_safetensors(path: Path) -> None:
+    import struct
+
+    data = bytearray(path.read_bytes())
+    header = struct.unpack("<Q", data[:8])[0]
+    data[8 + header + (len(data) - 8 - header) // 2] ^= 0xFF  # inside the tensor bytes, not the header
+    path.write_bytes(bytes(data))
+
+
+def test_changed_onnx_is_refused_by_every_stage_that_loads_it(exported_copy):
+    from edgetl.bundle import make_bundle
+    from edgetl.errors import ModelError
+    from edgetl.evaluate import eval_run
+    from edgetl.quantize import QuantizeRequest, quantize
+
+    run = exported_copy("tampered")
+    before = eval_run(run, backend="onnxruntime")["top1"]
+    assert before > 0.5
+    name = _flip_in_largest_initializer(run / "model.onnx")
+    assert "conv" in name.lower() or "weight" in name.lower()
+    for stage in (lambda: eval_run(run, backend="onnxruntime"), lambda: quantize(run, QuantizeRequest(precision="fp16")),
+                  lambda: make_bundle(run)):
+        with pytest.raises(ModelError) as e:
+            stage()
+        assert e.value.message.startswith(f"{run / 'model.onnx'}: changed since it was written")
+        assert "export_report.json recorded" in e.value.message and e.value.hint == f"re-run `edgetl export {run}`"
+    assert not (run / "model.fp16.onnx").exists() and not (run / "bundles").exists()
+    from edgetl.export import export
+
+    export(run)  # what the hint says: the re-exported model loads again
+    assert eval_run(run, backend="onnxruntime")["top1"] == before
+
+
+def test_changed_quantized_graph_is_refused(exported_copy):
+    from edgetl.errors import ModelError
+    from edgetl.evaluate import eval_run
+    from edgetl.quantize import QuantizeRequest, quantize
+
+    run = exported_copy("tampered-fp16")
+    quantize(run, QuantizeRequest(precision="fp16"))
+    assert eval_run(run, backend="onnxruntime", precision="fp16")["top1"] > 0.5
+    _flip_in_largest_initializer(run / "model.fp16.onnx")
+    with pytest.raises(ModelError, match=r"model\.fp16\.onnx: changed since .*quant_report\.json recorded") as e:
+        eval_run(run, backend="onnxruntime", precision="fp16")
+    assert e.value.hint == f"re-run `edgetl quantize {run} --precision fp16`"
+    (run / "quant_report.json").write_text("{ not json")
+    with pytest.raises(ModelError, match=r"quant_report\.json: unreadable"):
+        eval_run(run, backend="onnxruntime", precision="fp16")
+    assert eval_run(run, backend="onnxruntime")["top1"] > 0.5  # fp32 is recorded elsewhere: unaffected
+
+
+def test_changed_safetensors_is_refused(run_copy):
+    from edgetl.errors import ModelError
+    from edgetl.evaluate import eval_run
+    from edgetl.export import export
+
+    _flip_in_safetensors(run_copy / "model.safetensors")
+    for stage in (lambda: eval_run(run_copy), lambda: export(run_copy)):
+        with pytest.raises(ModelError, match=r"model\.safetensors: its tensors changed since `edgetl finetune` wrote"):
+            stage()
+    assert not (run_copy / "model.onnx").exists()
+
+
+def test_a_model_is_hashed_once_per_process(exported_copy, monkeypatch):
+    from edgetl import integrity
+    from edgetl.card import ModelCard
+
+    run = exported_copy("hash-once")
+    calls = []
+    real = integrity.file_sha256.__globals__["_cached"]
+    monkeypatch.setattr(integrity, "_cached", lambda path, compute: real(path, lambda: calls.append(path) or compute()))
+    for _ in range(3):
+        ModelCard.from_onnx(run / "model.onnx")
+    assert calls == [run / "model.onnx"]
