@@ -88,16 +88,26 @@ class ModelCard(BaseModel):
 
     @classmethod
     def from_onnx(cls, model: Any) -> "ModelCard":
-        """Read the card from an onnx.ModelProto or a path to an .onnx file (weights not loaded)."""
+        """Read the card from an onnx.ModelProto or a path to an .onnx file (weights not loaded). A path that
+        parses is then checked against the SHA-256 its run's export or quant report recorded (edgetl.integrity)."""
         where = "ONNX model"
         if isinstance(model, (str, os.PathLike)):
             import onnx
 
+            from edgetl.integrity import recorded_onnx_hashes, verify_onnx
+
             where = str(model)
             try:
-                model = onnx.load(str(model), load_external_data=False)
+                proto = onnx.load(str(model), load_external_data=False)
             except Exception as e:
-                raise ModelError(f"{where}: not a readable ONNX file ({first_line(e)})") from None
+                try:
+                    record = recorded_onnx_hashes(model)
+                except ModelError:
+                    record = None
+                raise ModelError(f"{where}: not a readable ONNX file ({first_line(e)})",
+                                 f"re-run `{record[1]}`" if record else None) from None
+            verify_onnx(model)  # every stage opens a run's ONNX file here first: a changed file stops now
+            model = proto
         for prop in model.metadata_props:
             if prop.key == CARD_KEY:
                 return cls.from_json(prop.value, where)

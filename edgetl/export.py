@@ -13,7 +13,6 @@ import contextlib
 import os
 import re
 import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -73,7 +72,7 @@ def export(run_path: str | os.PathLike, opset: int = DEFAULT_OPSET, static_batch
     import onnx
 
     from edgetl.data import load_arrays, read_splits
-    from edgetl.io import sha256_file, write_json
+    from edgetl.io import make_tempdir, sha256_file, write_json
 
     step = on_step or (lambda _msg: None)
     _check_options(opset, static_batch, tolerance, parity_images)
@@ -100,7 +99,7 @@ def export(run_path: str | os.PathLike, opset: int = DEFAULT_OPSET, static_batch
     x_graph = load_arrays(sample, out_card)[0] if fuse_preprocess else x_float
 
     try:
-        tmpdir = Path(tempfile.mkdtemp(prefix=".export-", dir=run.path))
+        tmpdir = make_tempdir(run.path, "export")
     except OSError as e:
         raise RunDirError(f"{run.path}: cannot write into the run directory ({e.strerror or e})",
                           "check its permissions and free disk space") from None

@@ -91,8 +91,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False,
         if not run.checkpoint.exists():
             done = " (it finished: nothing to resume)" if run.metrics.exists() else ""
             raise RunDirError(f"{run.path}: no {run.checkpoint.name} to resume from{done}")
-        state = torch.load(run.checkpoint, map_location="cpu", weights_only=True)
-        cfg = FinetuneConfig.model_validate(state["config"])
+        state, cfg = _load_checkpoint(run.checkpoint)
         train, val = read_splits(run.splits)
         ev.message(f"resuming {run.path} after epoch {state['epoch'] + 1}")
     else:
@@ -152,6 +151,40 @@ def _interrupted_note(cfg: FinetuneConfig, run: RunDir, target: RunDir) -> str:
         return (f"finetune stopped; the checkpoint of its last finished epoch is kept in {run.path}{previous}; "
                 f"continue with: edgetl finetune {cfg.data} --out {target.path} --resume")
     return f"finetune stopped before its first epoch finished: no new run was kept{previous}"
+
+
+_CHECKPOINT_KEYS = ("config", "model", "optimizer", "scheduler", "epoch", "best", "best_epoch", "source_weights")
+
+
+def _load_checkpoint(path: Path) -> tuple[dict[str, Any], FinetuneConfig]:
+    """The resume state, or one line saying why it cannot be used (truncated, pickled objects, not edgetl's)."""
+    import pickle
+
+    from pydantic import ValidationError
+
+    from edgetl.errors import first_line
+
+    hint = "start the run again without --resume (--overwrite replaces it)"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise RunDirError(f"{path}: unreadable checkpoint, truncated or corrupt ({first_line(e)})", hint) from None
+        # weights_only refuses anything beyond tensors and plain containers: edgetl never writes such a file.
+        raise RunDirError(f"{path}: holds pickled objects other than tensors, which edgetl does not load "
+                          "(it did not write this file)", hint) from None
+    except Exception as e:  # a truncated zip raises RuntimeError, EOFError or OSError depending on where it ends
+        raise RunDirError(f"{path}: unreadable checkpoint, truncated or corrupt ({first_line(e)})", hint) from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise RunDirError(f"{path}: not an edgetl checkpoint (no {', '.join(missing)})", hint)
+    try:
+        cfg = FinetuneConfig.model_validate(state["config"])
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise RunDirError(f"{path}: its settings are invalid ({'.'.join(map(str, err['loc']))}: {err['msg']})",
+                          hint) from None
+    return state, cfg
 
 
 def _train(cfg, run, train, val, device, state, ev: Events) -> RunDir:

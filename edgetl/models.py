@@ -134,15 +134,34 @@ def load_backbone_weights(model: nn.Module, weights: str | os.PathLike) -> LoadR
                 loadable[k] = v
             else:
                 skipped.append(k)
-    if not loadable:
-        raise ModelError(f"{weights}: no tensor matches model '{getattr(model, 'default_cfg', {}).get('architecture', '?')}'",
-                         "were these weights saved from the same architecture (--model)?")
-    model.load_state_dict(loadable, strict=False)
     params = dict(model.named_parameters())
+    if not any(k in params for k in loadable):
+        # Counters such as BatchNorm's num_batches_tracked match across architectures: they are not weights.
+        arch = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+        trained_as = _trained_as(source)
+        only = f" (only {len(loadable)} buffer(s) such as {sorted(loadable)[0]})" if loadable else ""
+        raise ModelError(f"{weights}: no weight tensor matches model '{arch}'{only}"
+                         + (f"; they were trained as '{trained_as}'" if trained_as else ""),
+                         "give weights saved from the same architecture, or pick that architecture with --model")
+    model.load_state_dict(loadable, strict=False)
     loaded = sum(params[k].numel() for k in loadable if k in params)
     total = sum(p.numel() for p in model.parameters())
     return LoadReport(source, loaded_params=loaded, new_params=total - loaded, loaded_tensors=len(loadable),
                       skipped=tuple(skipped))
+
+
+def _trained_as(source: dict[str, Any]) -> str | None:
+    """The architecture an edgetl checkpoint names in its card, if it is one."""
+    from edgetl.card import ModelCard
+
+    path = Path(source["path"])
+    path = path / "model.safetensors" if path.is_dir() else path
+    if path.suffix != ".safetensors":
+        return None
+    try:
+        return ModelCard.from_safetensors(path).model
+    except ModelError:
+        return None
 
 
 def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
@@ -239,6 +258,7 @@ def load_trained(weights: str | os.PathLike):
     from safetensors.torch import load_file
 
     from edgetl.card import ModelCard
+    from edgetl.integrity import verify_weights
 
     path = Path(weights)
     if path.is_dir():
@@ -252,7 +272,12 @@ def load_trained(weights: str | os.PathLike):
     model = timm.create_model(card.model, pretrained=False, num_classes=card.num_classes,
                               **size_kwargs(card.model, card.height))
     try:
-        model.load_state_dict(load_file(str(path)), strict=True)
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for a damaged file
+        raise ModelError(f"{path}: unreadable weights ({first_line(e)})", "re-run `edgetl finetune`") from None
+    verify_weights(path, state, card.weights_sha256)
+    try:
+        model.load_state_dict(state, strict=True)
     except (RuntimeError, OSError) as e:
         raise ModelError(f"{path}: weights do not fit '{card.model}' ({first_line(e)})") from None
     model.eval()

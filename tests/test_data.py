@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 
 import numpy as np
@@ -129,3 +130,126 @@ def test_class_with_only_bad_images(tmp_path):
     (root / "dog" / "bad.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(DataError, match="no readable images left for class"):
         check_images(scan_folder(root), skip_bad=True)
+
+
+def _png_header_only(path, width: int, height: int) -> None:
+    """A PNG whose header claims width x height (8-bit greyscale) with a tiny zlib stream: the shape of a
+    decompression bomb (a few bytes on disk, gigabytes once decoded), without making the gigabytes here."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = zlib.compress(b"\x00" * (width + 1) * 4)  # four rows; the decoder never gets that far
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_is_a_bad_image(tmp_path):
+    root = _folder(tmp_path / "d", n=3)
+    bomb = root / "cat" / "bomb.png"
+    _png_header_only(bomb, 30000, 30000)
+    with pytest.raises(DataError, match=r"bomb\.png: image too large to decode safely"):
+        load_rgb(bomb)
+    items = scan_folder(root)
+    with pytest.raises(DataError, match="bomb.png"):
+        check_images(items, skip_bad=False)
+    kept, bad = check_images(items, skip_bad=True)
+    assert len(kept) == 6 and [p for p, _ in bad] == [str(bomb)]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_fifo_named_like_an_image_is_not_read(tmp_path):
+    root = _folder(tmp_path / "d", n=3)
+    fifo = root / "dog" / "pipe.png"
+    os.mkfifo(fifo)
+    items = scan_folder(root)
+    assert str(fifo) in items.paths  # named like an image: listed, then refused when read, without blocking
+    with pytest.raises(DataError, match=r"pipe\.png: unreadable image \(not a regular file: a FIFO\)"):
+        load_rgb(fifo)
+    kept, bad = check_images(items, skip_bad=True)
+    assert len(kept) == 6 and bad == [(str(fifo), "unreadable image (not a regular file: a FIFO)")]
+
+
+def test_symlinked_class_folder_inside_data_is_refused(tmp_path):
+    root = _folder(tmp_path / "d", n=3)
+    (root / "all").symlink_to(root, target_is_directory=True)  # would read cat and dog again as "all"
+    with pytest.raises(DataError, match=r"all: class folder is a symlink to .*inside"):
+        load_splits(root)
+    (root / "all").unlink()
+    (root / "kitten").symlink_to(root / "cat", target_is_directory=True)
+    with pytest.raises(DataError, match="kitten: class folder is a symlink"):
+        scan_folder(root)
+    (root / "kitten").unlink()
+    (root / "up").symlink_to(tmp_path, target_is_directory=True)  # an ancestor: a loop
+    with pytest.raises(DataError, match="up: class folder is a symlink"):
+        scan_folder(root)
+    (root / "up").unlink()
+    # train/val: a val class linked to the train class of the same name leaks train into val
+    layout = tmp_path / "tv"
+    _folder(layout / "train")
+    (layout / "val").mkdir()
+    for c in ("cat", "dog"):
+        (layout / "val" / c).symlink_to(layout / "train" / c, target_is_directory=True)
+    with pytest.raises(DataError, match="val/cat: class folder is a symlink"):
+        load_splits(layout)
+
+
+def test_symlinked_class_folder_outside_data_is_fine(tmp_path):
+    elsewhere = _folder(tmp_path / "store", classes=("bird",), n=3)
+    root = _folder(tmp_path / "d", n=3)
+    (root / "bird").symlink_to(elsewhere / "bird", target_is_directory=True)
+    items = scan_folder(root)
+    assert items.classes == ["bird", "cat", "dog"] and len(items) == 9
+
+
+@pytest.mark.parametrize("name", ["two\nlines", "tab\there", "cr\r", "nel\x85", "sep\u2028"])
+def test_class_name_with_a_control_character_is_refused(tmp_path, name):
+    root = _folder(tmp_path / "d", classes=("ok", name), n=2)
+    with pytest.raises(DataError, match="holds a control character") as e:
+        load_splits(root, val_fraction=0.5)
+    assert "\n" not in e.value.message  # the message itself stays one line
+    text = "caf\u00e9 \u0645\u06cc\u200c\u062e"  # accents and a Persian zero-width non-joiner are text
+    assert scan_folder(_folder(tmp_path / "e", classes=("ok", text), n=2)).classes == [text, "ok"]
+
+
+def _card(size: int = 32):
+    from edgetl.card import ModelCard
+
+    return ModelCard(model="resnet18", class_names=["a", "b"], input_size=(3, size, size), resize=size,
+                     mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+@pytest.mark.parametrize("steps, expect", [
+    ("flip", "turns a 101x81 image into 101x81, the model needs 32x32"),
+    ("crop", "fails on a 11x17 image"),
+    ("tensor", "into a Tensor"),
+])
+def test_augmentation_yaml_without_a_fixed_size_is_refused_up_front(tmp_path, steps, expect):
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    from edgetl.data.transforms import train_transform
+
+    pipelines = {"flip": [A.HorizontalFlip(p=0.5)], "crop": [A.RandomCrop(32, 32)],
+                 "tensor": [A.Resize(32, 32), ToTensorV2()]}
+    path = tmp_path / "aug.yaml"
+    A.save(A.Compose(pipelines[steps]), str(path), data_format="yaml")
+    with pytest.raises(DataError, match=expect) as e:
+        train_transform(_card(), path)
+    assert "aug.yaml" in e.value.message and "resize" in e.value.hint
+
+
+def test_augmentation_yaml_with_a_final_resize_works_on_mixed_sizes(tmp_path):
+    import albumentations as A
+
+    from edgetl.data.transforms import train_transform
+
+    path = tmp_path / "aug.yaml"
+    A.save(A.Compose([A.HorizontalFlip(p=0.5), A.Resize(40, 40), A.RandomCrop(32, 32)]), str(path), data_format="yaml")
+    t = train_transform(_card(), path, seed=0)
+    for hw in ((20, 90), (300, 50)):
+        out = t(image=np.zeros((*hw, 3), np.uint8))["image"]
+        assert out.shape == (32, 32, 3) and out.dtype == np.float32

@@ -111,3 +111,15 @@ def test_param_groups_scale_backbone_lr():
 def test_unknown_model_name():
     with pytest.raises(ModelError, match="unknown model"):
         create_model("resnet_does_not_exist", num_classes=2)
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path, trained_run):
+    """Only BatchNorm's num_batches_tracked counter matches between resnet18 and a MobileNetV3: no weights."""
+    path = tmp_path / "resnet18.safetensors"
+    save_file({k: v.contiguous() for k, v in _source_model().state_dict().items()}, str(path))
+    with pytest.raises(ModelError, match=r"no weight tensor matches model 'mobilenetv3_small_050' "
+                                         r"\(only 1 buffer\(s\) such as bn1\.num_batches_tracked\)") as e:
+        create_model("mobilenetv3_small_050", num_classes=2, weights=path)
+    assert "--model" in e.value.hint
+    with pytest.raises(ModelError, match="they were trained as 'resnet18'"):
+        create_model("mobilenetv3_small_050", num_classes=2, weights=trained_run)

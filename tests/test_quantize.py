@@ -256,8 +256,9 @@ def test_bad_calibration_folders(exported, tmp_path):
 
 
 def _any_png(exported: Path) -> Path:
-    splits = json.loads((exported / "splits.json").read_text())
-    return Path(splits["train"]["paths"][0])
+    from edgetl.data import read_splits
+
+    return Path(read_splits(exported / "splits.json")[0].paths[0])  # stored relative to the data root
 
 
 def test_already_quantized_no_card_no_model(exported, quantized, tmp_path):

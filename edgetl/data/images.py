@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 
 import numpy as np
@@ -20,15 +21,34 @@ def is_image_file(name: str) -> bool:
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
     """Return the image as HxWx3 uint8 RGB, upright. Raises DataError naming the file if unusable."""
     try:
-        with warnings.catch_warnings():
+        with _open_regular(path) as f, warnings.catch_warnings():
             # PIL warns on some odd-but-valid files (palette transparency, huge EXIF); not the user's concern.
             warnings.simplefilter("ignore")
-            with Image.open(path) as img:
+            with Image.open(f) as img:
                 img.load()  # full decode here, so a truncated file fails now, not mid-epoch
                 img = ImageOps.exif_transpose(img)
                 return _to_rgb_array(img)
+    except Image.DecompressionBombError as e:
+        # Pillow's guard against a small file that decodes to gigabytes (its MAX_IMAGE_PIXELS, twice over).
+        raise DataError(f"{path}: image too large to decode safely ({first_line(e)})", "fix or remove it") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{path}: unreadable image ({first_line(e)})", "fix or remove it") from None
+
+
+def _open_regular(path: str | os.PathLike):
+    """Open for reading only if it is a regular file. O_NONBLOCK, so that a FIFO (or a device) with an
+    image's name returns at once instead of waiting for a writer; the check is on the opened file."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) \
+                else "a socket" if stat.S_ISSOCK(mode) else "a folder" if stat.S_ISDIR(mode) else "special"
+            raise ValueError(f"not a regular file: {kind}")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:

@@ -47,7 +47,7 @@ def train_transform(card: ModelCard, augment: str | os.PathLike = "flip", seed: 
     """A preset name from PRESETS, or a YAML file saved by `albumentations.save(..., data_format='yaml')`.
 
     A custom YAML holds only the augmentation; normalisation from the card is appended, and the
-    pipeline must produce the card's H x W (checked on the first sample by the dataset).
+    pipeline must produce the card's H x W for any input size (checked here, before any training).
     """
     h, w = card.height, card.width
     interp = _interp(card)
@@ -72,7 +72,33 @@ def train_transform(card: ModelCard, augment: str | os.PathLike = "flip", seed: 
         except Exception as e:
             raise DataError(f"{path}: not an albumentations YAML pipeline ({first_line(e)})") from None
         steps = list(loaded.transforms)
+        _check_output_size(steps, card, path)
     return A.Compose([*steps, normalize(card)], seed=seed)
+
+
+def _check_output_size(steps: list, card: ModelCard, where: Path, tries: int = 4) -> None:
+    """A custom pipeline must give the card's H x W whatever the input size; checked now on synthetic
+    images (larger and wider, larger and taller, smaller), a few draws each since steps may be random,
+    rather than on the first real image, which would let a mixed-size data set crash mid-epoch."""
+    h, w = card.height, card.width
+    probe = A.Compose(list(steps), seed=0)  # the real pipeline is built (and seeded) afterwards
+    sizes = [(2 * h + 17, 3 * w + 5), (3 * h + 5, 2 * w + 17), (max(1, h // 2 + 1), max(1, w // 3 + 1))]
+    for ph, pw in sizes:
+        image = np.random.default_rng(ph * 31 + pw).integers(0, 256, (ph, pw, 3), dtype=np.uint8)
+        for _ in range(tries):
+            try:
+                out = probe(image=image)["image"]
+            except Exception as e:  # albumentations raises ValueError and others for a crop larger than the image
+                raise DataError(f"{where}: the augmentation pipeline fails on a {pw}x{ph} image ({first_line(e)})",
+                                f"end it with a resize to the model's {w}x{h} (e.g. Resize or RandomResizedCrop)") from None
+            shape = tuple(getattr(out, "shape", ()))
+            if not isinstance(out, np.ndarray) or shape[:2] != (h, w) or len(shape) != 3 or shape[2] != 3:
+                got = (f"{shape[1]}x{shape[0]}" if isinstance(out, np.ndarray) and len(shape) == 3 and shape[2] == 3
+                       else f"a {type(out).__name__} of shape {shape}")
+                raise DataError(f"{where}: the augmentation pipeline turns a {pw}x{ph} image into {got}, "
+                                f"the model needs {w}x{h} (HxWx3 RGB)",
+                                f"end it with a resize to {w}x{h} (e.g. Resize or RandomResizedCrop); edgetl adds "
+                                "the normalisation and the tensor conversion itself")
 
 
 def to_chw(image_hwc: np.ndarray) -> np.ndarray:
