@@ -287,14 +287,7 @@ def build(run_path: str | os.PathLike, precision: str = "fp32", batch: str | Pro
     parser_warnings = logger.warnings()
     layers = int(network.num_layers)
 
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
-    if hasattr(config, "builder_optimization_level"):
-        config.builder_optimization_level = int(opt_level)
-    tf32_flag = getattr(trt.BuilderFlag, "TF32", None)
-    if tf32_flag is not None and not tf32:
-        # on by default: an "fp32" engine on Ampere or later (Orin included) would compute matmuls in TF32
-        config.clear_flag(tf32_flag)
+    config = new_config(trt, builder, workspace_mib, opt_level, tf32)
     if cc_enums:
         config.num_compute_capabilities = len(cc_enums)
         for i, cc in enumerate(cc_enums):
@@ -349,6 +342,21 @@ def build(run_path: str | os.PathLike, precision: str = "fp32", batch: str | Pro
                        parser_warnings)
 
 
+def new_config(trt, builder, workspace_mib: int = DEFAULT_WORKSPACE_MIB, opt_level: int = DEFAULT_OPT_LEVEL,
+               tf32: bool = False):
+    """The builder config every flavour shares: workspace limit, optimisation level (where the library has
+    one), and TF32 cleared unless asked: it is on by default, so an "fp32" engine on Ampere or later (Orin
+    included) would compute its matmuls and convolutions in TF32."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    if hasattr(config, "builder_optimization_level"):
+        config.builder_optimization_level = int(opt_level)
+    tf32_flag = getattr(trt.BuilderFlag, "TF32", None)
+    if tf32_flag is not None:
+        (config.set_flag if tf32 else config.clear_flag)(tf32_flag)
+    return config
+
+
 def write_engine(plan: str | os.PathLike, engine: bytes, sidecar: dict[str, Any]) -> None:
     """The plan, then its sidecar, each atomically: a plan without a sidecar is refused at load, never half-read."""
     write_bytes(plan, engine)
@@ -368,10 +376,10 @@ def attach_timing_cache(config, path: Path, warn: Callable[[str], None]):
     cache = None
     try:
         cache = config.create_timing_cache(blob)
+        if cache is None and blob:
+            warn(f"{path}: corrupt timing cache; starting an empty one")
     except Exception as e:  # some releases raise on bytes they cannot deserialize
         warn(f"{path}: corrupt timing cache ({first_line(e)}); starting an empty one")
-    if cache is None and blob:
-        warn(f"{path}: corrupt timing cache; starting an empty one")
     if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         if cache is not None:
             warn(f"{path}: the builder rejected this timing cache (another GPU or version?); starting an empty one")
@@ -385,7 +393,8 @@ def attach_timing_cache(config, path: Path, warn: Callable[[str], None]):
 def parser_error_line(err) -> str:
     """One line per ONNX parser error: node index, name and op, and the reason. Where the parser's reason is
     only a failed check ('false'), say that the op is unsupported and which check said so."""
-    where = [f"node {err.node()}"]
+    node = _call(err, "node")
+    where = [f"node {node}" if isinstance(node, int) and node >= 0 else "graph"]  # -1: the graph as a whole
     name = _call(err, "node_name")
     op = _call(err, "node_operator")
     if name:
