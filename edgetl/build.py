@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgetl import __version__
-from edgetl.engine import (capturing_logger, engine_dir, engine_file, import_flavour, machine_facts, rtx_target,
-                           sidecar_path)
+from edgetl.engine import (capturing_logger, engine_dir, engine_file, import_flavour, init_plugins, machine_facts,
+                           rtx_target, sidecar_path)
 from edgetl.errors import BackendUnavailable, EdgetlError, ModelError, first_line
 from edgetl.io import sha256_file, write_bytes, write_json
 from edgetl.portable.engines import ENGINE_PRECISIONS as PRECISIONS
@@ -272,7 +272,7 @@ def build(run_path: str | os.PathLike, precision: str = "fp32", batch: str | Pro
                               tf32) if flavour.trtexec else None
 
     logger = capturing_logger(trt)
-    _init_plugins(trt, logger)
+    init_plugins(trt, logger)
     builder = trt.Builder(logger)
     # 10.x needs the flag; 11.x and TensorRT-RTX accept it (they are always strongly typed); a release that
     # drops it is strongly typed anyway.
@@ -419,18 +419,6 @@ def _call(obj, attr: str):
         return fn() if callable(fn) else fn
     except Exception:
         return None
-
-
-_PLUGINS_READY: set[str] = set()
-
-
-def _init_plugins(trt, logger) -> None:
-    """Register the library's own plugins once per process (graphs exported with plugin ops need them)."""
-    init = getattr(trt, "init_libnvinfer_plugins", None)
-    name = getattr(trt, "__name__", "trt")
-    if init is not None and name not in _PLUGINS_READY:
-        init(logger, "")
-        _PLUGINS_READY.add(name)
 
 
 def _compute_capability_enums(trt, ccs: tuple[str, ...]) -> list:

@@ -131,6 +131,19 @@ def capturing_logger(trt):
     return logger
 
 
+_PLUGINS_READY: set[str] = set()
+
+
+def init_plugins(trt, logger) -> None:
+    """Register the library's own plugins once per process, before a parser or runtime needs them (a graph
+    or engine with plugin layers cannot be read without); a library without the call is left alone."""
+    init = getattr(trt, "init_libnvinfer_plugins", None)
+    name = getattr(trt, "__name__", "trt")
+    if init is not None and name not in _PLUGINS_READY:
+        init(logger, "")
+        _PLUGINS_READY.add(name)
+
+
 # -- where engines live ----------------------------------------------------------------------------------
 def engine_dir(run, target: str, library: str, version: str) -> Path:
     return run.engines_dir / engine_dir_name(target, library, version)
@@ -265,4 +278,5 @@ def check_engine(plan: str | os.PathLike, sidecar: dict[str, Any], facts: dict[s
 
 __all__ = ["ENGINE_PRECISIONS", "REBUILD_HINT", "SIDECAR_FORMAT", "Sidecar", "capturing_logger", "check_engine",
            "describe_engine", "engine_dir", "engine_file", "engine_mismatch", "facts_for_engine", "find_engine",
-           "import_flavour", "import_tensorrt", "machine_facts", "read_sidecar", "rtx_target", "sidecar_path"]
+           "import_flavour", "import_tensorrt", "init_plugins", "machine_facts", "read_sidecar", "rtx_target",
+           "sidecar_path"]

@@ -171,3 +171,17 @@ def test_one_capturing_logger_per_library():
     trt.Builder(again)  # a real builder logs through it
     again.log(trt.ILogger.Severity.ERROR, "boom")
     assert again.lines()[0] == "boom"
+
+
+def test_plugins_registered_once_per_library(monkeypatch):
+    """init_libnvinfer_plugins before the first parser or runtime of a library, once; a library without it
+    (an older TensorRT-RTX build, a stripped runtime) is left alone."""
+    import types
+
+    monkeypatch.setattr(E, "_PLUGINS_READY", set())
+    calls = []
+    lib = types.SimpleNamespace(__name__="tensorrt", init_libnvinfer_plugins=lambda lg, ns: calls.append((lg, ns)))
+    E.init_plugins(lib, "logger")
+    E.init_plugins(lib, "logger")
+    assert calls == [("logger", "")]
+    E.init_plugins(types.SimpleNamespace(__name__="bare"), "logger")  # nothing to call, no error

@@ -22,7 +22,8 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def activate_impl(self) -> ModelCard:
-        from edgetl.engine import capturing_logger, check_engine, facts_for_engine, import_flavour, read_sidecar
+        from edgetl.engine import (capturing_logger, check_engine, facts_for_engine, import_flavour, init_plugins,
+                                   read_sidecar)
         from edgetl.io import sha256_file
         from edgetl.runtime import _cuda
 
@@ -39,6 +40,7 @@ class TensorRTBackend(Backend):
 
         self._trt = trt
         self._logger = capturing_logger(trt)
+        init_plugins(trt, self._logger)
         self._graph: tuple[int, Any] | None = None
         self._stream = self._d_in = self._d_out = None
         self._context = self._engine = None
