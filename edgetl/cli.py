@@ -225,8 +225,8 @@ def build_cmd(
                                       help="reuse and update RUN/engines/<gpu>-trt<ver>/timing.cache"),
     target: str = typer.Option("tensorrt", help="tensorrt: TensorRT, for this GPU | rtx: TensorRT for RTX, "
                                                 "ahead of time, GPU or not"),
-    compute_capability: Optional[str] = typer.Option(None, help="--target rtx: the RTX GPUs to build for "
-                                                                "[default: 8.6,8.9,12.0]"),
+    compute_capability: Optional[str] = typer.Option(None, help="--target rtx: compute capabilities of the RTX GPUs "
+                                                                "to build for (default 8.6,8.9,12.0)"),
     tf32: bool = typer.Option(False, "--tf32", help="let fp32 layers compute in TF32 on Ampere or later"),
     onnx: Optional[Path] = typer.Option(None, help="build this ONNX file instead of the run's model.<precision>.onnx"),
 ) -> None:
@@ -241,7 +241,7 @@ def build_cmd(
     for line in result.warnings:
         console.print(f"warning: {line}", markup=False, soft_wrap=True)
     console.print(f"engine: {result.plan} ({result.seconds:.1f} s, {result.layers} network layers)\n"
-                  f"sidecar: {result.sidecar}", markup=False)
+                  f"sidecar: {result.sidecar}", markup=False, soft_wrap=True)
     if result.trtexec:
         console.print(f"same build with trtexec:\n  {result.trtexec}", markup=False, soft_wrap=True)
 
