@@ -62,7 +62,7 @@ def main() -> None:
         x = np.random.default_rng(0).standard_normal((args.batch, *be.input_shape())).astype(be.input_dtype())
         ours = float(np.median(time_infer(be, x, warmup=50, iterations=args.iterations))) * 1e3
         shape = (args.batch, *be.input_shape())
-    print(f"machine: {machine()}; TensorRT {side['tensorrt_version']}; {plan}")
+    print(f"machine: {machine()}; {side['library']} {side['library_version']}; {plan}")
     with_copies = trtexec_median(plan, side["profile"]["input"], shape, args.iterations, ["--useCudaGraph"])
     compute = trtexec_median(plan, side["profile"]["input"], shape, args.iterations,
                              ["--useCudaGraph", "--noDataTransfers"])

@@ -5,8 +5,12 @@ STRONGLY_TYPED (TensorRT 10.x needs the flag; 11.x is always strongly typed and 
 builder flag is ever set. What an engine is (sidecar, names, machine facts, the mismatch rule) lives in
 edgetl.engine and edgetl.portable.engines; this module only builds.
 
-Everything that needs no TensorRT (profile, trtexec line) is a plain function, tested everywhere;
-`build()` itself runs only where TensorRT and a GPU are.
+Two builder flavours, one `build()`: TensorRT (10.x/11.x, on the target GPU) and TensorRT for RTX
+(`--target rtx`: ahead of time for named compute capabilities, on any x86-64 machine, GPU or not). What
+differs between them is said once, in `Flavour`; build() asks it, never the library's name.
+
+Everything that needs no NVIDIA library (profile, trtexec line, the ONNX checks) is a plain function,
+tested everywhere; TensorRT-RTX's real parser and builder run in the tests on the CPU.
 """
 
 from __future__ import annotations
@@ -14,23 +18,62 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import os
+import re
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from edgetl import __version__
-from edgetl.engine import capturing_logger, engine_file, import_flavour, machine_facts, sidecar_path
+from edgetl.engine import (capturing_logger, engine_dir, engine_file, import_flavour, init_plugins, machine_facts,
+                           rtx_target, sidecar_path)
 from edgetl.errors import BackendUnavailable, EdgetlError, ModelError, first_line
 from edgetl.io import sha256_file, write_bytes, write_json
 from edgetl.portable.engines import ENGINE_PRECISIONS as PRECISIONS
-from edgetl.portable.engines import make_sidecar
+from edgetl.portable.engines import make_sidecar, plan_name
 from edgetl.rundir import RunDir
 
 DEFAULT_BATCH = "1,1,32"
 DEFAULT_WORKSPACE_MIB = 1024
 DEFAULT_OPT_LEVEL = 3
+TARGETS = {"tensorrt": "tensorrt", "rtx": "tensorrt_rtx"}  # --target -> the library that builds it
+# GeForce/RTX PRO generations: Ampere, Ada, Blackwell. NVIDIA's default set also names 8.0 (A100, not an RTX
+# card) in some releases, so edgetl always names the set explicitly and the sidecar says exactly what it is.
+RTX_COMPUTE_CAPABILITIES = ("8.6", "8.9", "12.0")
+
+
+# -- the two builder flavours ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Flavour:
+    """What one NVIDIA builder can do. The one place build() learns how TensorRT and TensorRT-RTX differ
+    (both are always strongly typed here; a builder optimisation level is set only where the config has it)."""
+
+    library: str
+    title: str
+    ahead_of_time: bool  # builds for named compute capabilities on any machine, GPU or not (RTX)
+    timing_cache: bool  # RTX: a timing cache changes nothing and forces a GPU query, so no CPU-only build
+    dla: bool
+    trtexec: bool  # whether `trtexec` builds the same engine (TensorRT-RTX ships its own tool instead)
+
+
+FLAVOURS = {
+    "tensorrt": Flavour("tensorrt", "TensorRT", ahead_of_time=False, timing_cache=True, dla=True, trtexec=True),
+    "tensorrt_rtx": Flavour("tensorrt_rtx", "TensorRT-RTX", ahead_of_time=True, timing_cache=False, dla=False,
+                            trtexec=False),
+}
+
+
+def parse_compute_capabilities(text: str | list | tuple | None) -> tuple[str, ...] | None:
+    """`--compute-capability 8.6,8.9,12.0` -> ("8.6", "8.9", "12.0"); None when not given."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in (text.split(",") if isinstance(text, str) else map(str, text)) if p.strip()]
+    bad = [p for p in parts if not re.fullmatch(r"\d{1,2}\.\d", p)]
+    if not parts or bad:
+        raise EdgetlError(f"--compute-capability {text!r}: expected MAJOR.MINOR[,MAJOR.MINOR...], e.g. "
+                          f"{','.join(RTX_COMPUTE_CAPABILITIES)}")
+    return tuple(dict.fromkeys(parts))
 
 
 # -- optimisation profile ---------------------------------------------------------------------------
@@ -87,6 +130,28 @@ def onnx_input(path: str | os.PathLike) -> tuple[str, list[int | str | None]]:
     return inputs[0].name, dims
 
 
+def ort_form_reason(path: str | os.PathLike) -> str | None:
+    """Why a graph is the ONNX Runtime (CPU) int8 form rather than the TensorRT form, or None.
+
+    The cpu form has uint8 activations with non-zero zero points (U8S8) and quantized biases; TensorRT's
+    parser takes only symmetric int8 Q/DQ ("Non-zero zero point is not supported"), so it is refused here,
+    before any parser, with the file to build instead."""
+    import onnx
+    from onnx import TensorProto
+
+    if Path(path).name.endswith(".int8.cpu.onnx"):
+        return "it is the ONNX Runtime (CPU) form of the int8 graph"
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise ModelError(f"{path}: not a readable ONNX file ({first_line(e)})") from None
+    zero_points = {n.input[2] for n in model.graph.node
+                   if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2}
+    if any(t.name in zero_points and t.data_type == TensorProto.UINT8 for t in model.graph.initializer):
+        return "it has uint8 (asymmetric) Q/DQ, the ONNX Runtime (CPU) int8 form"
+    return None
+
+
 def check_profile(profile: Profile, dims: list, where: str) -> tuple[int, ...]:
     """The per-image shape (dims after the batch), after checking the profile fits the ONNX input."""
     if len(dims) != 4:
@@ -107,8 +172,9 @@ def check_profile(profile: Profile, dims: list, where: str) -> tuple[int, ...]:
 def trtexec_command(onnx: str | os.PathLike, plan: str | os.PathLike, input_name: str, sample_shape: tuple[int, ...],
                     profile: Profile, workspace_mib: int = DEFAULT_WORKSPACE_MIB,
                     timing_cache: str | os.PathLike | None = None, opt_level: int = DEFAULT_OPT_LEVEL,
-                    version_compatible: bool = False, dla_core: int | None = None) -> str:
-    """The trtexec line that builds the same engine (to compare with, or to build without Python)."""
+                    version_compatible: bool = False, dla_core: int | None = None, tf32: bool = False) -> str:
+    """The trtexec line that builds the same engine (to compare with, or to build without Python); it only
+    builds (`--skipInference`): timing is `edgetl bench`'s job."""
     shapes = profile.shapes(sample_shape)
     fmt = lambda s: f"{input_name}:{'x'.join(map(str, s))}"  # noqa: E731
     args = ["trtexec", f"--onnx={onnx}", "--stronglyTyped", f"--minShapes={fmt(shapes['min'])}",
@@ -117,11 +183,13 @@ def trtexec_command(onnx: str | os.PathLike, plan: str | os.PathLike, input_name
     if timing_cache:
         args.append(f"--timingCacheFile={timing_cache}")
     args.append(f"--builderOptimizationLevel={int(opt_level)}")
+    if not tf32:
+        args.append("--noTF32")
     if version_compatible:
         args.append("--versionCompatible")
     if dla_core is not None:
         args += [f"--useDLACore={int(dla_core)}", "--allowGPUFallback"]
-    args.append(f"--saveEngine={plan}")
+    args += [f"--saveEngine={plan}", "--skipInference"]
     return shlex.join(args)
 
 
@@ -130,30 +198,53 @@ def trtexec_command(onnx: str | os.PathLike, plan: str | os.PathLike, input_name
 class BuildResult:
     plan: Path
     sidecar: Path
-    trtexec: str
+    trtexec: str | None  # the equivalent trtexec line (None for TensorRT-RTX, which trtexec cannot build)
     seconds: float
-    warnings: list[str]
+    warnings: list[str]  # every warning the library logged, the parser's included
+    layers: int = 0  # layers of the parsed network (before the builder fuses them)
+    parser_warnings: list[str] = field(default_factory=list)
 
 
 def build(run_path: str | os.PathLike, precision: str = "fp32", batch: str | Profile = DEFAULT_BATCH,
           workspace_mib: int = DEFAULT_WORKSPACE_MIB, opt_level: int = DEFAULT_OPT_LEVEL,
           version_compatible: bool = False, dla_core: int | None = None, timing_cache: bool = True,
-          log: Callable[[str], None] | None = None) -> BuildResult:
-    """Build RUN/engines/<gpu>-trt<version>/model.<precision>.plan (+ .json sidecar) from the run's ONNX."""
+          log: Callable[[str], None] | None = None, target: str = "tensorrt",
+          compute_capabilities: str | tuple | None = None, tf32: bool = False,
+          onnx_file: str | os.PathLike | None = None) -> BuildResult:
+    """Build RUN/engines/<target>-<library><version>/model.<precision>.plan (+ .json sidecar) from the run's
+    ONNX (or `onnx_file`). target "tensorrt": for this GPU; "rtx": TensorRT-RTX, ahead of time for
+    `compute_capabilities` (default RTX_COMPUTE_CAPABILITIES), with or without a GPU here."""
     from edgetl.card import ModelCard
 
     log = log or (lambda _msg: None)
     run = RunDir(run_path)
     if precision not in PRECISIONS:
         raise EdgetlError(f"unknown precision '{precision}'", f"use one of {', '.join(PRECISIONS)}")
-    onnx_path = run.onnx_for(precision, "tensorrt")
+    if target not in TARGETS:
+        raise EdgetlError(f"--target {target}: unknown build target", f"use one of {', '.join(TARGETS)}")
+    flavour = FLAVOURS[TARGETS[target]]
+    ccs = parse_compute_capabilities(compute_capabilities)
+    if ccs and not flavour.ahead_of_time:
+        raise EdgetlError(f"--compute-capability: {flavour.title} builds for the GPU it runs on",
+                          "leave it out, or build with --target rtx")
+    onnx_path = Path(onnx_file) if onnx_file is not None else run.onnx_for(precision, "tensorrt")
     run.require(onnx_path, hint="run `edgetl export` first" if precision == "fp32"
                 else f"run `edgetl quantize --precision {precision}` first")
+    why_ort = ort_form_reason(onnx_path)
+    if why_ort:
+        raise EdgetlError(f"{onnx_path}: {why_ort}, which NVIDIA's parser refuses (non-zero zero points)",
+                          f"build the TensorRT form instead: {run.onnx_for('int8', 'tensorrt')} "
+                          f"(`edgetl build {run.path} --precision int8`)")
     profile = parse_batch(batch)
     if not 0 <= opt_level <= 5:
         raise EdgetlError(f"--opt-level {opt_level}: TensorRT's builder optimisation level is 0..5")
     if workspace_mib < 1:
         raise EdgetlError(f"--workspace {workspace_mib}: give the workspace limit in MiB (>= 1)")
+    if dla_core is not None and not flavour.dla:
+        raise EdgetlError(f"--dla-core: {flavour.title} has no DLA (Jetson's TensorRT does)", "leave --dla-core out")
+    if version_compatible and flavour.ahead_of_time:
+        raise EdgetlError(f"--version-compatible: a {flavour.title} engine runs on the {flavour.title} version "
+                          "that built it", "leave --version-compatible out")
     if dla_core is not None and dla_core < 0:
         raise EdgetlError(f"--dla-core {dla_core}: DLA cores are numbered from 0")
     if dla_core is not None and precision == "fp32":
@@ -164,32 +255,51 @@ def build(run_path: str | os.PathLike, precision: str = "fp32", batch: str | Pro
     input_name, dims = onnx_input(onnx_path)
     sample = check_profile(profile, dims, str(onnx_path))
 
-    trt = import_flavour("tensorrt")
-    facts = machine_facts("tensorrt", trt)
-    plan = engine_file(run, facts, precision)
+    trt = import_flavour(flavour.library)
+    if flavour.ahead_of_time:
+        ccs = ccs or RTX_COMPUTE_CAPABILITIES
+        cc_enums = _compute_capability_enums(trt, ccs)
+        facts = _optional_machine_facts(flavour.library, trt)
+        plan = engine_dir(run, rtx_target(ccs), flavour.library, facts["library_version"]) / plan_name(precision)
+    else:
+        cc_enums = []
+        facts = machine_facts(flavour.library, trt)
+        plan = engine_file(run, facts, precision)
+    use_cache = timing_cache and flavour.timing_cache
     cache_file = plan.parent / "timing.cache"
     command = trtexec_command(onnx_path, plan, input_name, sample, profile, workspace_mib,
-                              cache_file if timing_cache else None, opt_level, version_compatible, dla_core)
+                              cache_file if use_cache else None, opt_level, version_compatible, dla_core,
+                              tf32) if flavour.trtexec else None
 
     logger = capturing_logger(trt)
+    init_plugins(trt, logger)
     builder = trt.Builder(logger)
-    # 10.x needs the flag; 11.x accepts and ignores it (always strongly typed); a release that drops it
-    # is strongly typed anyway.
+    # 10.x needs the flag; 11.x and TensorRT-RTX accept it (they are always strongly typed); a release that
+    # drops it is strongly typed anyway.
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
-        errors = [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise EdgetlError(f"{onnx_path}: TensorRT {trt.__version__} cannot parse it:\n  " + "\n  ".join(errors or ["(no detail)"]),
-                          "check the ops against TensorRT's ONNX support matrix; re-export with another --opset")
+        errors = [parser_error_line(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise EdgetlError(f"{onnx_path}: {flavour.title} {trt.__version__}'s ONNX parser cannot take it:\n  "
+                          + "\n  ".join(errors or logger.lines()[:3] or ["(no detail)"]),
+                          "check the ops against the parser's ONNX support matrix; re-export with another --opset")
+    parser_warnings = logger.warnings()
+    layers = int(network.num_layers)
 
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
-    config.builder_optimization_level = int(opt_level)
+    config = new_config(trt, builder, workspace_mib, opt_level, tf32)
+    if cc_enums:
+        config.num_compute_capabilities = len(cc_enums)
+        for i, cc in enumerate(cc_enums):
+            if not config.set_compute_capability(cc, i):
+                raise EdgetlError(f"--compute-capability: {flavour.title} {trt.__version__} refused {ccs[i]}: "
+                                  + " | ".join(logger.lines()[:2] or ["no reason logged"]))
     trt_profile = builder.create_optimization_profile()
     shapes = profile.shapes(sample)
     trt_profile.set_shape(network.get_input(0).name, shapes["min"], shapes["opt"], shapes["max"])
-    config.add_optimization_profile(trt_profile)
+    if config.add_optimization_profile(trt_profile) < 0:
+        raise EdgetlError(f"{onnx_path}: {flavour.title} rejected the optimisation profile {shapes}: "
+                          + " | ".join(logger.lines()[:2] or ["no reason logged"]))
     if version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if dla_core is not None:
@@ -201,19 +311,17 @@ def build(run_path: str | os.PathLike, precision: str = "fp32", batch: str | Pro
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(dla_core)
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run go to the GPU
-    cache = None
-    if timing_cache:
-        blob = cache_file.read_bytes() if cache_file.exists() else b""
-        cache = config.create_timing_cache(blob)
-        config.set_timing_cache(cache, ignore_mismatch=False)
+    own_warnings: list[str] = []
+    cache = attach_timing_cache(config, cache_file, own_warnings.append) if use_cache else None
 
-    log(f"building {plan.name} on {facts['gpu_name']} with TensorRT {facts['library_version']} "
+    where = (f"for compute capability {', '.join(ccs)}" if flavour.ahead_of_time else f"on {facts['gpu_name']}")
+    log(f"building {plan.name} {where} with {flavour.title} {facts['library_version']} "
         f"(batch {profile.min},{profile.opt},{profile.max})")
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
     if serialized is None:
-        raise EdgetlError(f"{onnx_path}: TensorRT could not build an engine: " +
+        raise EdgetlError(f"{onnx_path}: {flavour.title} could not build an engine: " +
                           " | ".join(logger.lines()[:5] or ["no reason logged"]),
                           "try a larger --workspace, or --opt-level 3")
     data = bytes(serialized)
@@ -221,8 +329,8 @@ def build(run_path: str | os.PathLike, precision: str = "fp32", batch: str | Pro
         write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
     sidecar = make_sidecar(
         library=facts["library"], library_version=facts["library_version"], gpu_name=facts["gpu_name"],
-        compute_capability=facts["compute_capability"], cuda_driver=facts.get("cuda_driver"),
-        l4t_release=facts.get("l4t_release"), precision=precision,
+        compute_capability=facts["compute_capability"], target_compute_capabilities=list(ccs or []) or None,
+        cuda_driver=facts.get("cuda_driver"), l4t_release=facts.get("l4t_release"), precision=precision,
         profile={"input": input_name, **{k: list(v) for k, v in shapes.items()}}, source_onnx=Path(onnx_path).name,
         source_onnx_sha256=sha256_file(onnx_path), engine_sha256=hashlib.sha256(data).hexdigest(),
         builder="edgetl build", edgetl_version=__version__, card=card.model_dump(mode="json"),
@@ -230,8 +338,23 @@ def build(run_path: str | os.PathLike, precision: str = "fp32", batch: str | Pro
         workspace_mib=int(workspace_mib), builder_optimization_level=int(opt_level),
         version_compatible=version_compatible, dla_core=dla_core, trtexec=command)
     write_engine(plan, data, sidecar)
-    warnings = [m for s, m in logger.messages if s == trt.ILogger.Severity.WARNING]
-    return BuildResult(plan, sidecar_path(plan), command, seconds, warnings)
+    return BuildResult(plan, sidecar_path(plan), command, seconds, own_warnings + logger.warnings(), layers,
+                       parser_warnings)
+
+
+def new_config(trt, builder, workspace_mib: int = DEFAULT_WORKSPACE_MIB, opt_level: int = DEFAULT_OPT_LEVEL,
+               tf32: bool = False):
+    """The builder config every flavour shares: workspace limit, optimisation level (where the library has
+    one), and TF32 cleared unless asked: it is on by default, so an "fp32" engine on Ampere or later (Orin
+    included) would compute its matmuls and convolutions in TF32."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    if hasattr(config, "builder_optimization_level"):
+        config.builder_optimization_level = int(opt_level)
+    tf32_flag = getattr(trt.BuilderFlag, "TF32", None)
+    if tf32_flag is not None:
+        (config.set_flag if tf32 else config.clear_flag)(tf32_flag)
+    return config
 
 
 def write_engine(plan: str | os.PathLike, engine: bytes, sidecar: dict[str, Any]) -> None:
@@ -240,11 +363,83 @@ def write_engine(plan: str | os.PathLike, engine: bytes, sidecar: dict[str, Any]
     write_json(sidecar_path(plan), sidecar)
 
 
-def _parser_error(err) -> str:
-    """One line per ONNX parser error: node, its name and op where TensorRT says them, and the reason."""
-    where = [f"node {err.node()}"]
-    for attr in ("node_name", "node_operator"):
-        fn = getattr(err, attr, None)  # 10.x has both; keep the line even if a version lacks one
-        if fn is not None and fn():
-            where.append(str(fn()))
-    return f"{' '.join(where)}: {err.desc()}"
+def attach_timing_cache(config, path: Path, warn: Callable[[str], None]):
+    """Give the builder config the persistent timing cache at `path` and return it. An unreadable or
+    corrupt file, or one the builder rejects, falls back to an empty cache with a warning (as Polygraphy
+    does): a cache only saves build time, so it must never stop a build."""
+    blob = b""
+    if path.exists():
+        try:
+            blob = path.read_bytes()
+        except OSError as e:
+            warn(f"{path}: unreadable timing cache ({first_line(e)}); starting an empty one")
+    cache = None
+    try:
+        cache = config.create_timing_cache(blob)
+        if cache is None and blob:
+            warn(f"{path}: corrupt timing cache; starting an empty one")
+    except Exception as e:  # some releases raise on bytes they cannot deserialize
+        warn(f"{path}: corrupt timing cache ({first_line(e)}); starting an empty one")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        if cache is not None:
+            warn(f"{path}: the builder rejected this timing cache (another GPU or version?); starting an empty one")
+        cache = config.create_timing_cache(b"")
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            warn("the builder accepts no timing cache here; building without one")
+            return None
+    return cache
+
+
+def parser_error_line(err) -> str:
+    """One line per ONNX parser error: node index, name and op, and the reason. Where the parser's reason is
+    only a failed check ('false'), say that the op is unsupported and which check said so."""
+    node = _call(err, "node")
+    where = [f"node {node}" if isinstance(node, int) and node >= 0 else "graph"]  # -1: the graph as a whole
+    name = _call(err, "node_name")
+    op = _call(err, "node_operator")
+    if name:
+        where.append(repr(str(name)))
+    if op:
+        where.append(f"({op})")
+    desc = str(err.desc()).strip()
+    if desc.lower() in ("", "false"):
+        code = str(_call(err, "code") or "").split(".")[-1].replace("_", " ").lower() or "unsupported"
+        func = _call(err, "func")
+        desc = f"{code}" + (f" ({func} failed)" if func else "")
+    return f"{' '.join(where)}: {desc}"
+
+
+_parser_error = parser_error_line  # the name this module used before
+
+
+def _call(obj, attr: str):
+    """obj.attr() where this release has it (ParserError's accessors differ between releases), else None."""
+    fn = getattr(obj, attr, None)
+    try:
+        return fn() if callable(fn) else fn
+    except Exception:
+        return None
+
+
+def _compute_capability_enums(trt, ccs: tuple[str, ...]) -> list:
+    """The library's ComputeCapability members for "8.6"-style strings, or one line naming those it has."""
+    members = getattr(trt, "ComputeCapability", None)
+    known = {}
+    for name in getattr(members, "__members__", {}):
+        m = re.fullmatch(r"SM(\d+)(\d)", name)
+        if m:
+            known[f"{m.group(1)}.{m.group(2)}"] = getattr(members, name)
+    missing = [cc for cc in ccs if cc not in known]
+    if missing:
+        raise EdgetlError(f"--compute-capability {','.join(missing)}: TensorRT-RTX {trt.__version__} builds for "
+                          f"{', '.join(sorted(known, key=lambda v: tuple(map(int, v.split('.')))))}")
+    return [known[cc] for cc in ccs]
+
+
+def _optional_machine_facts(library: str, trt) -> dict[str, Any]:
+    """The library version, and the GPU where one is visible: an ahead-of-time build needs none."""
+    try:
+        return machine_facts(library, trt)
+    except EdgetlError:  # no GPU, no cuda-python, no driver: none is needed to build ahead of time
+        return {"library": library, "library_version": str(trt.__version__), "gpu_name": None,
+                "compute_capability": None, "cuda_driver": None, "l4t_release": None}

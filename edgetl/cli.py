@@ -351,16 +351,27 @@ def build_cmd(
     dla_core: Optional[int] = typer.Option(None, help="build for this DLA core (Jetson Orin/Xavier), GPU fallback on"),
     timing_cache: bool = typer.Option(True, "--timing-cache/--no-timing-cache",
                                       help="reuse and update RUN/engines/<gpu>-trt<ver>/timing.cache"),
+    target: str = typer.Option("tensorrt", help="tensorrt: TensorRT, for this GPU | rtx: TensorRT for RTX, "
+                                                "ahead of time, GPU or not"),
+    compute_capability: Optional[str] = typer.Option(None, help="--target rtx: compute capabilities of the RTX GPUs "
+                                                                "to build for (default 8.6,8.9,12.0)"),
+    tf32: bool = typer.Option(False, "--tf32", help="let fp32 layers compute in TF32 on Ampere or later"),
+    onnx: Optional[Path] = typer.Option(None, help="build this ONNX file instead of the run's model.<precision>.onnx"),
 ) -> None:
-    """Build a TensorRT engine for this GPU (strongly typed; precision comes from the ONNX graph)."""
+    """Build a TensorRT (or TensorRT-RTX) engine (strongly typed; precision comes from the ONNX graph)."""
     from edgetl.build import build
 
-    with console.status("building TensorRT engine") as status:
+    with console.status("building engine") as status:
         result = build(run, precision=precision, batch=batch, workspace_mib=workspace, opt_level=opt_level,
                        version_compatible=version_compatible, dla_core=dla_core, timing_cache=timing_cache,
-                       log=lambda msg: status.update(msg))
-    console.print(f"engine: {result.plan} ({result.seconds:.1f} s)\nsidecar: {result.sidecar}", markup=False)
-    console.print(f"same build with trtexec:\n  {result.trtexec}", markup=False, soft_wrap=True)
+                       log=lambda msg: status.update(msg), target=target, compute_capabilities=compute_capability,
+                       tf32=tf32, onnx_file=onnx)
+    for line in result.warnings:
+        console.print(f"warning: {line}", markup=False, soft_wrap=True)
+    console.print(f"engine: {result.plan} ({result.seconds:.1f} s, {result.layers} network layers)\n"
+                  f"sidecar: {result.sidecar}", markup=False, soft_wrap=True)
+    if result.trtexec:
+        console.print(f"same build with trtexec:\n  {result.trtexec}", markup=False, soft_wrap=True)
 
 
 @app.command("bench")

@@ -98,27 +98,50 @@ def machine_facts(library: str = "tensorrt", trt=None) -> dict[str, Any]:
             "l4t_release": l4t_release()}
 
 
+_LOGGERS: dict[str, Any] = {}
+
+
 def capturing_logger(trt):
-    """A trt.ILogger that keeps every message, so a failure can say the library's own reason."""
+    """The trt.ILogger that keeps every message, so a failure can say the library's own reason, emptied for
+    the caller. One per library and process: TensorRT (and TensorRT-RTX) keep the first logger a builder or
+    runtime was given and ignore later ones ("The logger passed into createInferBuilder differs from one
+    already registered"), so a second logger object would silently capture nothing."""
+    key = getattr(trt, "__name__", str(id(trt)))
+    logger = _LOGGERS.get(key)
+    if logger is None:
 
-    class _Logger(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.messages: list[tuple[Any, str]] = []
+        class _Logger(trt.ILogger):
+            def __init__(self):
+                trt.ILogger.__init__(self)
+                self.messages: list[tuple[Any, str]] = []
 
-        def log(self, severity, msg):
-            self.messages.append((severity, msg))
+            def log(self, severity, msg):
+                self.messages.append((severity, msg))
 
-        def lines(self, worst_first: bool = True) -> list[str]:
-            bad = (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR)
-            errors = [m for s, m in self.messages if s in bad]
-            warnings = [m for s, m in self.messages if s == trt.ILogger.Severity.WARNING]
-            return errors + warnings if worst_first else [m for _, m in self.messages]
+            def lines(self, worst_first: bool = True) -> list[str]:
+                bad = (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR)
+                errors = [m for s, m in self.messages if s in bad]
+                return errors + self.warnings() if worst_first else [m for _, m in self.messages]
 
-        def warnings(self) -> list[str]:
-            return [m for s, m in self.messages if s == trt.ILogger.Severity.WARNING]
+            def warnings(self) -> list[str]:
+                return [m for s, m in self.messages if s == trt.ILogger.Severity.WARNING]
 
-    return _Logger()
+        logger = _LOGGERS[key] = _Logger()
+    logger.messages = []
+    return logger
+
+
+_PLUGINS_READY: set[str] = set()
+
+
+def init_plugins(trt, logger) -> None:
+    """Register the library's own plugins once per process, before a parser or runtime needs them (a graph
+    or engine with plugin layers cannot be read without); a library without the call is left alone."""
+    init = getattr(trt, "init_libnvinfer_plugins", None)
+    name = getattr(trt, "__name__", "trt")
+    if init is not None and name not in _PLUGINS_READY:
+        init(logger, "")
+        _PLUGINS_READY.add(name)
 
 
 # -- where engines live ----------------------------------------------------------------------------------
@@ -135,17 +158,65 @@ def sidecar_path(plan: str | os.PathLike) -> Path:
     return Path(sidecar_for(str(plan)))
 
 
+def rtx_target(compute_capabilities) -> str:
+    """The folder target of a TensorRT-RTX engine: the compute capabilities it runs on ('sm86-sm89-sm120'),
+    since an ahead-of-time build may have no GPU to name."""
+    return "-".join("sm" + str(cc).replace(".", "") for cc in compute_capabilities)
+
+
+def describe_engine(sidecar: dict[str, Any]) -> str:
+    """What an engine is for, in words: 'TensorRT-RTX 1.7.1.116 engine for RTX GPUs of compute capability
+    8.6, 8.9, 12.0' or 'TensorRT 10.3.0.30 engine for Orin (sm 8.7)'."""
+    version = sidecar.get("library_version")
+    if sidecar.get("library") == "tensorrt_rtx":
+        ccs = ", ".join(sidecar.get("target_compute_capabilities") or []) or "?"
+        return f"TensorRT-RTX {version} engine for RTX GPUs of compute capability {ccs}"
+    return f"TensorRT {version} engine for {sidecar.get('gpu_name')} (sm {sidecar.get('compute_capability')})"
+
+
+def facts_for_engine(plan: str | os.PathLike, sidecar: dict[str, Any], trt=None) -> dict[str, Any]:
+    """This machine's facts for the engine's library, or one line saying what the engine is for and what
+    this machine is (e.g. an RTX engine on a machine without a GPU)."""
+    try:
+        return machine_facts(sidecar["library"], trt)
+    except BackendUnavailable as e:
+        raise BackendUnavailable(f"{plan}: a {describe_engine(sidecar)}; this machine: {e.message}",
+                                 e.hint) from None
+
+
+def _facts_here(libraries) -> tuple[dict[str, dict[str, Any]], dict[str, BackendUnavailable]]:
+    """Machine facts per engine library that can run here, and why the others cannot."""
+    here, missing = {}, {}
+    for lib in libraries:
+        try:
+            here[lib] = machine_facts(lib)
+        except BackendUnavailable as e:
+            missing[lib] = e
+    return here, missing
+
+
 def find_engine(run, precision: str = "fp32", facts: dict[str, Any] | None = None,
-                library: str = "tensorrt") -> Path:
+                library: str | None = None) -> Path:
     """The run's engine of a precision that may run on this machine: the one built here first, else any
     whose sidecar passes the mismatch rule (a version-compatible engine built by an earlier TensorRT, an RTX
-    engine built ahead of time for this GPU's compute capability); else one clear error saying why not."""
+    engine built ahead of time for this GPU's compute capability); else one clear error saying why not.
+
+    `facts` (this machine) decides the library; without it every library installed here (or `library`) is
+    asked, so an RTX engine is found where only TensorRT-RTX is installed."""
     run.require(hint="give the folder that `edgetl finetune --out` wrote")
-    facts = facts or machine_facts(library)
-    own = engine_file(run, facts, precision)
-    if own.exists():
-        return own
+    if facts is not None:
+        here, missing = {facts["library"]: facts}, {}
+    else:
+        here, missing = _facts_here([library] if library else list(LIBRARIES))
+    own = None
+    for f in here.values():
+        if f["library"] == "tensorrt":  # an RTX engine's folder names compute capabilities, not this GPU
+            own = engine_file(run, f, precision)
+            if own.exists():
+                return own
     candidates = sorted(run.engines_dir.glob(f"*/{plan_name(precision)}"))
+    if not here and not candidates:
+        raise next(iter(missing.values()))  # nothing built, nothing to run it with: say what is missing
     reasons = []
     for plan in candidates:
         try:
@@ -153,7 +224,13 @@ def find_engine(run, precision: str = "fp32", facts: dict[str, Any] | None = Non
         except EngineMismatch as e:
             reasons.append(f"{plan.parent.name} ({first_line(e)})")
             continue
-        why = engine_mismatch(sidecar, facts)
+        lib = sidecar["library"]
+        if lib in here:
+            why = engine_mismatch(sidecar, here[lib])
+        elif lib in missing:
+            why = f"a {describe_engine(sidecar)}; {missing[lib].message}"
+        else:
+            why = f"built with {lib}, asked for {', '.join(here) or library}"
         if why is None:
             return plan
         reasons.append(f"{plan.parent.name} ({why})")
@@ -161,7 +238,8 @@ def find_engine(run, precision: str = "fp32", facts: dict[str, Any] | None = Non
     if reasons:
         raise EngineMismatch(f"{run.path}: no {precision} engine of this run can run here: {'; '.join(reasons)}",
                              build_hint)
-    raise RunDirError(f"{run.path}: no {precision} engine for this machine ({own.parent.name})", build_hint)
+    where = own.parent.name if own is not None else "this machine"
+    raise RunDirError(f"{run.path}: no {precision} engine for this machine ({where})", build_hint)
 
 
 # -- the sidecar and the load-time check ------------------------------------------------------------
@@ -199,5 +277,6 @@ def check_engine(plan: str | os.PathLike, sidecar: dict[str, Any], facts: dict[s
 
 
 __all__ = ["ENGINE_PRECISIONS", "REBUILD_HINT", "SIDECAR_FORMAT", "Sidecar", "capturing_logger", "check_engine",
-           "engine_dir", "engine_file", "engine_mismatch", "find_engine", "import_flavour", "import_tensorrt",
-           "machine_facts", "read_sidecar", "sidecar_path"]
+           "describe_engine", "engine_dir", "engine_file", "engine_mismatch", "facts_for_engine", "find_engine",
+           "import_flavour", "import_tensorrt", "init_plugins", "machine_facts", "read_sidecar", "rtx_target",
+           "sidecar_path"]

@@ -76,7 +76,9 @@ def test_trtexec_line():
     assert cmd == ("trtexec --onnx=runs/pets/model.int8.onnx --stronglyTyped --minShapes=images:1x3x224x224 "
                    "--optShapes=images:8x3x224x224 --maxShapes=images:32x3x224x224 --memPoolSize=workspace:2048M "
                    "--timingCacheFile=runs/pets/engines/orin-trt10.3.0.30/timing.cache --builderOptimizationLevel=4 "
-                   "--saveEngine=runs/pets/engines/orin-trt10.3.0.30/model.int8.plan")
+                   "--noTF32 --saveEngine=runs/pets/engines/orin-trt10.3.0.30/model.int8.plan --skipInference")
+    # TF32 only when asked (--tf32): an "fp32" engine on Ampere or later would otherwise compute in TF32
+    assert "--noTF32" not in B.trtexec_command("m.onnx", "m.plan", "images", (3, 8, 8), B.Profile(1, 1, 1), tf32=True)
     extra = B.trtexec_command("a b.onnx", "m.plan", "images", (3, 8, 8), B.Profile(1, 1, 1), version_compatible=True,
                               dla_core=0)
     assert "'--onnx=a b.onnx'" in extra  # quoted for the shell
@@ -169,3 +171,23 @@ def test_real_build_load_and_parity(exported, tmp_path):
     write_json(res.sidecar, side)
     with pytest.raises(EngineMismatch, match="built for Some Other GPU"):
         create_backend("tensorrt", res.plan, device="cuda").activate()
+
+
+# -- the CLI with TensorRT-RTX (its builder runs on this CPU) -----------------------------------------------
+def test_cli_build_rtx(exported, tmp_path):
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is x86-64 Linux/Windows only")
+    import tensorrt_rtx
+
+    run = shutil.copytree(exported, tmp_path / "run")
+    proc = subprocess.run([sys.executable, "-m", "edgetl.cli", "build", str(run), "--target", "rtx",
+                           "--compute-capability", "8.6,8.9", "--batch", "1,2,4"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    plan = run / "engines" / f"sm86-sm89-trtrtx{tensorrt_rtx.__version__}" / "model.fp32.plan"
+    assert f"engine: {plan} (" in proc.stdout and "trtexec" not in proc.stdout  # paths are never wrapped
+    side = read_sidecar(plan)
+    assert side["target_compute_capabilities"] == ["8.6", "8.9"] and side["profile"]["max"][0] == 4
+    # an option the flavour cannot honour is one line, not a traceback
+    proc = subprocess.run([sys.executable, "-m", "edgetl.cli", "build", str(run), "--target", "rtx", "--dla-core", "0"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: --dla-core: TensorRT-RTX has no DLA")
+    assert "Traceback" not in proc.stderr

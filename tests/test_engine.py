@@ -130,3 +130,58 @@ def test_find_engine_accepts_a_compatible_engine_from_another_folder(tmp_path):
         E.find_engine(run, "int8", newer)
     with pytest.raises(RunDirError, match="no fp16 engine"):
         E.find_engine(run, "fp16", newer)
+
+
+def test_a_version_compatible_engine_is_found_through_resolve_model_file(tmp_path, monkeypatch):
+    """The bench/eval path (resolve_model_file) finds a --version-compatible engine from TensorRT 10.3 on a
+    10.7 or 11.4 runtime (its folder carries 10.3), and refuses a plain one with the reason."""
+    from edgetl.runtime import resolve_model_file
+
+    run = RunDir(tmp_path)
+    engine = b"vc engine"
+    plan = E.engine_file(run, FACTS, "fp16")
+    write_bytes(plan, engine)
+    write_json(E.sidecar_path(plan), _sidecar(engine, precision="fp16", version_compatible=True))
+    for version in ("10.7.0.23", "11.4.0.106"):
+        here = {**FACTS, "library_version": version}
+        monkeypatch.setattr(E, "machine_facts", lambda library="tensorrt", trt=None, here=here: (
+            here if library == "tensorrt" else (_ for _ in ()).throw(E.BackendUnavailable("no RTX here"))))
+        assert resolve_model_file(run, "tensorrt", "fp16", "cuda") == plan
+    write_json(E.sidecar_path(plan), _sidecar(engine, precision="fp16"))
+    with pytest.raises(EngineMismatch, match=r"orin-trt10.3.0.30 \(built for Orin \(sm 8.7\), TensorRT 10.3.0.30, "
+                                             r"this is Orin \(sm 8.7\), TensorRT 11.4.0.106\)"):
+        resolve_model_file(run, "tensorrt", "fp16", "cuda")
+
+
+def test_describe_engine_and_rtx_target():
+    assert E.rtx_target(["8.6", "8.9", "12.0"]) == "sm86-sm89-sm120"
+    assert E.describe_engine(_sidecar()) == "TensorRT 10.3.0.30 engine for Orin (sm 8.7)"
+    rtx = _sidecar(library="tensorrt_rtx", library_version="1.7.1.116", target_compute_capabilities=["8.9", "12.0"])
+    assert E.describe_engine(rtx) == "TensorRT-RTX 1.7.1.116 engine for RTX GPUs of compute capability 8.9, 12.0"
+
+
+def test_one_capturing_logger_per_library():
+    """TensorRT keeps the first logger a builder or runtime gets and ignores later ones, so edgetl hands out
+    one per library (emptied per caller), never a second that would capture nothing."""
+    trt = pytest.importorskip("tensorrt_rtx", reason="needs an NVIDIA library's ILogger")
+    first = E.capturing_logger(trt)
+    first.log(trt.ILogger.Severity.WARNING, "old")
+    again = E.capturing_logger(trt)
+    assert again is first and again.messages == []
+    trt.Builder(again)  # a real builder logs through it
+    again.log(trt.ILogger.Severity.ERROR, "boom")
+    assert again.lines()[0] == "boom"
+
+
+def test_plugins_registered_once_per_library(monkeypatch):
+    """init_libnvinfer_plugins before the first parser or runtime of a library, once; a library without it
+    (an older TensorRT-RTX build, a stripped runtime) is left alone."""
+    import types
+
+    monkeypatch.setattr(E, "_PLUGINS_READY", set())
+    calls = []
+    lib = types.SimpleNamespace(__name__="tensorrt", init_libnvinfer_plugins=lambda lg, ns: calls.append((lg, ns)))
+    E.init_plugins(lib, "logger")
+    E.init_plugins(lib, "logger")
+    assert calls == [("logger", "")]
+    E.init_plugins(types.SimpleNamespace(__name__="bare"), "logger")  # nothing to call, no error

@@ -88,12 +88,33 @@ class Stream:
         check(self.rt.cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")
 
     def begin_capture(self) -> None:
-        check(self.rt.cudaStreamBeginCapture(self.handle, self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal),
+        # thread-local, as trtexec does: only this thread's CUDA calls are forbidden during the capture, so
+        # another thread (a second backend, a data loader) cannot invalidate it or be stopped by it
+        check(self.rt.cudaStreamBeginCapture(self.handle,
+                                             self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
               "cudaStreamBeginCapture")
 
     def end_capture(self) -> "Graph":
         graph = check(self.rt.cudaStreamEndCapture(self.handle), "cudaStreamEndCapture")
-        return Graph(self.rt, graph)
+        try:
+            return Graph(self.rt, graph)
+        except BaseException:
+            self.rt.cudaGraphDestroy(graph)
+            raise
+
+    def capture(self, work) -> "Graph":
+        """The CUDA graph of what `work()` enqueues on this stream. If `work` fails, the capture is ended
+        (its partial graph destroyed) before the error goes on: a stream left capturing would make every
+        later call on it fail."""
+        self.begin_capture()
+        try:
+            work()
+        except BaseException:
+            err, graph = self.rt.cudaStreamEndCapture(self.handle)
+            if err == self.rt.cudaError_t.cudaSuccess and graph is not None and int(graph):
+                self.rt.cudaGraphDestroy(graph)
+            raise
+        return self.end_capture()
 
     def destroy(self) -> None:
         if self.handle is not None:

@@ -1,9 +1,10 @@
-"""A TensorRT engine that `edgetl build` wrote: sidecar checked, I/O on the GPU, CUDA graph as an option.
+"""A TensorRT or TensorRT-RTX engine that `edgetl build` wrote: sidecar checked, I/O on the GPU, CUDA graph
+as an option. The sidecar names the library, so the same code runs both flavours.
 
 GPU memory, copies and graphs go through cuda-python (edgetl.runtime._cuda). Input and output buffers are
-allocated once for the profile's largest batch; infer() copies the host batch in, enqueues the engine
-(or replays the CUDA graph captured for that batch size) and copies the logits out, so what a timed
-infer() measures is "compute + host<->device copies".
+allocated once, sized from the engine's own shapes at the profile's largest batch; infer() copies the host
+batch in, enqueues the engine (or replays the CUDA graph captured for the current batch size) and copies the
+output out, so what a timed infer() measures is "compute + host<->device copies".
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def activate_impl(self) -> ModelCard:
-        from edgetl.engine import capturing_logger, check_engine, import_flavour, machine_facts, read_sidecar
+        from edgetl.engine import (capturing_logger, check_engine, facts_for_engine, import_flavour, init_plugins,
+                                   read_sidecar)
         from edgetl.io import sha256_file
         from edgetl.runtime import _cuda
 
@@ -31,11 +33,17 @@ class TensorRTBackend(Backend):
             raise RunDirError(f"{self.model_path}: no such engine", "run `edgetl build` first")
         sidecar = read_sidecar(self.model_path)
         trt = import_flavour(sidecar["library"])
-        check_engine(self.model_path, sidecar, machine_facts(sidecar["library"], trt), sha256_file(self.model_path))
+        check_engine(self.model_path, sidecar, facts_for_engine(self.model_path, sidecar, trt),
+                     sha256_file(self.model_path))
         if sidecar.get("precision") not in (None, self.precision):
             raise EngineMismatch(f"{self.model_path}: is a {sidecar['precision']} engine, asked for {self.precision}")
 
+        self._trt = trt
         self._logger = capturing_logger(trt)
+        init_plugins(trt, self._logger)
+        self._graph: tuple[int, Any] | None = None
+        self._stream = self._d_in = self._d_out = None
+        self._context = self._engine = None
         self._runtime = trt.Runtime(self._logger)
         if sidecar.get("version_compatible"):
             self._runtime.engine_host_code_allowed = True  # the lean runtime ships inside the plan
@@ -43,11 +51,9 @@ class TensorRTBackend(Backend):
             self._runtime.DLA_core = int(sidecar["dla_core"])
         engine = self._runtime.deserialize_cuda_engine(self.model_path.read_bytes())
         if engine is None:
-            said = " | ".join(self._logger.lines()[:3]) or "no reason logged"
-            raise EngineMismatch(f"{self.model_path}: TensorRT {trt.__version__} refused to load it: {said}",
-                                 "rebuild it here with `edgetl build`")
+            raise EngineMismatch(f"{self.model_path}: {trt.__name__} {trt.__version__} refused to load it: "
+                                 f"{self._said()}", "rebuild it here with `edgetl build`")
         self._engine = engine
-        self._context = engine.create_execution_context()
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -59,21 +65,38 @@ class TensorRTBackend(Backend):
         lo, _opt, hi = engine.get_tensor_profile_shape(self._in, 0)
         self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
         card = ModelCard.model_validate(sidecar["card"])
-        sample = int(np.prod(tuple(hi)[1:]))
-        self._graphs: dict[int, Any] = {}
-        self._shape: tuple | None = None
-        self._stream = self._d_in = self._d_out = None
+        context = engine.create_execution_context()
+        if context is None:  # e.g. not enough GPU memory for the engine's activations
+            raise EdgetlError(f"{self.model_path}: {trt.__name__} could not create an execution context: "
+                              f"{self._said()}", "free GPU memory, or rebuild with a smaller --batch maximum")
+        self._context = context
+        # the output buffer holds the engine's output at the profile's largest input, whatever the card says
+        self._set_shape(tuple(int(d) for d in hi))
+        out_max = tuple(int(d) for d in context.get_tensor_shape(self._out))
+        if any(d < 0 for d in out_max):
+            raise EngineMismatch(f"{self.model_path}: output {self._out} has no fixed shape at batch "
+                                 f"{self.max_batch} ({out_max}); edgetl engines output one row per image")
         try:  # a failure half-way must not leak the stream or GPU memory already taken
             self._stream = _cuda.Stream()
-            self._d_in = _cuda.DeviceBuffer(self.max_batch * sample * self._in_dtype.itemsize)
-            self._d_out = _cuda.DeviceBuffer(self.max_batch * card.num_classes * self._out_dtype.itemsize)
-            self._context.set_tensor_address(self._in, int(self._d_in.ptr))
-            self._context.set_tensor_address(self._out, int(self._d_out.ptr))
+            self._d_in = _cuda.DeviceBuffer(int(np.prod(tuple(hi))) * self._in_dtype.itemsize)
+            self._d_out = _cuda.DeviceBuffer(int(np.prod(out_max)) * self._out_dtype.itemsize)
+            for name, buf in ((self._in, self._d_in), (self._out, self._d_out)):
+                if not context.set_tensor_address(name, int(buf.ptr)):
+                    raise EdgetlError(f"{self.model_path}: {trt.__name__} refused the GPU address of {name}: "
+                                      f"{self._said()}")
         except BaseException:
             self.deactivate_impl()
             raise
         self.sidecar = sidecar
         return card
+
+    def _said(self) -> str:
+        return " | ".join(self._logger.lines()[:3]) or "no reason logged"
+
+    def _set_shape(self, shape: tuple) -> None:
+        if not self._context.set_input_shape(self._in, shape):
+            raise EdgetlError(f"{self.model_path.name}: the engine refused input shape {shape}: {self._said()}")
+        self._shape = shape
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
         n = len(x)
@@ -82,8 +105,7 @@ class TensorRTBackend(Backend):
                               f"{self.min_batch}..{self.max_batch}", "rebuild with `edgetl build --batch MIN,OPT,MAX`")
         x = np.ascontiguousarray(x, dtype=self._in_dtype)
         if self._shape != x.shape:
-            self._context.set_input_shape(self._in, x.shape)
-            self._shape = x.shape
+            self._set_shape(x.shape)
         out = np.empty(tuple(self._context.get_tensor_shape(self._out)), dtype=self._out_dtype)
         self._stream.upload(self._d_in, x)
         if self.options.get("cuda_graph"):
@@ -96,19 +118,29 @@ class TensorRTBackend(Backend):
 
     def _enqueue(self) -> None:
         if not self._context.execute_async_v3(self._stream.handle_int):
-            raise EdgetlError(f"{self.model_path.name}: TensorRT enqueue failed: "
-                              + " | ".join(self._logger.lines()[:3]))
+            raise EdgetlError(f"{self.model_path.name}: TensorRT enqueue failed: {self._said()}")
 
     def _graph_for(self, n: int):
-        """The CUDA graph of one enqueue at batch n, captured after a plain run (TensorRT's advice:
-        the first enqueue after a shape change may do work that cannot be captured)."""
-        if n not in self._graphs:
-            self._enqueue()
-            self._stream.synchronize()
-            self._stream.begin_capture()
-            self._enqueue()
-            self._graphs[n] = self._stream.end_capture()
-        return self._graphs[n]
+        """The CUDA graph of one enqueue at batch n. One context serves every batch size, and a graph bakes in
+        the context's shape-dependent state, so a new batch size replaces the graph (captured again) rather
+        than keeping one per size. Captured after a plain run: TensorRT's advice, as the first enqueue after a
+        shape change may do work that cannot be captured."""
+        if self._graph is not None and self._graph[0] == n:
+            return self._graph[1]
+        self._drop_graph()
+        capturable = getattr(self._context, "is_stream_capturable", None)  # TensorRT-RTX says so up front
+        if capturable is not None and not capturable(self._stream.handle_int):
+            raise EdgetlError(f"{self.model_path.name}: this engine cannot be captured in a CUDA graph here",
+                              "run without --cuda-graph")
+        self._enqueue()
+        self._stream.synchronize()
+        self._graph = (n, self._stream.capture(self._enqueue))
+        return self._graph[1]
+
+    def _drop_graph(self) -> None:
+        if getattr(self, "_graph", None) is not None:
+            self._graph[1].destroy()
+        self._graph = None
 
     def synchronize(self) -> None:
         if getattr(self, "_stream", None) is not None:
@@ -121,9 +153,7 @@ class TensorRTBackend(Backend):
         return out
 
     def deactivate_impl(self) -> None:
-        for g in self._graphs.values():
-            g.destroy()
-        self._graphs.clear()
+        self._drop_graph()
         for res in (self._d_in, self._d_out):
             if res is not None:
                 res.free()
@@ -131,7 +161,9 @@ class TensorRTBackend(Backend):
             self._stream.destroy()
         self._stream = self._d_in = self._d_out = None
         # the context before the engine before the runtime: TensorRT's required destruction order
-        del self._context, self._engine, self._runtime
+        self._context = None
+        self._engine = None
+        self._runtime = None
 
 
 __all__ = ["TensorRTBackend"]
