@@ -7,16 +7,18 @@ of two forms (each scored on its own):
                                   activations and weights, symmetric (zero point 0), per-channel weights
                                   on the output-channel axis, per-tensor activations, no bias
                                   quantization, a Q/DQ pair on weights, shared Q/DQ pairs, Q/DQ only on
-                                  the inputs of Conv/Gemm/MatMul and of Add (residual joins fuse too).
-                                  These are the settings NVIDIA ModelOpt passes to this same quantizer.
+                                  the layer inputs TensorRT fuses (edgetl.qdq_placement: a residual Add
+                                  gets its skip input only, the classifier GEMV none). These are the
+                                  settings NVIDIA ModelOpt passes to this same quantizer.
   cpu      (model.int8.cpu.onnx)  uint8 activations, int8 weights (U8S8) with outputs quantized too, the
                                   pattern ONNX Runtime's x86 kernels fuse into QLinearConv/QGemm.
 
 FP16 -- float16 body, float32 inputs and outputs, overflow-prone ops kept in float32 (an op block list).
 
-Every written graph passes `check_graph` (zero points, per-channel axes, no dangling float path) and is
-scored against the fp32 model on the run's val split; RUN/quant_report.json keeps one entry per
-precision/target.
+Every written graph is topologically sorted, passes `check_graph` (zero points, per-channel axes, no dangling
+float path, placement) and onnx.checker's full check (edgetl.onnx_write), and is scored against the fp32
+model on the run's val split; RUN/quant_report.json keeps one entry per precision/target. A model still over
+--max-drop after layer exclusion is written, marked over_budget, and raises QuantizeBudgetMissed (exit 3).
 """
 
 from __future__ import annotations
