@@ -18,8 +18,8 @@ from pathlib import Path
 
 def main() -> None:
     from edgetl.config import FinetuneConfig
-    from edgetl.errors import QuantizeBudgetMissed
     from edgetl.data.demo import write_demo_data
+    from edgetl.errors import QuantizeBudgetMissed
     from edgetl.export import export
     from edgetl.finetune import finetune
     from edgetl.quantize import QuantizeRequest, quantize

@@ -33,7 +33,6 @@ import heapq
 import itertools
 from dataclasses import dataclass, field
 
-WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool")
 # Ops TensorRT fuses into the convolution that precedes them (its epilogue).
 _EPILOGUE = {"Relu", "Clip", "LeakyRelu", "BatchNormalization", "HardSwish", "Sigmoid", "Identity"}

@@ -33,9 +33,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgetl.calibration._ort import ort_names
+from edgetl.calibration._ort import ort_names, private_copy
 from edgetl.card import ModelCard
-from edgetl.calibration._ort import private_copy
 from edgetl.errors import QuantizeBudgetMissed, QuantizeError, first_line
 from edgetl.io import read_json, sha256_file, write_json
 from edgetl.metrics import top1 as top1_of
