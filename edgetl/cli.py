@@ -301,9 +301,15 @@ def quantize(
     request = QuantizeRequest(precision=precision, target=target, calib=str(calib) if calib else None,
                               calib_size=calib_size, method=method, percentile=percentile,
                               data=str(data) if data else None, max_drop=max_drop, batch_size=batch_size, seed=seed)
-    with progress_callback("calibrating") as progress:
-        result = run_quantize(run, request, log=lambda m: console.print(m, markup=False, soft_wrap=True),
-                              progress=progress)
+    from edgetl.errors import QuantizeBudgetMissed
+
+    try:
+        with progress_callback("calibrating") as progress:
+            result = run_quantize(run, request, log=lambda m: console.print(m, markup=False, soft_wrap=True),
+                                  progress=progress)
+    except QuantizeBudgetMissed as e:  # written and recorded: show the table, then main() gives exit code 3
+        _print_quant_entries(e.result.get("entries", {}))
+        raise
     _print_quant_entries(result["entries"])
     console.print(f"report: {result['report']}", markup=False)
 

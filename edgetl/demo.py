@@ -51,9 +51,15 @@ def _deploy_chain(run: Path) -> dict:
     console.print(f"model.onnx: top-1 agreement {parity['top1_agreement']:.0%}, max |delta logit| "
                   f"{parity['max_abs_diff']:.2e}", markup=False)
     console.rule("5. quantize: int8 Q/DQ (TensorRT and CPU forms) and fp16, scored with ONNX Runtime")
+    from edgetl.errors import QuantizeBudgetMissed
+
     entries = {}
-    entries.update(quantize(run, QuantizeRequest(precision="int8", target="both"), log=_say)["entries"])
-    entries.update(quantize(run, QuantizeRequest(precision="fp16"), log=_say)["entries"])
+    for request in (QuantizeRequest(precision="int8", target="both"), QuantizeRequest(precision="fp16")):
+        try:
+            entries.update(quantize(run, request, log=_say)["entries"])
+        except QuantizeBudgetMissed as e:  # written and marked over budget: the demo says so and goes on
+            _say(f"over budget: {e.message}")
+            entries.update(e.result["entries"])
     for key, entry in entries.items():
         top1 = entry.get("int8_top1", entry.get("fp16_top1"))
         top1_text = "n/a" if top1 is None else f"{top1:.3f}"

@@ -46,6 +46,18 @@ class QuantizeError(EdgetlError):
     """Calibration or quantization failed."""
 
 
+class QuantizeBudgetMissed(QuantizeError):
+    """The quantized model was written but stays more than --max-drop below fp32 after layer exclusion.
+    Its own exit code, so a script (`edgetl quantize RUN && edgetl build RUN`) stops there; `result` holds
+    what quantize() would have returned (the files and quant_report.json are written, marked over budget)."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, hint: str | None = None, result: dict | None = None):
+        super().__init__(message, hint)
+        self.result = result or {}
+
+
 class BackendUnavailable(EdgetlError):
     """A runtime backend (tensorrt, onnxruntime CUDA, ...) is not installed here."""
 

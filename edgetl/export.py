@@ -118,7 +118,7 @@ def export(run_path: str | os.PathLike, opset: int = DEFAULT_OPSET, static_batch
         del proto
         timings["export"] = time.perf_counter() - t
 
-        step("checking the graph (onnx.checker, full shape inference)")
+        step("checking the graph's inputs and outputs")
         t = time.perf_counter()
         _check_graph(candidate, out_card, static_batch)
         timings["check"] = time.perf_counter() - t
@@ -251,27 +251,21 @@ def _initializer_bytes(proto) -> int:
 
 
 def _save(proto, path: Path, external: bool) -> None:
-    """Save; weights go to `<name>.data` beside it (a relative location, so the folder stays movable)
-    when the model is too large for one protobuf."""
-    import onnx
+    """Save through edgetl's one checked ONNX writer (full onnx.checker before the rename); weights go to
+    `<name>.data` beside it (a relative location, so the folder stays movable) when the model is too large
+    for one protobuf."""
+    from edgetl.onnx_write import save_checked
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    if external:
-        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + DATA_SUFFIX, size_threshold=1024)
-    else:
-        onnx.save_model(proto, str(path))
+    save_checked(proto, path, ExportError, what="the exported graph", external_data=external,
+                 hint="try another --opset")
 
 
 def _check_graph(path: Path, card: ModelCard, static_batch: int | None) -> None:
-    """onnx.checker with full (strict) shape inference, then the inferred I/O must be what the card says."""
+    """The inferred I/O must be what the card says (`_save` already ran onnx.checker with full shape
+    inference on the file)."""
     import onnx
 
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except Exception as e:  # checker and shape inference raise several error types
-        raise ExportError(f"onnx.checker rejected the exported graph ({first_line(e)})",
-                          "try another --opset") from None
     inferred = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False), strict_mode=True)
     batch = static_batch or BATCH_DIM
     c, h, w = card.input_size

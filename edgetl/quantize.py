@@ -7,22 +7,25 @@ of two forms (each scored on its own):
                                   activations and weights, symmetric (zero point 0), per-channel weights
                                   on the output-channel axis, per-tensor activations, no bias
                                   quantization, a Q/DQ pair on weights, shared Q/DQ pairs, Q/DQ only on
-                                  the inputs of Conv/Gemm/MatMul and of Add (residual joins fuse too).
-                                  These are the settings NVIDIA ModelOpt passes to this same quantizer.
+                                  the layer inputs TensorRT fuses (edgetl.qdq_placement: a residual Add
+                                  gets its skip input only, the classifier GEMV none). These are the
+                                  settings NVIDIA ModelOpt passes to this same quantizer.
   cpu      (model.int8.cpu.onnx)  uint8 activations, int8 weights (U8S8) with outputs quantized too, the
                                   pattern ONNX Runtime's x86 kernels fuse into QLinearConv/QGemm.
 
 FP16 -- float16 body, float32 inputs and outputs, overflow-prone ops kept in float32 (an op block list).
 
-Every written graph passes `check_graph` (zero points, per-channel axes, no dangling float path) and is
-scored against the fp32 model on the run's val split; RUN/quant_report.json keeps one entry per
-precision/target.
+Every written graph is topologically sorted, passes `check_graph` (zero points, per-channel axes, no dangling
+float path, placement) and onnx.checker's full check (edgetl.onnx_write), and is scored against the fp32
+model on the run's val split; RUN/quant_report.json keeps one entry per precision/target. A model still over
+--max-drop after layer exclusion is written, marked over_budget, and raises QuantizeBudgetMissed (exit 3).
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +33,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgetl.calibration._ort import ort_names
+from edgetl.calibration._ort import ort_names, private_copy
 from edgetl.card import ModelCard
-from edgetl.errors import QuantizeError, first_line
-from edgetl.io import atomic_path, read_json, sha256_file, write_json
+from edgetl.errors import QuantizeBudgetMissed, QuantizeError, first_line
+from edgetl.io import read_json, sha256_file, write_json
 from edgetl.metrics import top1 as top1_of
+from edgetl.onnx_write import save_checked, sort_nodes
+from edgetl.qdq_placement import POOLS, placement_problems, tensorrt_placement
 from edgetl.rundir import RunDir
 
 PRECISIONS = ("int8", "fp16")
@@ -44,9 +49,14 @@ METHOD_CHOICES = ("minmax", "entropy", "percentile", "auto")
 DEFAULT_MAX_DROP = 1.0
 DEFAULT_BATCH = 32
 
-# TensorRT form: the layers whose inputs get Q/DQ. Weighted layers are the "layers" of sensitivity analysis.
-TRT_OP_TYPES = ["Conv", "ConvTranspose", "Gemm", "MatMul", "Add"]
+# TensorRT form: the op types that may get Q/DQ on their inputs (which nodes do: edgetl.qdq_placement).
+TRT_OP_TYPES = ["Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool", "GlobalAveragePool"]
 WEIGHTED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Ops that only move or reshape data: quantized alongside their neighbours in the cpu form, never worth
+# measuring on their own, so not candidates of the sensitivity search.
+DATA_MOVEMENT_OPS = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Gather", "GatherElements",
+                     "Slice", "Split", "Pad", "Concat", "Identity", "Where", "Resize", "QuantizeLinear",
+                     "DequantizeLinear"}
 QUANTIZED_OP_TYPES = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
                       "MatMulInteger", "DynamicQuantizeLinear", "QGemm", "QLinearAdd"}
 # FP16: ops that overflow or lose their sums in fp16 stay fp32 (reductions, softmax, normalisation
@@ -106,6 +116,7 @@ def quantize(run_path: str | os.PathLike, request: QuantizeRequest | None = None
     _validate(req)
     run = RunDir(run_path)
     run.require(run.onnx, hint="run `edgetl export` first")
+    read_report(run.path)  # a corrupt quant_report.json fails here, before any model is written
     card = ModelCard.from_onnx(run.onnx)  # a model without a card fails here, before any work
     model = _load_float_model(run.onnx)
     static_batch = _static_batch(model)
@@ -121,7 +132,22 @@ def quantize(run_path: str | os.PathLike, request: QuantizeRequest | None = None
             entries[f"int8/{target}"] = _int8(ctx, target, calib_items, calib_hash, req, progress)
             # merged per model file: if the next target fails, the report still matches what was written
             report_path = _merge_report(run, {f"int8/{target}": entries[f"int8/{target}"]})
-    return {"report": report_path, "entries": entries}
+    result = {"report": report_path, "entries": entries}
+    missed = [e for e in entries.values() if e.get("over_budget")]
+    if missed:  # written and recorded, but never a silent success
+        raise QuantizeBudgetMissed("; ".join(_budget_line(e) for e in missed),
+                                   "accept it with a higher --max-drop, or try --method auto, more --calib-size "
+                                   "images, or --precision fp16", result=result)
+    return result
+
+
+def _budget_line(e: dict) -> str:
+    what = e["precision"] if e["precision"] == "fp16" else f"int8 {e['target']}"
+    tried = (f"after measuring {len(e['sensitivity'])} layer(s) and keeping {len(e['excluded'])} in float"
+             if e["precision"] == "int8" else "(fp16 has no layer search)")
+    return (f"{e['model_file']}: {what} top-1 {e['top1'] * 100:.2f}% is {e['drop']:.2f} pt below fp32 "
+            f"{e['fp32_top1'] * 100:.2f}%, over --max-drop {e['max_drop']} {tried}; "
+            f"file kept, marked over_budget in quant_report.json")
 
 
 def report_key(precision: str, target: str = "tensorrt") -> str:
@@ -130,10 +156,21 @@ def report_key(precision: str, target: str = "tensorrt") -> str:
 
 
 def read_report(run_path: str | os.PathLike) -> dict[str, Any]:
+    """RUN/quant_report.json ({"entries": {}} when absent); QuantizeError with one line if it is unreadable
+    or not a quant report."""
     run = RunDir(run_path)
     if not run.quant_report.exists():
         return {"entries": {}}
-    return read_json(run.quant_report)
+    try:
+        report = read_json(run.quant_report)
+    except (OSError, ValueError) as e:
+        raise QuantizeError(f"{run.quant_report}: not readable JSON ({first_line(e)})",
+                            "move it away (edgetl quantize writes a new one) or restore it") from None
+    if not isinstance(report, dict) or not isinstance(report.get("entries"), dict) or not all(
+            isinstance(v, dict) for v in report["entries"].values()):
+        raise QuantizeError(f"{run.quant_report}: not an edgetl quant report (no \"entries\" object)",
+                            "move it away (edgetl quantize writes a new one) or restore it")
+    return report
 
 
 # -- checks on the inputs --------------------------------------------------------------------------------
@@ -222,7 +259,10 @@ def _int8(ctx: _Context, target: str, items, calib_hash: str, req: QuantizeReque
     batch = ctx.static_batch or req.batch_size
     tried: dict[str, Any] = {}
     best = None
-    base = _shape_inferred(ctx.run.onnx)
+    with tempfile.TemporaryDirectory(prefix="edgetl-quantize-") as scratch:
+        # ONNX Runtime writes `<model>-inferred.onnx` beside the model it is given: a private copy keeps
+        # two quantizations of one run (or a read-only run) from meeting there.
+        base = _shape_inferred(private_copy(ctx.run.onnx, Path(scratch)))
     for method in methods:
         calib = calibrate(ctx.run.onnx, items, ctx.card, ctx.input_name, method, ctx.run.calib_cache_dir, batch,
                           drop_last=ctx.static_batch is not None, percentile=req.percentile, calib_hash=calib_hash,
@@ -245,14 +285,16 @@ def _int8(ctx: _Context, target: str, items, calib_hash: str, req: QuantizeReque
                                                                         logits, req.max_drop)
         drop = (ctx.fp32_top1 - top1) * 100
     out = ctx.run.onnx_for("int8", target)
+    proto = sort_nodes(proto)
     ctx.card.write_onnx(proto)
     summary = check_graph(proto, target)  # raises QuantizeError: nothing is written then
-    _save_atomic(proto, out)
+    save_checked(proto, out, QuantizeError, what=out.name)
     entry = {
         "precision": "int8", "target": target, "model_file": out.name, "model_sha256": sha256_file(out),
         "source_model_sha256": ctx.model_sha256,
         "fp32_top1": ctx.fp32_top1, "int8_top1": top1, "top1": top1, "drop": drop,
-        "within_max_drop": drop <= req.max_drop, "max_drop": req.max_drop,
+        "within_max_drop": drop <= req.max_drop, "over_budget": drop > req.max_drop, "max_drop": req.max_drop,
+        "placement": _placement_summary(base, target),
         "top1_agreement": float((logits.argmax(1) == ctx.fp32_logits.argmax(1)).mean()),
         "method": calib.method, "percentile": calib.percentile, "methods_tried": tried,
         "calib_size": calib.calib_size, "calib_hash": calib.calib_hash, "calib_source": req.calib or "run train split",
@@ -260,11 +302,24 @@ def _int8(ctx: _Context, target: str, items, calib_hash: str, req: QuantizeReque
         "excluded": excluded, "sensitivity": sensitivity, "eval_n": int(len(ctx.y)), "eval_data": ctx.eval_source,
         "structure": summary, "seconds": time.perf_counter() - start,
     }
-    ctx.log(f"wrote {out.name}: int8 top-1 {top1 * 100:.2f}% (fp32 {ctx.fp32_top1 * 100:.2f}%, drop {drop:.2f} pt)")
+    ctx.log(f"wrote {out.name}: int8 top-1 {top1 * 100:.2f}% (fp32 {ctx.fp32_top1 * 100:.2f}%, drop {drop:.2f} pt)"
+            + (" OVER --max-drop" if entry["over_budget"] else ""))
     return entry
 
 
+def _placement_summary(base, target: str) -> dict[str, Any]:
+    """Which rule placed or withheld Q/DQ, counted (tensorrt form), for the report."""
+    if target != "tensorrt":
+        return {"rule": "onnxruntime QDQ, every op it supports, outputs quantized (U8S8)"}
+    plan = tensorrt_placement(base)
+    count: dict[str, int] = {}
+    for rule in list(plan.quantize.values()) + [f"float:{r}" for r in plan.float_nodes.values()]:
+        count[rule] = count.get(rule, 0) + 1
+    return {"rule": "TensorRT fusions (edgetl.qdq_placement)", "nodes": count}
+
+
 def _shape_inferred(path: Path):
+    """The float model with inferred shapes (ONNX Runtime's loader; it writes a file beside `path`)."""
     load_model_with_shape_infer = ort_names("onnxruntime.quantization.quant_utils", "load_model_with_shape_infer")
     try:
         model = load_model_with_shape_infer(Path(path))
@@ -301,6 +356,8 @@ def quantizer_settings(target: str) -> dict[str, Any]:
                                    "AddQDQPairToWeight": True, "DedicatedQDQPair": False, "QuantizeBias": False,
                                    # inputs only: TensorRT places int8 outputs itself when it fuses
                                    "OpTypesToExcludeOutputQuantization": list(TRT_OP_TYPES),
+                                   # MaxPool's input is quantized even where its producer's output is not
+                                   "ForceQuantizeNoInputCheck": True,
                                    "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}})
     if target == "cpu":
         QDQRegistry = ort_names("onnxruntime.quantization.registry", "QDQRegistry")
@@ -312,36 +369,61 @@ def quantizer_settings(target: str) -> dict[str, Any]:
 
 
 def _qdq(base, calib, target: str, exclude: list[str]):
-    """A fresh Q/DQ ModelProto of `base` with the calibrated ranges; `exclude` nodes stay float."""
+    """A fresh Q/DQ ModelProto of `base` with the calibrated ranges; `exclude` nodes stay float.
+
+    tensorrt: ONNX Runtime quantizes the nodes edgetl.qdq_placement picks; then the Q/DQ on the convolution
+    side of each residual Add is removed (the quantizer quantizes all inputs of a node or none), and nodes
+    left float read float tensors.
+    cpu: every op ONNX Runtime supports, except `exclude`."""
     from edgetl.calibration.methods import tensors_data
 
     QDQQuantizer = ort_names("onnxruntime.quantization.qdq_quantizer", "QDQQuantizer")
     s = quantizer_settings(target)
     ranges = tensors_data(calib.ranges, calib.method)
+    float_inputs: dict[str, int | None] = {name: None for name in exclude}
+    nodes_to_quantize: list[str] = []
+    op_types = s["op_types"]
+    if target == "tensorrt":
+        plan = tensorrt_placement(base)
+        nodes_to_quantize = [n for n in plan.quantize if n not in float_inputs]
+        kinds = {n.name: n.op_type for n in base.graph.node}
+        op_types = sorted({kinds[n] for n in nodes_to_quantize})
+        float_inputs.update({add: k for add, k in plan.float_inputs.items() if add not in float_inputs})
+        if not nodes_to_quantize:  # an empty list would mean "quantize everything" to ONNX Runtime
+            return copy.deepcopy(base)
     try:  # keywords: a renamed parameter fails loudly rather than shifting the arguments
         quantizer = QDQQuantizer(model=copy.deepcopy(base), per_channel=s["per_channel"],
                                  reduce_range=s["reduce_range"], weight_qType=s["weight_type"],
-                                 activation_qType=s["activation_type"], tensors_range=ranges, nodes_to_quantize=[],
-                                 nodes_to_exclude=list(exclude), op_types_to_quantize=s["op_types"],
-                                 extra_options=s["extra_options"])
+                                 activation_qType=s["activation_type"], tensors_range=ranges,
+                                 nodes_to_quantize=nodes_to_quantize, nodes_to_exclude=list(exclude),
+                                 op_types_to_quantize=op_types, extra_options=s["extra_options"])
         quantizer.quantize_model()
     except Exception as e:
         raise QuantizeError(f"onnxruntime's quantizer failed on this graph ({first_line(e)})") from None
     proto = quantizer.model.model
-    if exclude:
-        _float_inputs(proto, set(exclude))
+    if target == "tensorrt":
+        # Shared Q/DQ pairs: the quantizer routes every reader of a quantized tensor through its DQ, also
+        # nodes the placement leaves float (a LayerNorm beside a ViT residual Add): they read the float tensor.
+        chosen = set(nodes_to_quantize)
+        float_inputs.update({n.name: None for n in proto.graph.node if n.name not in chosen
+                             and n.name not in float_inputs and n.op_type not in ("QuantizeLinear", "DequantizeLinear")})
+    if float_inputs:
+        _float_inputs(proto, float_inputs)
     return proto
 
 
-def _float_inputs(proto, nodes: set[str]) -> None:
-    """Feed the `nodes` kept in float from the float tensors: with shared Q/DQ pairs an activation that
-    another layer still quantizes reaches them through that layer's DQ. Q/DQ left without consumers go."""
+def _float_inputs(proto, inputs: dict[str, int | None]) -> None:
+    """Feed node inputs from the float tensors: {node: input index, or None for all its inputs}. With shared
+    Q/DQ pairs a tensor that another node still quantizes reaches them through that node's DQ. Q/DQ left
+    without consumers go."""
     graph = proto.graph
     producer = {o: n for n in graph.node for o in n.output}
     for node in graph.node:
-        if node.name not in nodes:
+        if node.name not in inputs:
             continue
         for k, name in enumerate(node.input):
+            if inputs[node.name] is not None and k != inputs[node.name]:
+                continue
             dq = producer.get(name)
             if dq is None or dq.op_type != "DequantizeLinear":
                 continue
@@ -363,12 +445,14 @@ def _float_inputs(proto, nodes: set[str]) -> None:
 
 # -- sensitivity and exclusion ---------------------------------------------------------------------------
 def _exclude_sensitive(ctx: _Context, base, calib, target: str, proto, top1: float, logits, max_drop: float):
-    """Leave-one-out sensitivity: for each quantized weighted layer, the top-1 of the model with every
-    layer quantized except that one. It costs one quantization and one scoring per layer (as much as
+    """Leave-one-out sensitivity: for each quantized compute node (convs, GEMMs, MatMuls, and also residual
+    Adds, pools and the cpu form's other quantized ops), the top-1 of the model with every node quantized
+    except that one. It costs one quantization and one scoring per layer (as much as
     one-layer-at-a-time) but measures what matters here: what keeping that layer in float buys with the
     others quantized. Layers are then kept in float greedily, most sensitive first, each kept only if it
     raised top-1, until the drop is within budget or no candidate helps."""
-    layers = [n.name for n in base.graph.node if n.op_type in WEIGHTED_OP_TYPES and _is_quantized(proto, n.name)]
+    quantized = _quantized_nodes(proto)
+    layers = [n.name for n in base.graph.node if n.op_type not in DATA_MOVEMENT_OPS and n.name in quantized]
     sensitivity = []
     for i, name in enumerate(layers):
         t1, _ = _score_proto(ctx, _qdq(base, calib, target, exclude=[name]))
@@ -392,19 +476,19 @@ def _exclude_sensitive(ctx: _Context, base, calib, target: str, proto, top1: flo
     return proto, top1, logits, excluded, sensitivity
 
 
-def _is_quantized(proto, node_name: str) -> bool:
+def _quantized_nodes(proto) -> set[str]:
+    """Names of the nodes that read at least one input through a DequantizeLinear."""
     producers = {o: n.op_type for n in proto.graph.node for o in n.output}
-    for n in proto.graph.node:
-        if n.name == node_name:
-            return any(producers.get(i) == "DequantizeLinear" for i in n.input[:2])
-    return False
+    return {n.name for n in proto.graph.node if any(producers.get(i) == "DequantizeLinear" for i in n.input)}
 
 
 # -- structural check ------------------------------------------------------------------------------------
 def check_graph(model, target: str) -> dict[str, Any]:
     """Raise QuantizeError unless the Q/DQ graph has the form `target` needs; return a summary.
 
-    tensorrt: every Q/DQ int8 with zero point 0. cpu: weights int8 with zero point 0, activations
+    tensorrt: every Q/DQ int8 with zero point 0, placed as TensorRT fuses (edgetl.qdq_placement: only the
+    skip input of a residual Add after a convolution, no Q/DQ on a GEMV or attention MatMul, none on ops
+    TensorRT fuses nothing into). cpu: weights int8 with zero point 0, activations
     uint8 or int8. Both: weight scales per channel on the output-channel axis (Conv: 0, Gemm: 0 with
     transB else 1, MatMul: 1), positive finite scales, every Q feeds only DQ, and every Conv/Gemm/MatMul
     with a DQ on one input has DQ on both (no float path left where a layer was quantized).
@@ -498,14 +582,20 @@ def check_graph(model, target: str) -> dict[str, Any]:
         elif axis % len(shape) != expect or scale.size != shape[expect]:
             problems.append(f"{node.name}: weight scales on axis {axis} ({scale.size}), expected axis {expect} "
                             f"({shape[expect]} output channels)")
+    if target == "tensorrt":
+        problems += placement_problems(model)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise QuantizeError(f"the {target} int8 graph failed its structural check: {problems[0]}{more}",
                             "this is a bug in edgetl's quantizer settings: please report it")
-    adds = [n for n in graph.node if n.op_type == "Add"
-            and all((producer.get(i) is not None and producer[i].op_type == "DequantizeLinear") for i in n.input)]
+    def n_dq_inputs(node) -> int:
+        return sum(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in node.input)
+
+    adds = [n for n in graph.node if n.op_type == "Add" and n_dq_inputs(n)]
     return {"quantize_linear": n_q, "dequantize_linear": n_dq, "quantized_layers": len(quantized_layers),
-            "float_layers": float_layers, "quantized_adds": len(adds)}
+            "float_layers": float_layers, "quantized_adds": len(adds),
+            "adds_one_input_quantized": sum(n_dq_inputs(n) == 1 for n in adds),
+            "quantized_pools": sum(n.op_type in POOLS and n_dq_inputs(n) > 0 for n in graph.node)}
 
 
 def _output_channel_axis(node, rank: int) -> int:
@@ -523,13 +613,14 @@ def _output_channel_axis(node, rank: int) -> int:
 def _fp16(ctx: _Context, model, req: QuantizeRequest) -> dict:
     start = time.perf_counter()
     proto, kept = to_fp16(model)
+    proto = sort_nodes(proto)
     ctx.card.write_onnx(proto)
     out = ctx.run.onnx_for("fp16")
     entry: dict[str, Any] = {"precision": "fp16", "target": "any", "model_file": out.name,
                              "source_model_sha256": ctx.model_sha256, "fp32_top1": ctx.fp32_top1,
                              "kept_fp32_ops": kept, "excluded": [], "eval_n": int(len(ctx.y)),
                              "eval_data": ctx.eval_source, "method": None, "calib_size": None, "calib_hash": None}
-    _save_atomic(proto, out)
+    save_checked(proto, out, QuantizeError, what=out.name)
     entry["model_sha256"] = sha256_file(out)
     try:
         logits = _logits(ctx, out)
@@ -545,7 +636,8 @@ def _fp16(ctx: _Context, model, req: QuantizeRequest) -> dict:
         agreement = float((logits.argmax(1) == ctx.fp32_logits.argmax(1)).mean())
         tol = FP16_REL_TOL * scale
         entry.update({"fp16_top1": top1, "top1": top1, "drop": (ctx.fp32_top1 - top1) * 100,
-                      "within_max_drop": (ctx.fp32_top1 - top1) * 100 <= req.max_drop, "max_drop": req.max_drop,
+                      "within_max_drop": (ctx.fp32_top1 - top1) * 100 <= req.max_drop,
+                      "over_budget": (ctx.fp32_top1 - top1) * 100 > req.max_drop, "max_drop": req.max_drop,
                       "parity": {"max_abs_logit_delta": delta, "tolerance": tol, "top1_agreement": agreement,
                                  "min_agreement": FP16_MIN_AGREEMENT},
                       "parity_ok": delta <= tol and agreement >= FP16_MIN_AGREEMENT, "cpu_runnable": True})
@@ -564,8 +656,23 @@ def to_fp16(model) -> tuple[Any, list[str]]:
         proto = convert_float_to_float16(copy.deepcopy(model), keep_io_types=True, op_block_list=block)
     except Exception as e:
         raise QuantizeError(f"fp16 conversion failed ({first_line(e)})") from None
+    _drop_repeated_casts(proto)
     _check_fp16_io(proto)
     return proto, sorted({n.op_type for n in model.graph.node if n.op_type in block})
+
+
+def _drop_repeated_casts(proto) -> None:
+    """The converter adds one Cast per use of an initializer shared with a kept-float32 op, all writing
+    the same tensor name (the torch exporter shares equal constants, e.g. ConvNeXt's zero biases between
+    Conv and LayerNormalization): a graph that is not single-assignment. Keep the first of each."""
+    seen = set()
+    for node in list(proto.graph.node):
+        if node.op_type != "Cast":
+            continue
+        key = node.SerializeToString(deterministic=True)  # same name, input, output and type
+        if key in seen:
+            proto.graph.node.remove(node)
+        seen.add(key)
 
 
 def _check_fp16_io(proto) -> None:
@@ -623,20 +730,11 @@ def _score_proto(ctx: _Context, proto) -> tuple[float, np.ndarray]:
 
 
 # -- writing ---------------------------------------------------------------------------------------------
-def _save_atomic(proto, out: Path) -> None:
-    import onnx
-
-    with atomic_path(out) as tmp:
-        onnx.save(proto, str(tmp))
-
-
 def _merge_report(run: RunDir, entries: dict[str, dict]) -> Path:
     """Update RUN/quant_report.json, keeping the other precisions' and targets' entries."""
     from edgetl import __version__
 
-    report = read_report(run.path) if run.quant_report.exists() else {}
-    if not isinstance(report, dict) or not isinstance(report.get("entries"), dict):
-        report = {}
+    report = read_report(run.path)
     merged = dict(report.get("entries", {}))
     merged.update(entries)
     report = {"edgetl_version": __version__, "model": "model.onnx", "entries": merged}

@@ -73,19 +73,23 @@ def test_int8_tensorrt_form_structure_and_accuracy(quantized):
     assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)  # S8S8, symmetric
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") == summary["quantize_linear"] > 0
-    n_weighted = sum(op in ("Conv", "Gemm", "MatMul") for op in ops)
-    assert summary["quantized_layers"] == n_weighted and summary["float_layers"] == []
-    assert summary["quantized_adds"] > 0  # residual joins have Q/DQ on both inputs (TensorRT fuses them)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    # every conv quantized; the classifier Gemm (a GEMV at batch 1) stays float, as ModelOpt leaves it
+    assert summary["quantized_layers"] == len(convs) and summary["float_layers"] == ["/fc/Gemm"]
+    # residual joins: only the skip input carries Q/DQ (TensorRT fuses the Add into the conv); both pools too
+    assert summary["quantized_adds"] == summary["adds_one_input_quantized"] == ops.count("Add") == 8
+    assert summary["quantized_pools"] == 2
     # per-channel weights: a Conv's weight DQ has one scale per output channel on axis 0
     producer = {o: n for n in model.graph.node for o in n.output}
     inits = {t.name: t for t in model.graph.initializer}
-    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    conv = convs[0]
     wdq = producer[conv.input[1]]
     wq = producer[wdq.input[0]]  # a Q/DQ pair on the float weight, as TensorRT's explicit mode reads it
     assert wq.op_type == "QuantizeLinear" and wq.input[0] in inits
     assert numpy_helper.to_array(inits[wdq.input[1]]).shape == (inits[wq.input[0]].dims[0],)
     assert len(conv.input) < 3 or conv.input[2] in inits  # bias stays float (no bias quantization)
-    # Q/DQ sit on layer inputs only: a Conv output is quantized only where it enters a residual Add
+    # Q/DQ sit on layer inputs only: a conv output is quantized only as the skip input of an Add (a
+    # downsample conv), never where a block's own conv enters its residual Add
     readers: dict[str, list] = {}
     for n in model.graph.node:
         for i in n.input:
@@ -94,7 +98,7 @@ def test_int8_tensorrt_form_structure_and_accuracy(quantized):
         src = producer.get(q.input[0])
         if q.op_type == "QuantizeLinear" and src is not None and src.op_type == "Conv":
             dq_readers = [r for dq in readers[q.output[0]] for r in readers[dq.output[0]]]
-            assert dq_readers and all(r.op_type == "Add" for r in dq_readers)
+            assert "downsample" in src.name and dq_readers and all(r.op_type == "Add" for r in dq_readers)
     e = report["entries"]["int8/tensorrt"]
     assert e["model_file"] == "model.int8.onnx" and e["target"] == "tensorrt"
     assert abs(e["drop"]) <= MAX_DROP_PT and e["top1_agreement"] >= MIN_AGREEMENT
@@ -297,3 +301,64 @@ def test_cli_end_to_end_and_error_exit(exported, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "no such run directory" in bad.stderr
+
+
+# -- issue 14: a missed budget is never silent; a corrupt report fails first; runs do not collide ------------
+def test_missed_budget_exits_3_keeps_the_file_and_marks_it(exported, tmp_path):
+    """Calibration ranges crushed to 1e-4 everywhere: no single node kept in float restores the model, so the
+    sensitivity search (residual Adds and pools are candidates too) ends over budget."""
+    run = fresh(exported, tmp_path)
+    quantize(run, QuantizeRequest(target="tensorrt", calib_size=32, max_drop=NO_EXCLUSION))
+    cache_file = next((run / "calib_cache").glob("minmax-*.json"))
+    data = json.loads(cache_file.read_text())
+    data["ranges"] = {k: [0.0, 1e-4] for k in data["ranges"]}
+    cache_file.write_text(json.dumps(data))
+    cmd = [sys.executable, "-m", "edgetl.cli", "quantize", str(run), "--calib-size", "32", "--max-drop", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "model.int8.onnx: int8 tensorrt top-1" in errors[0]
+    assert "over --max-drop 1.0 after measuring" in errors[0] and "marked over_budget" in errors[0]
+    e = read_report(run)["entries"]["int8/tensorrt"]
+    assert e["over_budget"] is True and e["within_max_drop"] is False and e["drop"] > 1.0
+    assert (run / "model.int8.onnx").exists() and e["model_sha256"]
+    candidates = {s["node"] for s in e["sensitivity"]}
+    model = onnx.load(str(run / "model.onnx"))
+    ops = {n.name: n.op_type for n in model.graph.node}
+    assert {ops[c] for c in candidates} == {"Conv", "Add", "MaxPool", "GlobalAveragePool"}  # not the float fc
+    assert f"after measuring {len(candidates)} layer(s)" in errors[0]
+
+
+def test_corrupt_quant_report_is_one_line_before_anything_is_written(exported, tmp_path):
+    run = fresh(exported, tmp_path)
+    for text, match in (("{\"entries\": {", "not readable JSON"), ("[1, 2]", "not an edgetl quant report"),
+                        ("{\"entries\": {\"int8/cpu\": 3}}", "not an edgetl quant report")):
+        (run / "quant_report.json").write_text(text)
+        with pytest.raises(QuantizeError, match=match):
+            quantize(run, QuantizeRequest(calib_size=32, max_drop=NO_EXCLUSION))
+        assert (run / "quant_report.json").read_text() == text  # left as it was
+        assert not (run / "model.int8.onnx").exists() and not list(run.glob(".*.tmp"))
+
+
+def test_onnxruntime_scratch_files_stay_private(exported, tmp_path):
+    """ONNX Runtime writes `<model>-inferred.onnx` beside the model it reads (calibration and quantization):
+    that name is taken by a folder here, so any write there would fail; edgetl hands it a private copy."""
+    run = fresh(exported, tmp_path)
+    (run / "model-inferred.onnx").mkdir()
+    e = quantize(run, QuantizeRequest(calib_size=32, max_drop=NO_EXCLUSION))["entries"]["int8/tensorrt"]
+    assert e["calib_size"] == 32 and (run / "model.int8.onnx").exists()
+    assert (run / "model-inferred.onnx").is_dir() and not list((run / "model-inferred.onnx").iterdir())
+
+
+def test_parallel_quantizations_of_one_run(exported, tmp_path):
+    run = fresh(exported, tmp_path)
+    cmd = [sys.executable, "-m", "edgetl.cli", "quantize", str(run), "--calib-size", "16", "--batch-size", "8",
+           "--max-drop", str(NO_EXCLUSION)]
+    procs = [subprocess.Popen(cmd + ["--method", m], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for m in ("minmax", "entropy", "percentile")]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outs]
+    assert not list(run.glob("*-inferred.onnx")) and not list(run.glob(".*.tmp"))
+    check_graph(run / "model.int8.onnx", "tensorrt")
+    assert len(list((run / "calib_cache").glob("*.json"))) == 3

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.calibration._ort import ort_names
+from edgetl.calibration._ort import ort_names, private_copy
 from edgetl.errors import QuantizeError, first_line
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -45,7 +45,8 @@ def collect_ranges(model_path: str | os.PathLike, reader, method: str,
     options = {"percentile": percentile} if method == "percentile" else {}
     with tempfile.TemporaryDirectory(prefix="edgetl-calib-") as tmp:
         try:
-            calibrator = create_calibrator(Path(model_path), None,
+            # a private copy: ONNX Runtime writes `<stem>-inferred.onnx` beside the model it is given
+            calibrator = create_calibrator(private_copy(model_path, Path(tmp)), None,
                                            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                            calibrate_method=ort_method, extra_options=options)
         except Exception as e:
