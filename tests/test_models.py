@@ -63,7 +63,7 @@ def test_pickled_code_is_refused(tmp_path):
 def test_mismatched_architecture_and_missing_file(tmp_path):
     path = tmp_path / "w.safetensors"
     save_file({"foo.weight": torch.zeros(3)}, str(path))
-    with pytest.raises(ModelError, match="no tensor matches"):
+    with pytest.raises(ModelError, match="no weight tensor matches"):
         create_model("resnet18", num_classes=2, weights=path)
     with pytest.raises(ModelError, match="no such weights file"):
         create_model("resnet18", num_classes=2, weights=tmp_path / "missing.pth")
