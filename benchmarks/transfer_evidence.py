@@ -283,7 +283,8 @@ def plot(results: dict, cells: dict, ks: list[str], path: Path) -> None:
         for strategy in STRATEGIES:
             curve(ax, source, strategy, label=f"transfer, {strategy}")
         info = results.get("sources", {}).get(source, {})
-        ax.set(title=f"source: {source} ({info.get('task', '')})", xlabel="labelled images per class (digits 5-9)",
+        scale = info.get("backbone_lr_scale", results.get("setup", {}).get("backbone_lr_scale"))
+        ax.set(title=f"source: {source} ({info.get('task', '')}), backbone at {scale:g}x lr",  xlabel="labelled images per class (digits 5-9)",
                xticks=x, xticklabels=labels)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
