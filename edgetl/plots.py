@@ -32,8 +32,8 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
         for prev, row in zip(rows, rows[1:]):
             if row.get("phase") != prev.get("phase"):
                 ax.axvline(row["epoch"] - 0.5, color="grey", linestyle=":")
-                ax.text(row["epoch"] - 0.5, 1.0, f" {row['phase']}", transform=ax.get_xaxis_transform(),
-                        va="top", fontsize=8, color="grey")
+                ax.text(row["epoch"] - 0.5, 1.0, f"{prev['phase']} | {row['phase']}", transform=ax.get_xaxis_transform(),
+                        ha="center", va="bottom", fontsize=8, color="grey")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
