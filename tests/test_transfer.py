@@ -123,9 +123,22 @@ def test_demo_rejects_bad_options_before_writing(tmp_path):
     a_file = tmp_path / "file.txt"
     a_file.write_text("mine")
     for args, expected in ((["demo", "--out", tmp_path / "d", "--epochs", "0"], "--epochs"),
-                           (["demo", "--out", a_file], "file.txt"),
-                           (["demo", "--out", tmp_path / "d", "--shots", "0"], "--shots")):
+                           (["demo", "--out", a_file], "file.txt")):
         res = _cli(*args)
         assert res.returncode == 1, res
         assert res.stderr.startswith("error: ") and expected in res.stderr and "Traceback" not in res.stderr + res.stdout
     assert not (tmp_path / "d").exists() and a_file.read_text() == "mine"
+
+
+def test_demo_option_checks(tmp_path):
+    from edgetl.demo import check_demo_options
+
+    good = dict(out=tmp_path / "d", epochs=None, shots=10, seeds=3, img_size=16, model="test_resnet",
+                source="rotation", strategy="full")
+    check_demo_options(**good)
+    for bad, expected in ((dict(shots=0), "--shots"), (dict(seeds=0), "--seeds"), (dict(img_size=4), "--img-size"),
+                          (dict(model="no_such_net"), "--model"), (dict(source="imagenet"), "--source"),
+                          (dict(strategy="bogus"), "--strategy")):
+        with pytest.raises(EdgetlError, match=expected):
+            check_demo_options(**{**good, **bad})
+    assert not (tmp_path / "d").exists()
