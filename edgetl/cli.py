@@ -178,7 +178,11 @@ def finetune(
     model: Optional[str] = typer.Option(None, help="timm model name [default: resnet50]"),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="hub weights via timm [default: on]"),
     weights: Optional[str] = typer.Option(None, help="local weights: .safetensors, .pth or an edgetl run dir"),
-    strategy: Optional[str] = typer.Option(None, help="linear | partial | full [default: full]"),
+    strategy: Optional[str] = typer.Option(None, help="linear | partial | full | lp-ft (linear probe, then full "
+                                           "at lr x backbone-lr-scale) [default: full]"),
+    lp_epochs: Optional[int] = typer.Option(None, help="with --strategy lp-ft: linear-probe epochs [default: half]"),
+    baseline: Optional[str] = typer.Option(None, help="scratch: also train the from-scratch twin (same data, recipe, "
+                                           "budget) in RUN/baseline-scratch and report the gain"),
     unfreeze: Optional[int] = typer.Option(None, help="with --strategy partial: last N stages trained [default: 1]"),
     epochs: Optional[int] = typer.Option(None, help="[default: 10]"),
     batch_size: Optional[int] = typer.Option(None, help="[default: 32]"),
@@ -243,15 +247,21 @@ def eval_cmd(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="where the demo writes its data and runs"),
-    epochs: int = typer.Option(8, help="epochs per training run"),
-    model: str = typer.Option("resnet18", help="timm model name"),
-    img_size: int = typer.Option(32, min=IMG_SIZE_MIN, max=IMG_SIZE_MAX),
+    epochs: Optional[int] = typer.Option(None, help="epochs per target run [default: 50 optimiser steps' worth]"),
+    model: str = typer.Option("test_resnet", help="timm model name (test_resnet: a 0.4 M-parameter ResNet)"),
+    img_size: int = typer.Option(16, min=IMG_SIZE_MIN, max=IMG_SIZE_MAX,
+                                 help="digits are 8x8 pixels; 16 px keeps all of them"),
+    shots: int = typer.Option(10, help="labelled images per target class"),
+    seeds: int = typer.Option(3, help="repeats, each with its own labelled images and initialisation"),
+    source: str = typer.Option("rotation", help="rotation (self-supervised, no labels) | digits04 (supervised)"),
+    strategy: str = typer.Option("full", help="linear | partial | full | lp-ft"),
 ) -> None:
     """The whole chain on scikit-learn's digits (no download): transfer learning vs training from scratch,
     then export, quantization and the benchmark of what this machine can run."""
     from edgetl.demo import run_demo
 
-    run_demo(out, epochs=epochs, model=model, img_size=img_size)
+    run_demo(out, epochs=epochs, model=model, img_size=img_size, shots=shots, seeds=seeds, source=source,
+             strategy=strategy)
 
 
 # --- export (issue 3) -------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ class FinetuneConfig(BaseModel):
     model: str = "resnet50"
     pretrained: bool = True
     weights: str | None = Field(default=None, description=".safetensors, .pth or an edgetl run dir")
-    strategy: Literal["linear", "partial", "full"] = "full"
+    strategy: Literal["linear", "partial", "full", "lp-ft"] = "full"
+    lp_epochs: int | None = Field(default=None, ge=1, description="--strategy lp-ft: linear-probe epochs [half]")
     unfreeze: int = Field(default=1, ge=0, description="stages trained with --strategy partial")
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=32, ge=1)
@@ -44,6 +45,7 @@ class FinetuneConfig(BaseModel):
     compile: bool = False
     patience: int | None = Field(default=None, ge=1, description="early stopping: epochs without improvement")
     skip_bad_images: bool = False
+    baseline: Literal["scratch"] | None = Field(default=None, description="also train the from-scratch twin")
 
 
 def load_config(cls: type[T], path: str | os.PathLike | None, overrides: dict[str, Any]) -> T:

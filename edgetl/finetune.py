@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from edgetl import __version__
@@ -23,10 +24,12 @@ from edgetl.data import ImageDataset, check_images, load_splits, read_splits, sa
 from edgetl.data.transforms import eval_transform, resize_size, train_transform
 from edgetl.errors import EdgetlError, Interrupted, RunDirError
 from edgetl.io import atomic_path, read_json, write_json, write_text
-from edgetl.models import apply_strategy, create_model, param_groups, set_train_mode, weights_digest
+from edgetl.models import (Phase, apply_strategy, create_model, param_groups, set_train_mode, strategy_phases,
+                           weights_digest)
 from edgetl.rundir import RunDir, check_out_and_data, check_replaceable, foreign_entries, pending_dir, replace_dir
 
-LOG_FIELDS = ["epoch", "train_loss", "train_top1", "val_loss", "val_top1", "lr", "epoch_seconds", "images_per_second"]
+LOG_FIELDS = ["epoch", "train_loss", "train_top1", "val_loss", "val_top1", "lr", "epoch_seconds", "images_per_second",
+              "phase"]
 
 
 @dataclass
@@ -83,11 +86,17 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False, events: Events | None = None) -> RunDir:
     """Train per `cfg` into the run directory `cfg.out`; returns it. See README 'finetune'."""
     ev = events or Events()
+    check_plan(cfg)
     target = RunDir(cfg.out)
     run = target  # where this call trains: the target, or a pending sibling that replaces it at the end
     state: dict[str, Any] | None = None
     if resume:
         run = _resume_dir(target)
+        if not run.checkpoint.exists() and run.metrics.exists() and RunDir(run.baseline_scratch).checkpoint.exists():
+            # The transfer run finished; only its from-scratch twin was interrupted.
+            train, val = read_splits(run.splits)
+            _run_baseline(run, train, val, resolve_device(_run_config(run).device), ev)
+            return _publish(run, target)
         if not run.checkpoint.exists():
             done = " (it finished: nothing to resume)" if run.metrics.exists() else ""
             raise RunDirError(f"{run.path}: no {run.checkpoint.name} to resume from{done}")
@@ -116,6 +125,13 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False,
         if isinstance(e, KeyboardInterrupt) and not isinstance(e, Interrupted):
             raise Interrupted(_interrupted_note(cfg, run, target)) from e
         raise
+    if cfg.baseline == "scratch":
+        _run_baseline(run, train, val, device, ev)
+    return _publish(run, target)
+
+
+def _publish(run: RunDir, target: RunDir) -> RunDir:
+    """A run trained in a pending sibling replaces the target only now, when it is complete."""
     if run.path != target.path:
         replace_dir(run.path, target.path)  # only now is the previous run deleted
     return target
@@ -187,6 +203,57 @@ def _load_checkpoint(path: Path) -> tuple[dict[str, Any], FinetuneConfig]:
     return state, cfg
 
 
+def _run_config(run: RunDir) -> FinetuneConfig:
+    return FinetuneConfig.model_validate(yaml.safe_load(run.config.read_text(encoding="utf-8")))
+
+
+def check_plan(cfg: FinetuneConfig) -> None:
+    """Settings that only make sense together, checked before any image is read or file written.
+    --baseline scratch compares a transfer run with its twin: the run itself must start from weights."""
+    strategy_phases(cfg.strategy, cfg.epochs, cfg.lp_epochs)
+    if cfg.baseline == "scratch" and cfg.weights is None and not cfg.pretrained:
+        raise EdgetlError("--baseline scratch: this run has no source weights, so it is the from-scratch run itself",
+                          "give --weights FILE or --pretrained, or drop --baseline")
+
+
+def baseline_config(cfg: FinetuneConfig, out: Path) -> FinetuneConfig:
+    """The from-scratch twin: the same data, recipe, budget and seed, no source weights. Every layer trains
+    (a random backbone has nothing to freeze or protect, the rule that also trains it at the full rate)."""
+    return cfg.model_copy(update={"out": str(out), "weights": None, "pretrained": False, "strategy": "full",
+                                  "lp_epochs": None, "baseline": None})
+
+
+def _run_baseline(run: RunDir, train, val, device, ev: Events) -> None:
+    """Train (or resume) RUN/baseline-scratch on the run's own splits, then add the gain to RUN/metrics.json."""
+    cfg = _run_config(run)
+    twin = RunDir(run.baseline_scratch)
+    state = None
+    if twin.checkpoint.exists():
+        state, _ = _load_checkpoint(twin.checkpoint)
+        ev.message(f"resuming the from-scratch baseline {twin.path} after epoch {state['epoch'] + 1}")
+    elif twin.path.exists():
+        shutil.rmtree(twin.path)  # a twin that never finished an epoch (edgetl wrote it, inside this run)
+    ev.message(f"baseline: the same data, recipe and budget from scratch -> {twin.path}")
+    try:
+        _train(baseline_config(cfg, twin.path), twin, train, val, device, state, ev)
+    except BaseException:
+        if not twin.checkpoint.exists():
+            shutil.rmtree(twin.path, ignore_errors=True)
+        raise
+    metrics = read_json(run.metrics)
+    base = read_json(twin.metrics)
+    gain = metrics["top1"] - base["top1"]
+    metrics["baseline"] = {"kind": "scratch", "run": run.baseline_scratch.name, "top1": base["top1"], "macro_f1": base["macro_f1"],
+                           "gain_top1": gain, "gain_macro_f1": metrics["macro_f1"] - base["macro_f1"],
+                           "negative_transfer": gain < 0}
+    write_json(run.metrics, metrics)
+    ev.message(f"transfer vs from scratch: top-1 {metrics['top1']:.4f} vs {base['top1']:.4f} "
+               f"({gain * 100:+.1f} points)")
+    if gain < 0:
+        ev.message(f"warning: negative transfer: the source weights made top-1 {-gain * 100:.1f} points worse than "
+                   f"training from scratch on the same data and budget")
+
+
 def _train(cfg, run, train, val, device, state, ev: Events) -> RunDir:
     from timm.scheduler import CosineLRScheduler
     from torch.utils.data import DataLoader
@@ -197,8 +264,11 @@ def _train(cfg, run, train, val, device, state, ev: Events) -> RunDir:
                                       weights=weights, img_size=cfg.img_size)
     ev.message(load_report.summary())
     card = make_card(cfg, model, train.classes, load_report.source)
-    freeze = apply_strategy(model, cfg.strategy, cfg.unfreeze)
-    ev.message(f"strategy {cfg.strategy}: {freeze['trainable']:,} trainable, {freeze['frozen']:,} frozen parameters")
+    phases = strategy_phases(cfg.strategy, cfg.epochs, cfg.lp_epochs, cfg.backbone_lr_scale)
+    freeze = apply_strategy(model, phases[0].strategy, cfg.unfreeze)
+    ev.message(f"strategy {cfg.strategy}: {freeze['trainable']:,} trainable, {freeze['frozen']:,} frozen parameters"
+               + (f" for {phases[0].epochs} probe epoch(s), then every layer at {cfg.backbone_lr_scale:g} x the rate "
+                  f"for {phases[1].epochs}" if len(phases) > 1 else ""))
 
     run.path.mkdir(parents=True, exist_ok=True)
     if state is None:
@@ -220,28 +290,45 @@ def _train(cfg, run, train, val, device, state, ev: Events) -> RunDir:
     from_scratch = load_report.source.get("kind") == "none"
     if from_scratch and (cfg.backbone_lr_scale != 1.0 or cfg.layer_decay is not None):
         ev.message("no source weights: the backbone trains at the full learning rate")
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay,
-                                               1.0 if from_scratch else cfg.backbone_lr_scale,
-                                               None if from_scratch else cfg.layer_decay), lr=cfg.lr)
-    scheduler = CosineLRScheduler(optimizer, t_initial=cfg.epochs * steps_per_epoch, lr_min=cfg.lr * 1e-2,
-                                  warmup_t=int(cfg.warmup_epochs * steps_per_epoch), warmup_lr_init=cfg.lr * 1e-2,
-                                  t_in_epochs=False)
+
+    def enter(phase: Phase):
+        """Freeze per the phase; a fresh optimizer and schedule over the phase's own epochs."""
+        freeze = apply_strategy(model, phase.strategy, cfg.unfreeze)
+        # lp-ft's fine-tuning phase runs every layer, head included, at the phase's lower rate.
+        backbone_scale = 1.0 if (from_scratch or len(phases) > 1) else cfg.backbone_lr_scale
+        lr = cfg.lr * phase.lr_scale
+        optimizer = torch.optim.AdamW(param_groups(model, lr, cfg.weight_decay, backbone_scale,
+                                                   None if from_scratch else cfg.layer_decay), lr=lr)
+        scheduler = CosineLRScheduler(optimizer, t_initial=phase.epochs * steps_per_epoch, lr_min=lr * 1e-2,
+                                      warmup_t=int(cfg.warmup_epochs * steps_per_epoch), warmup_lr_init=lr * 1e-2,
+                                      t_in_epochs=False)
+        return freeze, optimizer, scheduler
+
+    start_epoch = 0 if state is None else state["epoch"] + 1
+    phase = _phase_at(phases, min(start_epoch, cfg.epochs - 1))
+    freeze, optimizer, scheduler = enter(phase)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
-    start_epoch, best, best_epoch, log_rows = 0, -1.0, -1, []
+    best, best_epoch, log_rows = -1.0, -1, []
     if state is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        if state["epoch"] >= phase.first_epoch:  # else the checkpoint ended the previous phase: start this one fresh
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        start_epoch, best, best_epoch = state["epoch"] + 1, state["best"], state["best_epoch"]
+        best, best_epoch = state["best"], state["best_epoch"]
         log_rows = list(read_json(run.path / ".train_log.json")) if (run.path / ".train_log.json").exists() else []
         card = card.model_copy(update={"source_weights": state["source_weights"]})
 
     train_model = torch.compile(model) if cfg.compile else model
     for epoch in range(start_epoch, cfg.epochs):
+        if epoch == phase.end_epoch:
+            phase = _phase_at(phases, epoch)
+            freeze, optimizer, scheduler = enter(phase)
+            ev.message(f"phase {phase.name}: {freeze['trainable']:,} trainable parameters at "
+                       f"{cfg.lr * phase.lr_scale:g}")
         # Everything random in an epoch derives from (seed, epoch): a resumed run replays it exactly.
         seed_everything(cfg.seed + epoch)
         train_ds.transform.set_random_seed(cfg.seed + epoch)
@@ -253,19 +340,22 @@ def _train(cfg, run, train, val, device, state, ev: Events) -> RunDir:
         set_train_mode(model)
         stats = train_one_epoch(train_model, loader, optimizer, criterion, device, amp_dtype=amp_dtype,
                                 memory_format=memory_format, scaler=scaler,
-                                on_step=lambda i: (scheduler.step_update(epoch * steps_per_epoch + i), ev.step(i)))
+                                on_step=lambda i: (scheduler.step_update((epoch - phase.first_epoch) * steps_per_epoch + i),
+                                                  ev.step(i)))
         val_loss, val_logits, val_labels = _validate(model, val_ds, cfg, device, amp_dtype, memory_format, criterion)
         val_top1 = float((val_logits.argmax(1) == val_labels).mean())
         row = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_top1": stats["top1"],
                "val_loss": val_loss, "val_top1": val_top1, "lr": optimizer.param_groups[0]["lr"],
-               "epoch_seconds": stats["seconds"], "images_per_second": stats["images_per_second"]}
+               "epoch_seconds": stats["seconds"], "images_per_second": stats["images_per_second"], "phase": phase.name}
         log_rows.append(row)
         improved = val_top1 > best
         if improved:
             best, best_epoch = val_top1, epoch
             card = save_weights(run.weights, model, card)
         _write_log(run, log_rows)
-        stop = cfg.patience is not None and epoch - best_epoch >= cfg.patience
+        # Early stopping counts within the last phase only: lp-ft's probe must not end the run.
+        stop = (cfg.patience is not None and phase is phases[-1]
+                and epoch - max(best_epoch, phase.first_epoch - 1) >= cfg.patience)
         _save_checkpoint(run, cfg, model, optimizer, scheduler, scaler, epoch, best, best_epoch, card)
         row["best"] = improved
         ev.epoch_end(row)
@@ -274,6 +364,10 @@ def _train(cfg, run, train, val, device, state, ev: Events) -> RunDir:
             break
 
     return _finish(run, cfg, device, load_report, freeze, log_rows, best_epoch, ev)
+
+
+def _phase_at(phases: list[Phase], epoch: int) -> Phase:
+    return next(p for p in phases if p.first_epoch <= epoch < p.end_epoch)
 
 
 def train_one_epoch(model, batches, optimizer, criterion, device, amp_dtype=None, memory_format=torch.contiguous_format,
@@ -373,6 +467,7 @@ def _finish(run, cfg, device, load_report, freeze, log_rows, best_epoch, ev: Eve
         "model": cfg.model, "strategy": cfg.strategy, "trainable_params": freeze["trainable"],
         "frozen_params": freeze["frozen"], "loaded_params": load_report.loaded_params,
         "new_params": load_report.new_params, "source_weights": load_report.source,
+        "phases": _phase_summary(log_rows),
         "train_images": len(train), "device": str(device),
     })
     write_json(run.metrics, metrics)
@@ -382,3 +477,15 @@ def _finish(run, cfg, device, load_report, freeze, log_rows, best_epoch, ev: Eve
     (run.path / ".train_log.json").unlink(missing_ok=True)
     ev.message(f"val top-1 {metrics['top1']:.4f}, macro F1 {metrics['macro_f1']:.4f} (best epoch {best_epoch + 1}) -> {cfg.out}")
     return run
+
+
+def _phase_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """[{"phase", "first_epoch", "epochs"}] in order, from the log (1-based epochs, as in train_log.csv)."""
+    out: list[dict[str, Any]] = []
+    for r in rows:
+        name = r.get("phase")
+        if out and out[-1]["phase"] == name:
+            out[-1]["epochs"] += 1
+        else:
+            out.append({"phase": name, "first_epoch": r["epoch"], "epochs": 1})
+    return out

@@ -14,7 +14,7 @@ from torch import nn
 from edgetl.errors import ModelError, first_line
 from edgetl.io import sha256_file
 
-STRATEGIES = ("linear", "partial", "full")
+STRATEGIES = ("linear", "partial", "full", "lp-ft")
 
 
 @dataclass
@@ -187,10 +187,44 @@ def stage_groups(model: nn.Module) -> list[list[str]]:
     return [g for g in body if g] + [sorted(head)]
 
 
-def apply_strategy(model: nn.Module, strategy: str, unfreeze: int = 1) -> dict[str, int]:
-    """Freeze per `strategy`: linear = head only, partial = head + last `unfreeze` stages, full = all."""
+@dataclass(frozen=True)
+class Phase:
+    """One stretch of training with one set of trainable parameters and one learning-rate scale."""
+
+    name: str          # written in train_log.csv's phase column
+    strategy: str      # what trains: linear | partial | full
+    first_epoch: int   # 0-based
+    epochs: int
+    lr_scale: float    # multiplies the base learning rate of every parameter group
+
+    @property
+    def end_epoch(self) -> int:
+        return self.first_epoch + self.epochs
+
+
+def strategy_phases(strategy: str, epochs: int, lp_epochs: int | None = None, ft_lr_scale: float = 0.1) -> list[Phase]:
+    """One phase per strategy, except lp-ft (Kumar et al., ICLR 2022): a linear probe with the backbone
+    frozen (`lp_epochs`, default half), then every layer at `ft_lr_scale` x the rate. The probe first gives
+    the new head sensible weights, so fine-tuning distorts the source features less than full fine-tuning
+    from a random head does."""
     if strategy not in STRATEGIES:
         raise ModelError(f"--strategy {strategy}: unknown", f"use one of {', '.join(STRATEGIES)}")
+    if strategy != "lp-ft":
+        return [Phase(strategy, strategy, 0, epochs, 1.0)]
+    probe = max(1, epochs // 2) if lp_epochs is None else lp_epochs
+    if not 1 <= probe < epochs:
+        raise ModelError(f"--strategy lp-ft: {probe} probe epoch(s) leave no fine-tuning epoch out of {epochs}",
+                         "give --epochs 2 or more, and --lp-epochs below --epochs")
+    return [Phase("probe", "linear", 0, probe, 1.0), Phase("finetune", "full", probe, epochs - probe, ft_lr_scale)]
+
+
+def apply_strategy(model: nn.Module, strategy: str, unfreeze: int = 1) -> dict[str, int]:
+    """Freeze per `strategy`: linear = head only, partial = head + last `unfreeze` stages, full = all.
+    lp-ft starts as linear (strategy_phases says when it switches to full)."""
+    if strategy not in STRATEGIES:
+        raise ModelError(f"--strategy {strategy}: unknown", f"use one of {', '.join(STRATEGIES)}")
+    if strategy == "lp-ft":
+        strategy = "linear"
     groups = stage_groups(model)
     if strategy == "full":
         trainable = {n for g in groups for n in g}

@@ -29,6 +29,13 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     ax_acc.plot(epochs, [r["val_top1"] for r in rows], marker="o", label="val")
     ax_acc.set(xlabel="epoch", ylabel="top-1", title="accuracy", ylim=(0, 1.02))
     for ax in (ax_loss, ax_acc):
+        # A phase change (lp-ft: probe -> finetune) is a dotted line between the two epochs, named along it.
+        for prev, row in zip(rows, rows[1:]):
+            if row.get("phase") != prev.get("phase"):
+                ax.axvline(row["epoch"] - 0.5, color="grey", linestyle=":")
+                ax.text(row["epoch"] - 0.5, 0.5, f"{prev['phase']} | {row['phase']}", transform=ax.get_xaxis_transform(),
+                        ha="center", va="center", fontsize=8, color="grey", rotation=90,
+                        backgroundcolor="white")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

@@ -49,6 +49,11 @@ class RunDir:
         return self.path / "last_checkpoint.pt"
 
     @property
+    def baseline_scratch(self) -> Path:
+        """The from-scratch twin that `--baseline scratch` trains next to the transfer run."""
+        return self.path / "baseline-scratch"
+
+    @property
     def splits(self) -> Path:
         """The exact train/val file lists, so later stages score the same validation images."""
         return self.path / "splits.json"

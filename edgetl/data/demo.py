@@ -1,8 +1,10 @@
 """The embedded demo data: scikit-learn's handwritten digits (shipped inside the package, no download),
 written out as ImageFolders for a transfer-learning task.
 
-source/    digits 0-4, all samples, a random 80/20 train/val split   (the "pretraining" task)
-target/    digits 5-9, only `shots` labelled images per class in train, the rest in val
+source/      digits 0-4, all samples, a random 80/20 train/val split   (the supervised "pretraining" task)
+target/      digits 5-9, only `shots` labelled images per class in train; val is the rest, or with `holdout`
+             a fixed share of each class that does not depend on `shots` or `shot_seed`
+unlabelled/  with `holdout`: every image except target/val, without labels (for self-supervised pretraining)
 """
 
 from __future__ import annotations
@@ -27,24 +29,66 @@ def digits_images(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     return big, d.target.astype(np.int64)
 
 
-def write_demo_data(root: str | os.PathLike, size: int = 32, shots: int = 10, seed: int = 0,
-                    per_class_limit: int | None = None) -> dict[str, Path]:
-    """Write source/{train,val}/<digit> and target/{train,val}/<digit> PNGs under `root`. Idempotent."""
+def target_split(labels: np.ndarray, holdout: float, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per target class: (labelled pool, held-out val) indices. Val depends on `seed` only, so runs with
+    different shot counts or shot seeds are scored on the same images."""
+    rng = np.random.default_rng(seed)
+    split = {}
+    for c in TARGET_CLASSES:
+        idx = rng.permutation(np.flatnonzero(labels == int(c)))
+        n_val = int(round(len(idx) * holdout))
+        split[c] = (idx[n_val:], idx[:n_val])
+    return split
+
+
+def pick_shots(pool: np.ndarray, shots: int | None, shot_seed: int) -> np.ndarray:
+    """`shots` images of one class's pool drawn by `shot_seed` (all of it for None)."""
+    order = np.random.default_rng([shot_seed, int(pool[0]) if len(pool) else 0]).permutation(pool)
+    return order if shots is None else order[:shots]
+
+
+def write_demo_data(root: str | os.PathLike, size: int = 32, shots: int | None = 10, seed: int = 0,
+                    per_class_limit: int | None = None, holdout: float | None = None,
+                    shot_seed: int | None = None) -> dict[str, Path]:
+    """Write source/{train,val}/<digit> and target/{train,val}/<digit> PNGs under `root` (and unlabelled/
+    with `holdout`). Idempotent for the same arguments."""
     root = Path(root)
     images, labels = digits_images(size)
     rng = np.random.default_rng(seed)
-    layout = {"source": SOURCE_CLASSES, "target": TARGET_CLASSES}
-    for task, classes in layout.items():
-        for c in classes:
-            idx = rng.permutation(np.flatnonzero(labels == int(c)))
-            if per_class_limit:
-                idx = idx[:per_class_limit]
-            n_train = shots if task == "target" else int(round(len(idx) * 0.8))
-            for split, part in (("train", idx[:n_train]), ("val", idx[n_train:])):
-                folder = root / task / split / c
-                folder.mkdir(parents=True, exist_ok=True)
-                for i in part:
-                    path = folder / f"{i:04d}.png"
-                    if not path.exists():
-                        Image.fromarray(images[i], mode="L").save(path)
-    return {task: root / task for task in layout}
+    parts: dict[str, dict[str, np.ndarray]] = {}
+    for c in SOURCE_CLASSES + TARGET_CLASSES:
+        idx = rng.permutation(np.flatnonzero(labels == int(c)))
+        if per_class_limit:
+            idx = idx[:per_class_limit]
+        if c in SOURCE_CLASSES:
+            n_train = int(round(len(idx) * 0.8))
+            parts[f"source/train/{c}"], parts[f"source/val/{c}"] = idx[:n_train], idx[n_train:]
+        elif holdout is None:
+            n_train = len(idx) if shots is None else shots
+            parts[f"target/train/{c}"], parts[f"target/val/{c}"] = idx[:n_train], idx[n_train:]
+    out = {"source": root / "source", "target": root / "target"}
+    if holdout is not None:
+        keep = np.concatenate([parts[k] for k in list(parts)]) if parts else np.zeros(0, np.int64)
+        limited = labels if not per_class_limit else _limit(labels, per_class_limit)
+        for c, (pool, val) in target_split(limited, holdout, seed).items():
+            parts[f"target/train/{c}"] = pick_shots(pool, shots, seed if shot_seed is None else shot_seed)
+            parts[f"target/val/{c}"] = val
+            keep = np.concatenate([keep, pool])
+        parts["unlabelled"] = np.sort(keep)
+        out["unlabelled"] = root / "unlabelled"
+    for folder, idx in parts.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in idx:
+            path = root / folder / f"{i:04d}.png"
+            if not path.exists():
+                Image.fromarray(images[i], mode="L").save(path)
+    return out
+
+
+def _limit(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """Labels with all but the first `per_class` images of each class marked -1 (unused)."""
+    limited = np.full_like(labels, -1)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)[:per_class]
+        limited[idx] = c
+    return limited

@@ -1,0 +1,144 @@
+"""Transfer learning against its baseline: lp-ft's two phases, --baseline scratch, negative transfer, demo checks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from edgetl.card import ModelCard
+from edgetl.errors import EdgetlError
+from edgetl.finetune import Events, finetune, seed_everything
+from edgetl.models import create_model
+from tests.conftest import tiny_config
+
+MODEL = "test_resnet"  # a 0.4 M-parameter timm ResNet: these runs take seconds on 2 cores
+
+
+def _source(path, zero_backbone: bool = False):
+    """A source weights file for MODEL (random init; with zero_backbone every non-head weight is 0, so the
+    frozen features are constant and a linear probe can do no better than one class)."""
+    torch.manual_seed(1)
+    net, _ = create_model(MODEL, num_classes=5)
+    state = {k: (torch.zeros_like(v) if zero_backbone and not k.startswith("fc.") and v.is_floating_point() else v)
+             for k, v in net.state_dict().items()}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def _backbone(state: dict) -> dict:
+    return {k: v for k, v in state.items() if not k.startswith("fc.")}
+
+
+def test_lp_ft_probes_then_fine_tunes_and_resumes_across_phases(digits, tmp_path):
+    source = _source(tmp_path / "source.safetensors")
+    source_state = _backbone(load_file(str(source)))
+    cfg = dict(model=MODEL, weights=str(source), strategy="lp-ft", epochs=2, lp_epochs=1)
+    straight = finetune(tiny_config(digits["target"], tmp_path / "a", **cfg))
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_probe(row):
+        if row["epoch"] == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        finetune(tiny_config(digits["target"], tmp_path / "b", **cfg), events=Events(epoch_end=stop_after_probe))
+    probe = torch.load(tmp_path / "b" / "last_checkpoint.pt", map_location="cpu", weights_only=True)
+    for k, v in source_state.items():  # the probe phase moved the head only; frozen BN kept its statistics
+        assert torch.equal(probe["model"][k], v), f"{k} changed during the probe phase"
+    seed_everything(0)  # the run's seed: its new head starts as this one
+    initial_head = create_model(MODEL, 5, weights=source)[0].state_dict()["fc.weight"]
+    assert not torch.equal(probe["model"]["fc.weight"], initial_head)  # ...and the head learnt
+    resumed = finetune(tiny_config(digits["target"], tmp_path / "b"), resume=True)
+    final = _backbone(load_file(str(resumed.weights)))
+    changed = [k for k, v in source_state.items() if v.is_floating_point() and not torch.equal(final[k], v)]
+    assert len(changed) > len(source_state) // 2  # fine-tuning moved the backbone
+    assert ModelCard.from_safetensors(straight.weights).weights_sha256 == \
+        ModelCard.from_safetensors(resumed.weights).weights_sha256  # resume across the phase change is exact
+    rows = list(csv.DictReader((resumed.path / "train_log.csv").open()))
+    assert [r["phase"] for r in rows] == ["probe", "finetune"]
+    assert float(rows[1]["lr"]) < float(rows[0]["lr"])  # fine-tuning runs at backbone_lr_scale x the rate
+    metrics = json.loads((resumed.path / "metrics.json").read_text())
+    assert metrics["phases"] == [{"phase": "probe", "first_epoch": 1, "epochs": 1},
+                                 {"phase": "finetune", "first_epoch": 2, "epochs": 1}]
+    assert metrics["strategy"] == "lp-ft" and (resumed.path / "curves.png").stat().st_size > 0
+
+
+def test_lp_ft_needs_a_fine_tuning_epoch(digits, tmp_path):
+    with pytest.raises(EdgetlError, match="lp-ft"):
+        finetune(tiny_config(digits["target"], tmp_path / "r", model=MODEL, weights=str(_source(tmp_path / "s.safetensors")),
+                             strategy="lp-ft", epochs=2, lp_epochs=2))
+    assert not (tmp_path / "r").exists()
+
+
+def test_baseline_scratch_trains_the_twin_and_reports_the_gain(digits, tmp_path):
+    messages = []
+    run = finetune(tiny_config(digits["target"], tmp_path / "r", model=MODEL, weights=str(_source(tmp_path / "s.safetensors")),
+                               epochs=2, baseline="scratch"), events=Events(message=messages.append))
+    twin = run.path / "baseline-scratch"
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    base = json.loads((twin / "metrics.json").read_text())
+    assert metrics["source_weights"]["kind"] == "file" and base["source_weights"]["kind"] == "none"
+    assert metrics["baseline"]["kind"] == "scratch" and metrics["baseline"]["top1"] == base["top1"]
+    assert metrics["baseline"]["gain_top1"] == metrics["top1"] - base["top1"]
+    assert base["epochs_run"] == metrics["epochs_run"] == 2 and base["train_images"] == metrics["train_images"] == 50
+    assert json.loads((twin / "splits.json").read_text()) == json.loads((run.path / "splits.json").read_text())
+    gain_line = [m for m in messages if m.startswith("transfer vs from scratch")]
+    assert len(gain_line) == 1 and f"{metrics['baseline']['gain_top1'] * 100:+.1f} points" in gain_line[0]
+    assert any(m.startswith("warning: negative transfer") for m in messages) == (metrics["baseline"]["gain_top1"] < 0)
+
+
+def test_negative_transfer_is_warned(digits, tmp_path):
+    """A source whose backbone is all zeros gives constant features: a linear probe on them predicts one
+    class (top-1 exactly 0.2 on the balanced val), while the from-scratch twin learns something."""
+    messages = []
+    run = finetune(tiny_config(digits["target"], tmp_path / "r", model=MODEL, strategy="linear", epochs=4,
+                               weights=str(_source(tmp_path / "zero.safetensors", zero_backbone=True)), baseline="scratch"),
+                   events=Events(message=messages.append))
+    baseline = json.loads((run.path / "metrics.json").read_text())["baseline"]
+    assert baseline["gain_top1"] < 0 and baseline["negative_transfer"] is True
+    warnings = [m for m in messages if m.startswith("warning: negative transfer")]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+
+
+def test_baseline_needs_source_weights(digits, tmp_path):
+    with pytest.raises(EdgetlError, match="--baseline scratch"):
+        finetune(tiny_config(digits["target"], tmp_path / "r", model=MODEL, baseline="scratch"))
+    assert not (tmp_path / "r").exists()
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "edgetl.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_demo_rejects_bad_options_before_writing(tmp_path):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("mine")
+    for args, expected in ((["demo", "--out", tmp_path / "d", "--epochs", "0"], "--epochs"),
+                           (["demo", "--out", a_file], "file.txt")):
+        res = _cli(*args)
+        assert res.returncode == 1, res
+        assert res.stderr.startswith("error: ") and expected in res.stderr and "Traceback" not in res.stderr + res.stdout
+    assert not (tmp_path / "d").exists() and a_file.read_text() == "mine"
+
+
+def test_demo_option_checks(tmp_path):
+    from edgetl.demo import check_demo_options
+
+    good = dict(out=tmp_path / "d", epochs=None, shots=10, seeds=3, img_size=16, model="test_resnet",
+                source="rotation", strategy="full")
+    check_demo_options(**good)
+    for bad, expected in ((dict(shots=0), "--shots"), (dict(seeds=0), "--seeds"), (dict(img_size=4), "--img-size"),
+                          (dict(model="no_such_net"), "--model"), (dict(source="imagenet"), "--source"),
+                          (dict(strategy="bogus"), "--strategy")):
+        with pytest.raises(EdgetlError, match=expected):
+            check_demo_options(**{**good, **bad})
+    assert not (tmp_path / "d").exists()
