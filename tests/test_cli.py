@@ -83,7 +83,7 @@ def _wait_for(condition, proc: subprocess.Popen, timeout: float = 300) -> None:
 def test_a_signal_during_export_exits_128_plus_n_and_leaves_the_run_as_it_was(run_copy, sig, code):
     before = tree_digest(run_copy)
     proc = _start("export", run_copy)
-    _wait_for(lambda: any(p.name.startswith(".export-") for p in run_copy.iterdir()), proc)  # export's work folder
+    _wait_for(lambda: any(p.name.startswith(".export.edgetl-") for p in run_copy.iterdir()), proc)  # export's work folder
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == code, err
