@@ -231,7 +231,8 @@ def _reference(run: RunDir, items, y: np.ndarray) -> dict:
 
     with create_backend("torch", run.weights, device="cpu", precision="fp32") as be:
         top1 = evaluate(be, items)["top1"]  # fed in the torch model's own input format, as `edgetl eval` does
-    return {"backend": "torch", "precision": "fp32", "top1": top1, "n": int(len(y))}
+    # 6 decimals, as `edgetl bench` records its reference and rows: the same images give the same top1_drop
+    return {"backend": "torch", "precision": "fp32", "top1": round(top1, 6), "n": int(len(y))}
 
 
 def _write(run: RunDir, target: Path, precision: str, models: dict[str, Path], source: dict, max_images: int) -> Bundle:

@@ -184,9 +184,9 @@ def test_deploy_bench_and_fetch(sshd, demo_run, tmp_path):
         assert r["model_file"] == "model.onnx"
         lat = r["latency_ms"]
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] and lat["mean"] > 0
-        assert r["throughput_ips"] == pytest.approx(r["batch_size"] / (lat["mean"] / 1e3))
-        assert r["top1"] == pytest.approx(expected_top1, abs=1e-9)
-        assert r["top1_drop"] == pytest.approx(ref - expected_top1, abs=1e-9)
+        assert r["throughput_ips"] == pytest.approx(r["batch_size"] / (lat["mean"] / 1e3), rel=1e-3)  # rounded
+        assert r["top1"] == pytest.approx(expected_top1, abs=1e-6)  # rows carry 6 decimals
+        assert r["top1_drop"] == pytest.approx(ref - expected_top1, abs=2e-6)
     assert bench["system"]["python"] == ".".join(map(str, sys.version_info[:3]))
     facts = json.loads((local / "facts.json").read_text())
     assert facts["onnxruntime"] and facts["numpy"] and "tensorrt" in facts and "power_mode" in facts
