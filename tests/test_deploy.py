@@ -314,7 +314,9 @@ def test_cli_deploy_with_port_and_identity(sshd, demo_run, tmp_path):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "top-1" in res.output and "benchmarked model.onnx on cpu" in res.output
-    rows = json.loads((demo_run / "devices" / f"{getpass.getuser()}@127.0.0.1" / "bench.json").read_text())["rows"]
+    # results per account and port: another sshd port of one address may be another device behind a NAT
+    local = demo_run / "devices" / f"{getpass.getuser()}@127.0.0.1_{sshd.port}"
+    rows = json.loads((local / "bench.json").read_text())["rows"]
     assert any(r["batch_size"] == 2 and r["backend"] == "onnxruntime" for r in rows)
     # a wrong port is named with the option that fixes it
     res = CliRunner().invoke(app, args[:5] + [str(_free_port())] + args[6:])
