@@ -6,8 +6,8 @@
 #   sudo ./jetson-setup.sh --max-perf      also pin the highest power mode and clocks (steady benchmarks)
 #
 # What the device side needs is small: python3, numpy, and TensorRT's Python API or trtexec from JetPack.
-# edgetl itself is NOT needed on the device: `edgetl deploy` sends its own entry point (edgetl_device.py)
-# with every bundle. Run this once per device; it is safe to run again.
+# edgetl itself is NOT needed on the device: `edgetl deploy` sends its own entry point (edgetl_device.py,
+# with edgetl's stdlib + numpy part, portable/) with every bundle. Run this once per device; it is safe to run again.
 set -euo pipefail
 
 ONNXRUNTIME=0

@@ -21,6 +21,7 @@ import numpy as np
 
 from edgetl import __version__
 from edgetl.errors import DataError, EdgetlError
+from edgetl.portable.rows import batch_of, compare_rows, latency_stats, make_row
 from edgetl.rundir import RunDir
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -28,9 +29,8 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEFAULT_BACKENDS = ("torch", "onnxruntime", "tensorrt")
 DEFAULT_WARMUP = 10
 DEFAULT_ITERATIONS = 100
-# Flags that make the two failure modes users report visible at a glance (see docs/bench.md).
-DROP_FLAG = 0.02          # top-1 more than 2 points below the reference
-NO_GAIN_RATIO = 0.95      # int8 p50 above 95% of fp16's p50: int8 is not buying speed
+# The row schema, latency statistics and the flags (DROP_FLAG, NO_GAIN_RATIO; see docs/bench.md) live in
+# edgetl.portable.rows, shared with the device entry point: one row schema on both sides.
 
 
 # -- parsing the CLI's lists ------------------------------------------------------------------------
@@ -144,21 +144,6 @@ def time_infer(backend, x: np.ndarray, warmup: int = DEFAULT_WARMUP, iterations:
     return np.asarray(times, dtype=np.float64)
 
 
-def latency_stats(seconds: np.ndarray, batch_size: int) -> dict[str, Any]:
-    ms = np.asarray(seconds, dtype=np.float64) * 1e3
-    stats = {"mean": float(ms.mean()), "p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
-             "p99": float(np.percentile(ms, 99)), "min": float(ms.min()), "max": float(ms.max()),
-             "std": float(ms.std())}
-    return {"latency_ms": {k: round(v, 4) for k, v in stats.items()},
-            "throughput_ips": round(batch_size / (stats["mean"] / 1e3), 2), "iterations": int(len(ms))}
-
-
-def batch_of(x: np.ndarray, n: int) -> np.ndarray:
-    """The first n images of x, tiled when x has fewer: real images at every batch size."""
-    reps = -(-n // len(x))
-    return np.ascontiguousarray(np.concatenate([x] * reps)[:n]) if reps > 1 else np.ascontiguousarray(x[:n])
-
-
 # -- the benchmark ---------------------------------------------------------------------------------
 def bench_run(run_path: str | os.PathLike, data: str | os.PathLike | None = None,
               backends: Sequence[str] | str = DEFAULT_BACKENDS, precisions: Sequence[str] | str | None = None,
@@ -220,12 +205,10 @@ def bench_run(run_path: str | os.PathLike, data: str | os.PathLike | None = None
                         x = batch_of(x_all, bs)
                         secs = time_infer(be, x, warmup, iterations, duration, tick=lambda: bar.advance(task))
                         info = be.describe()
-                        rows.append({"backend": backend_name, "precision": precision, "batch_size": bs, "device": dev,
-                                     "model_file": _relative(model_file, run.path), **latency_stats(secs, bs),
-                                     "warmup": warmup, "timed": info.get("timed"),
-                                     **({"provider": info["provider"]} if "provider" in info else {}),
-                                     "top1": None if top1 is None else round(top1, 6),
-                                     "n_images": None if items is None else len(items)})
+                        rows.append(make_row(backend=backend_name, precision=precision, batch_size=bs, device=dev,
+                                             model_file=_relative(model_file, run.path), seconds=secs, warmup=warmup,
+                                             timed=info.get("timed"), provider=info.get("provider"), top1=top1,
+                                             n_images=None if items is None else len(items), where="local"))
             except EdgetlError as e:
                 entry = {"backend": backend_name, "precision": precision, "model_file": _relative(model_file, run.path),
                          "reason": str(e)}
@@ -346,37 +329,6 @@ def _reference(run: RunDir, rows: list[dict], data: _DataSource, batch_size: int
     return {"top1": None, "source": "none: no fp32 model scored on these images"}
 
 
-def compare_rows(rows: list[dict], reference: dict[str, Any]) -> None:
-    """Add top1_drop, speedup (vs torch fp32 at the same batch size and device, else the backend's own fp32)
-    and flags for the failure modes to spot: an accuracy collapse, int8 no faster than fp16."""
-    def find(backend, precision, bs, device=None):
-        return next((r for r in rows if r["backend"] == backend and r["precision"] == precision
-                     and r["batch_size"] == bs and (device is None or r["device"] == device)), None)
-
-    ref_top1 = reference.get("top1")
-    for r in rows:
-        r["top1_drop"] = None if (ref_top1 is None or r["top1"] is None) else round(ref_top1 - r["top1"], 6)
-        base = find("torch", "fp32", r["batch_size"], r["device"])
-        base_name = "torch fp32"
-        if base is None:
-            base, base_name = find(r["backend"], "fp32", r["batch_size"]), f"{r['backend']} fp32"
-        if base is not None:
-            r["speedup"] = round(base["latency_ms"]["p50"] / r["latency_ms"]["p50"], 3)
-            r["speedup_vs"] = base_name
-        else:
-            r["speedup"], r["speedup_vs"] = None, None
-        flags = []
-        if r["top1_drop"] is not None and r["top1_drop"] > DROP_FLAG:
-            flags.append(f"top-1 {r['top1_drop'] * 100:.1f} pts below the reference")
-        if r["precision"] == "int8":
-            fp16 = find(r["backend"], "fp16", r["batch_size"], r["device"])
-            if fp16 is not None and r["latency_ms"]["p50"] > NO_GAIN_RATIO * fp16["latency_ms"]["p50"]:
-                flags.append("int8 no faster than fp16")
-        if r["speedup"] is not None and r["speedup"] < 0.9 and not (r["backend"], r["precision"]) == ("torch", "fp32"):
-            flags.append(f"slower than {r['speedup_vs']}")
-        r["flags"] = flags
-
-
 def _relative(path: Path, root: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(Path(root).resolve()))
@@ -406,6 +358,7 @@ def system_info() -> dict[str, Any]:
     """CPU, GPU, driver, library versions; on a Jetson the L4T release, power mode and clocks."""
     from importlib import metadata
 
+    from edgetl.portable import jetson
     from edgetl.portable.jetson import l4t_release
 
     info: dict[str, Any] = {"hostname": platform.node(), "os": platform.platform(), "python": platform.python_version(),
@@ -440,33 +393,12 @@ def system_info() -> dict[str, Any]:
         info.setdefault("gpu", name.strip())
         info["driver"] = driver.strip()
     l4t = l4t_release()
-    if l4t:
+    if l4t:  # the same facts, in the same units (clocks in MHz), as the device entry point records
         info["l4t_release"] = l4t
-        info["power_mode"] = _run(["nvpmodel", "-q"])
-        info["clocks"] = jetson_clocks()
+        info["model"] = jetson.board_model()
+        info["power_mode"] = jetson.power_mode()
+        info["clocks"] = jetson.clocks()
     return info
-
-
-def jetson_clocks() -> dict[str, Any]:
-    """Current CPU and GPU clocks (Hz) from sysfs, where readable."""
-    import glob
-
-    out: dict[str, Any] = {}
-    cpu = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
-    if cpu.exists():
-        try:
-            out["cpu0_hz"] = int(cpu.read_text().strip()) * 1000
-        except (OSError, ValueError):
-            pass
-    for f in glob.glob("/sys/class/devfreq/*/cur_freq"):
-        dev = Path(f).parent
-        try:
-            name = (dev / "device" / "of_node" / "name").read_text().strip("\x00\n ") if (dev / "device" / "of_node" / "name").exists() else dev.name
-            if "gpu" in name.lower() or "gv11b" in name or "ga10b" in name:
-                out[f"{dev.name}_hz"] = int(Path(f).read_text().strip())
-        except (OSError, ValueError):
-            pass
-    return out
 
 
 def _cpu_model() -> str:
@@ -494,5 +426,5 @@ def skipped_lines(skipped: Iterable[dict]) -> list[str]:
             for s in skipped]
 
 
-__all__ = ["bench_run", "compare_rows", "latency_stats", "plan_rows", "skipped_lines", "system_info", "time_infer",
+__all__ = ["batch_of", "bench_run", "compare_rows", "latency_stats", "plan_rows", "skipped_lines", "system_info", "time_infer",
            "write_results"]

@@ -7,6 +7,9 @@ RUN/bundles/<precision>/
     data/inputs.npy, labels.npy  validation images already preprocessed per the card, so the device needs
                                  no image decoding or albumentations
     edgetl_device.py             the device-side entry point (standard library + numpy + TensorRT/ORT)
+    portable/*.py                edgetl's stdlib + numpy part (manifest check, engine names and sidecar, bench
+                                 rows, Jetson facts) that the entry point imports: the same files the package
+                                 imports as edgetl.portable, so both sides agree by construction
     manifest.json                every file's size and SHA-256, the edgetl version, the graph's I/O, and
                                  the reference fp32 PyTorch top-1 on data/ (for the device's top1_drop)
 
@@ -30,12 +33,11 @@ import numpy as np
 from edgetl import __version__
 from edgetl.errors import DeployError, RunDirError
 from edgetl.io import atomic_path, sha256_file
+from edgetl.portable.manifest import BUNDLE_FORMAT, ENTRY_POINT, MANIFEST, PORTABLE_DIR, file_problems
 from edgetl.rundir import RunDir
 
-BUNDLE_FORMAT = "edgetl-bundle/1"
-MANIFEST = "manifest.json"
-ENTRY_POINT = "edgetl_device.py"
 DEVICE_SCRIPT = Path(__file__).resolve().parent / "device" / ENTRY_POINT
+PORTABLE_SOURCE = Path(__file__).resolve().parent / "portable"
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_MAX_IMAGES = 256
 INPUTS, LABELS = "data/inputs.npy", "data/labels.npy"
@@ -75,6 +77,7 @@ def make_bundle(run_path: str | os.PathLike, precision: str = "fp32", out_dir: s
         "splits_sha256": sha256_file(run.splits),
         "max_images": max_images,
         "entry_point_sha256": sha256_file(DEVICE_SCRIPT),
+        "portable_sha256": {p.name: sha256_file(p) for p in portable_files()},
         "edgetl_version": __version__,
     }
     bundle = _existing(target, source)
@@ -154,11 +157,55 @@ def _existing(target: Path, source: dict) -> Bundle | None:
 
 
 def verify_dir(path: Path, manifest: dict) -> None:
-    """Local check of a bundle directory against its manifest (the device runs the same check)."""
-    for rel, entry in manifest["files"].items():
-        p = path / rel
-        if not p.is_file() or p.stat().st_size != entry["size"] or sha256_file(p) != entry["sha256"]:
-            raise DeployError(f"{p}: does not match the bundle manifest", "re-run `edgetl bundle` to rewrite it")
+    """Local check of a bundle directory against its manifest (the device runs the same check: portable.manifest)."""
+    problems = file_problems(path, manifest)
+    if problems:
+        raise DeployError(f"{path}: {problems[0]}", "re-run `edgetl bundle` to rewrite it")
+
+
+def portable_files() -> list[Path]:
+    """The modules of edgetl.portable the bundle ships (sorted, so bundles stay deterministic)."""
+    return sorted(PORTABLE_SOURCE.glob("*.py"))
+
+
+_PRELUDE = '''import sys
+if sys.version_info < (3, 8):
+    sys.stderr.write("edgetl-device: error: Python %s is too old: edgetl's device side needs 3.8 or newer "
+                     "(edgetl deploy --python PATH)\\n" % sys.version.split()[0])
+    sys.exit(2)
+import importlib.abc, importlib.util
+
+
+class _Sources(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Serves edgetl's portable/ package from the sources below, as if it sat next to the entry point."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name in _SOURCES:
+            return importlib.util.spec_from_loader(name, self, origin="edgetl:" + name, is_package=name == "portable")
+        return None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        exec(compile(_SOURCES[module.__name__], module.__spec__.origin, "exec"), module.__dict__)
+
+
+sys.meta_path.insert(0, _Sources())
+exec(compile(_ENTRY, "edgetl_device.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+'''
+
+
+def device_program() -> bytes:
+    """One Python program made of the entry point and portable/, for `python - ARGS` over ssh: what runs on
+    the device is always this edgetl's own code, never files there that could have changed, and the check of
+    a device (deploy's first step) needs no upload. Sources travel as string literals and the prelude checks
+    the Python version first, so a too-old Python says so instead of failing to parse."""
+    sources = {("portable" if p.stem == "__init__" else f"portable.{p.stem}"): p.read_text(encoding="utf-8")
+               for p in portable_files()}
+    head = f"_SOURCES = {sources!r}\n_ENTRY = {DEVICE_SCRIPT.read_text(encoding='utf-8')!r}\n"
+    prelude, _, rest = _PRELUDE.partition("import importlib.abc")
+    return (prelude + head + "import importlib.abc" + rest).encode("utf-8")
 
 
 def _eval_arrays(run: RunDir, card, max_images: int):
@@ -186,7 +233,8 @@ def _reference(run: RunDir, items, y: np.ndarray) -> dict:
 
     with create_backend("torch", run.weights, device="cpu", precision="fp32") as be:
         top1 = evaluate(be, items)["top1"]  # fed in the torch model's own input format, as `edgetl eval` does
-    return {"backend": "torch", "precision": "fp32", "top1": top1, "n": int(len(y))}
+    # 6 decimals, as `edgetl bench` records its reference and rows: the same images give the same top1_drop
+    return {"backend": "torch", "precision": "fp32", "top1": round(top1, 6), "n": int(len(y))}
 
 
 def _write(run: RunDir, target: Path, precision: str, models: dict[str, Path], source: dict, max_images: int) -> Bundle:
@@ -208,6 +256,9 @@ def _write(run: RunDir, target: Path, precision: str, models: dict[str, Path], s
         np.save(staging / INPUTS, np.ascontiguousarray(x), allow_pickle=False)
         np.save(staging / LABELS, y, allow_pickle=False)
         shutil.copyfile(DEVICE_SCRIPT, staging / ENTRY_POINT)
+        (staging / PORTABLE_DIR).mkdir()
+        for module in portable_files():
+            shutil.copyfile(module, staging / PORTABLE_DIR / module.name)
         files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
         manifest = {
             "format": BUNDLE_FORMAT,
@@ -256,7 +307,9 @@ def write_tarball(directory: Path, out: Path, root: str) -> Path:
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
                 tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            entries = sorted(p for p in directory.rglob("*") if not p.name.startswith("."))
+            entries = sorted(p for p in directory.rglob("*")
+                             if not any(part.startswith(".") or part == "__pycache__"
+                                        for part in p.relative_to(directory).parts))
             tar.addfile(_tarinfo(root, directory))
             for path in entries:
                 info = _tarinfo(f"{root}/{path.relative_to(directory).as_posix()}", path)
@@ -288,5 +341,5 @@ def read_manifest(path: str | os.PathLike) -> dict:
         raise DeployError(f"{path}: no readable {MANIFEST} ({e})", "make the bundle with `edgetl bundle RUN`") from None
 
 
-__all__ = ["BUNDLE_FORMAT", "Bundle", "DEVICE_SCRIPT", "ENTRY_POINT", "MANIFEST", "PRECISIONS", "bundle_dir",
+__all__ = ["BUNDLE_FORMAT", "Bundle", "DEVICE_SCRIPT", "device_program", "ENTRY_POINT", "MANIFEST", "PRECISIONS", "bundle_dir",
            "graph_io", "make_bundle", "model_files", "read_manifest", "verify_dir", "write_tarball"]

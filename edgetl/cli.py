@@ -463,9 +463,11 @@ def deploy_cmd(
     bench: bool = typer.Option(False, "--bench", help="benchmark on the device and fetch bench.json"),
     backend: str = typer.Option("tensorrt", help="tensorrt (engine built on the device) | onnxruntime"),
     remote_dir: str = typer.Option("~/edgetl", help="bundles go to REMOTE_DIR/<run>/<bundle-hash>/ on the device"),
-    python: str = typer.Option("python3", help="the device's Python interpreter"),
+    python: str = typer.Option("python3", help="the device's Python interpreter (one with numpy)"),
+    port: Optional[int] = typer.Option(None, "--port", help="ssh port on the device (ssh -p)"),
+    identity: Optional[Path] = typer.Option(None, "--identity", help="private key file (ssh -i, IdentitiesOnly)"),
     ssh_option: Optional[List[str]] = typer.Option(None, "--ssh-option", help="extra ssh argument, repeatable "
-                                                   "(--ssh-option=-p --ssh-option=2222, --ssh-option=-i --ssh-option=KEY)"),
+                                                   "(e.g. --ssh-option=-oProxyJump=gateway)"),
     batch_size: Optional[List[int]] = typer.Option(None, "--batch-size", help="repeatable [default: 1 and 8]"),
     warmup: int = typer.Option(10, help="untimed runs per batch size"),
     iterations: int = typer.Option(100, help="timed runs per batch size"),
@@ -479,9 +481,13 @@ def deploy_cmd(
 
     result = deploy(run, host, precision=precision, bench=bench, backend=backend, remote_dir=remote_dir, python=python,
                     ssh_options=ssh_option or [], batch_sizes=batch_size or [1, 8], warmup=warmup,
-                    iterations=iterations, max_images=max_images, build=build, force=force, device=device)
+                    iterations=iterations, max_images=max_images, build=build, force=force, device=device,
+                    port=port, identity=identity)
     console.print(f"on {host}: {result.remote_dir}", markup=False, soft_wrap=True)
     if result.bench:
+        from edgetl.deploy import ran
+
+        console.print(f"benchmarked {ran(result.bench)}", markup=False, soft_wrap=True)
         from rich.table import Table
 
         table = Table(title=f"measured on {result.facts.get('model') or host}")

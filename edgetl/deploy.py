@@ -1,16 +1,18 @@
 """`edgetl deploy`: ship a run's bundle to a device over ssh, build and benchmark there, bring the results home.
 
 Steps (each shown as it runs):
-  1. bundle     RUN/bundles/<precision>/ (reused when its sources are unchanged)
-  2. connect    one multiplexed OpenSSH connection (unreachable host / refused key: one clear line)
-  3. upload     into <remote-dir>/<run>/.<hash>.partial/, skipping files already there with the right
+  1. connect    one multiplexed OpenSSH connection (unreachable host / refused key: one clear line)
+  2. check      device facts (Python, numpy, TensorRT / onnxruntime, GPU, free disk, L4T, power mode, clocks):
+                a device that cannot run the chosen backend stops here, before anything is bundled or sent,
+                with the option that fixes it (--backend onnxruntime, --python PATH, --remote-dir)
+  3. bundle     RUN/bundles/<precision>/ (reused when its sources are unchanged)
+  4. upload     into <remote-dir>/<run>/.<hash>.partial/, skipping files already there with the right
                 SHA-256 and appending to a partial one; then the device verifies every hash and renames the
                 folder to <remote-dir>/<run>/<hash>/. A broken connection leaves only the .partial folder,
                 which the next run resumes. A bundle already installed (and still verifying) is not re-sent.
-  4. facts      device model, L4T/JetPack, TensorRT, power mode, clocks
   5. build      the TensorRT engine on the device (reused when ONNX, TensorRT and GPU are unchanged)
   6. bench      accuracy + latency there (tensorrt, or onnxruntime with --backend onnxruntime)
-  7. fetch      bench.json, facts.json and the engine sidecar into RUN/devices/<host>/
+  7. fetch      bench.json, facts.json and the engine sidecar into RUN/devices/<user@host>/
 """
 
 from __future__ import annotations
@@ -23,14 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from edgetl.bundle import DEVICE_SCRIPT, MANIFEST, Bundle, make_bundle, model_files
+from edgetl.bundle import MANIFEST, Bundle, device_program, make_bundle, model_files
 from edgetl.errors import DeployError
 from edgetl.io import read_json, write_json
+from edgetl.portable.rows import compare_rows
 from edgetl.rundir import RunDir
 from edgetl.transport import SSHTransport, host_slug, remote_path
 
 BACKENDS = ("tensorrt", "onnxruntime")
 DEVICES = ("auto", "cpu", "cuda")  # onnxruntime's execution provider on the device
+MIN_PYTHON = (3, 8)  # what the device side (edgetl_device.py + portable/) runs on: JetPack 5 ships 3.8
+SPACE_MARGIN = 64 << 20  # room for the engine and results next to the bundle
 
 
 @dataclass
@@ -89,7 +94,8 @@ def deploy(run_path: str | os.PathLike, host: str, precision: str = "fp32", benc
            backend: str = "tensorrt", remote_dir: str = "edgetl", python: str = "python3",
            ssh_options: Sequence[str] = (), batch_sizes: Sequence[int] = (1, 8), warmup: int = 10,
            iterations: int = 100, max_images: int = 256, build: bool = True, force: bool = False,
-           device: str = "auto", quiet: bool = False, connect_timeout: int = 15) -> DeployResult:
+           device: str = "auto", quiet: bool = False, connect_timeout: int = 15, port: int | None = None,
+           identity: str | os.PathLike | None = None) -> DeployResult:
     """Bundle, upload, verify, build, benchmark and fetch, as the module docstring lists. Returns what it did."""
     if backend not in BACKENDS:
         raise DeployError(f"--backend {backend}: not one of {', '.join(BACKENDS)}")
@@ -100,12 +106,12 @@ def deploy(run_path: str | os.PathLike, host: str, precision: str = "fp32", benc
     run = RunDir(run_path)
     model_files(run, precision)  # a run that cannot be bundled fails before any connection
     steps = Steps(quiet)
-    transport = SSHTransport(host, ssh_options, connect_timeout=connect_timeout)  # validates the host first
-
-    script = DEVICE_SCRIPT.read_bytes()
+    transport = SSHTransport(host, ssh_options, connect_timeout=connect_timeout, port=port,
+                             identity=identity)  # validates the host, port and key first
+    program = device_program()
 
     def device_cmd(*args: str, what: str, timeout: float | None = None) -> dict:
-        res = transport.run_python(python, script, list(args), what=what, timeout=timeout)
+        res = transport.run_python(python, program, list(args), what=what, timeout=timeout)
         try:
             return json.loads(res.stdout)
         except ValueError:
@@ -115,21 +121,23 @@ def deploy(run_path: str | os.PathLike, host: str, precision: str = "fp32", benc
     with steps.step(f"connect to {host}"):
         transport.open()
     try:
+        base = remote_path(remote_dir).rstrip("/") or "/"
+        with steps.step(f"check {host}") as note:
+            device_facts = device_cmd("facts", "--space", base, what="facts")
+            check_device(device_facts, host=host, python=python, backend=backend, device=device,
+                         needs_trt=backend == "tensorrt" and (build or bench), bench=bench)
+            note["done"] = device_facts.get("model") or device_facts.get("machine") or ""
         with steps.step(f"bundle {precision}") as note:
             bundle = make_bundle(run, precision, max_images=max_images)
             note["done"] = f"{'unchanged' if bundle.reused else 'written'}, {bundle.short_hash}"
-        base = remote_path(remote_dir).rstrip("/") or "/"
         parent = f"{base}/{bundle.manifest['run']}"
         final, staging = f"{parent}/{bundle.short_hash}", f"{parent}/.{bundle.short_hash}.partial"
-        result = DeployResult(host=host, remote_dir=final, bundle=bundle)
+        result = DeployResult(host=host, remote_dir=final, bundle=bundle, facts=device_facts)
         with steps.step(f"upload to {host}:{final}", spinner=False) as note:
             _upload(transport, steps, bundle, final, staging, force, device_cmd, result)
             note["done"] = (f"{len(result.uploaded)} sent, {len(result.resumed)} resumed, {len(result.skipped)} already there"
                             if result.installed else "already installed and verified")
-        with steps.step("device facts") as note:
-            result.facts = device_cmd("facts", what="facts")
-            note["done"] = result.facts.get("model") or result.facts.get("machine") or ""
-        local = run.devices_dir / host_slug(host)
+        local = run.devices_dir / host_slug(host, user=device_facts.get("user"), port=port)
         result.local_dir = local
         result.written.append(write_json(local / "facts.json", result.facts))
         if build and backend == "tensorrt":
@@ -153,7 +161,8 @@ def deploy(run_path: str | os.PathLike, host: str, precision: str = "fp32", benc
                 result.bench = read_json(raw)
                 result.written += [raw, _merge_bench(local / "bench.json", result.bench)]
                 row = result.bench["rows"][0]
-                note["done"] = f"top-1 {row['top1']:.4f}, p50 {row['latency_ms']['p50']:.2f} ms at batch {row['batch_size']}"
+                note["done"] = (f"ran {ran(result.bench)}: top-1 {row['top1']:.4f}, p50 {row['latency_ms']['p50']:.2f} ms "
+                                f"at batch {row['batch_size']}")
         result.written.append(write_json(local / "deploy.json", {
             "host": host, "remote_dir": final, "bundle_sha256": bundle.sha256, "precision": precision,
             "backend": backend, "uploaded": result.uploaded, "resumed": result.resumed, "skipped": result.skipped,
@@ -162,6 +171,46 @@ def deploy(run_path: str | os.PathLike, host: str, precision: str = "fp32", benc
     finally:
         transport.close()
     return result
+
+
+def check_device(facts: dict, *, host: str, python: str, backend: str, device: str, needs_trt: bool,
+                 bench: bool) -> None:
+    """Refuse, before anything is bundled or sent, a device that cannot run what was asked, naming the fix."""
+    version = tuple(int(p) for p in str(facts.get("python") or "0").split(".")[:2] if p.isdigit())
+    if version < MIN_PYTHON:
+        raise DeployError(f"{host}: {python} is Python {facts.get('python')}; edgetl's device side needs "
+                          f"{'.'.join(map(str, MIN_PYTHON))} or newer", "pass --python PATH to a newer Python there")
+    where = facts.get("python_executable") or python
+    if not facts.get("numpy"):
+        raise DeployError(f"{host}: numpy is not installed for {where}",
+                          f"`{python} -m pip install numpy` there, or pass --python PATH to a Python that has it")
+    if needs_trt:
+        switch = "pass --backend onnxruntime to benchmark the ONNX model there instead"
+        if not facts.get("tensorrt"):
+            raise DeployError(f"{host}: TensorRT is not installed there", f"{switch}, or install TensorRT "
+                              "(JetPack: sudo apt install nvidia-tensorrt; deploy/jetson-setup.sh)")
+        if not facts.get("compute_capability"):
+            raise DeployError(f"{host}: no CUDA GPU is visible there (libcudart found none)", switch)
+        if not (facts.get("trtexec") or facts.get("edgetl")):
+            raise DeployError(f"{host}: neither trtexec nor edgetl is there to build the engine",
+                              f"{switch}, or install trtexec (JetPack: sudo apt install tensorrt)")
+        if bench and not facts.get("tensorrt_python"):
+            raise DeployError(f"{host}: TensorRT's Python API is not importable by {where}",
+                              f"{switch}, or install it (sudo apt install python3-libnvinfer), or --python PATH")
+    if backend == "onnxruntime" and bench:
+        if not facts.get("onnxruntime"):
+            raise DeployError(f"{host}: onnxruntime is not installed for {where}",
+                              f"`{python} -m pip install onnxruntime` there, or --python PATH, or --backend tensorrt")
+        if device == "cuda" and "CUDAExecutionProvider" not in (facts.get("onnxruntime_providers") or []):
+            raise DeployError(f"{host}: onnxruntime there has no CUDA provider",
+                              "pass --device cpu (or auto), or install an onnxruntime with CUDA there")
+
+
+def ran(doc: dict) -> str:
+    """'model.int8.cpu.onnx on cpu': which file the device benchmarked (an int8 onnxruntime run on a CPU takes
+    the CPU form), said on the terminal, not only in bench.json."""
+    seen = dict.fromkeys(f"{r['model_file']} on {r['device']}" for r in doc.get("rows", []))
+    return ", ".join(seen) or "nothing"
 
 
 def _upload(transport: SSHTransport, steps: Steps, bundle: Bundle, final: str, staging: str, force: bool,
@@ -173,6 +222,8 @@ def _upload(transport: SSHTransport, steps: Steps, bundle: Bundle, final: str, s
             result.skipped = sorted(bundle.manifest["files"]) + [MANIFEST]
             return
         except DeployError as e:
+            if "failed verification" not in e.message:
+                raise  # not a changed bundle (a broken Python, a lost connection): --force would not help
             if not force:
                 raise DeployError(f"{e.message} [on {transport.host}:{final}]",
                                   "something changed the bundle on the device; re-run with --force to replace it") from None
@@ -190,10 +241,15 @@ def _upload(transport: SSHTransport, steps: Steps, bundle: Bundle, final: str, s
             offset = there["size"]  # an interrupted copy of this very file: send the rest
         plan.append((rel, offset))
     plan.append((MANIFEST, 0))  # written last: a staging folder with a manifest has all its files
+    need = sum((bundle.path / rel).stat().st_size - offset for rel, offset in plan)
+    free = (result.facts or {}).get("free_bytes")
+    if free is not None and free < need + SPACE_MARGIN:
+        raise DeployError(f"{transport.host}: {free / 2**20:.0f} MiB free under {final.rsplit('/', 2)[0]}, the bundle "
+                          f"needs {need / 2**20:.0f} MiB (+{SPACE_MARGIN >> 20} MiB for the engine and results)",
+                          "free space there, or pass --remote-dir on a larger disk")
     folders = sorted({staging} | {f"{staging}/{os.path.dirname(rel)}" for rel, _ in plan if os.path.dirname(rel)})
     transport.run(["mkdir", "-p", "--", *folders], what=f"mkdir -p {staging}")
-    total = sum((bundle.path / rel).stat().st_size - offset for rel, offset in plan)
-    with steps.bytes("uploading", total) as advance:
+    with steps.bytes("uploading", need) as advance:
         for rel, offset in plan:
             transport.upload(bundle.path / rel, f"{staging}/{rel}", offset=offset, progress=advance)
             (result.resumed if offset else result.uploaded).append(rel)
@@ -218,7 +274,8 @@ def _prefix_sha256(path: Path, n: int) -> str:
 
 
 def _merge_bench(path: Path, doc: dict) -> Path:
-    """RUN/devices/<host>/bench.json: the latest rows per (backend, precision, batch size) across deploys."""
+    """RUN/devices/<user@host>/bench.json: the latest rows per (backend, precision, batch size) across deploys,
+    compared again (speedup, flags) now that they sit together."""
     rows = []
     if path.exists():
         try:
@@ -228,8 +285,9 @@ def _merge_bench(path: Path, doc: dict) -> Path:
     fresh = {(r["backend"], r["precision"], r["batch_size"]) for r in doc["rows"]}
     rows = [r for r in rows if (r.get("backend"), r.get("precision"), r.get("batch_size")) not in fresh] + doc["rows"]
     rows.sort(key=lambda r: (r["backend"], r["precision"], r["batch_size"]))
+    compare_rows(rows, doc.get("reference") or {})
     return write_json(path, {"rows": rows, "system": doc["system"], "reference": doc.get("reference"),
                              "where": "measured on the device by edgetl_device.py"})
 
 
-__all__ = ["BACKENDS", "DeployResult", "deploy"]
+__all__ = ["BACKENDS", "DeployResult", "check_device", "deploy", "ran"]

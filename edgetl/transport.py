@@ -40,10 +40,17 @@ def validate_host(host: str) -> str:
     return host
 
 
-def host_slug(host: str) -> str:
-    """A folder name for a host: 'nvidia@orin.local' -> 'orin.local'."""
-    name = host.split("://", 1)[-1].rsplit("@", 1)[-1]
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "host"
+def host_slug(host: str, user: str | None = None, port: int | None = None) -> str:
+    """A folder name for an account on a host: 'nvidia@orin.local' -> 'nvidia@orin.local', so two users of
+    one device (or one host name on two ports) never share results. `user` (the login name the device
+    reported) fills in a destination that names none, e.g. a ~/.ssh/config alias."""
+    dest = host.split("://", 1)[-1]
+    who, _, name = dest.rpartition("@")
+    who = who or user or ""
+    name = name + (f":{port}" if port else "")
+    clean = lambda text: re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")  # noqa: E731
+    slug = f"{clean(who)}@{clean(name)}" if clean(who) else clean(name)
+    return slug or "host"
 
 
 def remote_path(path: str) -> str:
@@ -63,9 +70,20 @@ class SSHTransport:
     commands of a deploy) and closes it at the end."""
 
     def __init__(self, host: str, ssh_options: Sequence[str] = (), connect_timeout: int = 15, multiplex: bool = True,
-                 ssh: str = "ssh"):
+                 ssh: str = "ssh", port: int | None = None, identity: str | os.PathLike | None = None):
         self.host = validate_host(host)
-        self.ssh_options = [str(o) for o in ssh_options]
+        if port is not None and not 1 <= int(port) <= 65535:
+            raise DeployError(f"--port {port}: not a TCP port (1-65535)")
+        if identity is not None:
+            key = Path(identity).expanduser()
+            if not key.is_file():
+                raise DeployError(f"--identity {identity}: no such key file", "give the private key, e.g. ~/.ssh/id_ed25519")
+        # -p and -i are plain OpenSSH options: the user's config, agent and known_hosts still apply;
+        # IdentitiesOnly keeps ssh from offering every agent key first (servers cut off after ~6 tries).
+        own = ([] if port is None else ["-p", str(int(port))]) + \
+            ([] if identity is None else ["-i", str(Path(identity).expanduser()), "-o", "IdentitiesOnly=yes"])
+        self.port = port
+        self.ssh_options = own + [str(o) for o in ssh_options]
         self.connect_timeout = connect_timeout
         self.multiplex = multiplex and os.name == "posix"
         self.ssh = shutil.which(ssh)
@@ -130,7 +148,7 @@ class SSHTransport:
         text = stderr.lower()
         if "connection refused" in text:
             return DeployError(f"cannot connect to {self.host}: connection refused",
-                               "is sshd running there, and is the port right (--ssh-option=-p --ssh-option=PORT)?")
+                               "is sshd running there, and is the port right (--port PORT)?")
         if "could not resolve hostname" in text or "name or service not known" in text:
             return DeployError(f"cannot connect to {self.host}: unknown host name", "check the name, or add it to ~/.ssh/config")
         if "timed out" in text or "no route to host" in text or "network is unreachable" in text:
@@ -140,7 +158,7 @@ class SSHTransport:
                                f"run `ssh {self.host}` once by hand to check and accept its key")
         if "permission denied" in text or "too many authentication failures" in text:
             return DeployError(f"{self.host}: ssh authentication failed ({last})",
-                               f"check that `ssh {self.host} true` works without a password (key in ssh-agent or -i KEY)")
+                               f"check that `ssh {self.host} true` works without a password (key in ssh-agent, or --identity KEY)")
         return DeployError(f"{self.host}: ssh failed: {last}")
 
     # -- commands ---------------------------------------------------------------------------------

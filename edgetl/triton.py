@@ -2,7 +2,8 @@
 server (dynamic batching, many instances, HTTP/gRPC) rather than anything of ours.
 
 OUT/<name>/config.pbtxt      onnxruntime backend, I/O names, dims and data types read from the ONNX graph
-OUT/<name>/1/model.onnx
+OUT/<name>/1/model.onnx     (int8 with --kind cpu: the U8S8 CPU form, model.int8.cpu.onnx, that ONNX Runtime
+                            runs fast on a CPU; otherwise the TensorRT Q/DQ form)
 OUT/<name>/labels.txt        class names, so Triton's classification extension returns labels
 OUT/<name>_trt_<engine>/...  one tensorrt model per engine the run has (RUN/engines/<gpu>-trt<ver>/), since an
                              engine only loads on the GPU and TensorRT version it was built with
@@ -55,10 +56,21 @@ def triton_repository(run_path: str | os.PathLike, out: str | os.PathLike | None
         raise DeployError(f"--queue-delay-us {queue_delay_us}: must be 0 or more")
     if kind not in KINDS:
         raise DeployError(f"--kind {kind}: not one of {', '.join(KINDS)}")
-    onnx_path = run.onnx_for(precision)
-    hint = "run `edgetl export RUN` first" if precision == "fp32" else f"run `edgetl quantize RUN --precision {precision}` first"
+    # A CPU instance runs ONNX Runtime's CPU kernels, which are fast on U8S8 (the cpu target of quantize),
+    # not on the symmetric S8S8 form made for TensorRT.
+    onnx_path = run.onnx_for(precision, "cpu" if kind == "cpu" else "tensorrt")
+    if precision == "fp32":
+        hint = "run `edgetl export RUN` first"
+    elif onnx_path.name.endswith(".cpu.onnx"):
+        hint = "run `edgetl quantize RUN --precision int8 --target cpu` first (or use --kind gpu for the TensorRT form)"
+    else:
+        hint = f"run `edgetl quantize RUN --precision {precision}` first"
     run.require(onnx_path, hint=hint)
     card = ModelCard.from_onnx(onnx_path)
+    bad = next((c for c in card.class_names if "\n" in c or "\r" in c), None)
+    if bad is not None:  # labels.txt is one class per line: a line break would shift every later label
+        raise DeployError(f"{onnx_path}: class name {bad!r} contains a line break, which Triton's labels.txt "
+                          "cannot hold", "rename that class folder and fine-tune again")
     io_info = graph_io(onnx_path)
     base = _model_name(name or run.path.resolve().name)
     repo = TritonRepository(Path(out) if out is not None else run.triton_dir)

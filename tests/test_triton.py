@@ -141,3 +141,43 @@ def test_cli_triton(exported_run, tmp_path):
     res = CliRunner().invoke(app, ["triton", str(exported_run), "--out", str(tmp_path / "repo"), "--name", "digits"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "repo" / "digits" / "config.pbtxt").is_file() and "tritonserver" in res.output
+
+
+def test_class_name_with_a_line_break_is_refused(exported_run, tmp_path):
+    """labels.txt is one class per line: a newline inside a name would shift every later label."""
+    import onnx
+
+    from edgetl.card import ModelCard
+
+    run = tmp_path / "newline"
+    shutil.copytree(exported_run, run, ignore=shutil.ignore_patterns("bundles", "devices", "triton"))
+    proto = onnx.load(str(run / "model.onnx"))
+    card = ModelCard.from_onnx(proto)
+    names = list(card.class_names)
+    names[1] = "one\nseven"
+    card.model_copy(update={"class_names": names}).write_onnx(proto)
+    onnx.save(proto, str(run / "model.onnx"))
+    with pytest.raises(DeployError, match="line break") as err:
+        triton_repository(run, tmp_path / "repo")
+    assert "\n" not in err.value.message.replace("'one\\nseven'", "")
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.slow
+def test_int8_cpu_kind_ships_the_cpu_form(exported_copy, tmp_path):
+    """--kind cpu serves the U8S8 form ONNX Runtime runs fast on a CPU; --kind gpu the TensorRT Q/DQ form."""
+    import onnx
+
+    from edgetl.quantize import QuantizeRequest, quantize
+
+    run = exported_copy("int8 run")
+    quantize(run, QuantizeRequest(precision="int8", target="both", calib_size=32, max_drop=100.0))
+    cpu = triton_repository(run, tmp_path / "cpu", precision="int8", kind="cpu", name="m")
+    served = tmp_path / "cpu" / "m_int8" / "1" / "model.onnx"
+    assert served.read_bytes() == (run / "model.int8.cpu.onnx").read_bytes()
+    assert cpu.backends == {"m_int8": "onnxruntime"} and "KIND_CPU" in (served.parent.parent / "config.pbtxt").read_text()
+    # U8S8: activations quantized to uint8 (the TensorRT form is int8 throughout)
+    zero_points = {t.data_type for t in onnx.load(str(served)).graph.initializer if t.name.endswith("zero_point")}
+    assert onnx.TensorProto.UINT8 in zero_points
+    triton_repository(run, tmp_path / "gpu", precision="int8", kind="gpu", name="m")
+    assert (tmp_path / "gpu" / "m_int8" / "1" / "model.onnx").read_bytes() == (run / "model.int8.onnx").read_bytes()

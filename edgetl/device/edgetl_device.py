@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """edgetl's device-side entry point: runs inside an edgetl bundle on the target (a Jetson).
 
-It needs only the Python standard library and numpy, plus TensorRT's Python API (JetPack) or
-onnxruntime for the backend it runs. It never imports edgetl: a Jetson with a bare JetPack image
-can run it. Where edgetl is installed on the device, `build` delegates to `edgetl build`.
+It needs the Python standard library and numpy, plus TensorRT's Python API (JetPack) or onnxruntime for the
+backend it runs; no edgetl install. What both sides must agree on (the manifest check, engine names and the
+sidecar, latency statistics and the bench row, Jetson facts) is edgetl's own `portable/` package, shipped
+next to this file; this file only orchestrates on the device. CUDA is reached through ctypes on JetPack's
+libcudart; the bundle carries its images already preprocessed (data/inputs.npy), so nothing is decoded here.
 
     python3 edgetl_device.py verify   [--dir BUNDLE]                check every file against manifest.json
-    python3 edgetl_device.py facts                                   device model, L4T/JetPack, TensorRT, power mode, clocks
+    python3 edgetl_device.py facts    [--space PATH]                device model, L4T, TensorRT, numpy, power mode, clocks
     python3 edgetl_device.py build    [--dir BUNDLE] [--precision P]  TensorRT engine (reused when unchanged)
     python3 edgetl_device.py bench    [--dir BUNDLE] [--backend tensorrt|onnxruntime] [--batch-sizes 1,8]
     python3 edgetl_device.py inventory DIR...                       size + sha256 of the files under DIR (for resume)
@@ -19,11 +21,10 @@ bundle tarball and run them by hand.
 from __future__ import annotations
 
 import argparse
-import hashlib
+import datetime
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -31,64 +32,58 @@ import tempfile
 import time
 from pathlib import Path
 
-BUNDLE_FORMAT = "edgetl-bundle/1"
-MANIFEST = "manifest.json"
+sys.dont_write_bytecode = True  # never write __pycache__ into a verified bundle
+
+try:  # next to this file in a bundle (or provided by the program `edgetl deploy` sends on stdin)
+    from portable import engines, jetson, manifest as bundle_manifest
+    from portable.hashing import sha256_file
+except ImportError as _e:
+    sys.stderr.write(f"edgetl-device: error: cannot import edgetl's portable/ package ({_e}): run this file from "
+                     "an edgetl bundle, where portable/ sits next to it\n")
+    sys.exit(2)
+
 HERE = Path(__file__).resolve().parent if "__file__" in globals() and __file__ not in ("-", "<stdin>") else Path.cwd()
+MIN_PYTHON = (3, 8)
+NUMPY_HINT = ("numpy is not installed for this Python ({python}): `{python} -m pip install numpy` on the device, "
+              "or use a Python that has it (edgetl deploy --python PATH)")
 
 
 class DeviceError(Exception):
     """A failure the user can act on; main() prints it as one line."""
 
 
+def require_numpy():
+    try:
+        import numpy as np
+    except ImportError:
+        raise DeviceError(NUMPY_HINT.format(python=sys.executable or "python3")) from None
+    return np
+
+
 # -- files and the manifest ---------------------------------------------------------------------------
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_manifest(bundle: Path) -> dict:
-    path = bundle / MANIFEST
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DeviceError(f"{path}: no manifest (is {bundle} an edgetl bundle?)") from None
-    except (OSError, ValueError) as e:
-        raise DeviceError(f"{path}: unreadable manifest ({e})") from None
-    if manifest.get("format") != BUNDLE_FORMAT:
-        raise DeviceError(f"{path}: bundle format {manifest.get('format')!r}, this entry point reads {BUNDLE_FORMAT}")
-    return manifest
-
-
-def _inside(bundle: Path, rel: str) -> Path:
-    # A manifest names files relative to the bundle; refuse anything that would point outside it.
-    if rel.startswith("/") or ".." in Path(rel).parts:
-        raise DeviceError(f"manifest names a file outside the bundle: {rel!r}")
-    return bundle / rel
+        return bundle_manifest.load_manifest(bundle)
+    except bundle_manifest.ManifestError as e:
+        raise DeviceError(str(e)) from None
 
 
 def verify(bundle: Path) -> dict:
     """Every file of the manifest is present with its size and SHA-256; raise on the first mismatch."""
-    manifest = load_manifest(bundle)
-    problems = []
-    for rel, entry in sorted(manifest["files"].items()):
-        path = _inside(bundle, rel)
-        if not path.is_file():
-            problems.append(f"{rel} is missing")
-        elif path.stat().st_size != entry["size"]:
-            problems.append(f"{rel} has {path.stat().st_size} bytes, the manifest says {entry['size']}")
-        elif sha256_file(path) != entry["sha256"]:
-            problems.append(f"{rel} sha256 differs from the manifest (modified on the device?)")
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise DeviceError(f"bundle {bundle} failed verification: {problems[0]}{more}")
-    return {"ok": True, "bundle": str(bundle), "files": len(manifest["files"]), "bundle_sha256": sha256_file(bundle / MANIFEST)}
+    try:
+        manifest = bundle_manifest.verify(bundle)
+    except bundle_manifest.ManifestError as e:
+        raise DeviceError(str(e)) from None
+    return {"ok": True, "bundle": str(bundle), "files": len(manifest["files"]),
+            "bundle_sha256": sha256_file(bundle / bundle_manifest.MANIFEST)}
+
+
+def model_file(manifest: dict, precision: str, target: str = "tensorrt") -> str:
+    try:
+        return bundle_manifest.model_file(manifest, precision, target)
+    except bundle_manifest.ManifestError as e:
+        raise DeviceError(str(e)) from None
 
 
 def inventory(dirs: list) -> dict:
@@ -110,13 +105,6 @@ def inventory(dirs: list) -> dict:
 
 # -- device facts -------------------------------------------------------------------------------------
 
-def _read(path: str):
-    try:
-        return Path(path).read_text(encoding="utf-8", errors="replace").strip("\x00 \n")
-    except OSError:
-        return None
-
-
 def _run(argv: list, timeout: float = 20.0):
     """stdout of a command, or None if it is missing or fails (facts are optional)."""
     if shutil.which(argv[0]) is None and not os.path.isfile(argv[0]):
@@ -128,20 +116,12 @@ def _run(argv: list, timeout: float = 20.0):
     return res.stdout.strip() if res.returncode == 0 else None
 
 
-def l4t_release():
-    """'36.3.0' from /etc/nv_tegra_release ('# R36 (release), REVISION: 3.0, ...')."""
-    text = _read("/etc/nv_tegra_release")
-    if not text:
-        return None
-    m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
-    return f"{m.group(1)}.{m.group(2)}" if m else text.splitlines()[0]
-
-
 def tensorrt_version():
+    """TensorRT's version from its Python API, else from the installed package (trtexec-only setups)."""
     try:
-        import tensorrt as trt  # noqa: F401 - JetPack's python3-libnvinfer
+        import tensorrt as trt  # JetPack's python3-libnvinfer
 
-        return trt.__version__
+        return str(trt.__version__)
     except Exception:
         pass
     for pkg in ("tensorrt", "libnvinfer10", "libnvinfer8"):
@@ -151,78 +131,138 @@ def tensorrt_version():
     return None
 
 
-def gpu_name():
-    """The GPU's name: nvidia-smi where it answers, else the board name (Jetson iGPUs share it)."""
-    name = _run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"])
-    if name:
-        return name.splitlines()[0].strip()
-    model = _read("/proc/device-tree/model")
-    return model or None
-
-
-def power_mode():
-    out = _run(["nvpmodel", "-q"])
-    if not out:
-        return None
-    m = re.search(r"NV Power Mode:\s*(\S+)", out)
-    lines = [line.strip() for line in out.splitlines() if line.strip()]
-    return {"name": m.group(1) if m else None, "id": int(lines[-1]) if lines and lines[-1].isdigit() else None}
-
-
-def clocks():
-    """Current clocks in MHz where the kernel lets us read them; absent ones are left out."""
-    found = {}
-    for path in sorted(Path("/sys/class/devfreq").glob("*")):
-        name = path.name.lower()
-        if "gpu" in name or name.endswith(".gpu") or name in ("17000000.ga10b", "17000000.gv11b", "57000000.gpu"):
-            v = _read(str(path / "cur_freq"))
-            if v and v.isdigit():
-                found["gpu_mhz"] = round(int(v) / 1e6, 1)
-                break
-    v = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
-    if v and v.isdigit():
-        found["cpu0_mhz"] = round(int(v) / 1e3, 1)
-    v = _read("/sys/kernel/debug/bpmp/debug/clk/emc/rate")  # root only
-    if v and v.isdigit():
-        found["emc_mhz"] = round(int(v) / 1e6, 1)
-    return found or None
-
-
 def _module_version(name: str):
     try:
         module = __import__(name)
-        return getattr(module, "__version__", "unknown")
+        return str(getattr(module, "__version__", "unknown"))
     except Exception:
         return None
 
 
-def facts() -> dict:
-    l4t = l4t_release()
+def free_bytes(path: str):
+    """Free bytes on the file system that holds `path` (its nearest existing ancestor), or None."""
+    p = os.path.abspath(os.path.expanduser(path))
+    while not os.path.exists(p) and os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def facts(space=None) -> dict:
+    """What this device is and can run. Never needs numpy, so it can say that numpy is missing."""
     jetpack = _run(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"])
+    try:
+        gpu = cuda_facts()
+    except DeviceError:
+        gpu = {"gpu_name": None, "compute_capability": None, "cuda_driver": None}
     return {
         "hostname": platform.node() or None,
-        "model": _read("/proc/device-tree/model"),
+        "user": _user(),
+        "model": jetson.board_model(),
         "machine": platform.machine() or None,
         "os": _os_name(),
-        "l4t": l4t,
+        "l4t": jetson.l4t_release(),
         "jetpack": jetpack.split("+")[0].split("-")[0] if jetpack else None,
         "tensorrt": tensorrt_version(),
-        "gpu": gpu_name(),
-        "power_mode": power_mode(),
-        "clocks": clocks(),
+        "tensorrt_python": _module_version("tensorrt"),
+        "gpu": gpu["gpu_name"],
+        "compute_capability": gpu["compute_capability"],
+        "cuda_driver": gpu["cuda_driver"],
+        "power_mode": jetson.power_mode(),
+        "clocks": jetson.clocks(),
         "python": platform.python_version(),
+        "python_executable": sys.executable or None,
         "numpy": _module_version("numpy"),
         "onnxruntime": _module_version("onnxruntime"),
+        "onnxruntime_providers": _ort_providers(),
         "edgetl": _module_version("edgetl"),
         "trtexec": find_trtexec(),
+        "free_bytes": None if space is None else free_bytes(space),
     }
 
 
+def _user():
+    """The login name, so results of two accounts on one device are kept apart (RUN/devices/<user@host>/)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry and no $USER: the name is optional
+        return None
+
+
 def _os_name():
-    for line in (_read("/etc/os-release") or "").splitlines():
-        if line.startswith("PRETTY_NAME="):
-            return line.split("=", 1)[1].strip('"')
+    try:
+        with open("/etc/os-release", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
     return None
+
+
+def _ort_providers():
+    try:
+        import onnxruntime as ort
+
+        return list(ort.get_available_providers())
+    except Exception:
+        return None
+
+
+# -- CUDA through ctypes --------------------------------------------------------------------------------
+
+def load_cudart():
+    """JetPack's libcudart through ctypes: it always ships, while cuda-python is an extra install."""
+    import ctypes
+    import ctypes.util
+
+    candidates = [ctypes.util.find_library("cudart"), "libcudart.so", "libcudart.so.12", "libcudart.so.11.0",
+                  "/usr/local/cuda/lib64/libcudart.so"]
+    for name in candidates:
+        if not name:
+            continue
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    raise DeviceError("libcudart.so not found (is CUDA from JetPack installed?)")
+
+
+def cuda_facts(lib=None) -> dict:
+    """CUDA's own GPU name, compute capability ('8.7') and driver version ('12.2') of device 0: the facts
+    an engine's sidecar records and the package's mismatch rule compares (never nvidia-smi's or the board's name)."""
+    import ctypes
+
+    lib = lib or load_cudart()
+    count = ctypes.c_int(0)
+    if lib.cudaGetDeviceCount(ctypes.byref(count)) != 0 or count.value < 1:
+        raise DeviceError("no CUDA GPU is visible to libcudart here")
+    major, minor, driver = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+    # cudaDevAttrComputeCapabilityMajor = 75, ...Minor = 76 (stable across CUDA versions)
+    if lib.cudaDeviceGetAttribute(ctypes.byref(major), 75, 0) or lib.cudaDeviceGetAttribute(ctypes.byref(minor), 76, 0):
+        raise DeviceError("CUDA cudaDeviceGetAttribute failed")
+    # cudaDeviceProp starts with `char name[256]` in every CUDA version; the buffer is larger than the struct
+    prop = ctypes.create_string_buffer(16384)
+    if lib.cudaGetDeviceProperties(prop, 0) != 0:
+        raise DeviceError("CUDA cudaGetDeviceProperties failed")
+    lib.cudaDriverGetVersion(ctypes.byref(driver))
+    name = prop.raw[:256].split(b"\x00", 1)[0].decode(errors="replace").strip()
+    v = driver.value
+    return {"gpu_name": name or None, "compute_capability": f"{major.value}.{minor.value}",
+            "cuda_driver": f"{v // 1000}.{v % 1000 // 10}" if v else None}
+
+
+def engine_facts() -> dict:
+    """The facts an engine built here is tied to, in the package's terms (edgetl.engine.machine_facts)."""
+    version = tensorrt_version()
+    if version is None:
+        raise DeviceError("TensorRT is not installed on this device (no python3-libnvinfer / tensorrt package); "
+                          "benchmark the ONNX model instead with --backend onnxruntime")
+    return {"library": "tensorrt", "library_version": version, **cuda_facts(), "l4t_release": jetson.l4t_release()}
 
 
 # -- engine build -------------------------------------------------------------------------------------
@@ -231,46 +271,36 @@ def find_trtexec():
     return shutil.which("trtexec") or next((p for p in ("/usr/src/tensorrt/bin/trtexec",) if os.path.isfile(p)), None)
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lower() or "gpu"
-
-
-def model_file(manifest: dict, precision: str, target: str = "tensorrt") -> str:
-    models = manifest["models"]
-    if precision == "int8" and target == "cpu" and "int8_cpu" in models:
-        return models["int8_cpu"]
-    if precision not in models:
-        raise DeviceError(f"this bundle has no {precision} model (it holds {', '.join(sorted(models))})")
-    return models[precision]
-
-
-def _reusable(sidecar: Path, plan: Path, onnx_sha: str, trt_version, gpu, max_batch: int) -> bool:
-    """An engine is reused only when its ONNX, TensorRT version and GPU are the ones here now (and its
-    optimisation profile covers the batch sizes asked for)."""
-    if not (sidecar.is_file() and plan.is_file()):
-        return False
+def _read_json(path: Path):
     try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return None
+
+
+def reusable(plan: Path, onnx_sha: str, machine: dict, max_batch: int) -> bool:
+    """An engine is reused only when its sidecar says it was built from this ONNX, the package's mismatch
+    rule accepts it on this machine, its profile covers the batch sizes asked for and its bytes are the
+    ones the sidecar recorded."""
+    sidecar = _read_json(Path(engines.sidecar_for(str(plan))))
+    if not plan.is_file() or not isinstance(sidecar, dict) or sidecar.get("format") != engines.SIDECAR_FORMAT:
         return False
-    return (meta.get("onnx_sha256") == onnx_sha and str(meta.get("tensorrt_version")) == str(trt_version)
-            and meta.get("gpu") == gpu and int(meta.get("max_batch") or 0) >= max_batch
-            and meta.get("engine_sha256") == sha256_file(plan))
+    profile_max = (sidecar.get("profile") or {}).get("max") or [0]
+    return (sidecar.get("source_onnx_sha256") == onnx_sha and engines.engine_mismatch(sidecar, machine) is None
+            and int(profile_max[0] or 0) >= max_batch and sidecar.get("engine_sha256") == sha256_file(plan))
 
 
-def find_sibling_engine(bundle: Path, engine_dir_name: str, precision: str, onnx_sha: str, trt_version, gpu,
-                        max_batch: int):
-    """(plan, sidecar) of an engine another bundle of this run built from the same ONNX, TensorRT and GPU.
+def find_sibling_engine(bundle: Path, folder: str, precision: str, onnx_sha: str, machine: dict, max_batch: int):
+    """(plan, sidecar) of an engine another bundle of this run built from the same ONNX for this machine.
 
     A new bundle (another --max-images, another edgetl version) with an unchanged model needs no new
     engine: building one takes minutes on a Jetson."""
     for other in sorted(bundle.parent.iterdir()):
         if other == bundle or not other.is_dir() or other.name.startswith("."):
             continue
-        engine_dir = other / "engines" / engine_dir_name
-        plan, sidecar = engine_dir / f"model.{precision}.plan", engine_dir / f"model.{precision}.json"
-        if _reusable(sidecar, plan, onnx_sha, trt_version, gpu, max_batch):
-            return plan, sidecar
+        plan = other / "engines" / folder / engines.plan_name(precision)
+        if reusable(plan, onnx_sha, machine, max_batch):
+            return plan, Path(engines.sidecar_for(str(plan)))
     return None
 
 
@@ -283,80 +313,109 @@ def adopt_engine(source, plan: Path, sidecar: Path) -> None:
         os.replace(tmp, dst)
 
 
-def build(bundle: Path, precision: str, max_batch: int, force: bool = False) -> dict:
-    """Build (or reuse) BUNDLE/engines/<gpu>-trt<ver>/model.<precision>.plan with its JSON sidecar."""
-    manifest = load_manifest(bundle)
-    verify(bundle)
-    rel = model_file(manifest, precision)
-    onnx_path = bundle / rel
-    onnx_sha = manifest["files"][rel]["sha256"]
-    trt_version, gpu = tensorrt_version(), gpu_name()
-    if trt_version is None:
-        raise DeviceError("TensorRT is not installed on this device (no python3-libnvinfer / tensorrt package)")
-    io = manifest["io"]
+def engine_paths(bundle: Path, machine: dict, precision: str):
+    """BUNDLE/engines/<cuda gpu name>-trt<version>/model.<p>.plan and its sidecar: the package's names."""
+    folder = bundle / "engines" / engines.engine_dir_name(machine["gpu_name"], "tensorrt", machine["library_version"])
+    plan = folder / engines.plan_name(precision)
+    return plan, Path(engines.sidecar_for(str(plan)))
+
+
+def profile_for(io: dict, max_batch: int) -> dict:
+    """The optimisation profile: batch 1..max_batch, or N..N for a static-batch graph (export --static-batch N)."""
     first, *chw = io["input"]["shape"]
-    # A static-batch graph (export --static-batch N) has one profile, N..N, whatever batch sizes were asked for.
     fixed = None if io["input"].get("dynamic_batch", True) else int(first)
     lo, hi = (fixed, fixed) if fixed else (1, max_batch)
-    engine_dir = bundle / "engines" / f"{_slug(gpu or 'gpu')}-trt{trt_version}"
-    plan, sidecar = engine_dir / f"model.{precision}.plan", engine_dir / f"model.{precision}.json"
-    if not force and _reusable(sidecar, plan, onnx_sha, trt_version, gpu, hi):
-        return {"engine": str(plan), "sidecar": str(sidecar), "reused": True, "builder": json.loads(sidecar.read_text())["builder"]}
+    return {"input": io["input"]["name"], "min": [lo, *chw], "opt": [hi, *chw], "max": [hi, *chw]}
+
+
+def write_sidecar(plan: Path, manifest: dict, precision: str, machine: dict, *, builder: str, profile: dict,
+                  build_seconds, trtexec=None, own=None) -> dict:
+    """The engine's sidecar, through the package's own `make_sidecar` (format edgetl-engine/2), so that
+    `edgetl bench` and `edgetl triton` load a device-built engine as their own. `own`: the sidecar
+    `edgetl build` wrote, whose build settings are kept."""
+    rel = model_file(manifest, precision)
+    own = own if isinstance(own, dict) else {}
+    kept = {k: own[k] for k in ("workspace_mib", "builder_optimization_level", "version_compatible", "dla_core")
+            if own.get(k) is not None}
+    sidecar = engines.make_sidecar(
+        library="tensorrt", library_version=machine["library_version"], gpu_name=machine["gpu_name"],
+        compute_capability=machine["compute_capability"], precision=precision, profile=profile, source_onnx=rel,
+        source_onnx_sha256=manifest["files"][rel]["sha256"], engine_sha256=sha256_file(plan), builder=builder,
+        edgetl_version=str(manifest.get("edgetl_version")), card=manifest.get("card"),
+        built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        build_seconds=build_seconds, cuda_driver=machine.get("cuda_driver"), l4t_release=machine.get("l4t_release"),
+        trtexec=trtexec, **kept)
+    _write_json(Path(engines.sidecar_for(str(plan))), sidecar)
+    return sidecar
+
+
+def build(bundle: Path, precision: str, max_batch: int, force: bool = False) -> dict:
+    """Build (or reuse) BUNDLE/engines/<gpu>-trt<ver>/model.<precision>.plan with its sidecar."""
+    manifest = verify_and_load(bundle)
+    rel = model_file(manifest, precision)
+    onnx_sha = manifest["files"][rel]["sha256"]
+    machine = engine_facts()
+    profile = profile_for(manifest["io"], max_batch)
+    hi = profile["max"][0]
+    plan, sidecar = engine_paths(bundle, machine, precision)
+    done = {"engine": str(plan), "sidecar": str(sidecar), "reused": True}
+    if not force and reusable(plan, onnx_sha, machine, hi):
+        return {**done, "builder": _read_json(sidecar)["builder"]}
     if not force:
-        source = find_sibling_engine(bundle, engine_dir.name, precision, onnx_sha, trt_version, gpu, hi)
+        source = find_sibling_engine(bundle, plan.parent.name, precision, onnx_sha, machine, hi)
         if source is not None:
             adopt_engine(source, plan, sidecar)
-            return {"engine": str(plan), "sidecar": str(sidecar), "reused": True, "reused_from": str(source[0]),
-                    "builder": json.loads(sidecar.read_text())["builder"]}
-    engine_dir.mkdir(parents=True, exist_ok=True)
+            return {**done, "reused_from": str(source[0]), "builder": _read_json(sidecar)["builder"]}
+    plan.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    with tempfile.TemporaryDirectory(dir=engine_dir, prefix=".build-") as tmp:
+    own, trtexec = None, None
+    with tempfile.TemporaryDirectory(dir=plan.parent, prefix=".build-") as tmp:
         tmp_plan = Path(tmp) / plan.name
         if shutil.which("edgetl") and _run(["edgetl", "build", "--help"], timeout=60) is not None:
-            builder = "edgetl"
-            command = ["edgetl", "build", str(bundle), "--precision", precision, "--batch", f"{lo},{hi},{hi}"]
-            _check_call(command, "edgetl build")
-            built = sorted((bundle / "engines").glob(f"*/model.{precision}.plan"), key=lambda p: p.stat().st_mtime)
+            builder = "edgetl build"
+            lo = profile["min"][0]
+            _check_call(["edgetl", "build", str(bundle), "--precision", precision, "--batch", f"{lo},{hi},{hi}"],
+                        "edgetl build")
+            built = sorted((bundle / "engines").glob(f"*/{engines.plan_name(precision)}"),
+                           key=lambda p: p.stat().st_mtime)
             if not built:
-                raise DeviceError(f"`edgetl build` finished but wrote no engines/*/model.{precision}.plan")
+                raise DeviceError(f"`edgetl build` finished but wrote no engines/*/{engines.plan_name(precision)}")
             shutil.copyfile(built[-1], tmp_plan)
-            try:  # edgetl's own sidecar (CUDA's GPU name, compute capability) keeps the engine loadable by `edgetl bench`
-                own = json.loads(built[-1].with_suffix(".json").read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                own = {}
+            own = _read_json(Path(engines.sidecar_for(str(built[-1]))))
         else:
             trtexec = find_trtexec()
             if trtexec is None:
-                raise DeviceError("neither edgetl nor trtexec is installed on this device: cannot build an engine",)
-            name = io["input"]["name"]
-            shape = lambda b: f"{name}:" + "x".join(str(d) for d in [b, *chw])  # noqa: E731
-            command = [trtexec, f"--onnx={onnx_path}", f"--saveEngine={tmp_plan}", "--skipInference"]
-            if not fixed:
-                command += [f"--minShapes={shape(lo)}", f"--optShapes={shape(hi)}", f"--maxShapes={shape(hi)}"]
-            help_text = subprocess.run([trtexec, "--help"], capture_output=True, text=True).stdout
-            if "--stronglyTyped" in help_text:
-                command.append("--stronglyTyped")  # precision is baked into the ONNX graph
-            elif precision in ("int8", "fp16"):
-                command += ["--int8", "--fp16"] if precision == "int8" else ["--fp16"]  # TensorRT 8.6: weak typing
-            builder, own = "trtexec", {}
-            _check_call(command, "trtexec")
+                raise DeviceError("neither edgetl nor trtexec is installed on this device: cannot build an engine "
+                                  "(sudo apt install tensorrt, or benchmark with --backend onnxruntime)")
+            builder = "trtexec"
+            dynamic = bool(manifest["io"]["input"].get("dynamic_batch", True))
+            _check_call(trtexec_command(trtexec, bundle / rel, tmp_plan, profile, precision, dynamic), "trtexec")
         if not tmp_plan.is_file() or tmp_plan.stat().st_size == 0:
             raise DeviceError(f"{builder} wrote no engine")
         os.replace(tmp_plan, plan)
-    # Field names follow `edgetl build`'s sidecar (format edgetl-engine/1) where they mean the same thing.
-    dims = lambda b: [b, *chw]  # noqa: E731
-    meta = {
-        "format": "edgetl-engine/1", "gpu_name": gpu, "source_onnx": rel, "source_onnx_sha256": onnx_sha,
-        "profile": {"input": io["input"]["name"], "min": dims(lo), "opt": dims(hi), "max": dims(hi)},
-        "card": manifest["card"], "precision": precision, "onnx_file": rel, "onnx_sha256": onnx_sha,
-        "engine_file": plan.name, "engine_sha256": sha256_file(plan), "tensorrt_version": trt_version, "gpu": gpu,
-        "device_model": _read("/proc/device-tree/model"), "l4t": l4t_release(), "builder": builder,
-        "command": [str(c) for c in command], "max_batch": hi, "build_seconds": round(time.time() - started, 1),
-        "built_by": "edgetl_device.py",
-    }
-    meta.update({k: v for k, v in own.items() if k not in ("builder", "command", "max_batch", "gpu")})
-    _write_json(sidecar, meta)
+    write_sidecar(plan, manifest, precision, machine, builder=builder, profile=profile,
+                  build_seconds=time.time() - started, trtexec=trtexec, own=own)
     return {"engine": str(plan), "sidecar": str(sidecar), "reused": False, "builder": builder}
+
+
+def trtexec_command(trtexec: str, onnx_path: Path, out: Path, profile: dict, precision: str, dynamic: bool) -> list:
+    name = profile["input"]
+    shape = lambda dims: f"{name}:" + "x".join(str(d) for d in dims)  # noqa: E731
+    command = [trtexec, f"--onnx={onnx_path}", f"--saveEngine={out}", "--skipInference"]
+    if dynamic:  # a static-batch graph takes no shapes
+        command += [f"--minShapes={shape(profile['min'])}", f"--optShapes={shape(profile['opt'])}",
+                    f"--maxShapes={shape(profile['max'])}"]
+    help_text = subprocess.run([trtexec, "--help"], capture_output=True, text=True).stdout
+    if "--stronglyTyped" in help_text:
+        command.append("--stronglyTyped")  # precision is baked into the ONNX graph
+    elif precision in ("int8", "fp16"):
+        command += ["--int8", "--fp16"] if precision == "int8" else ["--fp16"]  # TensorRT 8.6: weak typing
+    return command
+
+
+def verify_and_load(bundle: Path) -> dict:
+    verify(bundle)
+    return load_manifest(bundle)
 
 
 def _check_call(command: list, what: str) -> None:
@@ -367,6 +426,7 @@ def _check_call(command: list, what: str) -> None:
 
 
 def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -393,6 +453,7 @@ class OrtRunner:
         first = self.session.get_inputs()[0].shape[0]
         self.fixed_batch = first if isinstance(first, int) else None
         self.device = device
+        self.provider = self.session.get_providers()[0]
 
     def __call__(self, x):
         return self.session.run(None, {self.input_name: x})[0]
@@ -402,26 +463,13 @@ class OrtRunner:
 
 
 class _Cudart:
-    """The five CUDA runtime calls the TensorRT runner needs, through ctypes: JetPack always ships
-    libcudart, while cuda-python is an extra install."""
+    """The five CUDA runtime calls the TensorRT runner needs, through ctypes (see load_cudart)."""
 
     def __init__(self):
         import ctypes
-        import ctypes.util
 
         self.ctypes = ctypes
-        candidates = [ctypes.util.find_library("cudart"), "libcudart.so", "libcudart.so.12", "libcudart.so.11.0",
-                      "/usr/local/cuda/lib64/libcudart.so"]
-        for name in candidates:
-            if not name:
-                continue
-            try:
-                self.lib = ctypes.CDLL(name)
-                break
-            except OSError:
-                continue
-        else:
-            raise DeviceError("libcudart.so not found (is CUDA from JetPack installed?)")
+        self.lib = load_cudart()
         self.stream = ctypes.c_void_p()
         self._check(self.lib.cudaStreamCreate(ctypes.byref(self.stream)), "cudaStreamCreate")
 
@@ -450,8 +498,7 @@ class TrtRunner:
     """A TensorRT 10 engine: copy in, enqueue, copy out, synchronize (what one call of __call__ times)."""
 
     def __init__(self, plan: Path, max_batch: int):
-        import numpy as np
-
+        np = require_numpy()
         try:
             import tensorrt as trt
         except ImportError:
@@ -501,24 +548,13 @@ class TrtRunner:
 
 # -- benchmark ----------------------------------------------------------------------------------------
 
-def _batches(x, y, size: int, fixed: bool):
-    for start in range(0, len(x), size):
-        xb, yb = x[start:start + size], y[start:start + size]
-        n = len(xb)
-        if fixed and n < size:  # a static-batch graph: pad with the first image, score only the real ones
-            import numpy as np
-
-            xb = np.concatenate([xb, np.repeat(xb[:1], size - n, axis=0)])
-        yield xb, yb, n
-
-
 def bench(bundle: Path, backend: str, precision, batch_sizes: list, warmup: int, iterations: int,
           device: str = "auto", out=None) -> dict:
-    """Accuracy on the bundle's preprocessed images and latency per batch size, as bench.json rows."""
-    import numpy as np
+    """Accuracy on the bundle's preprocessed images and latency per batch size, as bench rows (portable.rows)."""
+    np = require_numpy()
+    from portable import rows as bench_rows
 
-    manifest = load_manifest(bundle)
-    verify(bundle)
+    manifest = verify_and_load(bundle)
     precision = precision or manifest["precision"]
     x = np.load(bundle / manifest["data"]["inputs"], allow_pickle=False)
     y = np.load(bundle / manifest["data"]["labels"], allow_pickle=False)
@@ -527,66 +563,52 @@ def bench(bundle: Path, backend: str, precision, batch_sizes: list, warmup: int,
         engine_info = build(bundle, precision, max(batch_sizes))
         runner = TrtRunner(Path(engine_info["engine"]), max(batch_sizes))
         model_rel = Path(engine_info["engine"]).relative_to(bundle).as_posix()
+        timed = "host->device copy + compute + device->host copy"
     elif backend == "onnxruntime":
-        cpu = device == "cpu" or (device == "auto" and not _ort_has_cuda())
+        cpu = device == "cpu" or (device == "auto" and "CUDAExecutionProvider" not in (_ort_providers() or []))
         model_rel = model_file(manifest, precision, "cpu" if cpu else "tensorrt")
         runner = OrtRunner(bundle / model_rel, "cpu" if cpu else "cuda")
+        # the words edgetl's onnxruntime backend uses (tests/test_contract.py keeps them equal)
+        timed = ("session.run on host arrays (CPU compute)" if cpu else
+                 "session.run on host arrays (compute; host<->device copies included for GPU providers)")
     else:
         raise DeviceError(f"unknown backend {backend!r} (use tensorrt or onnxruntime)")
+    reference = manifest.get("reference") or {}
     try:
         fixed = runner.fixed_batch
         sizes = [fixed] if fixed else sorted(set(int(b) for b in batch_sizes))
-        correct = 0
-        for xb, yb, n in _batches(x, y, sizes[-1], bool(fixed)):
-            logits = runner(xb)[:n]
-            correct += int((np.asarray(logits).argmax(axis=1) == yb).sum())
+        correct, step = 0, sizes[-1]
+        for start in range(0, len(x), step):
+            xb, n = bench_rows.pad_batch(x[start:start + step], step if fixed else len(x[start:start + step]))
+            logits = np.asarray(runner(xb))[:n]
+            correct += int((logits.argmax(axis=1) == y[start:start + n]).sum())
         top1 = correct / len(y)
-        reference = manifest.get("reference") or {}
-        ref_top1 = reference.get("top1")
-        system = facts()
         rows = []
         for b in sizes:
-            xb = x[np.arange(b) % len(x)]
+            xb = bench_rows.batch_of(x, b)
             for _ in range(warmup):
                 runner(xb)
-            times = []
+            seconds = []
             for _ in range(iterations):
                 t0 = time.perf_counter()
                 runner(xb)  # returns host data: every call is synchronised
-                times.append((time.perf_counter() - t0) * 1e3)
-            t = np.asarray(times)
-            rows.append({
-                "backend": backend, "precision": precision, "batch_size": b, "device": runner.device,
-                "model_file": model_rel,
-                "latency_ms": {"mean": float(t.mean()), "p50": float(np.percentile(t, 50)),
-                               "p90": float(np.percentile(t, 90)), "p99": float(np.percentile(t, 99))},
-                "throughput_ips": float(b / (t.mean() / 1e3)),
-                "top1": top1, "top1_drop": (ref_top1 - top1) if ref_top1 is not None else None,
-                "n_images": int(len(y)), "warmup": warmup, "iterations": iterations,
-                "timed": "host->device copy + compute + device->host copy" if backend == "tensorrt" else "session.run (host in, host out)",
-                "where": "device",
-            })
+                seconds.append(time.perf_counter() - t0)
+            rows.append(bench_rows.make_row(
+                backend=backend, precision=precision, batch_size=b, device=runner.device, model_file=model_rel,
+                seconds=seconds, warmup=warmup, timed=timed, top1=top1, n_images=len(y), where="device",
+                provider=getattr(runner, "provider", None)))
     finally:
         runner.close()
-    doc = {"rows": rows, "system": system, "reference": reference,
-           "bundle": {"run": manifest.get("run"), "bundle_sha256": sha256_file(bundle / MANIFEST),
+    bench_rows.compare_rows(rows, reference)
+    doc = {"rows": rows, "system": facts(), "reference": reference,
+           "bundle": {"run": manifest.get("run"), "bundle_sha256": sha256_file(bundle / bundle_manifest.MANIFEST),
                       "edgetl_version": manifest.get("edgetl_version")},
            "engine": engine_info}
     if out:
         out = Path(out) if os.path.isabs(str(out)) else bundle / out
-        out.parent.mkdir(parents=True, exist_ok=True)
         _write_json(out, doc)
         doc["written"] = str(out)
     return doc
-
-
-def _ort_has_cuda() -> bool:
-    try:
-        import onnxruntime as ort
-
-        return "CUDAExecutionProvider" in ort.get_available_providers()
-    except ImportError:
-        return False
 
 
 # -- command line -------------------------------------------------------------------------------------
@@ -596,7 +618,8 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("verify", help="check every bundle file's size and SHA-256")
     p.add_argument("--dir", default=str(HERE))
-    sub.add_parser("facts", help="device model, JetPack/L4T, TensorRT, power mode, clocks")
+    p = sub.add_parser("facts", help="device model, JetPack/L4T, TensorRT, numpy, power mode, clocks")
+    p.add_argument("--space", default=None, help="also report the free bytes where this path is (or would be)")
     p = sub.add_parser("inventory", help="size and SHA-256 of every file under each DIR")
     p.add_argument("dirs", nargs="+")
     p = sub.add_parser("build", help="build the TensorRT engine here (reused when unchanged)")
@@ -615,10 +638,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="write bench.json here (relative paths: inside the bundle)")
     args = parser.parse_args(argv)
     try:
+        if sys.version_info < MIN_PYTHON:
+            raise DeviceError(f"Python {platform.python_version()} is too old: edgetl's device side needs "
+                              f"{'.'.join(map(str, MIN_PYTHON))} or newer (edgetl deploy --python PATH)")
         if args.command == "verify":
             result = verify(Path(args.dir))
         elif args.command == "facts":
-            result = facts()
+            result = facts(args.space)
         elif args.command == "inventory":
             result = inventory(args.dirs)
         elif args.command == "build":
