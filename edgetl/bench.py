@@ -78,13 +78,12 @@ def plan_rows(run: RunDir, backends: Sequence[str], precisions: Sequence[str] | 
             continue
         dev = "cuda" if backend == "tensorrt" else device
         if backend == "tensorrt":
-            try:
-                from edgetl.engine import import_tensorrt, machine_facts
+            from edgetl.engine import facts_here
 
-                import_tensorrt()
-                machine_facts()
-            except EdgetlError as e:
-                skip(backend, None, str(e))
+            # an engine runs through TensorRT or TensorRT-RTX, whichever this machine can run
+            here, missing = facts_here()
+            if not here:
+                skip(backend, None, "; ".join(str(e) for e in missing.values()))
                 continue
         if known is None:
             wanted = {"torch": ["fp32"] + (["fp16"] if dev.startswith("cuda") else [])}.get(

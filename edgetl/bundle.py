@@ -107,7 +107,10 @@ def model_files(run: RunDir, precision: str) -> dict[str, Path]:
     if precision == "int8" and cpu.exists():
         models["int8_cpu"] = cpu
     run.require(run.splits, hint="the bundle's evaluation images come from the run's validation split (splits.json)")
+    from edgetl.card import ModelCard
+
     for path in models.values():
+        ModelCard.from_onnx(path)  # one line for an unreadable or changed file (its recorded SHA-256), before parsing it here
         if _external_data(path):
             raise DeployError(f"{path}: stores its weights in external data files, which bundles do not carry yet",
                               "re-export without external data (models under 2 GB fit in one file)")

@@ -184,7 +184,7 @@ def facts_for_engine(plan: str | os.PathLike, sidecar: dict[str, Any], trt=None)
                                  e.hint) from None
 
 
-def _facts_here(libraries) -> tuple[dict[str, dict[str, Any]], dict[str, BackendUnavailable]]:
+def facts_here(libraries=tuple(LIBRARIES)) -> tuple[dict[str, dict[str, Any]], dict[str, BackendUnavailable]]:
     """Machine facts per engine library that can run here, and why the others cannot."""
     here, missing = {}, {}
     for lib in libraries:
@@ -207,7 +207,7 @@ def find_engine(run, precision: str = "fp32", facts: dict[str, Any] | None = Non
     if facts is not None:
         here, missing = {facts["library"]: facts}, {}
     else:
-        here, missing = _facts_here([library] if library else list(LIBRARIES))
+        here, missing = facts_here([library] if library else list(LIBRARIES))
     own = None
     for f in here.values():
         if f["library"] == "tensorrt":  # an RTX engine's folder names compute capabilities, not this GPU

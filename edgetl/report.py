@@ -161,7 +161,7 @@ def bench_markdown(result: dict[str, Any]) -> str:
     if sysinfo.get("gpu"):
         machine += f", {sysinfo['gpu']}" + (f" (driver {sysinfo['driver']})" if sysinfo.get("driver") else "")
     if sysinfo.get("l4t_release"):
-        machine += f", L4T {sysinfo['l4t_release']}, power mode {sysinfo.get('power_mode') or 'n/a'}"
+        machine += f", L4T {sysinfo['l4t_release']}, power mode {(sysinfo.get('power_mode') or {}).get('name') or 'n/a'}"
     out = [f"# edgetl bench: `{result['run']}`", "", f"{result['created']} on {machine}", "", f"Libraries: {libs}", ""]
     out.append("| " + " | ".join(COLUMNS) + " |")
     out.append("|" + "|".join("---" if c in ("backend", "precision", "device", "model file", "flags") else "---:"

@@ -406,6 +406,8 @@ def trtexec_command(trtexec: str, onnx_path: Path, out: Path, profile: dict, pre
         command += [f"--minShapes={shape(profile['min'])}", f"--optShapes={shape(profile['opt'])}",
                     f"--maxShapes={shape(profile['max'])}"]
     help_text = subprocess.run([trtexec, "--help"], capture_output=True, text=True).stdout
+    if "--noTF32" in help_text:
+        command.append("--noTF32")  # an fp32 engine computes in fp32, as `edgetl build` builds it
     if "--stronglyTyped" in help_text:
         command.append("--stronglyTyped")  # precision is baked into the ONNX graph
     elif precision in ("int8", "fp16"):
