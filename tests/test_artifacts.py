@@ -206,3 +206,17 @@ def test_a_model_is_hashed_once_per_process(exported_copy, monkeypatch):
     for _ in range(3):
         ModelCard.from_onnx(run / "model.onnx")
     assert calls == [run / "model.onnx"]
+
+
+def test_garbage_model_onnx_is_one_line_in_bundle_and_deploy(exported_copy):
+    """Bytes that are no ONNX at all: bundle (and deploy, through the same model_files) say so in one line."""
+    from edgetl.bundle import make_bundle, model_files
+    from edgetl.errors import ModelError
+    from edgetl.rundir import RunDir
+
+    run = exported_copy("garbage")
+    (run / "model.onnx").write_bytes(b"\x08\x07not an onnx file at all" * 100)
+    for stage in (lambda: make_bundle(run), lambda: model_files(RunDir(run), "fp32")):
+        with pytest.raises(ModelError, match="model.onnx: not a readable ONNX file"):
+            stage()
+    assert not (run / "bundles").exists()
