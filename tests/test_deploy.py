@@ -55,7 +55,7 @@ def sshd(tmp_path_factory):
     config = root / "sshd_config"
     config.write_text("\n".join([
         f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {root / 'host_key'}", f"PidFile {root / 'sshd.pid'}",
-        f"AuthorizedKeysFile {root / 'authorized_keys'}", "PubkeyAuthentication yes", "PasswordAuthentication no",
+        f"AuthorizedKeysFile {root / 'authorized_keys'} .ssh/authorized_keys", "PubkeyAuthentication yes", "PasswordAuthentication no",
         "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password", "StrictModes no", "UsePAM no",
         "MaxStartups 50", "MaxSessions 50", "LogLevel ERROR", ""]))
     if os.geteuid() == 0:
@@ -322,6 +322,56 @@ def test_cli_deploy_with_port_and_identity(sshd, demo_run, tmp_path):
     res = CliRunner().invoke(app, args[:5] + [str(_free_port())] + args[6:])
     err = res.exception
     assert isinstance(err, DeployError) and "connection refused" in err.message and "--port" in err.hint
+
+
+SECOND_ACCOUNT = "edgetl-device"  # made by .ci/run, with ~/venv holding only numpy and onnxruntime
+
+
+def _second_account():
+    import pwd
+
+    try:
+        home = Path(pwd.getpwnam(SECOND_ACCOUNT).pw_dir)
+    except KeyError:
+        return None
+    python = home / "venv" / "bin" / "python"
+    return (home, python) if os.geteuid() == 0 and python.exists() else None
+
+
+@needs_sshd
+@pytest.mark.ssh
+@pytest.mark.skipif(_second_account() is None, reason=f"needs root and the account {SECOND_ACCOUNT} with ~/venv "
+                                                       "(numpy, onnxruntime), as .ci/run makes them")
+def test_deploy_to_a_second_account(sshd, demo_run, tmp_path):
+    """As a new user deploys to a device: another account (its own home and a venv with only numpy and
+    onnxruntime, no edgetl), reached with --port and --identity through the real console script; results
+    land under devices/<user@host_port>/, apart from this account's."""
+    import pwd
+
+    home, python = _second_account()
+    user = pwd.getpwnam(SECOND_ACCOUNT)
+    ssh_dir = home / ".ssh"
+    ssh_dir.mkdir(exist_ok=True)
+    (ssh_dir / "authorized_keys").write_text((sshd.root / "user_key.pub").read_text())
+    for p in (ssh_dir, ssh_dir / "authorized_keys"):
+        os.chown(p, user.pw_uid, user.pw_gid)
+    remote = f"edgetl-test-{os.getpid()}"
+    known = ["-F", "/dev/null", "-o", f"UserKnownHostsFile={sshd.root / 'known_hosts'}", "-o", "GlobalKnownHostsFile=/dev/null"]
+    cli = shutil.which("edgetl", path=str(Path(sys.executable).parent)) or shutil.which("edgetl")
+    cmd = [cli, "deploy", str(demo_run), "--host", f"{SECOND_ACCOUNT}@127.0.0.1", "--port", str(sshd.port),
+           "--identity", str(sshd.root / "user_key"), "--remote-dir", f"~/{remote}", "--python", str(python),
+           "--backend", "onnxruntime", "--bench", "--batch-size", "2", "--iterations", "3", "--warmup", "1",
+           "--max-images", "64"] + [f"--ssh-option={o}" for o in known]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "benchmarked model.onnx on cpu" in res.stdout and "Traceback" not in res.stderr
+        assert (home / remote).is_dir() and (home / remote).stat().st_uid == user.pw_uid  # the device's own files
+        local = demo_run / "devices" / f"{SECOND_ACCOUNT}@127.0.0.1_{sshd.port}"
+        rows = json.loads((local / "bench.json").read_text())["rows"]
+        assert any(r["batch_size"] == 2 and r["backend"] == "onnxruntime" and r["top1"] is not None for r in rows)
+    finally:
+        shutil.rmtree(home / remote, ignore_errors=True)
 
 
 @needs_sshd
