@@ -194,10 +194,11 @@ def _conv_backbone(g: _Graph, tensor: str):
 
 
 def _distances(g: _Graph, tensor: str) -> dict[str, int]:
-    """Node name -> fewest nodes between it and `tensor`, going up the graph (its producer is 0; Q/DQ nodes
-    count nothing, so a quantized graph measures as its float original)."""
+    """Node name -> fewest nodes between it and `tensor`, going up the graph (its producer is 0). Q/DQ nodes
+    are stepped over, never visited: a quantized graph then measures exactly as its float original (a
+    shared Q/DQ after a branch point must not become the meeting point of two paths)."""
     out: dict[str, int] = {}
-    first = g.parent(tensor)
+    first = g.parent(g.float_source(tensor))
     tie = itertools.count()  # heap order never compares two nodes
     heap = [] if first is None else [(0, next(tie), first)]
     while heap:
@@ -206,9 +207,9 @@ def _distances(g: _Graph, tensor: str) -> dict[str, int]:
             continue
         out[node.name] = d
         for i in g.variable_inputs(node):
-            parent = g.parent(i)
+            parent = g.parent(g.float_source(i))
             if parent is not None and parent.name not in out:
-                heapq.heappush(heap, (d + (0 if parent.op_type in _QDQ else 1), next(tie), parent))
+                heapq.heappush(heap, (d + 1, next(tie), parent))
     return out
 
 

@@ -106,6 +106,24 @@ def test_resnet18_placement(family_graphs):
     assert "downsample" in g.source(skip).name
 
 
+def test_avg_down_resnet_placement(tmp_path):
+    """The demo's model (timm's test_resnet: downsample = AvgPool then a conv, so the skip is a conv too, and
+    the block input feeds both paths through one shared Q/DQ). The main conv stays float into each Add:
+    the Q/DQ after the branch point must not be taken for the place where the two paths meet (it once was,
+    and the demo's quantize failed its own check)."""
+    from edgetl.scaffold import export_and_quantize, make_run
+
+    run = make_run(tmp_path, "test_resnet", img_size=16, num_classes=5, images_per_class=4)
+    export_and_quantize(run, "tensorrt")
+    g = Graph(run / "model.int8.onnx")
+    assert placement_problems(g.model) == []
+    _residual_adds_skip_only(g, 4, ("Conv",))
+    for add in g.of("Add"):
+        if all(g.source(i).op_type == "Conv" for i in add.input):
+            skip = next(i for i in add.input if g.dq(i))
+            assert "downsample" in g.source(skip).name, add.name
+
+
 @pytest.mark.parametrize("model,adds", [("mobilenetv3_small_050", 7), ("efficientnet_b0", 9)])
 def test_mobile_nets_with_squeeze_excite(family_graphs, model, adds):
     g = Graph(family_graphs(model) / "model.int8.onnx")
