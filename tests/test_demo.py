@@ -1,0 +1,29 @@
+"""The README's first command: `edgetl demo` runs the whole chain (one seed here, to keep the suite short)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_demo_runs_every_stage_through_the_console_script(tmp_path):
+    cli = shutil.which("edgetl", path=str(Path(sys.executable).parent)) or shutil.which("edgetl")
+    cmd = [cli] if cli else [sys.executable, "-m", "edgetl"]
+    out = tmp_path / "demo"
+    res = subprocess.run(cmd + ["demo", "--out", str(out), "--seeds", "1"], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    run = out / "transfer-seed0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    gain = metrics["baseline"]["gain_top1"]
+    assert metrics["top1"] > 0.5 and abs(gain - (metrics["top1"] - metrics["baseline"]["top1"])) < 1e-12
+    assert f"{gain * 100:+.1f}" in res.stdout  # the per-seed table shows the measured gain
+    report = json.loads((run / "quant_report.json").read_text())
+    assert {"int8/tensorrt", "int8/cpu", "fp16"} <= set(report["entries"])
+    for name in ("model.onnx", "model.int8.onnx", "model.int8.cpu.onnx", "model.fp16.onnx", "bench.json", "bench.png"):
+        assert (run / name).is_file(), name
+    rows = json.loads((run / "bench.json").read_text())["rows"]
+    assert {r["backend"] for r in rows} >= {"torch", "onnxruntime"}
