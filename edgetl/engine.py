@@ -54,10 +54,6 @@ class Sidecar(BaseModel):
     edgetl_version: str
     card: dict[str, Any] | None
 
-    def max_batch(self) -> int | None:
-        shape = self.profile.get("max")
-        return int(shape[0]) if shape else None
-
 
 # -- the library flavour --------------------------------------------------------------------------------
 def import_flavour(library: str = "tensorrt"):
@@ -83,9 +79,6 @@ def import_flavour(library: str = "tensorrt"):
                                  "(strongly typed networks)", "upgrade TensorRT (JetPack 6 ships 10.x)")
     return trt
 
-
-def import_tensorrt():
-    return import_flavour("tensorrt")
 
 
 def machine_facts(library: str = "tensorrt", trt=None) -> dict[str, Any]:
@@ -278,5 +271,5 @@ def check_engine(plan: str | os.PathLike, sidecar: dict[str, Any], facts: dict[s
 
 __all__ = ["ENGINE_PRECISIONS", "REBUILD_HINT", "SIDECAR_FORMAT", "Sidecar", "capturing_logger", "check_engine",
            "describe_engine", "engine_dir", "engine_file", "engine_mismatch", "facts_for_engine", "find_engine",
-           "import_flavour", "import_tensorrt", "init_plugins", "machine_facts", "read_sidecar", "rtx_target",
+           "import_flavour", "init_plugins", "machine_facts", "read_sidecar", "rtx_target",
            "sidecar_path"]

@@ -100,18 +100,16 @@ def _model_name(text: str) -> str:
 
 
 def _engine_max_batch(plan: Path) -> int | None:
-    """The engine's largest batch, from its sidecar when the builder recorded it."""
-    for sidecar in (plan.with_suffix(".json"), plan.with_name(plan.name + ".json")):
-        if sidecar.exists():
-            try:
-                meta = json.loads(sidecar.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                return None
-            if meta.get("max_batch"):
-                return int(meta["max_batch"])
-            profile_max = (meta.get("profile") or {}).get("max")  # edgetl build: [N, C, H, W]
-            return int(profile_max[0]) if profile_max else None
-    return None
+    """The engine's largest batch, from the profile its sidecar records (edgetl build and the device
+    entry point both write it through portable.engines.make_sidecar), or None where it cannot be read."""
+    from edgetl.engine import sidecar_path
+
+    try:
+        meta = json.loads(sidecar_path(plan).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    profile_max = (meta.get("profile") or {}).get("max") if isinstance(meta, dict) else None  # [N, C, H, W]
+    return int(profile_max[0]) if profile_max else None
 
 
 def _pbtxt_string(text: str) -> str:
