@@ -570,9 +570,7 @@ def bench(bundle: Path, backend: str, precision, batch_sizes: list, warmup: int,
         cpu = device == "cpu" or (device == "auto" and "CUDAExecutionProvider" not in (_ort_providers() or []))
         model_rel = model_file(manifest, precision, "cpu" if cpu else "tensorrt")
         runner = OrtRunner(bundle / model_rel, "cpu" if cpu else "cuda")
-        # the words edgetl's onnxruntime backend uses (tests/test_contract.py keeps them equal)
-        timed = ("session.run on host arrays (CPU compute)" if cpu else
-                 "session.run on host arrays (compute; host<->device copies included for GPU providers)")
+        timed = bench_rows.ort_timed(cpu)
     else:
         raise DeviceError(f"unknown backend {backend!r} (use tensorrt or onnxruntime)")
     reference = manifest.get("reference") or {}

@@ -19,6 +19,12 @@ DROP_FLAG = 0.02          # top-1 more than 2 points below the reference
 NO_GAIN_RATIO = 0.95      # int8 p50 above 95% of fp16's p50: int8 is not buying speed
 
 
+def ort_timed(cpu: bool) -> str:
+    """What an onnxruntime row's latency includes: the words `edgetl bench` and the device write alike."""
+    return ("session.run on host arrays (CPU compute)" if cpu else
+            "session.run on host arrays (compute; host<->device copies included for GPU providers)")
+
+
 def latency_stats(seconds: Sequence[float] | np.ndarray, batch_size: int) -> dict[str, Any]:
     """latency_ms (mean, percentiles, min, max, std; 4 decimals), throughput_ips and iterations from
     per-call times in seconds."""

@@ -6,6 +6,7 @@ import numpy as np
 
 from edgetl.card import ModelCard
 from edgetl.errors import BackendUnavailable, ModelError, first_line
+from edgetl.portable.rows import ort_timed
 from edgetl.runtime.base import Backend
 
 _PROVIDERS = {"cpu": ["CPUExecutionProvider"],
@@ -47,8 +48,7 @@ class OnnxRuntimeBackend(Backend):
         out = super().describe()
         if self.is_active:
             out["provider"] = self.session.get_providers()[0]
-        out["timed"] = ("session.run on host arrays (compute; host<->device copies included for GPU providers)"
-                        if self.device != "cpu" else "session.run on host arrays (CPU compute)")
+        out["timed"] = ort_timed(self.device == "cpu")
         return out
 
     def deactivate_impl(self) -> None:
