@@ -112,6 +112,14 @@ class RunDir:
     def triton_dir(self) -> Path:
         return self.path / "triton"
 
+    @property
+    def settings_dir(self) -> Path:
+        """RUN/settings/<stage>.yaml: each stage's resolved settings (finetune's stay in config.yaml)."""
+        return self.path / "settings"
+
+    def settings_file(self, stage: str) -> Path:
+        return self.settings_dir / f"{stage}.yaml"
+
     def require(self, *paths: Path, hint: str) -> None:
         if not self.path.is_dir():
             raise RunDirError(f"{self.path}: no such run directory", "give the folder that `edgetl finetune --out` wrote")

@@ -1,0 +1,30 @@
+"""The closed vocabularies of edgetl, each defined once: a `Literal` for settings models (values stay plain
+strings in the library) and an `Enum` of the same values for Typer, so the CLI refuses a wrong value itself."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal, get_args
+
+PrecisionName = Literal["fp32", "fp16", "bf16", "int8"]
+EnginePrecisionName = Literal["fp32", "fp16", "int8"]  # what an ONNX graph / engine can have baked in
+QuantPrecisionName = Literal["int8", "fp16"]
+BackendName = Literal["torch", "onnxruntime", "tensorrt"]
+DeviceName = Literal["cpu", "cuda"]
+Int8FormName = Literal["tensorrt", "cpu"]  # S8S8 Q/DQ for TensorRT, U8S8 for x86 ONNX Runtime
+
+
+def values(literal) -> tuple[str, ...]:
+    return tuple(get_args(literal))
+
+
+def as_enum(name: str, literal) -> type[Enum]:
+    """A str Enum whose members are the Literal's values (member name == value), for a Typer option."""
+    return Enum(name, {v: v for v in values(literal)}, type=str)  # type: ignore[return-value]
+
+
+Precision = as_enum("Precision", PrecisionName)
+EnginePrecision = as_enum("EnginePrecision", EnginePrecisionName)
+QuantPrecision = as_enum("QuantPrecision", QuantPrecisionName)
+Backend = as_enum("Backend", BackendName)
+Device = as_enum("Device", DeviceName)
