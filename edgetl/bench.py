@@ -151,7 +151,7 @@ def bench_run(run_path: str | os.PathLike, data: str | os.PathLike | None = None
               threads: int | None = None, limit: int | None = None, cuda_graph: bool = False,
               progress: bool = True, write: bool = True, on_skip: Callable[[dict], None] | None = None) -> dict:
     """Benchmark a run; returns the bench.json dict (and writes bench.json/md/png unless write=False)."""
-    from edgetl.console import make_progress
+    from edgetl.presentation.console import make_progress
     from edgetl.runtime import create_backend
 
     run = RunDir(run_path)

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from edgetl.console import console, err_console
+from edgetl.presentation.console import console, err_console
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Fine-tune, export, quantize, build and benchmark image classifiers for NVIDIA edge devices.")
@@ -210,7 +210,7 @@ def finetune(
     given = dict(locals())  # first statement: only the options, before any import adds names
     from edgetl.config import FinetuneConfig, load_config
     from edgetl.finetune import finetune as run_finetune
-    from edgetl.console import finetune_events
+    from edgetl.presentation.console import finetune_events
 
     overrides = {k: v for k, v in given.items() if k not in ("config", "resume", "overwrite")}
     overrides["data"], overrides["out"] = str(data), str(out)
@@ -232,7 +232,7 @@ def eval_cmd(
 ) -> None:
     """Score a run's model on a folder with top-1/top-5/F1/AUC and the confusion matrix."""
     from edgetl.evaluate import eval_run
-    from edgetl.console import print_metrics
+    from edgetl.presentation.console import print_metrics
 
     with console.status("evaluating"):
         metrics = eval_run(run, data=data, backend=backend, precision=precision, device=device, batch_size=batch_size)
@@ -306,7 +306,7 @@ def quantize(
 ) -> None:
     """Bake INT8 (Q/DQ) or FP16 into the ONNX graph and score it against fp32 -> quant_report.json."""
     from edgetl.quantize import QuantizeRequest, quantize as run_quantize
-    from edgetl.console import progress_callback
+    from edgetl.presentation.console import progress_callback
 
     request = QuantizeRequest(precision=precision, target=target, calib=str(calib) if calib else None,
                               calib_size=calib_size, method=method, percentile=percentile,

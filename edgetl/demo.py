@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgetl.config import FinetuneConfig
-from edgetl.console import console, finetune_events
+from edgetl.presentation.console import console, finetune_events
 from edgetl.data.demo import write_demo_data
 from edgetl.errors import EdgetlError
 from edgetl.finetune import finetune

@@ -67,7 +67,7 @@ class Steps:
         if self.quiet:
             yield note
             return
-        from edgetl.console import console
+        from edgetl.presentation.console import console
 
         # No spinner around a step that draws its own bar: older rich allows one live display at a time.
         with console.status(text) if spinner else contextlib.nullcontext():
@@ -82,7 +82,7 @@ class Steps:
             return
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-        from edgetl.console import console
+        from edgetl.presentation.console import console
 
         with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                       console=console, transient=True) as progress:

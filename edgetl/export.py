@@ -433,7 +433,7 @@ def print_report(report: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from edgetl.console import console
+    from edgetl.presentation.console import console
 
     p = report["parity"]
     table = Table(title=f"export: {report['model']} -> {report['model_file']}", show_header=False)

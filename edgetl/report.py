@@ -139,7 +139,7 @@ def _terminal_caption(result: dict[str, Any], layout: str) -> list[str]:
 def print_bench(result: dict[str, Any], console=None) -> None:
     """The rich table, what its numbers mean, the flags, then one line per skipped combination and per note."""
     from edgetl.bench import skipped_lines
-    from edgetl.console import console as default_console
+    from edgetl.presentation.console import console as default_console
 
     console = console or default_console
     table, layout = bench_table(result, console)

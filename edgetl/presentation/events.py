@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-from edgetl.console import console as default_console
+from edgetl.presentation.console import console as default_console
 from edgetl.stage import Events
 
 
