@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
@@ -112,12 +111,3 @@ class ModelCard(BaseModel):
             if prop.key == CARD_KEY:
                 return cls.from_json(prop.value, where)
         raise ModelError(f"{where}: has no edgetl model card in metadata_props", "export it with `edgetl export`")
-
-    # -- sidecar JSON -------------------------------------------------------------------------
-    @classmethod
-    def from_sidecar(cls, path: str | os.PathLike) -> "ModelCard":
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-            return cls.model_validate(data["card"])
-        except (OSError, ValueError, KeyError, ValidationError) as e:
-            raise ModelError(f"{path}: unreadable engine sidecar ({first_line(e)})") from None

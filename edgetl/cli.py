@@ -11,6 +11,7 @@ from typing import List, Optional
 
 import typer
 
+from edgetl.choices import Backend as BackendChoice, Device as DeviceChoice, Precision as PrecisionChoice
 from edgetl.presentation.console import console, err_console
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -223,24 +224,26 @@ def finetune(
 @app.command("eval")
 def eval_cmd(
     run: Path = typer.Argument(..., help="run directory"),
+    config: Optional[Path] = typer.Option(None, help="YAML file of eval settings; options given here override it"),
     data: Optional[Path] = typer.Option(None, help="ImageFolder DIR/<class>/* [default: the run's own val split]"),
-    backend: str = typer.Option("torch", help="torch | onnxruntime | tensorrt"),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (which model file of the run)"),
-    device: str = typer.Option("cpu", help="cpu | cuda"),
-    batch_size: int = typer.Option(64, min=1),
+    backend: Optional[BackendChoice] = typer.Option(None, help="which runtime scores [default: torch]"),
+    precision: Optional[PrecisionChoice] = typer.Option(None, help="which model file of the run [default: fp32]"),
+    device: Optional[DeviceChoice] = typer.Option(None, help="[default: cpu] (tensorrt always runs on the GPU)"),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="[default: 64]"),
     json_out: Optional[Path] = typer.Option(None, "--json", dir_okay=False, help="also write the metrics here"),
 ) -> None:
     """Score a run's model on a folder with top-1/top-5/F1/AUC and the confusion matrix."""
-    from edgetl.evaluate import eval_run
-    from edgetl.presentation.console import print_metrics
+    from edgetl.evaluate import EvalSettings, eval_run
+    from edgetl.presentation.eval import render_eval
+    from edgetl.presentation.events import RichEvents
+    from edgetl.stage import load_settings
 
-    with console.status("evaluating"):
-        metrics = eval_run(run, data=data, backend=backend, precision=precision, device=device, batch_size=batch_size)
-    print_metrics(metrics)
-    if json_out is not None:
-        from edgetl.io import write_json
-
-        write_json(json_out, metrics)
+    overrides = {"data": str(data) if data else None, "backend": backend, "precision": precision, "device": device,
+                 "batch_size": batch_size, "json_path": str(json_out) if json_out else None}
+    cfg = load_settings(EvalSettings, config, overrides)
+    with RichEvents() as events:
+        result = eval_run(run, cfg, events)
+    render_eval(result)
 
 
 # --- demo -------------------------------------------------------------------------------------------
@@ -268,23 +271,30 @@ def demo(
 @app.command("export")
 def export_cmd(
     run: Path = typer.Argument(..., help="run directory (holds model.safetensors and splits.json)"),
-    opset: int = typer.Option(17, help="ONNX opset; 17 parses on TensorRT 8.5+, 10.x (JetPack 6) and 11.x"),
+    config: Optional[Path] = typer.Option(None, help="YAML file of export settings; options given here override it"),
+    opset: Optional[int] = typer.Option(None, help="ONNX opset; 17 parses on TensorRT 8.5+, 10.x (JetPack 6) and "
+                                                   "11.x [default: 17]"),
     static_batch: Optional[int] = typer.Option(None, help="fix the batch dimension to N [default: dynamic]"),
-    fuse_preprocess: bool = typer.Option(False, "--fuse-preprocess",
-                                         help="graph takes uint8 NHWC RGB and normalises it itself"),
-    tolerance: float = typer.Option(1e-4, help="largest |delta logit| vs PyTorch that passes"),
-    simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="onnxslim pass, kept only if parity holds"),
-    parity_images: int = typer.Option(64, help="validation images compared with PyTorch"),
+    fuse_preprocess: Optional[bool] = typer.Option(None, "--fuse-preprocess/--no-fuse-preprocess",
+                                                   help="graph takes uint8 NHWC RGB and normalises it itself "
+                                                        "[default: off]"),
+    tolerance: Optional[float] = typer.Option(None, help="largest |delta logit| vs PyTorch that passes [default: 1e-4]"),
+    simplify: Optional[bool] = typer.Option(None, "--simplify/--no-simplify",
+                                            help="onnxslim pass, kept only if parity holds [default: on]"),
+    parity_images: Optional[int] = typer.Option(None, help="validation images compared with PyTorch [default: 64]"),
 ) -> None:
     """Export the run's model to RUN/model.onnx, checked against PyTorch on real validation images."""
-    from edgetl.export import export, print_report
-    from edgetl.io import read_json
-    from edgetl.rundir import RunDir
+    from edgetl.export import ExportSettings, export
+    from edgetl.presentation.events import RichEvents
+    from edgetl.presentation.export import render_export
+    from edgetl.stage import load_settings
 
-    with console.status("exporting") as status:
-        export(run, opset=opset, static_batch=static_batch, fuse_preprocess=fuse_preprocess, tolerance=tolerance,
-               simplify=simplify, parity_images=parity_images, on_step=lambda msg: status.update(msg))
-    print_report(read_json(RunDir(run).export_report))
+    overrides = {"opset": opset, "static_batch": static_batch, "fuse_preprocess": fuse_preprocess,
+                 "tolerance": tolerance, "simplify": simplify, "parity_images": parity_images}
+    cfg = load_settings(ExportSettings, config, overrides)
+    with RichEvents() as events:
+        result = export(run, cfg, events)
+    render_export(result)
 
 
 # --- end export -------------------------------------------------------------------------------------
@@ -393,28 +403,37 @@ def build_cmd(
 @app.command("bench")
 def bench_cmd(
     run: Path = typer.Argument(..., help="run directory"),
+    config: Optional[Path] = typer.Option(None, help="YAML file of bench settings; options given here override it"),
     data: Optional[Path] = typer.Option(None, help="ImageFolder DIR/<class>/* [default: the run's own val split]"),
-    backends: str = typer.Option("torch,onnxruntime,tensorrt", help="comma list: torch, onnxruntime, tensorrt"),
+    backends: Optional[str] = typer.Option(None, help="comma list of torch, onnxruntime, tensorrt "
+                                                      "[default: torch,onnxruntime,tensorrt]"),
     precisions: Optional[str] = typer.Option(None, help="comma list of fp32, fp16, bf16, int8 [default: every model file the run has]"),
-    batch_sizes: str = typer.Option("1", help="comma list, e.g. 1,8"),
-    iterations: int = typer.Option(100, min=1, help="timed iterations per row"),
+    batch_sizes: Optional[str] = typer.Option(None, help="comma list, e.g. 1,8 [default: 1]"),
+    iterations: Optional[int] = typer.Option(None, min=1, help="timed iterations per row [default: 100]"),
     duration: Optional[float] = typer.Option(None, callback=lambda v: _positive_seconds(v),
                                              help="time each row for S seconds instead of --iterations"),
-    warmup: int = typer.Option(10, min=0, help="untimed iterations first"),
-    device: str = typer.Option("cpu", help="cpu | cuda (torch and onnxruntime rows; tensorrt always runs on the GPU)"),
+    warmup: Optional[int] = typer.Option(None, min=0, help="untimed iterations first [default: 10]"),
+    device: Optional[DeviceChoice] = typer.Option(None, help="torch and onnxruntime rows; tensorrt always runs on "
+                                                             "the GPU [default: cpu]"),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch and onnxruntime"),
     limit: Optional[int] = typer.Option(None, min=1, help="score top-1 on the first N images only"),
-    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="tensorrt rows replay a CUDA graph"),
+    cuda_graph: Optional[bool] = typer.Option(None, "--cuda-graph/--no-cuda-graph",
+                                              help="tensorrt rows replay a CUDA graph [default: off]"),
 ) -> None:
     """Latency (mean/p50/p90/p99, throughput) and top-1 per backend x precision x batch size; writes
     RUN/bench.json, bench.md and bench.png."""
-    from edgetl.bench import bench_run
-    from edgetl.report import print_bench
+    from edgetl.bench import BenchSettings, bench
+    from edgetl.presentation.bench import render_bench
+    from edgetl.presentation.events import RichEvents
+    from edgetl.stage import load_settings
 
-    result = bench_run(run, data=data, backends=backends, precisions=precisions, batch_sizes=batch_sizes,
-                       warmup=warmup, iterations=iterations, duration=duration, device=device, threads=threads,
-                       limit=limit, cuda_graph=cuda_graph)
-    print_bench(result)
+    overrides = {"data": str(data) if data else None, "backends": backends, "precisions": precisions,
+                 "batch_sizes": batch_sizes, "iterations": iterations, "duration": duration, "warmup": warmup,
+                 "device": device, "threads": threads, "limit": limit, "cuda_graph": cuda_graph}
+    cfg = load_settings(BenchSettings, config, overrides)
+    with RichEvents() as events:
+        result = bench(run, cfg, events)
+    render_bench(result)
     console.print(f"wrote {_bench_files(run)}", markup=False)
 
 

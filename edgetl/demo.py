@@ -132,10 +132,11 @@ def _print_comparison(rows: list[dict], shots: int, strategy: str, source: str) 
 
 def _deploy_chain(run: Path) -> dict:
     """Make the transferred model fast: ONNX, int8 (TensorRT and CPU forms) and fp16, then the bench table."""
-    from edgetl.bench import bench_run
+    from edgetl.bench import BenchSettings, bench
     from edgetl.export import export
     from edgetl.quantize import QuantizeRequest, quantize
-    from edgetl.report import print_bench
+    from edgetl.presentation.bench import print_bench
+    from edgetl.presentation.events import RichEvents
 
     console.rule("3. export to ONNX (parity against PyTorch on the val images)")
     export(run)
@@ -157,10 +158,12 @@ def _deploy_chain(run: Path) -> dict:
         top1_text = "n/a" if top1 is None else f"{top1:.3f}"
         console.print(f"{key:14} top-1 {top1_text} (fp32 {entry['fp32_top1']:.3f}) -> {entry['model_file']}", markup=False)
     console.rule("5. benchmark what this machine can run")
-    result = bench_run(run, backends=("torch", "onnxruntime", "tensorrt"), batch_sizes=(1, 8), warmup=5, iterations=30)
+    with RichEvents() as events:
+        result = bench(run, BenchSettings(backends=["torch", "onnxruntime", "tensorrt"], batch_sizes=[1, 8], warmup=5,
+                                          iterations=30), events)
     print_bench(result)
     console.print(f"bench.json, bench.md, bench.png -> {run}", markup=False)
-    return result
+    return result.model_dump(mode="json")
 
 
 def _say(text: str) -> None:

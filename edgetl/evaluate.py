@@ -1,15 +1,41 @@
-"""Score any backend on an image list: the same metrics whichever runtime produced the logits."""
+"""`edgetl eval`: score any backend on an image list, the same metrics whichever runtime produced the logits."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import numpy as np
+from pydantic import Field, field_validator
 
+from edgetl.choices import BackendName, DeviceName, PrecisionName
 from edgetl.data import ImageList, iter_batches
-from edgetl.errors import DataError, EdgetlError
-from edgetl.metrics import classification_metrics
+from edgetl.errors import DataError
+from edgetl.metrics import Metrics, classification_metrics
 from edgetl.runtime.base import Backend
+from edgetl.stage import SILENT, Events, Settings
+
+
+class EvalSettings(Settings):
+    data: str | None = None          # ImageFolder DIR/<class>/*; None: the run's own validation split
+    backend: BackendName = "torch"
+    precision: PrecisionName = "fp32"  # which model file of the run
+    device: DeviceName = "cpu"
+    batch_size: int = Field(64, ge=1)
+    json_path: str | None = None     # also write the result here
+
+    @field_validator("data", "json_path", mode="before")
+    @classmethod
+    def _path(cls, v: Any) -> Any:
+        return os.fspath(v) if isinstance(v, os.PathLike) else v
+
+
+class EvalResult(Metrics):
+    """The metrics, and which model file of which backend produced them (the `json_path` file)."""
+
+    model_file: str
+    backend: str
+    precision: str
 
 
 def predict(backend: Backend, items: ImageList, batch_size: int = 64,
@@ -23,7 +49,7 @@ def predict(backend: Backend, items: ImageList, batch_size: int = 64,
                         "read the folder with scan_folder(DIR, classes=card.class_names)")
     logits, labels, done = [], [], 0
     for x, y in iter_batches(items, card, batch_size):
-        logits.append(backend.infer(x))
+        logits.append(backend.logits(x, batch_size))  # a fixed-batch model runs the loaded batch in its own size
         labels.append(y)
         done += len(y)
         if progress:
@@ -37,30 +63,33 @@ def evaluate(backend: Backend, items: ImageList, batch_size: int = 64,
     return classification_metrics(logits, labels, backend.card.class_names)
 
 
-def eval_run(run_path, data=None, backend: str = "torch", precision: str = "fp32", device: str = "cpu",
-             batch_size: int = 64, progress=None) -> dict[str, Any]:
-    """`edgetl eval`: score one of the run's model files on DATA (default: the run's own val split).
+def eval_run(run_path: str | os.PathLike, cfg: EvalSettings | None = None, events: Events = SILENT) -> EvalResult:
+    """Score one of the run's model files on `cfg.data` (default: the run's own val split); writes the settings
+    to RUN/settings/eval.yaml and the result to `cfg.json_path` when given.
 
     Preprocessing comes from the card inside the model file that runs, never from the run's config.
     """
     from edgetl.data import read_splits, scan_folder
     from edgetl.rundir import RunDir
-    from edgetl.runtime import create_backend, resolve_model_file
+    from edgetl.runtime import backend_class, create_backend
+    from edgetl.stage import record_settings
 
-    if batch_size < 1:
-        raise EdgetlError(f"--batch-size {batch_size}: give a count >= 1")
+    cfg = cfg or EvalSettings()
     run = RunDir(run_path)
-    if backend == "tensorrt":
-        device = "cuda"  # an engine runs only on the GPU it was built for
-    model_file = resolve_model_file(run, backend, precision, device)
-    with create_backend(backend, model_file, device=device, precision=precision) as be:
-        if data is None:
-            run.require(run.splits, hint="pass --data DIR")
+    cls = backend_class(cfg.backend)
+    device = cls.device_for(cfg.device)
+    model_file = cls.model_file(run, cfg.precision, device)
+    events.status(f"evaluating {cfg.backend} {cfg.precision} ({model_file.name})")
+    with create_backend(cfg.backend, model_file, device=device, precision=cfg.precision) as be:
+        if cfg.data is None:
+            run.require(run.splits, hint="give data DIR (an ImageFolder)")
             _, items = read_splits(run.splits)
         else:
-            items = scan_folder(data, classes=be.card.class_names)
-        metrics = evaluate(be, items, batch_size, progress)
-    metrics["model_file"] = str(model_file)
-    metrics["backend"] = backend
-    metrics["precision"] = precision
-    return metrics
+            items = scan_folder(cfg.data, classes=be.card.class_names)
+        metrics = evaluate(be, items, cfg.batch_size,
+                           lambda done, total: events.progress("scoring", done, total))
+    result = EvalResult(**metrics, model_file=str(model_file), backend=cfg.backend, precision=cfg.precision)
+    record_settings(run.path, "eval", cfg)
+    if cfg.json_path is not None:
+        result.write(cfg.json_path)
+    return result

@@ -16,10 +16,11 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator
 from torch import nn
 
 from edgetl.card import ModelCard
@@ -27,6 +28,7 @@ from edgetl.errors import ExportError, RunDirError, first_line
 from edgetl.metrics import top1
 from edgetl.models import load_trained
 from edgetl.rundir import RunDir
+from edgetl.stage import SILENT, Events, Result, Settings, record_settings
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -63,40 +65,82 @@ class FusedPreprocess(nn.Module):
         return self.model((x - self.mean) * self.scale)
 
 
-def export(run_path: str | os.PathLike, opset: int = DEFAULT_OPSET, static_batch: int | None = None, *,
-           fuse_preprocess: bool = False, tolerance: float = DEFAULT_TOLERANCE, simplify: bool = True,
-           parity_images: int = DEFAULT_PARITY_IMAGES, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
-           on_step: Callable[[str], None] | None = None) -> Path:
+class ExportSettings(Settings):
+    opset: int = DEFAULT_OPSET
+    static_batch: int | None = Field(None, ge=1)   # None: a dynamic batch dimension
+    fuse_preprocess: bool = False                  # the graph takes uint8 NHWC RGB and normalises it itself
+    tolerance: float = Field(DEFAULT_TOLERANCE, ge=0)  # largest scaled |delta logit| vs PyTorch that passes
+    simplify: bool = True                          # onnxslim pass, kept only if parity still holds
+    parity_images: int = Field(DEFAULT_PARITY_IMAGES, ge=1)
+    external_data_threshold: int = Field(EXTERNAL_DATA_THRESHOLD, ge=0)  # weights beyond: model.onnx.data
+
+    @field_validator("opset")
+    @classmethod
+    def _parsable(cls, v: int) -> int:
+        if v < MIN_OPSET:
+            raise ValueError(f"opset {v}: TensorRT's ONNX parser reads opset {MIN_OPSET} and newer "
+                             f"(the default is {DEFAULT_OPSET})")
+        return v
+
+
+class ExportResult(Result):
+    """RUN/export_report.json."""
+
+    model_file: str
+    external_data: str | None
+    model: str
+    opset: int
+    exporter: str
+    dynamic_batch: bool
+    static_batch: int | None
+    fuse_preprocess: bool
+    input_format: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    nodes_before_simplify: int
+    nodes_after_simplify: int
+    simplification: dict[str, Any]
+    parity: dict[str, Any]
+    file_size_bytes: int
+    sha256: str
+    external_data_sha256: str | None
+    weights_sha256: str
+    versions: dict[str, str]
+    seconds: dict[str, float]
+
+
+def export(run_path: str | os.PathLike, cfg: ExportSettings | None = None, events: Events = SILENT) -> ExportResult:
     """Write RUN/model.onnx (fp32, dynamic batch unless `static_batch`) with the card in metadata_props,
-    and RUN/export_report.json. Raises ExportError (nothing written) when a check fails."""
+    and RUN/export_report.json (the result); the settings go to RUN/settings/export.yaml. Raises ExportError
+    (nothing written) when a check fails."""
     import onnx
 
     from edgetl.data import load_arrays, read_splits
-    from edgetl.io import make_tempdir, sha256_file, write_json
+    from edgetl.io import make_tempdir, sha256_file
 
-    step = on_step or (lambda _msg: None)
-    _check_options(opset, static_batch, tolerance, parity_images)
+    cfg = cfg or ExportSettings()
+    opset, static_batch, tolerance = cfg.opset, cfg.static_batch, cfg.tolerance
     run = RunDir(run_path)
     run.require(run.weights, hint="run `edgetl finetune` first, or give the run directory it wrote")
     run.require(run.splits, hint="export checks parity on the run's validation images; `edgetl finetune` writes splits.json")
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 
-    step("loading the checkpoint")
+    events.status("loading the checkpoint")
     model, card = load_trained(run.weights)
     _, val = read_splits(run.splits)
-    n = min(parity_images, len(val))
+    n = min(cfg.parity_images, len(val))
     if n == 0:
         raise ExportError(f"{run.splits}: the validation split is empty", "parity needs real validation images")
-    step(f"reading {n} validation images")
+    events.status(f"reading {n} validation images")
     sample = val.spread(n)
     x_float, labels = load_arrays(sample, card)
     with torch.inference_mode():
         reference = model(torch.from_numpy(x_float)).float().numpy()
 
-    out_card = card.model_copy(update={"input_format": "uint8_nhwc"}) if fuse_preprocess else card
-    module = FusedPreprocess(model, card).eval() if fuse_preprocess else model
-    x_graph = load_arrays(sample, out_card)[0] if fuse_preprocess else x_float
+    out_card = card.model_copy(update={"input_format": "uint8_nhwc"}) if cfg.fuse_preprocess else card
+    module = FusedPreprocess(model, card).eval() if cfg.fuse_preprocess else model
+    x_graph = load_arrays(sample, out_card)[0] if cfg.fuse_preprocess else x_float
 
     try:
         tmpdir = make_tempdir(run.path, "export")
@@ -104,7 +148,7 @@ def export(run_path: str | os.PathLike, opset: int = DEFAULT_OPSET, static_batch
         raise RunDirError(f"{run.path}: cannot write into the run directory ({e.strerror or e})",
                           "check its permissions and free disk space") from None
     try:
-        step(f"exporting '{card.model}' to ONNX opset {opset}")
+        events.status(f"exporting '{card.model}' to ONNX opset {opset}")
         t = time.perf_counter()
         raw = tmpdir / "raw" / run.onnx.name
         raw.parent.mkdir()
@@ -112,20 +156,20 @@ def export(run_path: str | os.PathLike, opset: int = DEFAULT_OPSET, static_batch
         proto = onnx.load(str(raw))
         out_card.write_onnx(proto)
         nodes_before = len(proto.graph.node)
-        external = _initializer_bytes(proto) > external_data_threshold
+        external = _initializer_bytes(proto) > cfg.external_data_threshold
         candidate = tmpdir / "plain" / run.onnx.name
         _save(proto, candidate, external)
         del proto
         timings["export"] = time.perf_counter() - t
 
-        step("checking the graph's inputs and outputs")
+        events.status("checking the graph's inputs and outputs")
         t = time.perf_counter()
         _check_graph(candidate, out_card, static_batch)
         timings["check"] = time.perf_counter() - t
 
-        step(f"parity with PyTorch on {n} validation images (onnxruntime)")
+        events.status(f"parity with PyTorch on {n} validation images (onnxruntime)")
         t = time.perf_counter()
-        parity, batch_sizes = _parity(candidate, x_graph, reference, labels, tolerance, static_batch)
+        parity, batch_sizes = _parity(candidate, x_graph, reference, labels, tolerance)
         timings["parity"] = time.perf_counter() - t
         if not parity["passed"]:
             raise ExportError(
@@ -133,12 +177,12 @@ def export(run_path: str | os.PathLike, opset: int = DEFAULT_OPSET, static_batch
                 f"max |delta logit| {parity['max_abs_diff']:.3g} ({parity['max_scaled_diff']:.3g} of the logit "
                 f"scale, tolerance {tolerance:g}), "
                 f"top-1 agreement {parity['top1_agreement']:.2%}; model.onnx not written",
-                "try another --opset; if the gap is tiny and expected, raise --tolerance")
+                "try another opset; if the gap is tiny and expected, raise the tolerance")
 
         final, nodes_after = candidate, nodes_before
-        simplification: dict[str, Any] = {"requested": simplify, "kept": False}
-        if simplify:
-            step("simplifying (onnxslim)")
+        simplification: dict[str, Any] = {"requested": cfg.simplify, "kept": False}
+        if cfg.simplify:
+            events.status("simplifying (onnxslim)")
             t = time.perf_counter()
             slim_path, slim_parity, note = _simplify(candidate, tmpdir / "slim" / run.onnx.name, out_card, external,
                                                      static_batch, x_graph, reference, labels, tolerance)
@@ -149,54 +193,42 @@ def export(run_path: str | os.PathLike, opset: int = DEFAULT_OPSET, static_batch
                 simplification["kept"] = True
             simplification["note"] = note
 
-        step("writing model.onnx")
+        events.status("writing model.onnx")
         _install(final, run.onnx)
         header = onnx.load(str(run.onnx), load_external_data=False)
         data_file = run.onnx.with_name(run.onnx.name + DATA_SUFFIX)
-        report = {
-            "model_file": run.onnx.name,
-            "external_data": data_file.name if external else None,
-            "model": card.model,
-            "opset": opset,
-            "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
-            "dynamic_batch": static_batch is None,
-            "static_batch": static_batch,
-            "fuse_preprocess": fuse_preprocess,
-            "input_format": out_card.input_format,
-            "inputs": _describe(header.graph.input),
-            "outputs": _describe(header.graph.output),
-            "nodes_before_simplify": nodes_before,
-            "nodes_after_simplify": nodes_after,
-            "simplification": simplification,
-            "parity": {**parity, "batch_sizes": batch_sizes, "images": f"val split (splits.json), {n} spread "
-                       "evenly over it"},
-            "file_size_bytes": run.onnx.stat().st_size + (data_file.stat().st_size if external else 0),
-            "sha256": sha256_file(run.onnx),
-            "external_data_sha256": sha256_file(data_file) if external else None,
-            "weights_sha256": sha256_file(run.weights),
-            "versions": _versions(),
-            "seconds": {**{k: round(v, 3) for k, v in timings.items()},
-                        "total": round(time.perf_counter() - t_start, 3)},
-        }
-        write_json(run.export_report, report)
+        result = ExportResult(
+            model_file=run.onnx.name,
+            external_data=data_file.name if external else None,
+            model=card.model,
+            opset=opset,
+            exporter="torch.onnx.export (TorchScript, dynamo=False)",
+            dynamic_batch=static_batch is None,
+            static_batch=static_batch,
+            fuse_preprocess=cfg.fuse_preprocess,
+            input_format=out_card.input_format,
+            inputs=_describe(header.graph.input),
+            outputs=_describe(header.graph.output),
+            nodes_before_simplify=nodes_before,
+            nodes_after_simplify=nodes_after,
+            simplification=simplification,
+            parity={**parity, "batch_sizes": batch_sizes, "images": f"val split (splits.json), {n} spread "
+                    "evenly over it"},
+            file_size_bytes=run.onnx.stat().st_size + (data_file.stat().st_size if external else 0),
+            sha256=sha256_file(run.onnx),
+            external_data_sha256=sha256_file(data_file) if external else None,
+            weights_sha256=sha256_file(run.weights),
+            versions=_versions(),
+            seconds={**{k: round(v, 3) for k, v in timings.items()}, "total": round(time.perf_counter() - t_start, 3)},
+        )
+        result.write(run.export_report)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-    return run.onnx
+    record_settings(run.path, "export", cfg)
+    return result
 
 
 # -- steps ------------------------------------------------------------------------------------------
-def _check_options(opset: int, static_batch: int | None, tolerance: float, parity_images: int) -> None:
-    if opset < MIN_OPSET:
-        raise ExportError(f"--opset {opset}: TensorRT's ONNX parser reads opset {MIN_OPSET} and newer",
-                          f"use the default {DEFAULT_OPSET}")
-    if static_batch is not None and static_batch < 1:
-        raise ExportError(f"--static-batch {static_batch}: must be 1 or more", "leave it out for a dynamic batch")
-    if not tolerance >= 0:  # also refuses NaN
-        raise ExportError(f"--tolerance {tolerance}: must be 0 or more")
-    if parity_images < 1:
-        raise ExportError(f"--parity-images {parity_images}: must be 1 or more")
-
-
 def _torch_export(module: nn.Module, card: ModelCard, path: Path, opset: int, static_batch: int | None) -> None:
     c, h, w = card.input_size
     batch = static_batch or 2  # 2, not 1: a batch of 1 lets the tracer bake in size-1 broadcasts
@@ -218,7 +250,7 @@ def _torch_export(module: nn.Module, card: ModelCard, path: Path, opset: int, st
         if op:
             raise ExportError(f"the ONNX exporter cannot convert operator '{op.group(1)}' of '{card.model}' "
                               f"at opset {opset}",
-                              "try another --opset (TensorRT 10.0 parses up to 20), or a model without this "
+                              "try another opset (TensorRT 10.0 parses up to 20), or a model without this "
                               "operator") from None
         raise ExportError(f"torch.onnx.export failed for '{card.model}' at opset {opset} ({first})") from None
 
@@ -258,7 +290,7 @@ def _save(proto, path: Path, external: bool) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checked(proto, path, ExportError, what="the exported graph", external_data=external,
-                 hint="try another --opset")
+                 hint="try another opset")
 
 
 def _check_graph(path: Path, card: ModelCard, static_batch: int | None) -> None:
@@ -277,50 +309,30 @@ def _check_graph(path: Path, card: ModelCard, static_batch: int | None) -> None:
                           f"expected {want_in} and {[batch, card.num_classes]}")
 
 
-def _session(path: Path):
-    import onnxruntime as ort
+def _ort_logits(path: Path, x: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Logits for all of `x` through the ONNX Runtime backend (CPU). A static graph gets exact batches (the last
+    one padded); a dynamic one is run in chunks and also at batch 1, so both a full and a single-image batch are
+    exercised. Returns (logits, the batch sizes that ran)."""
+    from edgetl.errors import EdgetlError
+    from edgetl.runtime import create_backend
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise ExportError(f"onnxruntime cannot load the exported graph ({first_line(e)})") from None
-
-
-def _ort_logits(path: Path, x: np.ndarray, static_batch: int | None) -> tuple[np.ndarray, list[int]]:
-    """Logits for all of `x`. A static graph gets exact batches (the last one padded); a dynamic one
-    is run in chunks and also at batch 1, so both a full and a single-image batch are exercised."""
-    session = _session(path)
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        try:
-            return np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0], dtype=np.float32)
-        except Exception as e:
-            raise ExportError(f"onnxruntime failed to run the exported graph ({first_line(e)})") from None
-
-    out, sizes = [], set()
-    step = static_batch or _PARITY_CHUNK
-    for start in range(0, len(x), step):
-        chunk = x[start:start + step]
-        k = len(chunk)
-        if static_batch and k < static_batch:
-            pad = np.repeat(chunk[-1:], static_batch - k, axis=0)
-            chunk = np.concatenate([chunk, pad])
-        sizes.add(len(chunk))
-        out.append(run(np.ascontiguousarray(chunk))[:k])
-    logits = np.concatenate(out)
-    if static_batch is None:
-        single = run(np.ascontiguousarray(x[:1]))
-        sizes.add(1)
-        # a dynamic graph must give the same first row whatever the batch size
-        logits = np.concatenate([logits, single])
+        with create_backend("onnxruntime", path, device="cpu") as be:
+            step = be.fixed_batch or _PARITY_CHUNK
+            sizes = {be.fixed_batch or min(step, len(x) - i) for i in range(0, len(x), step)}
+            logits = be.logits(x, _PARITY_CHUNK)
+            if be.fixed_batch is None:
+                # a dynamic graph must give the same first row whatever the batch size
+                logits = np.concatenate([logits, be.infer(np.ascontiguousarray(x[:1]))])
+                sizes.add(1)
+    except EdgetlError as e:
+        raise ExportError(f"onnxruntime cannot run the exported graph ({e.message})") from None
     return logits, sorted(sizes)
 
 
-def _parity(path: Path, x: np.ndarray, reference: np.ndarray, labels: np.ndarray, tolerance: float,
-            static_batch: int | None) -> tuple[dict[str, Any], list[int]]:
-    got, sizes = _ort_logits(path, x, static_batch)
+def _parity(path: Path, x: np.ndarray, reference: np.ndarray, labels: np.ndarray,
+            tolerance: float) -> tuple[dict[str, Any], list[int]]:
+    got, sizes = _ort_logits(path, x)
     ref = reference if len(got) == len(reference) else np.concatenate([reference, reference[:1]])
     if got.shape != ref.shape:
         raise ExportError(f"exported graph returns logits of shape {got.shape[1:]}, PyTorch {ref.shape[1:]}")
@@ -376,7 +388,7 @@ def _simplify(src: Path, dst: Path, card: ModelCard, external: bool, static_batc
     _save(slim, dst, external)
     try:
         _check_graph(dst, card, static_batch)
-        parity, _ = _parity(dst, x, reference, labels, tolerance, static_batch)
+        parity, _ = _parity(dst, x, reference, labels, tolerance)
     except ExportError as e:
         return None, None, f"simplified graph failed a check ({e.message}); graph kept as exported"
     if not parity["passed"]:
@@ -425,40 +437,3 @@ def _versions() -> dict[str, str]:
     except ImportError:
         pass
     return versions
-
-
-# -- printing -------------------------------------------------------------------------------------
-def print_report(report: dict[str, Any]) -> None:
-    """The export report as a rich table (the CLI's output)."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from edgetl.presentation.console import console
-
-    p = report["parity"]
-    table = Table(title=f"export: {report['model']} -> {report['model_file']}", show_header=False)
-    table.add_column("item")
-    table.add_column("value")
-
-    def io(entries):
-        return escape(", ".join(f"{e['name']} {e['dtype']} [{', '.join(map(str, e['shape'] or []))}]" for e in entries))
-
-    table.add_row("opset", str(report["opset"]))
-    table.add_row("input", io(report["inputs"]))
-    table.add_row("output", io(report["outputs"]))
-    table.add_row("batch", "dynamic" if report["dynamic_batch"] else f"static {report['static_batch']}")
-    table.add_row("preprocessing", "fused in graph (uint8 NHWC RGB in)" if report["fuse_preprocess"]
-                  else "outside graph (float32 NCHW, normalised)")
-    simp = report["simplification"]
-    table.add_row("nodes", f"{report['nodes_before_simplify']} -> {report['nodes_after_simplify']}"
-                  + ("" if simp.get("kept") else escape(f"  ({simp.get('note') or 'not simplified'})")))
-    ok = "[green]pass[/]" if p["passed"] else "[red]FAIL[/]"
-    table.add_row("parity", f"{ok} on {p['n_images']} val images: max |delta logit| {p['max_abs_diff']:.2e}, "
-                  f"scaled {p['max_scaled_diff']:.2e} (tol {p['tolerance']:g}), "
-                  f"top-1 agreement {p['top1_agreement']:.2%}")
-    table.add_row("top-1 on them", f"torch {p['torch_top1']:.3f}, onnx {p['onnx_top1']:.3f}")
-    size = report["file_size_bytes"] / 2**20
-    table.add_row("file", f"{size:.2f} MiB" + (f" (weights in {report['external_data']})" if report["external_data"] else ""))
-    table.add_row("sha256", report["sha256"])
-    table.add_row("time", f"{report['seconds']['total']:.1f} s")
-    console.print(table)

@@ -8,6 +8,21 @@ from typing import Any
 
 import numpy as np
 
+from edgetl.stage import Result
+
+
+class Metrics(Result):
+    """What `classification_metrics` returns, as a model: the keys `edgetl eval --json` and metrics.json carry."""
+
+    n: int
+    top1: float
+    top5: float | None
+    macro_f1: float
+    auc_roc: float | None
+    per_class_accuracy: dict[str, float | None]
+    classes: list[str]
+    confusion: list[list[int]]
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)

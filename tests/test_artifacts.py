@@ -144,15 +144,15 @@ def _flip_in_safetensors(path: Path) -> None:
 def test_changed_onnx_is_refused_by_every_stage_that_loads_it(exported_copy):
     from edgetl.bundle import make_bundle
     from edgetl.errors import ModelError
-    from edgetl.evaluate import eval_run
+    from edgetl.evaluate import EvalSettings, eval_run
     from edgetl.quantize import QuantizeRequest, quantize
 
     run = exported_copy("tampered")
-    before = eval_run(run, backend="onnxruntime")["top1"]
+    before = eval_run(run, EvalSettings(backend="onnxruntime")).top1
     assert before > 0.5
     name = _flip_in_largest_initializer(run / "model.onnx")
     assert "conv" in name.lower() or "weight" in name.lower()
-    for stage in (lambda: eval_run(run, backend="onnxruntime"), lambda: quantize(run, QuantizeRequest(precision="fp16")),
+    for stage in (lambda: eval_run(run, EvalSettings(backend="onnxruntime")), lambda: quantize(run, QuantizeRequest(precision="fp16")),
                   lambda: make_bundle(run)):
         with pytest.raises(ModelError) as e:
             stage()
@@ -162,30 +162,30 @@ def test_changed_onnx_is_refused_by_every_stage_that_loads_it(exported_copy):
     from edgetl.export import export
 
     export(run)  # what the hint says: the re-exported model loads again
-    assert eval_run(run, backend="onnxruntime")["top1"] == before
+    assert eval_run(run, EvalSettings(backend="onnxruntime")).top1 == before
 
 
 def test_changed_quantized_graph_is_refused(exported_copy):
     from edgetl.errors import ModelError
-    from edgetl.evaluate import eval_run
+    from edgetl.evaluate import EvalSettings, eval_run
     from edgetl.quantize import QuantizeRequest, quantize
 
     run = exported_copy("tampered-fp16")
     quantize(run, QuantizeRequest(precision="fp16"))
-    assert eval_run(run, backend="onnxruntime", precision="fp16")["top1"] > 0.5
+    assert eval_run(run, EvalSettings(backend="onnxruntime", precision="fp16")).top1 > 0.5
     _flip_in_largest_initializer(run / "model.fp16.onnx")
     with pytest.raises(ModelError, match=r"model\.fp16\.onnx: changed since .*quant_report\.json recorded") as e:
-        eval_run(run, backend="onnxruntime", precision="fp16")
+        eval_run(run, EvalSettings(backend="onnxruntime", precision="fp16"))
     assert e.value.hint == f"re-run `edgetl quantize {run} --precision fp16`"
     (run / "quant_report.json").write_text("{ not json")
     with pytest.raises(ModelError, match=r"quant_report\.json: unreadable"):
-        eval_run(run, backend="onnxruntime", precision="fp16")
-    assert eval_run(run, backend="onnxruntime")["top1"] > 0.5  # fp32 is recorded elsewhere: unaffected
+        eval_run(run, EvalSettings(backend="onnxruntime", precision="fp16"))
+    assert eval_run(run, EvalSettings(backend="onnxruntime")).top1 > 0.5  # fp32 is recorded elsewhere: unaffected
 
 
 def test_changed_safetensors_is_refused(run_copy):
     from edgetl.errors import ModelError
-    from edgetl.evaluate import eval_run
+    from edgetl.evaluate import EvalSettings, eval_run
     from edgetl.export import export
 
     _flip_in_safetensors(run_copy / "model.safetensors")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgetl.bench import bench_run, compare_rows, latency_stats, parse_batch_sizes, time_infer
+from edgetl.bench import BenchSettings, bench, compare_rows, latency_stats, time_infer
 from edgetl.errors import EdgetlError
 from edgetl.rundir import RunDir
 
@@ -43,10 +43,14 @@ def bench_dir(trained_run, tmp_path_factory) -> Path:
     return dst
 
 
+def bench_run(run, write: bool = True, **settings) -> dict:
+    """bench() with settings given as keywords, its result as the bench.json document."""
+    return bench(run, BenchSettings(**settings), write=write).model_dump(mode="json")
+
+
 @pytest.fixture(scope="module")
 def result(bench_dir) -> dict:
-    return bench_run(bench_dir, backends="torch,onnxruntime,tensorrt", batch_sizes="1,4", warmup=2, iterations=12,
-                     progress=False)
+    return bench_run(bench_dir, backends="torch,onnxruntime,tensorrt", batch_sizes="1,4", warmup=2, iterations=12)
 
 
 def _row(result, backend, precision, bs):
@@ -74,9 +78,9 @@ def test_latency_numbers_are_consistent(result):
 
 
 def test_top1_is_the_same_through_every_backend(result, bench_dir):
-    from edgetl.evaluate import eval_run
+    from edgetl.evaluate import EvalSettings, eval_run
 
-    torch_top1 = eval_run(bench_dir, backend="torch")["top1"]
+    torch_top1 = eval_run(bench_dir, EvalSettings(backend="torch")).top1
     # the bench scores the run's own validation split: the same number finetune recorded
     assert torch_top1 == pytest.approx(json.loads((bench_dir / "metrics.json").read_text())["top1"], abs=1e-6)
     assert _row(result, "torch", "fp32", 1)["top1"] == pytest.approx(torch_top1, abs=1e-6)
@@ -111,20 +115,25 @@ def test_files_written(result, bench_dir):
     assert not list(bench_dir.glob(".bench*.tmp"))
 
 
-def test_unknown_precision_backend_and_unsupported_pairs_are_skipped(bench_dir):
-    res = bench_run(bench_dir, backends="torch,onnxruntime,caffe", precisions="fp32,int8,fp64", batch_sizes="2",
-                    warmup=1, iterations=3, progress=False, write=False)
+def test_unknown_names_are_refused_and_unsupported_pairs_are_skipped(bench_dir):
+    from edgetl.stage import load_settings
+
+    for bad, match in (({"backends": "torch,caffe"}, "'backends.1'"), ({"precisions": "fp32,fp64"}, "'precisions.1'")):
+        with pytest.raises(EdgetlError, match=match):
+            load_settings(BenchSettings, None, bad)
+    res = bench_run(bench_dir, backends="torch,onnxruntime", precisions="fp32,int8,bf16", batch_sizes="2",
+                    warmup=1, iterations=3, write=False)
     reasons = {(s["backend"], s["precision"]): s["reason"] for s in res["skipped"]}
-    assert "unknown precision 'fp64'" in reasons[(None, "fp64")]
-    assert "unknown backend 'caffe'" in reasons[("caffe", None)]
     assert "torch has no int8 path" in reasons[("torch", "int8")]
+    assert "torch bf16 on the CPU is not a deployment path" in reasons[("torch", "bf16")]
+    assert "edgetl writes no bf16 ONNX" in reasons[("onnxruntime", "bf16")]
     assert {(r["backend"], r["precision"]) for r in res["rows"]} == {("torch", "fp32"), ("onnxruntime", "fp32"),
                                                                      ("onnxruntime", "int8")}
 
 
 def test_fp16_requested_but_absent_says_how_to_make_it(bench_dir):
     res = bench_run(bench_dir, backends="onnxruntime", precisions="fp32,fp16", warmup=1, iterations=3,
-                    progress=False, write=False)
+                    write=False)
     fp16 = [s for s in res["skipped"] if s["precision"] == "fp16"]
     if RunDir(bench_dir).onnx_for("fp16").exists():
         pytest.skip("an fp16 graph exists in this run")
@@ -136,7 +145,7 @@ def test_data_with_unknown_classes_still_times(bench_dir, digits, tmp_path):
     shutil.copytree(digits["source"] / "val", data)
     shutil.copytree(digits["target"] / "val" / "7", data / "7")  # a class the 0-4 model never saw
     res = bench_run(bench_dir, data=data, backends="onnxruntime", precisions="fp32", warmup=1, iterations=3,
-                    progress=False, write=False)
+                    write=False)
     (row,) = res["rows"]
     assert row["top1"] is None and row["latency_ms"]["p50"] > 0
     assert any("classes the model does not know: 7" in n for n in res["notes"])
@@ -145,9 +154,9 @@ def test_data_with_unknown_classes_still_times(bench_dir, digits, tmp_path):
 def test_data_folder_scores_the_same_as_the_split(bench_dir, digits):
     # digits' val folder is the run's validation split, so top-1 must agree
     res = bench_run(bench_dir, data=digits["source"] / "val", backends="onnxruntime", precisions="fp32",
-                    warmup=1, iterations=3, progress=False, write=False)
+                    warmup=1, iterations=3, write=False)
     split = bench_run(bench_dir, backends="onnxruntime", precisions="fp32", warmup=1, iterations=3,
-                      progress=False, write=False)
+                      write=False)
     assert res["rows"][0]["top1"] == pytest.approx(split["rows"][0]["top1"])
     assert res["reference"]["source"].startswith("torch fp32 (model.safetensors")
 
@@ -158,7 +167,7 @@ def test_nothing_runnable_raises_and_writes_nothing(bench_dir, tmp_path):
     for f in ("model.onnx", "model.int8.cpu.onnx", "bench.json", "bench.md", "bench.png"):
         (run / f).unlink(missing_ok=True)
     with pytest.raises(EdgetlError, match="nothing could run here"):
-        bench_run(run, backends="onnxruntime", precisions="fp32", progress=False)
+        bench_run(run, backends="onnxruntime", precisions="fp32")
     assert not (run / "bench.json").exists()
 
 
@@ -177,10 +186,13 @@ def test_latency_stats_and_batch_parsing():
     assert s["latency_ms"]["mean"] == 2.5 and s["latency_ms"]["p50"] == 2.5
     assert s["latency_ms"]["p99"] == pytest.approx(3.97)
     assert s["throughput_ips"] == 3200.0 and s["iterations"] == 4
-    assert parse_batch_sizes("8,1,8") == [1, 8]
+    from edgetl.stage import load_settings
+
+    assert BenchSettings(batch_sizes="8,1,8").batch_sizes == [1, 8]
+    assert BenchSettings(batch_sizes=[4, 2]).batch_sizes == [2, 4]  # a YAML list works too
     for bad in ("0", "a", ""):
-        with pytest.raises(EdgetlError):
-            parse_batch_sizes(bad)
+        with pytest.raises(EdgetlError, match="'batch_sizes'"):
+            load_settings(BenchSettings, None, {"batch_sizes": bad})
 
 
 def test_flags_make_the_two_known_failures_visible():
@@ -214,11 +226,11 @@ def test_cli_bench_bad_batch_is_one_line(bench_dir):
     proc = subprocess.run([sys.executable, "-m", "edgetl.cli", "bench", str(bench_dir), "--batch-sizes", "0"],
                           capture_output=True, text=True)
     assert proc.returncode == 1
-    assert "--batch-sizes '0'" in proc.stderr and "Traceback" not in proc.stderr
+    assert "'batch_sizes'" in proc.stderr and "'0'" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_system_probe_ignores_failed_commands():
-    from edgetl.bench import _run
+    from edgetl.bench.machine import _run
 
     # nvidia-smi without a driver exits non-zero with its complaint on stdout: not a GPU name
     assert _run([sys.executable, "-c", "print('no driver loaded'); raise SystemExit(9)"]) is None

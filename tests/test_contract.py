@@ -119,7 +119,7 @@ def test_device_row_and_edgetl_bench_row_agree(device, run_and_bundle, bundle_co
     0.25 ms, so every timed call of batch b takes exactly 0.5 b + 0.25 ms on both sides."""
     import onnxruntime as ort
 
-    from edgetl.bench import bench_run
+    from edgetl.bench import BenchSettings, bench
 
     run, _ = run_and_bundle
     clock = {"t": 1000.0}
@@ -132,8 +132,8 @@ def test_device_row_and_edgetl_bench_row_agree(device, run_and_bundle, bundle_co
 
     monkeypatch.setattr(ort.InferenceSession, "run", timed_run)
     monkeypatch.setattr(time, "perf_counter", lambda: clock["t"])
-    local = bench_run(run, backends="onnxruntime", precisions="fp32", batch_sizes=[1, 4], warmup=1, iterations=5,
-                      device="cpu", progress=False, write=False)["rows"]
+    local = bench(run, BenchSettings(backends="onnxruntime", precisions="fp32", batch_sizes=[1, 4], warmup=1,
+                                     iterations=5, device="cpu"), write=False).rows
     there = device.bench(bundle_copy, "onnxruntime", "fp32", [1, 4], 1, 5, "cpu")["rows"]
     assert [tuple(r) for r in local] == [tuple(r) for r in there] == [ROW_KEYS, ROW_KEYS]
     for a, b, bs in zip(local, there, (1, 4)):

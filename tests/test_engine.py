@@ -94,7 +94,7 @@ def test_sidecar_roundtrip_and_refusals(exported_copy, tmp_path):
     back = E.read_sidecar(plan)
     assert back == side  # the schema keeps every key and value the portable writer puts in
     assert back["build_seconds"] == 1.23 and back["target_compute_capabilities"] == ["8.7"]
-    assert ModelCard.from_sidecar(E.sidecar_path(plan)) == card  # the card travels into the sidecar
+    assert ModelCard.model_validate(back["card"]) == card  # the card travels into the sidecar
     assert E.find_engine(run, "fp32", FACTS) == plan
 
     E.check_engine(plan, back, FACTS, sha256_file(plan))  # same machine, same bytes: accepted

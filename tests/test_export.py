@@ -18,8 +18,8 @@ import torch
 from edgetl.card import ModelCard
 from edgetl.data import load_arrays, read_splits
 from edgetl.errors import ExportError, ModelError, RunDirError
-from edgetl.evaluate import eval_run
-from edgetl.export import export
+from edgetl.evaluate import EvalSettings, eval_run
+from edgetl.export import ExportSettings, export
 from edgetl.io import read_json, sha256_file
 from edgetl.models import load_trained
 from edgetl.rundir import RunDir
@@ -161,7 +161,7 @@ def test_small_vit_exports_with_parity(train_run, tmp_path):
 
 def test_static_batch_fixes_the_batch_dimension(mobile_run, tmp_path):
     run = RunDir(_copy(mobile_run, tmp_path / "run"))
-    export(run.path, static_batch=4, parity_images=10)  # 10 images: the last batch of 4 is padded
+    export(run.path, ExportSettings(static_batch=4, parity_images=10))  # 10 images: the last batch of 4 is padded
     report = read_json(run.export_report)
     assert report["static_batch"] == 4 and report["dynamic_batch"] is False
     assert report["inputs"][0]["shape"] == [4, 3, 32, 32] and report["outputs"][0]["shape"] == [4, 5]
@@ -176,7 +176,7 @@ def test_static_batch_fixes_the_batch_dimension(mobile_run, tmp_path):
 def test_fuse_preprocess_gives_the_same_predictions(exported, tmp_path):
     plain = RunDir(exported)
     run = RunDir(_copy(exported, tmp_path / "run"))
-    export(run.path, fuse_preprocess=True)
+    export(run.path, ExportSettings(fuse_preprocess=True))
     card = ModelCard.from_onnx(run.onnx)
     assert card.input_format == "uint8_nhwc"
     assert card.model_copy(update={"input_format": "float32_nchw"}) == ModelCard.from_safetensors(run.weights)
@@ -194,12 +194,12 @@ def test_fuse_preprocess_gives_the_same_predictions(exported, tmp_path):
     assert (fused.argmax(1) == reference.argmax(1)).all()
     assert _scaled_diff(fused, reference) <= 1e-4
     # and `edgetl eval` on the fused graph (card says uint8) scores what torch scores
-    assert eval_run(run.path, backend="onnxruntime")["top1"] == eval_run(run.path, backend="torch")["top1"]
+    assert eval_run(run.path, EvalSettings(backend="onnxruntime")).top1 == eval_run(run.path, EvalSettings(backend="torch")).top1
 
 
 def test_eval_onnxruntime_equals_torch(exported):
-    onnx_metrics = eval_run(exported, backend="onnxruntime")
-    torch_metrics = eval_run(exported, backend="torch")
+    onnx_metrics = eval_run(exported, EvalSettings(backend="onnxruntime")).model_dump()
+    torch_metrics = eval_run(exported, EvalSettings(backend="torch")).model_dump()
     assert onnx_metrics["n"] == torch_metrics["n"] == len(read_splits(RunDir(exported).splits)[1])
     assert onnx_metrics["top1"] == torch_metrics["top1"]
     assert onnx_metrics["confusion"] == torch_metrics["confusion"]
@@ -208,23 +208,27 @@ def test_eval_onnxruntime_equals_torch(exported):
 
 def test_no_simplify_and_options(mobile_run, tmp_path):
     run = RunDir(_copy(mobile_run, tmp_path / "run"))
-    export(run.path, simplify=False, parity_images=8, opset=18)
+    export(run.path, ExportSettings(simplify=False, parity_images=8, opset=18))
     report = read_json(run.export_report)
     assert report["simplification"] == {"requested": False, "kept": False}
     assert report["nodes_before_simplify"] == report["nodes_after_simplify"]
     assert report["opset"] == 18
     assert max(o.version for o in onnx.load(str(run.onnx)).opset_import if o.domain in ("", "ai.onnx")) == 18
     assert report["parity"]["n_images"] == 8
-    for kwargs, match in [({"opset": 8}, "opset"), ({"static_batch": 0}, "static-batch"),
-                          ({"tolerance": -1.0}, "tolerance"), ({"parity_images": 0}, "parity-images")]:
-        with pytest.raises(ExportError, match=match):
-            export(run.path, **kwargs)
+    from edgetl.errors import EdgetlError
+    from edgetl.stage import load_settings
+
+    for kwargs, match in [({"opset": 8}, "'opset'.*reads opset 9 and newer"), ({"static_batch": 0}, "'static_batch'"),
+                          ({"tolerance": -1.0}, "'tolerance'"), ({"tolerance": float("nan")}, "'tolerance'"),
+                          ({"parity_images": 0}, "'parity_images'")]:
+        with pytest.raises(EdgetlError, match=match):
+            load_settings(ExportSettings, None, kwargs)
 
 
 # -- external data -------------------------------------------------------------------------------------
 def test_external_data_keeps_the_run_movable(mobile_run, tmp_path):
     run = RunDir(_copy(mobile_run, tmp_path / "a" / "run"))
-    export(run.path, external_data_threshold=0, parity_images=16)  # as if the model were over 2 GB
+    export(run.path, ExportSettings(external_data_threshold=0, parity_images=16))  # as if the model were over 2 GB
     data = run.onnx.with_name("model.onnx.data")
     report = read_json(run.export_report)
     assert data.exists() and report["external_data"] == "model.onnx.data"
@@ -239,9 +243,9 @@ def test_external_data_keeps_the_run_movable(mobile_run, tmp_path):
     ref, _ = _torch_logits(moved.path, limit=8)
     x, _ = _val_arrays(moved.path, ModelCard.from_onnx(moved.onnx), limit=8)
     assert _scaled_diff(_ort(moved.onnx).run(None, {"images": x})[0], ref) <= 1e-4
-    assert eval_run(moved.path, backend="onnxruntime")["top1"] == eval_run(moved.path, backend="torch")["top1"]
+    assert eval_run(moved.path, EvalSettings(backend="onnxruntime")).top1 == eval_run(moved.path, EvalSettings(backend="torch")).top1
 
-    export(moved.path, parity_images=8)  # small again: weights back inside, the stale data file goes
+    export(moved.path, ExportSettings(parity_images=8))  # small again: weights back inside, the stale data file goes
     assert not moved.onnx.with_name("model.onnx.data").exists()
     assert read_json(moved.export_report)["external_data"] is None
 
@@ -252,7 +256,7 @@ def test_failed_parity_writes_nothing(trained_run, tmp_path):
     run.onnx.unlink(missing_ok=True)
     # tolerance 0: ORT and PyTorch differ in the last bits of float32 (resnet18: ~1e-7), so this must fail
     with pytest.raises(ExportError, match=r"max \|delta logit\|") as e:
-        export(run.path, tolerance=0.0, parity_images=16)
+        export(run.path, ExportSettings(tolerance=0.0, parity_images=16))
     assert "model.onnx not written" in e.value.message
     assert not run.onnx.exists() and not run.export_report.exists() and _leftovers(run.path) == []
 
@@ -269,7 +273,7 @@ def test_failed_export_keeps_the_previous_model(exported, tmp_path, monkeypatch)
 
     monkeypatch.setattr(ort, "InferenceSession", FlippedSession)
     with pytest.raises(ExportError, match="top-1 agreement 0.00%"):
-        export(run.path, parity_images=16, fuse_preprocess=True)
+        export(run.path, ExportSettings(parity_images=16, fuse_preprocess=True))
     assert run.onnx.read_bytes() == before and run.export_report.read_bytes() == report_before
     assert _leftovers(run.path) == []
 
@@ -315,7 +319,7 @@ def test_operator_the_exporter_cannot_handle(trained_run, tmp_path, monkeypatch)
 
     monkeypatch.setattr(ex, "load_trained", lambda _: (WithLgamma().eval(), card))
     with pytest.raises(ExportError, match="cannot convert operator 'aten::lgamma'"):
-        export(run.path, parity_images=4)
+        export(run.path, ExportSettings(parity_images=4))
     assert not run.onnx.exists() and _leftovers(run.path) == []
 
 

@@ -43,7 +43,7 @@ def test_card_travels_in_the_checkpoint(trained_run):
 
 def test_eval_reproduces_metrics_json(trained_run):
     saved = json.loads((trained_run / "metrics.json").read_text())
-    again = eval_run(trained_run)
+    again = eval_run(trained_run).model_dump()
     for key in ("top1", "top5", "macro_f1", "auc_roc", "confusion", "per_class_accuracy"):
         assert again[key] == saved[key], key
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from edgetl.plots import BACKEND_MARKERS, PRECISION_COLOURS, bench_figure, plot_bench
-from edgetl.report import bench_table, print_bench, row_name, short_file
+from edgetl.presentation.bench import bench_table, print_bench, row_name, short_file
 
 
 def fake_result(same_top1: bool = False) -> dict:
@@ -47,12 +47,13 @@ def fake_result(same_top1: bool = False) -> dict:
 @pytest.fixture(scope="module")
 def real(exported_copy) -> tuple[dict, object]:
     """A real bench on the tiny trained run: torch fp32, onnxruntime fp32 and fp16, batch 1 and 4, files written."""
-    from edgetl.bench import bench_run
+    from edgetl.bench import BenchSettings, bench
     from edgetl.quantize import QuantizeRequest, quantize
 
     run = exported_copy("report")
     quantize(run, QuantizeRequest(precision="fp16"))
-    result = bench_run(run, backends="torch,onnxruntime", batch_sizes="1,4", warmup=1, iterations=5, progress=False)
+    result = bench(run, BenchSettings(backends="torch,onnxruntime", batch_sizes="1,4", warmup=1,
+                                      iterations=5)).model_dump(mode="json")
     return result, run
 
 
@@ -109,7 +110,7 @@ def assert_table_fits(result: dict, width: int) -> str:
 
 def test_real_bench_png_is_readable(real, drawn):
     result, run = real
-    plot_bench(result, run / "bench.png")  # what bench_run wrote, drawn again under the recorder
+    plot_bench(result, run / "bench.png")  # what bench() wrote, drawn again under the recorder
     assert_readable(drawn, run / "bench.png")
     texts = [t for t, _ in drawn.values()]
     assert {"batch 1", "batch 4"} <= set(texts)  # one panel per batch size
@@ -183,7 +184,7 @@ def test_fake_table_fits_100_columns(tmp_path):
     assert "ort = onnxruntime, trt = tensorrt" in out and "int8.plan" in out and "orin-nano" not in out
     assert_table_fits(result, 80)
     # bench.md keeps the full table: every column, full paths
-    from edgetl.report import COLUMNS, bench_markdown
+    from edgetl.bench.markdown import COLUMNS, bench_markdown
 
     md = bench_markdown(result)
     assert "| " + " | ".join(COLUMNS) + " |" in md and "engines/orin-nano-8gb-trt10.3/model.int8.plan" in md
@@ -201,7 +202,7 @@ def test_columns_env_is_respected(real, tmp_path):
     """The CLI's console takes its width from COLUMNS when stdout is a pipe."""
     result, _run = real
     (tmp_path / "r.json").write_text(json.dumps(result))
-    code = ("import json, sys; from edgetl.report import print_bench; "
+    code = ("import json, sys; from edgetl.presentation.bench import print_bench; "
             "print_bench(json.load(open(sys.argv[1])))")
     for columns, longest in (("100", 100), ("200", 200)):
         proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r.json")], capture_output=True, text=True,

@@ -39,7 +39,7 @@ def test_splits_record_their_root(relative_run):
 
 
 def test_run_works_from_elsewhere_and_after_moving(relative_run, tmp_path, monkeypatch):
-    from edgetl.evaluate import eval_run
+    from edgetl.evaluate import EvalSettings, eval_run
     from edgetl.export import export
     from edgetl.quantize import QuantizeRequest, quantize
 
@@ -47,7 +47,7 @@ def test_run_works_from_elsewhere_and_after_moving(relative_run, tmp_path, monke
     shutil.copytree(relative_run / "runs" / "r", moved)  # the run alone, elsewhere: the absolute root holds
     monkeypatch.chdir(tmp_path)  # neither the run's folder nor where finetune ran
     expected = json.loads((moved / "metrics.json").read_text())["top1"]
-    assert eval_run(moved)["top1"] == expected
+    assert eval_run(moved).top1 == expected
     export(moved)
     out = quantize(moved, QuantizeRequest(precision="fp16"))
     assert out["entries"]["fp16"]["eval_n"] == len(read_splits(moved / "splits.json")[1])
@@ -56,7 +56,7 @@ def test_run_works_from_elsewhere_and_after_moving(relative_run, tmp_path, monke
 
 
 def test_run_and_data_moved_together(relative_run, tmp_path, monkeypatch):
-    from edgetl.evaluate import eval_run
+    from edgetl.evaluate import EvalSettings, eval_run
 
     project = tmp_path / "project"
     shutil.copytree(relative_run, project)
@@ -65,7 +65,7 @@ def test_run_and_data_moved_together(relative_run, tmp_path, monkeypatch):
     d["root"] = str(tmp_path / "gone")  # as if the original folder had been moved away
     (project / "runs/r/splits.json").write_text(json.dumps(d))
     monkeypatch.chdir(tmp_path)
-    assert eval_run(project / "runs" / "r")["top1"] == expected
+    assert eval_run(project / "runs" / "r").top1 == expected
     assert read_splits(project / "runs/r/splits.json")[1].paths[0].startswith(str(project / "data" / "target") + os.sep)
     shutil.rmtree(project / "data")
     with pytest.raises(EdgetlError, match="the run's images are gone: not under .*gone"):
@@ -107,17 +107,17 @@ def test_damaged_splits_give_one_line(tmp_path, content):
 
 
 def test_every_stage_refuses_a_damaged_splits_file(exported_copy):
-    from edgetl.bench import bench_run
+    from edgetl.bench import BenchSettings, bench
     from edgetl.bundle import make_bundle
-    from edgetl.evaluate import eval_run
+    from edgetl.evaluate import EvalSettings, eval_run
     from edgetl.export import export
     from edgetl.quantize import QuantizeRequest, quantize
 
     run = exported_copy("badsplits")
     (run / "splits.json").write_text('{"train": {"classes": ["0"]}')
     for stage in (lambda: eval_run(run), lambda: export(run), lambda: quantize(run, QuantizeRequest(precision="fp16")),
-                  lambda: make_bundle(run), lambda: bench_run(run, backends="onnxruntime", iterations=1, progress=False,
-                                                              write=False)):
+                  lambda: make_bundle(run), lambda: bench(run, BenchSettings(backends="onnxruntime", iterations=1),
+                                                          write=False)):
         with pytest.raises(EdgetlError, match="splits.json"):
             stage()
     assert not (run / "model.fp16.onnx").exists() and not (run / "bundles").exists()

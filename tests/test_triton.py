@@ -81,11 +81,11 @@ def test_repository_matches_onnx_graph(exported_run, tmp_path):
 
 
 def test_static_batch_graph_has_no_dynamic_batching(exported_run, tmp_path):
-    from edgetl.export import export
+    from edgetl.export import ExportSettings, export
 
     run = tmp_path / "static"
     shutil.copytree(exported_run, run)
-    export(run, static_batch=1)
+    export(run, ExportSettings(static_batch=1))
     triton_repository(run, tmp_path / "repo", kind="cpu")
     text = (tmp_path / "repo" / "static" / "config.pbtxt").read_text()
     cfg = _parse(text)

@@ -62,19 +62,3 @@ def finetune_events():
 
         yield Events(message=message, epoch_start=epoch_start, step=step, epoch_end=epoch_end,
                      check_progress=check_progress)
-
-
-def print_metrics(metrics: dict, title: str = "evaluation") -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in ("n", "top1", "top5", "macro_f1", "auc_roc"):
-        value = metrics.get(key)
-        table.add_row(key, "n/a" if value is None else (str(value) if key == "n" else f"{value:.4f}"))
-    console.print(table)
-    per_class = metrics.get("per_class_accuracy") or {}
-    if per_class and len(per_class) <= 30:
-        console.print("per-class accuracy: " + ", ".join(
-            f"{c} {'n/a' if v is None else f'{v:.3f}'}" for c, v in per_class.items()), markup=False)

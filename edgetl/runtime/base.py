@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -26,7 +26,50 @@ from edgetl.portable.rows import pad_batch
 
 
 class Backend(ABC):
-    name: str = "base"
+    """A runtime. The class declares what it can do (`name`, `devices`, `precisions`) and answers, before any
+    model is loaded, whether it can run here (`available`), where it runs (`device_for`), which precisions it
+    refuses and why (`unsupported`), and which file of a run it loads (`model_file`)."""
+
+    name: ClassVar[str] = "base"
+    devices: ClassVar[tuple[str, ...]] = ()
+    precisions: ClassVar[tuple[str, ...]] = ()
+    options_taken: ClassVar[tuple[str, ...]] = ()  # the keyword options this backend reads (threads, cuda_graph...)
+    # why a precision outside `precisions` has no path here (the default says only that it has none)
+    precision_notes: ClassVar[dict[str, str]] = {}
+
+    # -- what the class knows without a model -----------------------------------------------------
+    @classmethod
+    def options_for(cls, **options: Any) -> dict[str, Any]:
+        """The options this backend takes, of those given (a caller offering everything it has)."""
+        return {k: v for k, v in options.items() if k in cls.options_taken and v not in (None, False)}
+
+    @classmethod
+    def available(cls, device: str) -> str | None:
+        """Why this backend cannot run on `device` here (a runtime not installed, no GPU), or None."""
+        return None
+
+    @classmethod
+    def device_for(cls, device: str) -> str:
+        """The device the backend runs on when `device` is asked for (most run where they are told)."""
+        return device
+
+    @classmethod
+    def unsupported(cls, precision: str, device: str) -> str | None:
+        """Why `precision` is no row of this backend on `device`, or None."""
+        if precision in cls.precisions:
+            return None
+        return cls.precision_notes.get(precision) or f"{cls.name} has no {precision} path (it runs {', '.join(cls.precisions)})"
+
+    @classmethod
+    def bench_precisions(cls, device: str) -> tuple[str, ...]:
+        """The precisions a bench tries when none are named (each only where the run has its model file)."""
+        return tuple(p for p in cls.precisions if cls.unsupported(p, device) is None)
+
+    @classmethod
+    @abstractmethod
+    def model_file(cls, run, precision: str, device: str) -> Path:
+        """The file of run directory `run` (a RunDir) this backend loads at `precision` on `device`; an
+        EdgetlError saying how to make it when it is missing."""
 
     def __init__(self, model: str | os.PathLike | bytes, device: str = "cpu", precision: str = "fp32",
                  **options: Any):
@@ -47,7 +90,7 @@ class Backend(ABC):
         """The model as an error message names it: its path, or its size when it came as bytes."""
         return str(self.model_path) if self.model_path is not None else f"<in-memory model, {len(self.model_bytes or b'')} bytes>"
 
-    def model_file(self) -> Path:
+    def require_path(self) -> Path:
         """The model's path, for a runtime that needs a file (a checkpoint, an engine with its sidecar)."""
         if self.model_path is None:
             raise EdgetlError(f"{self.name} backend: takes a model file, not bytes")

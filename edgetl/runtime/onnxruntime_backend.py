@@ -3,37 +3,66 @@ TensorRT EP."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from edgetl.card import ModelCard
 from edgetl.errors import BackendUnavailable, ModelError, first_line
 from edgetl.portable.rows import ort_timed
 from edgetl.runtime.base import Backend
+from edgetl.runtime.registry import register_backend
 
 _PROVIDERS = {"cpu": ["CPUExecutionProvider"],
               "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
               "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
+@register_backend
 class OnnxRuntimeBackend(Backend):
     """Options: `threads` (intra-op threads), `card` (a ModelCard to use instead of the graph's own, for a graph
     built in memory that carries none)."""
 
     name = "onnxruntime"
+    devices = tuple(_PROVIDERS)  # "tensorrt": ONNX Runtime's TensorRT execution provider
+    precisions = ("fp32", "fp16", "int8")
+    options_taken = ("threads", "card")
+    precision_notes = {"bf16": "edgetl writes no bf16 ONNX or engine (quantize makes fp16 and int8); bf16 is a "
+                               "torch-only row"}
 
-    def activate_impl(self) -> ModelCard:
+    @classmethod
+    def available(cls, device: str) -> str | None:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise BackendUnavailable("onnxruntime is not installed", "pip install onnxruntime (or onnxruntime-gpu)") from None
-        card = self.options.get("card") or self._read_card()
-        kind = self.device.split(":")[0]
-        wanted = _PROVIDERS.get(kind)
+            return "onnxruntime is not installed"
+        wanted = _PROVIDERS.get(device.split(":")[0])
         if wanted is None:
-            raise BackendUnavailable(f"onnxruntime: unknown device '{self.device}'", f"use one of {', '.join(_PROVIDERS)}")
+            return f"onnxruntime: unknown device '{device}' (use one of {', '.join(_PROVIDERS)})"
         if wanted[0] not in ort.get_available_providers():
-            raise BackendUnavailable(f"onnxruntime: {wanted[0]} is not available in this onnxruntime build",
-                                     "install onnxruntime-gpu for CUDA/TensorRT, or use device cpu")
+            return f"onnxruntime: {wanted[0]} is not available in this onnxruntime build"
+        return None
+
+    @classmethod
+    def model_file(cls, run, precision: str, device: str) -> Path:
+        """On the CPU the int8 row uses the cpu-form graph (U8S8) when it exists: the TensorRT form (S8S8) is
+        slow on x86 kernels."""
+        path = run.onnx_for(precision)
+        if precision == "int8" and device == "cpu" and run.onnx_for("int8", "cpu").exists():
+            path = run.onnx_for("int8", "cpu")
+        hint = ("run `edgetl export` first" if precision == "fp32"
+                else f"run `edgetl quantize --precision {precision}` first")
+        run.require(path, hint=hint)
+        return path
+
+    def activate_impl(self) -> ModelCard:
+        reason = self.available(self.device)
+        if reason:
+            raise BackendUnavailable(reason, "pip install onnxruntime-gpu for CUDA/TensorRT, or use device cpu")
+        import onnxruntime as ort
+
+        card = self.options.get("card") or self._read_card()
+        wanted = _PROVIDERS[self.device.split(":")[0]]
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if self.options.get("threads"):

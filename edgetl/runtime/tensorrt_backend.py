@@ -9,6 +9,7 @@ output out, so what a timed infer() measures is "compute + host<->device copies"
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,10 +17,36 @@ import numpy as np
 from edgetl.card import ModelCard
 from edgetl.errors import EdgetlError, EngineMismatch, RunDirError
 from edgetl.runtime.base import Backend
+from edgetl.runtime.registry import register_backend
 
 
+@register_backend
 class TensorRTBackend(Backend):
+    """Options: `cuda_graph` (replay one CUDA graph per batch size)."""
+
     name = "tensorrt"
+    devices = ("cuda",)
+    precisions = ("fp32", "fp16", "int8")
+    options_taken = ("cuda_graph",)
+    precision_notes = {"bf16": "edgetl writes no bf16 ONNX or engine (quantize makes fp16 and int8); bf16 is a "
+                               "torch-only row"}
+
+    @classmethod
+    def available(cls, device: str) -> str | None:
+        from edgetl.engine import facts_here
+
+        here, missing = facts_here()  # an engine runs through TensorRT or TensorRT-RTX, whichever is here
+        return None if here else "; ".join(str(e) for e in missing.values())
+
+    @classmethod
+    def device_for(cls, device: str) -> str:
+        return device if device.startswith("cuda") else "cuda"  # an engine runs only on the GPU it was built for
+
+    @classmethod
+    def model_file(cls, run, precision: str, device: str) -> Path:
+        from edgetl.engine import find_engine
+
+        return find_engine(run, precision)
 
     def activate_impl(self) -> ModelCard:
         from edgetl.engine import (capturing_logger, check_engine, facts_for_engine, import_flavour, init_plugins,
@@ -28,8 +55,8 @@ class TensorRTBackend(Backend):
         from edgetl.runtime import _cuda
 
         if not self.device.startswith("cuda"):
-            raise EdgetlError(f"tensorrt backend: runs on the GPU, not on '{self.device}'", "use --device cuda")
-        self.model_file()  # an engine is read with its sidecar: a path, not bytes
+            raise EdgetlError(f"tensorrt backend: runs on the GPU, not on '{self.device}'", "use device cuda")
+        self.require_path()  # an engine is read with its sidecar: a path, not bytes
         if not self.model_path.exists():
             raise RunDirError(f"{self.model_path}: no such engine", "run `edgetl build` first")
         sidecar = read_sidecar(self.model_path)

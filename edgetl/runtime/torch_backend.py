@@ -2,17 +2,54 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from edgetl.card import ModelCard
 from edgetl.errors import BackendUnavailable, EdgetlError
 from edgetl.runtime.base import Backend
+from edgetl.runtime.registry import register_backend
 
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
+@register_backend
 class TorchBackend(Backend):
+    """Options: `threads` (torch's process-wide CPU threads), `compile` (torch.compile)."""
+
     name = "torch"
+    devices = ("cpu", "cuda")
+    precisions = tuple(_DTYPES)
+    options_taken = ("threads", "compile")
+    precision_notes = {"int8": "torch has no int8 path in edgetl: the int8 model is the Q/DQ ONNX "
+                               "(onnxruntime and tensorrt rows)"}
+
+    @classmethod
+    def available(cls, device: str) -> str | None:
+        try:
+            import torch
+        except ImportError:
+            return "torch is not installed"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            return "torch backend: no CUDA device here"
+        return None
+
+    @classmethod
+    def unsupported(cls, precision: str, device: str) -> str | None:
+        if precision in ("fp16", "bf16") and not device.startswith("cuda"):
+            return (f"torch {precision} on the CPU is not a deployment path (slow reduced-precision kernels); "
+                    "bench it with device cuda")
+        return super().unsupported(precision, device)
+
+    @classmethod
+    def bench_precisions(cls, device: str) -> tuple[str, ...]:
+        return ("fp32", "fp16") if device.startswith("cuda") else ("fp32",)  # bf16 only when asked for
+
+    @classmethod
+    def model_file(cls, run, precision: str, device: str) -> Path:
+        run.require(run.weights, hint="run `edgetl finetune` first")
+        return run.weights
 
     def activate_impl(self) -> ModelCard:
         import torch
@@ -21,11 +58,12 @@ class TorchBackend(Backend):
 
         if self.precision not in _DTYPES:
             raise EdgetlError(f"torch backend: precision '{self.precision}' is not one of {', '.join(_DTYPES)}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise BackendUnavailable("torch backend: no CUDA device here", "use --device cpu")
+        reason = self.available(self.device)
+        if reason:
+            raise BackendUnavailable(reason, "use device cpu")
         if self.options.get("threads"):
             torch.set_num_threads(int(self.options["threads"]))  # process-wide: torch has no per-model setting
-        model, card = load_trained(self.model_file())
+        model, card = load_trained(self.require_path())
         self.dtype = getattr(torch, _DTYPES[self.precision])
         model = model.to(self.device, dtype=self.dtype).eval()
         if self.device.startswith("cuda"):

@@ -1,40 +1,12 @@
-"""The bench's tables: rich on the terminal (fitted to its width), the full one in bench.md. The plot is in
-edgetl.plots."""
+"""`edgetl bench`'s terminal output: the rich table fitted to the terminal's width, what its numbers mean, the
+flags, skips and notes. bench.md's full table is edgetl.bench.markdown; the plot is edgetl.plots."""
 
 from __future__ import annotations
 
 from typing import Any
 
-COLUMNS = ("backend", "precision", "batch", "device", "model file", "mean ms", "p50 ms", "p90 ms", "p99 ms",
-           "img/s", "speed-up", "top-1", "drop (pts)", "flags")
-
-
-def _fmt(value: Any, spec: str, missing: str = "n/a") -> str:
-    return missing if value is None else format(value, spec)
-
-
-def row_cells(r: dict[str, Any]) -> list[str]:
-    lat = r["latency_ms"]
-    speed = "" if r.get("speedup") is None else f"{r['speedup']:.2f}x"
-    drop = "" if r.get("top1_drop") is None else f"{r['top1_drop'] * 100:.1f}"
-    return [r["backend"], r["precision"], str(r["batch_size"]), r["device"], r["model_file"],
-            f"{lat['mean']:.3f}", f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}",
-            f"{r['throughput_ips']:.1f}", speed, _fmt(r.get("top1"), ".4f"), drop, "; ".join(r.get("flags") or [])]
-
-
-def _caption(result: dict[str, Any]) -> list[str]:
-    s, ref = result["settings"], result.get("reference") or {}
-    runs = f"{s['iterations']} iterations" if s.get("iterations") else f"{s['duration_s']} s"
-    timed = sorted({f"{r['backend']}: {r['timed']}" for r in result["rows"] if r.get("timed")})
-    lines = [f"run: {result['run']}; data: {result['data']}",
-             f"warm-up {s['warmup']}, then {runs} per row; latency in ms per batch, perf_counter around infer() + "
-             "synchronize()",
-             f"speed-up: p50 of the base (column speedup_vs in bench.json: torch fp32 at the same batch and device, "
-             f"else the backend's own fp32) / p50 of the row; drop: reference top-1 minus the row's "
-             f"(reference {_fmt(ref.get('top1'), '.4f')}: {ref.get('source', 'n/a')})"]
-    lines += [f"timed: {t}" for t in timed]
-    return lines
-
+from edgetl.bench.markdown import COLUMNS, fmt, row_cells
+from edgetl.bench.plan import skipped_lines
 
 _TEXT = ("backend", "precision", "device", "model file", "flags", "row", "file")
 COMPACT_COLUMNS = ("row", "file", "p50 ms", "p99 ms", "img/s", "speed-up", "top-1", "drop")
@@ -71,7 +43,7 @@ def _compact_cells(r: dict[str, Any], full_paths: bool, p99: bool) -> list[str]:
         cells.append(_ms(lat["p99"]))
     speed = "" if r.get("speedup") is None else f"{r['speedup']:.2f}x"
     drop = "" if r.get("top1_drop") is None else f"{r['top1_drop'] * 100:.1f}"
-    return cells + [f"{ips:.1f}" if ips < 1000 else f"{ips:.0f}", speed, _fmt(r.get("top1"), ".4f"), drop]
+    return cells + [f"{ips:.1f}" if ips < 1000 else f"{ips:.0f}", speed, fmt(r.get("top1"), ".4f"), drop]
 
 
 def _table(result: dict[str, Any], layout: str):
@@ -123,7 +95,7 @@ def _terminal_caption(result: dict[str, Any], layout: str) -> list[str]:
     source = str(ref.get("source", "n/a")).split(" (")[0]
     lines = [f"latency: ms per call (one batch), {runs} per row after {s['warmup']} warm-up",
              "speed-up: base p50 / row p50 (base: torch fp32 at the same batch and device, else the backend's fp32)",
-             f"drop: points below the reference top-1 {_fmt(ref.get('top1'), '.4f')} ({source})"]
+             f"drop: points below the reference top-1 {fmt(ref.get('top1'), '.4f')} ({source})"]
     if layout != "full":
         backends = {r["backend"] for r in result["rows"]}
         legend = [", ".join(f"{short} = {b}" for b, short in _SHORT.items() if b in backends)]
@@ -136,12 +108,14 @@ def _terminal_caption(result: dict[str, Any], layout: str) -> list[str]:
     return lines + sorted({f"timed: {r['backend']}: {r['timed']}" for r in result["rows"] if r.get("timed")})
 
 
-def print_bench(result: dict[str, Any], console=None) -> None:
-    """The rich table, what its numbers mean, the flags, then one line per skipped combination and per note."""
-    from edgetl.bench import skipped_lines
+def print_bench(result: Any, console=None) -> None:
+    """The rich table, what its numbers mean, the flags, then one line per skipped combination and per note.
+    `result`: a BenchResult or the bench.json dict."""
     from edgetl.presentation.console import console as default_console
 
     console = console or default_console
+    if hasattr(result, "model_dump"):
+        result = result.model_dump(mode="json")
     table, layout = bench_table(result, console)
     console.print(table)
     console.print(f"run: {result['run']}; data: {result['data']}", markup=False, soft_wrap=True)  # paths unbroken
@@ -154,24 +128,4 @@ def print_bench(result: dict[str, Any], console=None) -> None:
         console.print(line, markup=False, style=style)
 
 
-def bench_markdown(result: dict[str, Any]) -> str:
-    sysinfo = result.get("system") or {}
-    libs = ", ".join(f"{k} {v}" for k, v in (sysinfo.get("libraries") or {}).items())
-    machine = f"{sysinfo.get('cpu', '?')} ({sysinfo.get('cpu_count', '?')} cores)"
-    if sysinfo.get("gpu"):
-        machine += f", {sysinfo['gpu']}" + (f" (driver {sysinfo['driver']})" if sysinfo.get("driver") else "")
-    if sysinfo.get("l4t_release"):
-        machine += f", L4T {sysinfo['l4t_release']}, power mode {(sysinfo.get('power_mode') or {}).get('name') or 'n/a'}"
-    out = [f"# edgetl bench: `{result['run']}`", "", f"{result['created']} on {machine}", "", f"Libraries: {libs}", ""]
-    out.append("| " + " | ".join(COLUMNS) + " |")
-    out.append("|" + "|".join("---" if c in ("backend", "precision", "device", "model file", "flags") else "---:"
-                              for c in COLUMNS) + "|")
-    for r in result["rows"]:
-        out.append("| " + " | ".join(c.replace("|", "\\|") if c else "" for c in row_cells(r)) + " |")
-    out.append("")
-    out += [f"- {line}" for line in _caption(result)]
-    from edgetl.bench import skipped_lines
-
-    out += [f"- {line}" for line in skipped_lines(result.get("skipped") or [])]
-    out += [f"- {n}" for n in result.get("notes") or []]
-    return "\n".join(out) + "\n"
+render_bench = print_bench

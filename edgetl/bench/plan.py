@@ -1,0 +1,59 @@
+"""Which rows a bench runs, and why the others are skipped: every question goes to the backend's class (where it
+runs, whether it is available here, which precisions it has, which model file of the run it loads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, NamedTuple, Sequence
+
+from edgetl.errors import EdgetlError
+from edgetl.rundir import RunDir
+
+
+class PlannedRow(NamedTuple):
+    backend: str
+    precision: str
+    model_file: Path
+    device: str
+
+
+def plan_rows(run: RunDir, backends: Sequence[str], precisions: Sequence[str] | None,
+              device: str) -> tuple[list[PlannedRow], list[dict[str, Any]]]:
+    """(backend, precision, model_file, device) to run, and what is skipped with its reason.
+
+    precisions=None means every model file the run has, of the precisions each backend benches by default.
+    """
+    from edgetl.runtime import backend_class
+
+    todo: list[PlannedRow] = []
+    skipped: list[dict[str, Any]] = []
+    for name in backends:
+        cls = backend_class(name)
+        dev = cls.device_for(device)
+        reason = cls.available(dev)
+        if reason:
+            skipped.append(skip_entry(name, None, reason))
+            continue
+        implicit = precisions is None
+        for precision in cls.bench_precisions(dev) if implicit else precisions:
+            reason = cls.unsupported(precision, dev)
+            if reason:
+                skipped.append(skip_entry(name, precision, reason))
+                continue
+            try:
+                path = cls.model_file(run, precision, dev)
+            except EdgetlError as e:
+                if not implicit:  # asked for by name: say why it is missing; otherwise it just is not there
+                    skipped.append(skip_entry(name, precision, str(e)))
+                continue
+            todo.append(PlannedRow(name, precision, Path(path), dev))
+    return todo, skipped
+
+
+def skip_entry(backend: str | None, precision: str | None, reason: str, **more: Any) -> dict[str, Any]:
+    return {"backend": backend, "precision": precision, **more, "reason": reason}
+
+
+def skipped_lines(skipped: Iterable[dict]) -> list[str]:
+    return [f"skipped {' '.join(filter(None, (s.get('backend'), s.get('precision')))) or '*'}: {s['reason']}"
+            for s in skipped]
