@@ -89,7 +89,10 @@ def eval_run(run_path: str | os.PathLike, cfg: EvalSettings | None = None, event
         metrics = evaluate(be, items, cfg.batch_size,
                            lambda done, total: events.progress("scoring", done, total))
     result = EvalResult(**metrics, model_file=str(model_file), backend=cfg.backend, precision=cfg.precision)
-    record_settings(run.path, "eval", cfg)
+    try:
+        record_settings(run.path, "eval", cfg)
+    except OSError as e:  # eval only reads the run: a read-only run directory is still scored
+        events.warning(f"settings not recorded in {run.path} ({e.strerror or e})")
     if cfg.json_path is not None:
         result.write(cfg.json_path)
     return result

@@ -236,3 +236,38 @@ def test_system_probe_ignores_failed_commands():
     assert _run([sys.executable, "-c", "print('no driver loaded'); raise SystemExit(9)"]) is None
     assert _run([sys.executable, "-c", "print(' ok ')"]) == "ok"
     assert _run(["/nonexistent/edgetl-probe"]) is None
+
+
+def test_cli_config_is_used_the_command_line_wins_and_settings_are_recorded(bench_dir, tmp_path):
+    import yaml
+
+    from edgetl.cli import app
+
+    run = Path(shutil.copytree(bench_dir, tmp_path / "run"))
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump({"backends": ["onnxruntime"], "precisions": ["fp32"], "batch_sizes": [2],
+                                      "iterations": 3, "warmup": 1}))
+    res = CliRunner().invoke(app, ["bench", str(run), "--config", str(config), "--iterations", "4"])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((run / "bench.json").read_text())
+    assert saved["settings"]["iterations"] == 4 and saved["settings"]["batch_sizes"] == [2]
+    assert [(r["backend"], r["precision"], r["batch_size"], r["iterations"]) for r in saved["rows"]] == \
+        [("onnxruntime", "fp32", 2, 4)]
+    recorded = yaml.safe_load(RunDir(run).settings_file("bench").read_text())
+    assert recorded["iterations"] == 4 and recorded["backends"] == ["onnxruntime"] and recorded["warmup"] == 1
+    for bad in (["--device", "tpu"], ["--config", str(config), "--device", "gpu"]):
+        refused = CliRunner().invoke(app, ["bench", str(run), *bad])
+        assert refused.exit_code == 2 and "Invalid value" in refused.output
+
+
+def test_a_fixed_batch_model_times_only_its_batch(bench_dir, tmp_path):
+    from edgetl.export import ExportSettings, export
+
+    run = Path(shutil.copytree(bench_dir, tmp_path / "run"))
+    export(run, ExportSettings(static_batch=2, parity_images=4, simplify=False))
+    res = bench_run(run, backends="onnxruntime", precisions="fp32", batch_sizes="1,2", warmup=1, iterations=3,
+                    write=False)
+    assert [r["batch_size"] for r in res["rows"]] == [2]
+    (skip,) = [s for s in res["skipped"] if s["precision"] == "fp32"]
+    assert skip["reason"] == "batch 1: model.onnx has a fixed batch of 2" and skip["model_file"] == "model.onnx"
+    assert res["rows"][0]["top1"] is not None  # scored through logits(): every image, in batches of 2

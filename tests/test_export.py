@@ -195,6 +195,14 @@ def test_fuse_preprocess_gives_the_same_predictions(exported, tmp_path):
     assert _scaled_diff(fused, reference) <= 1e-4
     # and `edgetl eval` on the fused graph (card says uint8) scores what torch scores
     assert eval_run(run.path, EvalSettings(backend="onnxruntime")).top1 == eval_run(run.path, EvalSettings(backend="torch")).top1
+    # the backend says what the fused graph takes, before onnxruntime sees the wrong dtype
+    from edgetl.errors import EdgetlError
+    from edgetl.runtime import create_backend
+
+    with create_backend("onnxruntime", run.onnx) as be:
+        with pytest.raises(EdgetlError, match="input of dtype float32, the model takes uint8 NHWC pixels"):
+            be.infer(x_u8.astype(np.float32))
+        assert np.array_equal(be.infer(x_u8[:3]), fused[:3])
 
 
 def test_eval_onnxruntime_equals_torch(exported):
@@ -365,3 +373,34 @@ def test_cli_export_end_to_end(trained_run, tmp_path):
     failed = _edgetl("export", str(run.path), "--tolerance", "0", "--parity-images", "8")
     assert failed.returncode == 1 and "differs from PyTorch" in failed.stderr and "Traceback" not in failed.stderr
     assert sha256_file(run.onnx) == report["sha256"]  # the good export from above is untouched
+
+
+def test_cli_config_is_used_the_command_line_wins_and_settings_are_recorded(trained_run, tmp_path):
+    from typer.testing import CliRunner
+
+    import yaml
+
+    from edgetl.cli import app
+
+    run = RunDir(_copy(trained_run, tmp_path / "run"))
+    config = tmp_path / "export.yaml"
+    config.write_text(yaml.safe_dump({"parity_images": 4, "simplify": False, "opset": 18}))
+    res = CliRunner().invoke(app, ["export", str(run.path), "--config", str(config), "--parity-images", "6"])
+    assert res.exit_code == 0, res.output
+    report = read_json(run.export_report)
+    assert report["parity"]["n_images"] == 6 and report["opset"] == 18  # the CLI won; the YAML gave the rest
+    assert report["simplification"] == {"requested": False, "kept": False}
+    saved = yaml.safe_load(run.settings_file("export").read_text())
+    assert saved["parity_images"] == 6 and saved["simplify"] is False and saved["opset"] == 18
+    assert "parity" in res.output and "pass" in res.output
+    from edgetl.export import ExportResult
+
+    assert ExportResult.read(run.export_report).sha256 == sha256_file(run.onnx)
+
+
+def test_static_batch_parity_runs_through_the_backend_with_padding(mobile_run, tmp_path):
+    """7 images on a static batch of 4: two runs of 4 (the second padded), 7 rows compared."""
+    run = RunDir(_copy(mobile_run, tmp_path / "run"))
+    result = export(run.path, ExportSettings(static_batch=4, parity_images=7, simplify=False))
+    assert result.parity["batch_sizes"] == [4] and result.parity["n_images"] == 7 and result.parity["passed"]
+    assert result.model_dump(mode="json") == read_json(run.export_report)

@@ -10,7 +10,7 @@ import pytest
 
 from edgetl.errors import BackendUnavailable, EdgetlError, RunDirError
 from edgetl.rundir import RunDir
-from edgetl.runtime import create_backend, resolve_model_file
+from edgetl.runtime import Backend, create_backend, resolve_model_file
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +144,87 @@ def test_bytes_that_are_not_onnx_are_one_error():
         create_backend("onnxruntime", b"not onnx!").activate()
     with pytest.raises(EdgetlError, match="torch backend: takes a model file, not bytes"):
         create_backend("torch", b"weights").activate()
+
+
+def test_registry_names_and_declarations():
+    from edgetl.choices import BackendName, PrecisionName, values
+    from edgetl.runtime import BACKENDS, Backend, backend_class, backend_names
+
+    assert backend_names() == BACKENDS == values(BackendName)  # one vocabulary, defined once
+    for name in backend_names():
+        cls = backend_class(name)
+        assert issubclass(cls, Backend) and cls.name == name
+        assert cls.devices and cls.precisions and set(cls.precisions) <= set(values(PrecisionName))
+        for precision in values(PrecisionName):
+            reason = cls.unsupported(precision, "cuda")
+            assert (reason is None) == (precision in cls.precisions), (name, precision)
+    assert backend_class("tensorrt").devices == ("cuda",)
+    assert backend_class("tensorrt").device_for("cpu") == "cuda"  # an engine runs on the GPU whatever was asked
+    assert backend_class("onnxruntime").device_for("cpu") == "cpu"
+    assert backend_class("torch").bench_precisions("cpu") == ("fp32",)
+    assert backend_class("torch").bench_precisions("cuda") == ("fp32", "fp16")
+    assert backend_class("onnxruntime").options_for(threads=2, cuda_graph=True) == {"threads": 2}
+    assert backend_class("tensorrt").options_for(threads=2, cuda_graph=True) == {"cuda_graph": True}
+    with pytest.raises(BackendUnavailable, match="unknown backend 'caffe'.*torch, onnxruntime, tensorrt"):
+        backend_class("caffe")
+
+
+def test_available_says_why_not_here():
+    import onnxruntime as ort
+    import torch
+
+    from edgetl.runtime import backend_class
+
+    assert backend_class("torch").available("cpu") is None
+    assert backend_class("onnxruntime").available("cpu") is None
+    ort_cuda = backend_class("onnxruntime").available("cuda")
+    assert (ort_cuda is None) == ("CUDAExecutionProvider" in ort.get_available_providers())
+    if ort_cuda:
+        assert "CUDAExecutionProvider is not available" in ort_cuda
+    assert "unknown device 'tpu'" in backend_class("onnxruntime").available("tpu")
+    torch_cuda = backend_class("torch").available("cuda")
+    assert (torch_cuda is None) == torch.cuda.is_available()
+    if torch_cuda:
+        assert "no CUDA device" in torch_cuda
+    if not _tensorrt_runs_here():
+        assert "TensorRT" in backend_class("tensorrt").available("cuda")
+
+
+def _tensorrt_runs_here() -> bool:
+    from edgetl.engine import facts_here
+
+    return bool(facts_here()[0])
+
+
+def test_register_backend_adds_a_backend_and_refuses_a_second_of_the_same_name(exported, images):
+    """A new backend is one registered class: create_backend, resolve_model_file and infer() reach it."""
+    from edgetl.card import ModelCard
+    from edgetl.runtime import backend_names, register_backend
+    from edgetl.runtime.registry import _REGISTRY
+
+    @register_backend
+    class ConstantBackend(Backend):
+        name = "constant-test"
+        devices = ("cpu",)
+        precisions = ("fp32",)
+
+        @classmethod
+        def model_file(cls, run, precision, device):
+            return run.onnx
+
+        def activate_impl(self):
+            return ModelCard.from_onnx(self.require_path())
+
+        def infer_impl(self, x):
+            return np.full((len(x), self.card.num_classes), 7.0)
+
+    try:
+        assert "constant-test" in backend_names()
+        assert resolve_model_file(RunDir(exported), "constant-test") == RunDir(exported).onnx
+        with create_backend("constant-test", RunDir(exported).onnx) as be:
+            out = be.logits(images, batch_size=4)
+            assert out.dtype == np.float32 and out.shape == (6, 5) and (out == 7.0).all()
+        with pytest.raises(TypeError, match="registered twice"):
+            register_backend(type("Other", (ConstantBackend,), {}))
+    finally:
+        _REGISTRY.pop("constant-test", None)
