@@ -96,7 +96,7 @@ class TensorRTBackend(Backend):
         context = engine.create_execution_context()
         if context is None:  # e.g. not enough GPU memory for the engine's activations
             raise EdgetlError(f"{self.model_path}: {trt.__name__} could not create an execution context: "
-                              f"{self._said()}", "free GPU memory, or rebuild with a smaller --batch maximum")
+                              f"{self._said()}", "free GPU memory, or rebuild with a smaller batch maximum (`edgetl build --batch`)")
         self._context = context
         # the output buffer holds the engine's output at the profile's largest input, whatever the card says
         self._set_shape(tuple(int(d) for d in hi))
@@ -159,7 +159,7 @@ class TensorRTBackend(Backend):
         capturable = getattr(self._context, "is_stream_capturable", None)  # TensorRT-RTX says so up front
         if capturable is not None and not capturable(self._stream.handle_int):
             raise EdgetlError(f"{self.model_path.name}: this engine cannot be captured in a CUDA graph here",
-                              "run without --cuda-graph")
+                              "run without cuda_graph")
         self._enqueue()
         self._stream.synchronize()
         self._graph = (n, self._stream.capture(self._enqueue))
