@@ -134,7 +134,8 @@ def _deploy_chain(run: Path) -> dict:
     """Make the transferred model fast: ONNX, int8 (TensorRT and CPU forms) and fp16, then the bench table."""
     from edgetl.bench import bench_run
     from edgetl.export import export
-    from edgetl.quantize import QuantizeRequest, quantize
+    from edgetl.presentation.events import RichEvents
+    from edgetl.quantize import QuantizeSettings, quantize
     from edgetl.report import print_bench
 
     console.rule("3. export to ONNX (parity against PyTorch on the val images)")
@@ -146,16 +147,16 @@ def _deploy_chain(run: Path) -> dict:
     from edgetl.errors import QuantizeBudgetMissed
 
     entries = {}
-    for request in (QuantizeRequest(precision="int8", target="both"), QuantizeRequest(precision="fp16")):
+    for cfg in (QuantizeSettings(precision="int8", target="both"), QuantizeSettings(precision="fp16")):
         try:
-            entries.update(quantize(run, request, log=_say)["entries"])
+            with RichEvents() as events:
+                entries.update(quantize(run, cfg, events).entries)
         except QuantizeBudgetMissed as e:  # written and marked over budget: the demo says so and goes on
             _say(f"over budget: {e.message}")
-            entries.update(e.result["entries"])
+            entries.update(e.result.entries)
     for key, entry in entries.items():
-        top1 = entry.get("int8_top1", entry.get("fp16_top1"))
-        top1_text = "n/a" if top1 is None else f"{top1:.3f}"
-        console.print(f"{key:14} top-1 {top1_text} (fp32 {entry['fp32_top1']:.3f}) -> {entry['model_file']}", markup=False)
+        top1_text = "n/a" if entry.top1 is None else f"{entry.top1:.3f}"
+        console.print(f"{key:14} top-1 {top1_text} (fp32 {entry.fp32_top1:.3f}) -> {entry.model_file}", markup=False)
     console.rule("5. benchmark what this machine can run")
     result = bench_run(run, backends=("torch", "onnxruntime", "tensorrt"), batch_sizes=(1, 8), warmup=5, iterations=30)
     print_bench(result)
