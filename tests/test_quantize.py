@@ -362,3 +362,80 @@ def test_parallel_quantizations_of_one_run(exported, tmp_path):
     assert not list(run.glob("*-inferred.onnx")) and not list(run.glob(".*.tmp"))
     check_graph(run / "model.int8.onnx", "tensorrt")
     assert len(list((run / "calib_cache").glob("*.json"))) == 3
+
+
+# -- issue 11: settings from --config, closed vocabularies, the settings file, one key per fact ---------------
+def _cli(args: list, capsys) -> tuple[int, str, str]:
+    from edgetl.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return exit_.value.code, captured.out, captured.err
+
+
+def test_config_file_is_used_options_win_and_settings_are_recorded(exported, tmp_path, capsys):
+    import yaml
+
+    run = fresh(exported, tmp_path)
+    config = tmp_path / "quantize.yaml"
+    config.write_text("precision: fp16\nmax_drop: 7.5\nthreads: 1\n")
+    code, out, err = _cli(["quantize", run, "--config", config, "--max-drop", "9"], capsys)
+    assert code == 0, err
+    first = read_report(run).entries["fp16"]
+    assert set(read_report(run).entries) == {"fp16"}  # precision came from the file
+    assert first.max_drop == 9.0 and "model.fp16.onnx" in out  # the option won over the file's 7.5
+    recorded = run / "settings" / "quantize.yaml"
+    assert yaml.safe_load(recorded.read_text()) == {**QuantizeSettings().model_dump(), "precision": "fp16",
+                                                    "max_drop": 9.0, "threads": 1}
+    (run / "model.fp16.onnx").unlink()
+    code, _, err = _cli(["quantize", run, "--config", recorded], capsys)  # the recorded file repeats the step
+    again = read_report(run).entries["fp16"]
+    assert code == 0, err
+    assert (again.top1, again.model_sha256, again.max_drop) == (first.top1, first.model_sha256, 9.0)
+
+
+@pytest.mark.parametrize("option,value", [("--precision", "int4"), ("--target", "gpu"), ("--method", "kl")])
+def test_closed_vocabularies_are_refused_by_the_cli(exported, tmp_path, capsys, option, value):
+    run = fresh(exported, tmp_path)
+    code, _, err = _cli(["quantize", run, option, value], capsys)
+    assert code == 2 and option in err and value in err and "Traceback" not in err
+    _nothing_written(run)
+    assert not (run / "settings").exists()
+
+
+def test_bad_value_in_the_config_file_names_the_setting(exported, tmp_path, capsys):
+    run = fresh(exported, tmp_path)
+    config = tmp_path / "quantize.yaml"
+    for text, setting in (("precision: int4\n", "'precision'"), ("calib_size: 0\n", "'calib_size'"),
+                          ("max_drop: .nan\n", "'max_drop'"), ("batch_sise: 8\n", "'batch_sise'")):
+        config.write_text(text)
+        code, _, err = _cli(["quantize", run, "--config", config], capsys)
+        assert code == 1 and err.startswith("error: setting ") and setting in err.splitlines()[0], err
+        assert "--" not in err.splitlines()[0]  # a field name, not a flag
+    _nothing_written(run)
+
+
+def test_fresh_report_has_one_key_per_fact(quantized):
+    run, _ = quantized
+    data = json.loads((run / "quant_report.json").read_text())
+    for key, e in data["entries"].items():
+        assert sorted(k for k in e if k.endswith("top1")) == ["fp32_top1", "top1"], key
+    assert QuantReport.model_validate(data).model_dump(mode="json") == data  # the file is exactly the model
+
+
+def test_old_report_with_duplicate_top1_keys_is_read(quantized, exported, tmp_path):
+    """Reports written before issue 11 carried each entry's top-1 twice (`top1` and `int8_top1`/`fp16_top1`):
+    read them, and the next write keeps one key."""
+    old = json.loads((quantized[0] / "quant_report.json").read_text())
+    for key, e in old["entries"].items():
+        e["int8_top1" if key.startswith("int8/") else "fp16_top1"] = e["top1"]
+    run = fresh(exported, tmp_path)
+    (run / "quant_report.json").write_text(json.dumps(old))
+    report = read_report(run)
+    assert {k: e.top1 for k, e in report.entries.items()} == {k: e["top1"] for k, e in old["entries"].items()}
+    quantize(run, QuantizeSettings(precision="fp16"))  # merged into the old report
+    written = json.loads((run / "quant_report.json").read_text())["entries"]
+    assert set(written) == {"int8/tensorrt", "int8/cpu", "fp16"}
+    assert written["int8/cpu"]["top1"] == old["entries"]["int8/cpu"]["top1"]
+    assert not [k for e in written.values() for k in e if k in ("int8_top1", "fp16_top1")]
