@@ -93,3 +93,54 @@ def test_torch_cuda_fp16_close_to_fp32(exported, images):
         pytest.skip("needs a CUDA GPU")
     with create_backend("torch", exported) as cpu, create_backend("torch", exported, device="cuda", precision="fp16") as gpu:
         np.testing.assert_allclose(gpu.infer(images), cpu.infer(images), atol=5e-2)
+
+
+@pytest.fixture(scope="module")
+def static4(exported_copy) -> Path:
+    """A real export with its batch dimension fixed at 4."""
+    from edgetl.export import export
+
+    run = exported_copy("static4")
+    export(run, static_batch=4, parity_images=4)
+    return run
+
+
+def test_bytes_and_fixed_batch_padding(exported, static4, images):
+    """The same graph from its path or its bytes gives the same logits; a fixed-batch graph pads a short batch,
+    drops the padding's rows and runs any number of images through logits() in chunks."""
+    path = RunDir(static4).onnx
+    with create_backend("onnxruntime", RunDir(exported).onnx, threads=1) as dyn:
+        assert dyn.fixed_batch is None
+        want = dyn.infer(images)
+        np.testing.assert_allclose(dyn.logits(images, batch_size=4), want, atol=1e-5)
+    with create_backend("onnxruntime", path.read_bytes(), threads=1) as from_bytes, \
+            create_backend("onnxruntime", path, threads=1) as from_path:
+        assert from_bytes.fixed_batch == from_path.fixed_batch == 4
+        assert from_bytes.card == from_path.card and from_bytes.describe()["model_file"] is None
+        one = from_bytes.infer(images[:1])  # padded to 4, one row back
+        assert one.shape == (1, 5)
+        np.testing.assert_allclose(one, want[:1], atol=1e-4)
+        got = from_path.logits(images, batch_size=64)  # 6 images: one batch of 4 and one padded batch of 2
+        assert got.shape == (6, 5)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        np.testing.assert_array_equal(from_bytes.logits(images, batch_size=1), got)
+        with pytest.raises(EdgetlError, match="a batch of 6, the model has a fixed batch of 4"):
+            from_path.infer(images)
+
+
+def test_input_dtype_is_checked_before_the_runtime(exported, images):
+    with create_backend("onnxruntime", RunDir(exported).onnx) as o, create_backend("torch", exported) as t:
+        for be in (o, t):
+            with pytest.raises(EdgetlError, match="input of dtype float64, the model takes float32 NCHW"):
+                be.infer(images.astype(np.float64))
+            with pytest.raises(EdgetlError, match="input of dtype uint8"):
+                be.infer(images.astype(np.uint8))
+
+
+def test_bytes_that_are_not_onnx_are_one_error():
+    from edgetl.errors import ModelError
+
+    with pytest.raises(ModelError, match="in-memory model, 9 bytes.*not a readable ONNX model"):
+        create_backend("onnxruntime", b"not onnx!").activate()
+    with pytest.raises(EdgetlError, match="torch backend: takes a model file, not bytes"):
+        create_backend("torch", b"weights").activate()

@@ -10,10 +10,10 @@ from edgetl.runtime.base import Backend
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
-def create_backend(name: str, model_path: str | os.PathLike, device: str = "cpu", precision: str = "fp32",
+def create_backend(name: str, model: str | os.PathLike | bytes, device: str = "cpu", precision: str = "fp32",
                    **options) -> Backend:
-    """The backend `name` for `model_path` (torch: model.safetensors or run dir; onnxruntime: .onnx;
-    tensorrt: .plan). Nothing heavy is imported until activate()."""
+    """The backend `name` for `model` (torch: model.safetensors or run dir; onnxruntime: an .onnx path or the
+    graph's bytes; tensorrt: .plan). Nothing heavy is imported until activate()."""
     if name == "torch":
         from edgetl.runtime.torch_backend import TorchBackend as cls
     elif name == "onnxruntime":
@@ -25,7 +25,7 @@ def create_backend(name: str, model_path: str | os.PathLike, device: str = "cpu"
             raise BackendUnavailable("the tensorrt backend is not part of this edgetl build") from None
     else:
         raise BackendUnavailable(f"unknown backend '{name}'", f"use one of {', '.join(BACKENDS)}")
-    return cls(model_path, device=device, precision=precision, **options)
+    return cls(model, device=device, precision=precision, **options)
 
 
 def resolve_model_file(run, backend: str, precision: str = "fp32", device: str = "cpu"):

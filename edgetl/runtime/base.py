@@ -3,6 +3,11 @@
 The public methods check state and inputs, then call the `*_impl` methods a backend writes.
 Heavy imports (torch, onnxruntime, tensorrt) happen inside the implementations, so a missing
 runtime fails only when it is used, with BackendUnavailable.
+
+A backend takes its model as a path or as the file's bytes (a graph built in memory, e.g. one a quantization
+search is scoring). `infer()` checks the input's shape and dtype, and pads a short batch for a model whose batch
+dimension is fixed (`fixed_batch`), returning only the real images' outputs; `logits()` runs any number of
+images in chunks.
 """
 
 from __future__ import annotations
@@ -16,18 +21,37 @@ import numpy as np
 
 from edgetl.card import ModelCard
 from edgetl.errors import EdgetlError
+from edgetl.portable.rows import pad_batch
+
 
 
 class Backend(ABC):
     name: str = "base"
 
-    def __init__(self, model_path: str | os.PathLike, device: str = "cpu", precision: str = "fp32", **options: Any):
-        self.model_path = Path(model_path)
+    def __init__(self, model: str | os.PathLike | bytes, device: str = "cpu", precision: str = "fp32",
+                 **options: Any):
+        if isinstance(model, (bytes, bytearray, memoryview)):
+            self.model_path: Path | None = None
+            self.model_bytes: bytes | None = bytes(model)
+        else:
+            self.model_path, self.model_bytes = Path(model), None
         self.device = device
         self.precision = precision
         self.options = options
         self.card: ModelCard | None = None
+        self.fixed_batch: int | None = None  # set by activate_impl where the model's batch dimension is fixed
         self.is_active = False
+
+    @property
+    def model_label(self) -> str:
+        """The model as an error message names it: its path, or its size when it came as bytes."""
+        return str(self.model_path) if self.model_path is not None else f"<in-memory model, {len(self.model_bytes or b'')} bytes>"
+
+    def model_file(self) -> Path:
+        """The model's path, for a runtime that needs a file (a checkpoint, an engine with its sidecar)."""
+        if self.model_path is None:
+            raise EdgetlError(f"{self.name} backend: takes a model file, not bytes")
+        return self.model_path
 
     # -- life cycle -------------------------------------------------------------------------------
     def activate(self) -> "Backend":
@@ -37,13 +61,39 @@ class Backend(ABC):
         return self
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        """A batch in the card's input format -> float32 logits (batch, num_classes), on the host."""
+        """A batch in the card's input format -> float32 logits (batch, num_classes), on the host. A model with a
+        fixed batch gets a short batch padded (copies of its first image) and returns only the real rows."""
         if not self.is_active:
             raise EdgetlError(f"{self.name} backend: infer() before activate()")
         expected = self.input_shape()
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise EdgetlError(f"{self.name} backend: input of shape {tuple(x.shape)}, the model takes (N, {', '.join(map(str, expected))})")
-        return np.asarray(self.infer_impl(x), dtype=np.float32)
+        want = self.input_dtype()
+        if x.dtype != want:
+            what = ("uint8 NHWC pixels: its graph does the preprocessing" if want == np.uint8
+                    else "float32 NCHW normalised images")
+            raise EdgetlError(f"{self.name} backend: input of dtype {x.dtype}, the model takes {what}")
+        fixed = self.fixed_batch
+        if fixed is None or len(x) == fixed:
+            return np.asarray(self.infer_impl(x), dtype=np.float32)
+        if len(x) > fixed:
+            raise EdgetlError(f"{self.name} backend: a batch of {len(x)}, the model has a fixed batch of {fixed}",
+                              "run more images with logits(), which splits them into batches")
+        padded, n = pad_batch(x, fixed)
+        return np.asarray(self.infer_impl(padded), dtype=np.float32)[:n]
+
+    def logits(self, x: np.ndarray, batch_size: int) -> np.ndarray:
+        """float32 logits for every image of x, run `batch_size` at a time (the fixed batch where the model has
+        one; a short last batch is padded by infer())."""
+        step = self.fixed_batch or int(batch_size)
+        if step < 1:
+            raise EdgetlError(f"batch_size {batch_size}: give a count >= 1")
+        if not self.is_active:
+            raise EdgetlError(f"{self.name} backend: logits() before activate()")
+        out = [self.infer(x[i:i + step]) for i in range(0, len(x), step)]
+        if not out:
+            return np.empty((0, self.card.num_classes if self.card else 0), dtype=np.float32)
+        return np.concatenate(out)
 
     def deactivate(self) -> None:
         if self.is_active:
@@ -71,7 +121,8 @@ class Backend(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "device": self.device, "precision": self.precision,
-                "model_file": self.model_path.name, "timed": "infer(): host batch in, host logits out"}
+                "model_file": self.model_path.name if self.model_path is not None else None,
+                "timed": "infer(): host batch in, host logits out"}
 
     # -- to implement -----------------------------------------------------------------------------
     @abstractmethod

@@ -1,4 +1,5 @@
-"""ONNX Runtime on any edgetl ONNX file (fp32, fp16, int8 Q/DQ), CPU, CUDA or TensorRT EP."""
+"""ONNX Runtime on any edgetl ONNX graph (fp32, fp16, int8 Q/DQ), from a file or from its bytes; CPU, CUDA or
+TensorRT EP."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ _PROVIDERS = {"cpu": ["CPUExecutionProvider"],
 
 
 class OnnxRuntimeBackend(Backend):
+    """Options: `threads` (intra-op threads), `card` (a ModelCard to use instead of the graph's own, for a graph
+    built in memory that carries none)."""
+
     name = "onnxruntime"
 
     def activate_impl(self) -> ModelCard:
@@ -22,27 +26,45 @@ class OnnxRuntimeBackend(Backend):
             import onnxruntime as ort
         except ImportError:
             raise BackendUnavailable("onnxruntime is not installed", "pip install onnxruntime (or onnxruntime-gpu)") from None
-        card = ModelCard.from_onnx(self.model_path)
+        card = self.options.get("card") or self._read_card()
         kind = self.device.split(":")[0]
         wanted = _PROVIDERS.get(kind)
         if wanted is None:
             raise BackendUnavailable(f"onnxruntime: unknown device '{self.device}'", f"use one of {', '.join(_PROVIDERS)}")
         if wanted[0] not in ort.get_available_providers():
             raise BackendUnavailable(f"onnxruntime: {wanted[0]} is not available in this onnxruntime build",
-                                     "install onnxruntime-gpu for CUDA/TensorRT, or use --device cpu")
+                                     "install onnxruntime-gpu for CUDA/TensorRT, or use device cpu")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if self.options.get("threads"):
             opts.intra_op_num_threads = int(self.options["threads"])
+        model = self.model_bytes if self.model_bytes is not None else str(self.model_path)
         try:
-            self.session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=wanted)
+            self.session = ort.InferenceSession(model, sess_options=opts, providers=wanted)
         except Exception as e:
-            raise ModelError(f"{self.model_path}: onnxruntime cannot load it ({first_line(e)})") from None
-        self.input_name = self.session.get_inputs()[0].name
+            raise ModelError(f"{self.model_label}: onnxruntime cannot load it ({first_line(e)})") from None
+        graph_input = self.session.get_inputs()[0]
+        self.input_name = graph_input.name
+        batch = graph_input.shape[0] if graph_input.shape else None
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None  # a symbolic dim is a str
         return card
 
+    def _read_card(self) -> ModelCard:
+        if self.model_bytes is None:
+            return ModelCard.from_onnx(self.model_path)
+        import onnx
+
+        try:
+            proto = onnx.load_from_string(self.model_bytes)
+        except Exception as e:
+            raise ModelError(f"{self.model_label}: not a readable ONNX model ({first_line(e)})") from None
+        return ModelCard.from_onnx(proto)
+
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: x})[0]
+        try:
+            return self.session.run(None, {self.input_name: x})[0]
+        except Exception as e:  # onnxruntime raises its own exception types (Fail, RuntimeException, ...)
+            raise ModelError(f"{self.model_label}: onnxruntime failed to run it ({first_line(e)})") from None
 
     def describe(self) -> dict:
         out = super().describe()

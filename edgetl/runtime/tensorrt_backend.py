@@ -29,6 +29,7 @@ class TensorRTBackend(Backend):
 
         if not self.device.startswith("cuda"):
             raise EdgetlError(f"tensorrt backend: runs on the GPU, not on '{self.device}'", "use --device cuda")
+        self.model_file()  # an engine is read with its sidecar: a path, not bytes
         if not self.model_path.exists():
             raise RunDirError(f"{self.model_path}: no such engine", "run `edgetl build` first")
         sidecar = read_sidecar(self.model_path)

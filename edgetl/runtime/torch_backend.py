@@ -25,7 +25,7 @@ class TorchBackend(Backend):
             raise BackendUnavailable("torch backend: no CUDA device here", "use --device cpu")
         if self.options.get("threads"):
             torch.set_num_threads(int(self.options["threads"]))  # process-wide: torch has no per-model setting
-        model, card = load_trained(self.model_path)
+        model, card = load_trained(self.model_file())
         self.dtype = getattr(torch, _DTYPES[self.precision])
         model = model.to(self.device, dtype=self.dtype).eval()
         if self.device.startswith("cuda"):
