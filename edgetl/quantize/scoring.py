@@ -1,4 +1,5 @@
-"""Scoring a graph against the fp32 model on the same images with ONNX Runtime on the CPU."""
+"""Scoring a graph against the fp32 model on the same images: ONNX Runtime on the CPU, through the runtime's
+Backend (which takes the graph's bytes, and pads a fixed batch)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgetl.card import ModelCard
-from edgetl.errors import QuantizeError, first_line
+from edgetl.errors import ModelError, QuantizeError
 from edgetl.metrics import top1 as top1_of
 from edgetl.quantize.graph import FloatModel
 from edgetl.rundir import RunDir
 from edgetl.stage import Events
 
-DYNAMIC_BATCH = 64  # scoring batch of a graph with a dynamic batch
+DYNAMIC_BATCH = 64  # scoring batch of a graph with a dynamic batch (a fixed-batch graph uses its own)
 
 
 class CannotRun(Exception):
@@ -28,28 +29,22 @@ class Scorer:
     x: np.ndarray
     y: np.ndarray
     source: str  # where the images came from, for the report
-    input_name: str
-    static_batch: int | None
+    card: ModelCard  # given to the backend: the graphs scored here are not yet in the run's records
     threads: int | None
     fp32_logits: np.ndarray | None = None
     fp32_top1: float = 0.0
 
     def logits(self, model: str | os.PathLike | bytes) -> np.ndarray:
         """Logits of `model` (a path or serialized ModelProto) on `x`; CannotRun if ONNX Runtime refuses it."""
-        sess = _session(model if isinstance(model, bytes) else str(model), self.threads)
-        batch = self.static_batch or DYNAMIC_BATCH
-        out = []
-        for i in range(0, len(self.x), batch):
-            xb = self.x[i:i + batch]
-            pad = batch - len(xb) if self.static_batch else 0
-            if pad:  # a fixed-batch graph: pad the last batch and drop the padding's logits
-                xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
-            try:
-                res = sess.run(None, {self.input_name: xb})[0]
-            except Exception as e:
-                raise CannotRun(first_line(e)) from None
-            out.append(np.asarray(res, dtype=np.float32)[:len(xb) - pad])
-        return np.concatenate(out)
+        from edgetl.runtime import create_backend
+
+        backend = create_backend("onnxruntime", model if isinstance(model, bytes) else str(model), device="cpu",
+                                 card=self.card, threads=self.threads)
+        try:
+            with backend:
+                return backend.logits(self.x, DYNAMIC_BATCH)
+        except ModelError as e:  # cannot load or run it; a wrong input is a bug and stays an EdgetlError
+            raise CannotRun(e.message) from None
 
     def score(self, proto) -> tuple[float, np.ndarray]:
         """(top-1, logits) of a quantized ModelProto; QuantizeError if ONNX Runtime cannot run it."""
@@ -81,26 +76,11 @@ def make_scorer(run: RunDir, card: ModelCard, source: FloatModel, data: str | No
         where = str(data)
     events.message(f"scoring on {len(items)} images ({where})")
     x, y = load_arrays(items, card)
-    scorer = Scorer(x=x, y=y, source=where, input_name=source.input_name, static_batch=source.static_batch,
-                    threads=threads)
+    scorer = Scorer(x=x, y=y, source=where, card=card, threads=threads)
     try:
         scorer.fp32_logits = scorer.logits(source.path)
     except CannotRun as e:
-        raise QuantizeError(f"{source.path}: onnxruntime cannot run the fp32 model ({e})",
-                            "re-run `edgetl export`") from None
+        raise QuantizeError(f"onnxruntime cannot run the fp32 model ({e})", "re-run `edgetl export`") from None
     scorer.fp32_top1 = scorer.top1(scorer.fp32_logits)
     events.message(f"fp32 top-1 {scorer.fp32_top1 * 100:.2f}%")
     return scorer
-
-
-def _session(model: str | bytes, threads: int | None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise CannotRun(first_line(e)) from None
