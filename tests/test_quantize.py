@@ -439,3 +439,26 @@ def test_old_report_with_duplicate_top1_keys_is_read(quantized, exported, tmp_pa
     assert set(written) == {"int8/tensorrt", "int8/cpu", "fp16"}
     assert written["int8/cpu"]["top1"] == old["entries"]["int8/cpu"]["top1"]
     assert not [k for e in written.values() for k in e if k in ("int8_top1", "fp16_top1")]
+
+
+def test_the_quantize_package_has_no_import_cycle():
+    """Each module of edgetl/quantize imports only modules below it (what `graph` or `report` needs never
+    reaches back to the stage in `run`)."""
+    import ast
+
+    import edgetl.quantize
+
+    folder = Path(edgetl.quantize.__file__).parent
+    imports: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        if path.stem == "__init__":
+            continue
+        tree = ast.parse(path.read_text())
+        imports[path.stem] = {n.module.split(".")[2] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                              and n.module and n.module.startswith("edgetl.quantize.")}
+    assert set(imports) >= {"settings", "report", "graph", "check", "sensitivity", "fp16", "int8", "scoring", "run"}
+    done: list[str] = []
+    while len(done) < len(imports):  # peel off modules whose imports are all placed: a cycle never peels
+        ready = sorted(m for m in imports if m not in done and imports[m] <= set(done))
+        assert ready, f"import cycle among {sorted(set(imports) - set(done))}"
+        done += ready
