@@ -22,7 +22,7 @@ def main() -> None:
     from edgetl.errors import QuantizeBudgetMissed
     from edgetl.export import export
     from edgetl.finetune import finetune
-    from edgetl.quantize import QuantizeRequest, quantize
+    from edgetl.quantize import QuantizeSettings, quantize
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=["resnet18", "mobilenetv2_050"])
@@ -44,14 +44,13 @@ def main() -> None:
         export(out)
         train_s = time.time() - t
         try:
-            res = quantize(out, QuantizeRequest(precision="int8", target="both", method=args.method,
-                                                max_drop=args.max_drop))
+            res = quantize(out, QuantizeSettings(precision="int8", target="both", method=args.method,
+                                                 max_drop=args.max_drop))
         except QuantizeBudgetMissed as e:  # written and marked over budget: still a row of the table
             res = e.result
-        for key, e in res["entries"].items():
-            before = e["methods_tried"][e["method"]]["top1"]
-            rows.append((model, key, e["eval_n"], e["fp32_top1"], before, e["int8_top1"], e["drop"], e["method"],
-                         len(e["excluded"]), train_s))
+        for key, e in res.entries.items():
+            before = e.methods_tried[e.method].top1
+            rows.append((model, key, e.eval_n, e.fp32_top1, before, e.top1, e.drop, e.method, len(e.excluded), train_s))
     print(f"date: {datetime.date.today()}; digits source task (5 classes, {args.img_size} px), {args.epochs} epochs from scratch")
     print("| model | form | val images | fp32 top-1 | int8 top-1 before exclusion | int8 top-1 written | drop (pt) "
           "| method | nodes kept float |")

@@ -28,3 +28,8 @@ EnginePrecision = as_enum("EnginePrecision", EnginePrecisionName)
 QuantPrecision = as_enum("QuantPrecision", QuantPrecisionName)
 Backend = as_enum("Backend", BackendName)
 Device = as_enum("Device", DeviceName)
+
+QuantTargetName = Literal["tensorrt", "cpu", "both"]  # which int8 form(s) `quantize` writes
+CalibMethodName = Literal["minmax", "entropy", "percentile", "auto"]  # auto: try the three, keep the best
+QuantTarget = as_enum("QuantTarget", QuantTargetName)
+CalibMethod = as_enum("CalibMethod", CalibMethodName)

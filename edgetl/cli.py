@@ -12,6 +12,7 @@ from typing import List, Optional
 import typer
 
 from edgetl.choices import Backend as BackendChoice, Device as DeviceChoice, Precision as PrecisionChoice
+from edgetl.choices import CalibMethod, QuantPrecision, QuantTarget
 from edgetl.presentation.console import console, err_console
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -299,67 +300,47 @@ def export_cmd(
 
 # --- end export -------------------------------------------------------------------------------------
 
-# --- quantize (issue 4) -----------------------------------------------------------------------------
+# --- quantize (issue 4, stage shape: issue 11) ---------------------------------------------------------
 @app.command()
 def quantize(
     run: Path = typer.Argument(..., help="run directory with model.onnx (from `edgetl export`)"),
-    precision: str = typer.Option("int8", help="int8 | fp16"),
-    target: str = typer.Option("tensorrt", help="int8 form: tensorrt (S8S8 Q/DQ) | cpu (U8S8, fast on x86) | both"),
-    calib: Optional[Path] = typer.Option(None, help="calibration ImageFolder DIR/<class>/* [default: the run's train split]"),
-    calib_size: int = typer.Option(256, help="calibration images, stratified by class (all if fewer)"),
-    method: str = typer.Option("minmax", help="minmax | entropy | percentile | auto (try all, keep the best)"),
-    percentile: float = typer.Option(99.999, help="with --method percentile"),
+    config: Optional[Path] = typer.Option(None, "--config", dir_okay=False,
+                                          help="YAML file of settings (e.g. RUN/settings/quantize.yaml); options "
+                                          "given here win"),
+    precision: Optional[QuantPrecision] = typer.Option(None, help="int8 (Q/DQ) or fp16 [default: int8]"),
+    target: Optional[QuantTarget] = typer.Option(None, help="int8 form: tensorrt (S8S8 Q/DQ), cpu (U8S8, fast on "
+                                                 "x86) or both [default: tensorrt]"),
+    calib: Optional[Path] = typer.Option(None, help="calibration ImageFolder DIR/<class>/* [default: the run's "
+                                         "train split]"),
+    calib_size: Optional[int] = typer.Option(None, help="calibration images, stratified by class (all if fewer) "
+                                             "[default: 256]"),
+    method: Optional[CalibMethod] = typer.Option(None, help="calibration method; auto tries the three and keeps "
+                                                 "the best [default: minmax]"),
+    percentile: Optional[float] = typer.Option(None, help="with --method percentile [default: 99.999]"),
     data: Optional[Path] = typer.Option(None, help="ImageFolder to score on [default: the run's val split]"),
-    max_drop: float = typer.Option(1.0, help="top-1 points the int8 model may lose; beyond, sensitive layers stay float"),
-    batch_size: int = typer.Option(32, help="calibration batch"),
-    seed: int = typer.Option(0, help="seed of the calibration sample"),
+    max_drop: Optional[float] = typer.Option(None, help="top-1 points the int8 model may lose; beyond, sensitive "
+                                             "layers stay float [default: 1.0]"),
+    batch_size: Optional[int] = typer.Option(None, help="calibration batch [default: 32]"),
+    seed: Optional[int] = typer.Option(None, help="seed of the calibration sample [default: 0]"),
+    threads: Optional[int] = typer.Option(None, help="onnxruntime threads for scoring [default: all cores]"),
 ) -> None:
     """Bake INT8 (Q/DQ) or FP16 into the ONNX graph and score it against fp32 -> quant_report.json."""
-    from edgetl.quantize import QuantizeRequest, quantize as run_quantize
-    from edgetl.presentation.console import progress_callback
-
-    request = QuantizeRequest(precision=precision, target=target, calib=str(calib) if calib else None,
-                              calib_size=calib_size, method=method, percentile=percentile,
-                              data=str(data) if data else None, max_drop=max_drop, batch_size=batch_size, seed=seed)
+    given = dict(locals())  # first statement: only the options
     from edgetl.errors import QuantizeBudgetMissed
+    from edgetl.presentation.events import RichEvents
+    from edgetl.presentation.quantize import render_quantize
+    from edgetl.quantize import QuantizeSettings, quantize as run_quantize
+    from edgetl.stage import load_settings
 
+    overrides = {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if k not in ("run", "config")}
+    cfg = load_settings(QuantizeSettings, config, overrides)
     try:
-        with progress_callback("calibrating") as progress:
-            result = run_quantize(run, request, log=lambda m: console.print(m, markup=False, soft_wrap=True),
-                                  progress=progress)
+        with RichEvents() as events:
+            result = run_quantize(run, cfg, events)
     except QuantizeBudgetMissed as e:  # written and recorded: show the table, then main() gives exit code 3
-        _print_quant_entries(e.result.get("entries", {}))
+        render_quantize(e.result)
         raise
-    _print_quant_entries(result["entries"])
-    console.print(f"report: {result['report']}", markup=False)
-
-
-def _print_quant_entries(entries: dict) -> None:
-    from rich.table import Table
-
-    table = Table(title="quantized vs fp32 (onnxruntime, CPU)")
-    for col in ("model", "fp32 top-1", "top-1", "drop pt", "method", "calib", "float layers"):
-        table.add_column(col, justify="left" if col in ("model", "method") else "right", no_wrap=col == "model")
-    notes = []
-    for e in entries.values():
-        top1, drop = e.get("top1"), e.get("drop")
-        table.add_row(e["model_file"], f"{e['fp32_top1'] * 100:.2f}", "n/a" if top1 is None else f"{top1 * 100:.2f}",
-                      "n/a" if drop is None else f"{drop:+.2f}", e.get("method") or "-",
-                      str(e.get("calib_size") or "-"), str(len(e.get("excluded") or [])))
-        if e.get("cpu_note"):
-            notes.append(f"{e['model_file']}: {e['cpu_note']}")
-        if e.get("parity"):
-            p = e["parity"]
-            notes.append(f"{e['model_file']}: parity {'ok' if e.get('parity_ok') else 'FAILED'} (max |delta logit| "
-                         f"{p['max_abs_logit_delta']:.3g} <= {p['tolerance']:.3g}, top-1 agreement "
-                         f"{p['top1_agreement'] * 100:.1f}%)")
-        if drop is not None and not e.get("within_max_drop", True):
-            notes.append(f"{e['model_file']}: drop {drop:.2f} pt is above --max-drop {e['max_drop']}")
-        for x in e.get("excluded") or []:
-            notes.append(f"{e['model_file']}: kept {x['node']} in float (+{x['gain']:.2f} pt)")
-    console.print(table)
-    for line in notes:
-        console.print(line, markup=False, soft_wrap=True)
+    render_quantize(result)
 
 
 # --- end quantize -----------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ def _deploy_chain(run: Path) -> dict:
     """Make the transferred model fast: ONNX, int8 (TensorRT and CPU forms) and fp16, then the bench table."""
     from edgetl.bench import BenchSettings, bench
     from edgetl.export import export
-    from edgetl.quantize import QuantizeRequest, quantize
+    from edgetl.quantize import QuantizeSettings, quantize
     from edgetl.presentation.bench import print_bench
     from edgetl.presentation.events import RichEvents
 
@@ -147,16 +147,16 @@ def _deploy_chain(run: Path) -> dict:
     from edgetl.errors import QuantizeBudgetMissed
 
     entries = {}
-    for request in (QuantizeRequest(precision="int8", target="both"), QuantizeRequest(precision="fp16")):
+    for cfg in (QuantizeSettings(precision="int8", target="both"), QuantizeSettings(precision="fp16")):
         try:
-            entries.update(quantize(run, request, log=_say)["entries"])
+            with RichEvents() as events:
+                entries.update(quantize(run, cfg, events).entries)
         except QuantizeBudgetMissed as e:  # written and marked over budget: the demo says so and goes on
             _say(f"over budget: {e.message}")
-            entries.update(e.result["entries"])
+            entries.update(e.result.entries)
     for key, entry in entries.items():
-        top1 = entry.get("int8_top1", entry.get("fp16_top1"))
-        top1_text = "n/a" if top1 is None else f"{top1:.3f}"
-        console.print(f"{key:14} top-1 {top1_text} (fp32 {entry['fp32_top1']:.3f}) -> {entry['model_file']}", markup=False)
+        top1_text = "n/a" if entry.top1 is None else f"{entry.top1:.3f}"
+        console.print(f"{key:14} top-1 {top1_text} (fp32 {entry.fp32_top1:.3f}) -> {entry.model_file}", markup=False)
     console.rule("5. benchmark what this machine can run")
     with RichEvents() as events:
         result = bench(run, BenchSettings(backends=["torch", "onnxruntime", "tensorrt"], batch_sizes=[1, 8], warmup=5,

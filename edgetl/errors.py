@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def first_line(e: BaseException) -> str:
     """An exception as one short line: library errors often carry pages of context, or no text at all."""
@@ -47,15 +49,16 @@ class QuantizeError(EdgetlError):
 
 
 class QuantizeBudgetMissed(QuantizeError):
-    """The quantized model was written but stays more than --max-drop below fp32 after layer exclusion.
+    """The quantized model was written but stays more than max_drop below fp32 after layer exclusion.
     Its own exit code, so a script (`edgetl quantize RUN && edgetl build RUN`) stops there; `result` holds
-    what quantize() would have returned (the files and quant_report.json are written, marked over budget)."""
+    the QuantizeResult quantize() would have returned (the files and quant_report.json are written, marked over
+    budget)."""
 
     exit_code = 3
 
-    def __init__(self, message: str, hint: str | None = None, result: dict | None = None):
+    def __init__(self, message: str, hint: str | None = None, result: Any = None):
         super().__init__(message, hint)
-        self.result = result or {}
+        self.result = result
 
 
 class BackendUnavailable(EdgetlError):

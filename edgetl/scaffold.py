@@ -54,9 +54,9 @@ def export_and_quantize(run: Path, targets: str = "both", fp16: bool = False) ->
     """edgetl's own export and int8 quantization (and fp16 if asked) of a make_run() run; accuracy is
     meaningless on random weights, so the accuracy budget is switched off (no sensitivity pass)."""
     from edgetl.export import export
-    from edgetl.quantize import QuantizeRequest, quantize
+    from edgetl.quantize import QuantizeSettings, quantize
 
     export(run)
-    quantize(run, QuantizeRequest(precision="int8", target=targets, max_drop=100.0, batch_size=4))
+    quantize(run, QuantizeSettings(precision="int8", target=targets, max_drop=100.0, batch_size=4))
     if fp16:
-        quantize(run, QuantizeRequest(precision="fp16", max_drop=100.0, batch_size=4))
+        quantize(run, QuantizeSettings(precision="fp16", max_drop=100.0, batch_size=4))

@@ -145,14 +145,14 @@ def test_changed_onnx_is_refused_by_every_stage_that_loads_it(exported_copy):
     from edgetl.bundle import make_bundle
     from edgetl.errors import ModelError
     from edgetl.evaluate import EvalSettings, eval_run
-    from edgetl.quantize import QuantizeRequest, quantize
+    from edgetl.quantize import QuantizeSettings, quantize
 
     run = exported_copy("tampered")
     before = eval_run(run, EvalSettings(backend="onnxruntime")).top1
     assert before > 0.5
     name = _flip_in_largest_initializer(run / "model.onnx")
     assert "conv" in name.lower() or "weight" in name.lower()
-    for stage in (lambda: eval_run(run, EvalSettings(backend="onnxruntime")), lambda: quantize(run, QuantizeRequest(precision="fp16")),
+    for stage in (lambda: eval_run(run, EvalSettings(backend="onnxruntime")), lambda: quantize(run, QuantizeSettings(precision="fp16")),
                   lambda: make_bundle(run)):
         with pytest.raises(ModelError) as e:
             stage()
@@ -168,10 +168,10 @@ def test_changed_onnx_is_refused_by_every_stage_that_loads_it(exported_copy):
 def test_changed_quantized_graph_is_refused(exported_copy):
     from edgetl.errors import ModelError
     from edgetl.evaluate import EvalSettings, eval_run
-    from edgetl.quantize import QuantizeRequest, quantize
+    from edgetl.quantize import QuantizeSettings, quantize
 
     run = exported_copy("tampered-fp16")
-    quantize(run, QuantizeRequest(precision="fp16"))
+    quantize(run, QuantizeSettings(precision="fp16"))
     assert eval_run(run, EvalSettings(backend="onnxruntime", precision="fp16")).top1 > 0.5
     _flip_in_largest_initializer(run / "model.fp16.onnx")
     with pytest.raises(ModelError, match=r"model\.fp16\.onnx: changed since .*quant_report\.json recorded") as e:
@@ -185,7 +185,7 @@ def test_changed_quantized_graph_is_refused(exported_copy):
 
 def test_changed_safetensors_is_refused(run_copy):
     from edgetl.errors import ModelError
-    from edgetl.evaluate import EvalSettings, eval_run
+    from edgetl.evaluate import eval_run
     from edgetl.export import export
 
     _flip_in_safetensors(run_copy / "model.safetensors")

@@ -27,9 +27,9 @@ def _tensorrt_importable() -> bool:
 
 def _int8_cpu_graph(run: RunDir) -> None:
     """model.int8.cpu.onnx written by edgetl's own quantizer (U8S8, the CPU form), calibrated on 32 images."""
-    from edgetl.quantize import QuantizeRequest, quantize
+    from edgetl.quantize import QuantizeSettings, quantize
 
-    quantize(run.path, QuantizeRequest(precision="int8", target="cpu", calib_size=32, max_drop=100.0))
+    quantize(run.path, QuantizeSettings(precision="int8", target="cpu", calib_size=32, max_drop=100.0))
 
 
 @pytest.fixture(scope="module")

@@ -441,10 +441,10 @@ def test_int8_on_a_device_without_tensorrt_says_which_file_ran(sshd, exported_co
     from typer.testing import CliRunner
 
     from edgetl.cli import app
-    from edgetl.quantize import QuantizeRequest, quantize
+    from edgetl.quantize import QuantizeSettings, quantize
 
     run = exported_copy("int8")
-    quantize(run, QuantizeRequest(precision="int8", target="both", calib_size=32, max_drop=100.0))
+    quantize(run, QuantizeSettings(precision="int8", target="both", calib_size=32, max_drop=100.0))
     args = ["deploy", str(run), "--host", sshd.host, "--remote-dir", str(tmp_path / "d"), "--python", sys.executable,
             "--precision", "int8", "--backend", "onnxruntime", "--device", "cpu", "--bench", "--batch-size", "1",
             "--iterations", "2", "--warmup", "0", "--max-images", "32"] + [f"--ssh-option={o}" for o in sshd.options]

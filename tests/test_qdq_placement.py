@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from edgetl.qdq_placement import placement_problems
-from edgetl.quantize import QuantizeRequest, check_graph, quantize
+from edgetl.quantize import QuantizeSettings, check_graph, quantize
 from edgetl.scaffold import FAMILIES
 
 WRITTEN = ("model.onnx", "model.int8.onnx", "model.int8.cpu.onnx", "model.fp16.onnx")
@@ -58,7 +58,7 @@ def with_cpu_form(family_graphs, tmp_path_factory):
     def make(model: str) -> Path:
         dst = tmp_path_factory.mktemp(f"cpu-{model}") / "run"
         shutil.copytree(family_graphs(model), dst)
-        quantize(dst, QuantizeRequest(precision="int8", target="cpu", max_drop=100.0, batch_size=4))
+        quantize(dst, QuantizeSettings(precision="int8", target="cpu", max_drop=100.0, batch_size=4))
         return dst
 
     return make

@@ -13,11 +13,12 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from pydantic import ValidationError
 
 from edgetl.card import CARD_KEY
 from edgetl.errors import DataError, ModelError, QuantizeError, RunDirError
 from edgetl.export import export
-from edgetl.quantize import QuantizeRequest, check_graph, quantize, read_report, to_fp16
+from edgetl.quantize import QuantReport, QuantizeSettings, check_graph, quantize, read_report, to_fp16
 from edgetl.rundir import RunDir
 
 # Stated bound on the digits val split (80 images, so one image is 1.25 points): int8 top-1 within
@@ -47,14 +48,14 @@ def fresh(exported: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def quantized(exported, tmp_path_factory) -> tuple[Path, dict]:
+def quantized(exported, tmp_path_factory) -> tuple[Path, QuantReport]:
     """Both int8 forms and fp16, written once."""
     run = tmp_path_factory.mktemp("quantized") / "run"
     run.mkdir()
     for name in ("model.onnx", "splits.json"):
         shutil.copy2(exported / name, run / name)
-    quantize(run, QuantizeRequest(precision="int8", target="both", calib_size=64, max_drop=NO_EXCLUSION))
-    quantize(run, QuantizeRequest(precision="fp16"))
+    quantize(run, QuantizeSettings(precision="int8", target="both", calib_size=64, max_drop=NO_EXCLUSION))
+    quantize(run, QuantizeSettings(precision="fp16"))
     return run, read_report(run)
 
 
@@ -72,13 +73,13 @@ def test_int8_tensorrt_form_structure_and_accuracy(quantized):
     zps = _zero_points(model)
     assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)  # S8S8, symmetric
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("QuantizeLinear") == summary["quantize_linear"] > 0
+    assert ops.count("QuantizeLinear") == summary.quantize_linear > 0
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     # every conv quantized; the classifier Gemm (a GEMV at batch 1) stays float, as ModelOpt leaves it
-    assert summary["quantized_layers"] == len(convs) and summary["float_layers"] == ["/fc/Gemm"]
+    assert summary.quantized_layers == len(convs) and summary.float_layers == ["/fc/Gemm"]
     # residual joins: only the skip input carries Q/DQ (TensorRT fuses the Add into the conv); both pools too
-    assert summary["quantized_adds"] == summary["adds_one_input_quantized"] == ops.count("Add") == 8
-    assert summary["quantized_pools"] == 2
+    assert summary.quantized_adds == summary.adds_one_input_quantized == ops.count("Add") == 8
+    assert summary.quantized_pools == 2
     # per-channel weights: a Conv's weight DQ has one scale per output channel on axis 0
     producer = {o: n for n in model.graph.node for o in n.output}
     inits = {t.name: t for t in model.graph.initializer}
@@ -99,13 +100,11 @@ def test_int8_tensorrt_form_structure_and_accuracy(quantized):
         if q.op_type == "QuantizeLinear" and src is not None and src.op_type == "Conv":
             dq_readers = [r for dq in readers[q.output[0]] for r in readers[dq.output[0]]]
             assert "downsample" in src.name and dq_readers and all(r.op_type == "Add" for r in dq_readers)
-    e = report["entries"]["int8/tensorrt"]
-    assert e["model_file"] == "model.int8.onnx" and e["target"] == "tensorrt"
-    assert abs(e["drop"]) <= MAX_DROP_PT and e["top1_agreement"] >= MIN_AGREEMENT
-    assert e["drop"] == pytest.approx((e["fp32_top1"] - e["int8_top1"]) * 100)
-    for key in ("fp32_top1", "int8_top1", "drop", "method", "calib_size", "calib_hash", "excluded", "seconds"):
-        assert key in e
-    assert e["calib_size"] == 64 and len(e["calib_hash"]) == 64 and e["excluded"] == []
+    e = report.entries["int8/tensorrt"]
+    assert e.model_file == "model.int8.onnx" and e.target == "tensorrt"
+    assert abs(e.drop) <= MAX_DROP_PT and e.top1_agreement >= MIN_AGREEMENT
+    assert e.drop == pytest.approx((e.fp32_top1 - e.top1) * 100)
+    assert e.calib_size == 64 and len(e.calib_hash) == 64 and e.excluded == [] and e.seconds > 0
     assert json.loads(dict((p.key, p.value) for p in model.metadata_props)[CARD_KEY])["class_names"]
 
 
@@ -117,10 +116,10 @@ def test_int8_cpu_form_is_u8s8_and_scored_on_its_own(quantized):
     assert np.dtype(np.uint8) in dtypes and np.dtype(np.int8) in dtypes  # uint8 activations, int8 weights
     with pytest.raises(QuantizeError, match="structural check"):
         check_graph(model, "tensorrt")  # uint8 activations are not the TensorRT form
-    e = report["entries"]["int8/cpu"]
-    assert e["model_file"] == "model.int8.cpu.onnx"
-    assert abs(e["drop"]) <= MAX_DROP_PT and e["top1_agreement"] >= MIN_AGREEMENT
-    assert set(report["entries"]) == {"int8/tensorrt", "int8/cpu", "fp16"}  # merged, nothing lost
+    e = report.entries["int8/cpu"]
+    assert e.model_file == "model.int8.cpu.onnx"
+    assert abs(e.drop) <= MAX_DROP_PT and e.top1_agreement >= MIN_AGREEMENT
+    assert set(report.entries) == {"int8/tensorrt", "int8/cpu", "fp16"}  # merged, nothing lost
 
 
 def test_structural_check_catches_bad_graphs(quantized, tmp_path):
@@ -157,11 +156,11 @@ def test_fp16_parity_and_io(quantized):
     for v in list(model.graph.input) + list(model.graph.output):
         assert v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
-    e = report["entries"]["fp16"]
-    assert e["cpu_runnable"] is True and e["parity_ok"] is True
-    assert e["parity"]["max_abs_logit_delta"] <= e["parity"]["tolerance"]
-    assert e["parity"]["max_abs_logit_delta"] > 0  # it really ran in fp16
-    assert e["parity"]["top1_agreement"] >= 0.99 and abs(e["drop"]) <= 2.5
+    e = report.entries["fp16"]
+    assert e.cpu_runnable is True and e.parity_ok is True
+    assert e.parity.max_abs_logit_delta <= e.parity.tolerance
+    assert e.parity.max_abs_logit_delta > 0  # it really ran in fp16
+    assert e.parity.top1_agreement >= 0.99 and abs(e.drop) <= 2.5
 
 
 def test_fp16_keeps_overflow_prone_ops_in_fp32():
@@ -184,12 +183,12 @@ def test_fp16_keeps_overflow_prone_ops_in_fp32():
 
 def test_second_run_uses_cache_and_method_auto_keeps_best(exported, tmp_path, monkeypatch):
     run = fresh(exported, tmp_path)
-    req = QuantizeRequest(target="tensorrt", calib_size=32, max_drop=NO_EXCLUSION, method="auto")
-    first = quantize(run, req)["entries"]["int8/tensorrt"]
-    tried = first["methods_tried"]
+    req = QuantizeSettings(target="tensorrt", calib_size=32, max_drop=NO_EXCLUSION, method="auto")
+    first = quantize(run, req).entries["int8/tensorrt"]
+    tried = first.methods_tried
     assert set(tried) == {"minmax", "entropy", "percentile"}
-    assert first["int8_top1"] == max(t["top1"] for t in tried.values())
-    assert tried[first["method"]]["top1"] == first["int8_top1"]
+    assert first.top1 == max(t.top1 for t in tried.values())
+    assert tried[first.method].top1 == first.top1
     assert len(list((Path(run) / "calib_cache").glob("*.json"))) == 3
 
     import edgetl.calibration.cache as cache
@@ -198,17 +197,17 @@ def test_second_run_uses_cache_and_method_auto_keeps_best(exported, tmp_path, mo
         raise AssertionError("the calibrator ran although the ranges were cached")
 
     monkeypatch.setattr(cache, "collect_ranges", no_calibration)
-    second = quantize(run, req)["entries"]["int8/tensorrt"]
-    assert all(t["cache_hit"] for t in second["methods_tried"].values())
-    assert second["int8_top1"] == first["int8_top1"] and second["method"] == first["method"]
+    second = quantize(run, req).entries["int8/tensorrt"]
+    assert all(t.cache_hit for t in second.methods_tried.values())
+    assert second.top1 == first.top1 and second.method == first.method
 
 
 def test_max_drop_excludes_the_layer_that_hurts(exported, tmp_path):
     """Crafted case: the stem conv's input range is shrunk in the cache to 1e-4, so quantizing that conv
     ruins the model. Sensitivity analysis must find that very conv, keep it in float and recover accuracy."""
     run = fresh(exported, tmp_path)
-    req = QuantizeRequest(target="tensorrt", calib_size=32, max_drop=NO_EXCLUSION)
-    clean = quantize(run, req)["entries"]["int8/tensorrt"]
+    req = QuantizeSettings(target="tensorrt", calib_size=32, max_drop=NO_EXCLUSION)
+    clean = quantize(run, req).entries["int8/tensorrt"]
     model = onnx.load(str(Path(run) / "model.onnx"))
     readers: dict[str, list] = {}
     for n in model.graph.node:
@@ -222,14 +221,14 @@ def test_max_drop_excludes_the_layer_that_hurts(exported, tmp_path):
     data["ranges"][victim.input[0]] = [0.0, 1e-4]
     cache_file.write_text(json.dumps(data))
 
-    broken = quantize(run, req)["entries"]["int8/tensorrt"]
-    assert broken["drop"] > clean["drop"] + 5  # the crafted range really hurts
-    fixed = quantize(run, QuantizeRequest(target="tensorrt", calib_size=32, max_drop=clean["drop"] + 1.0))
-    e = fixed["entries"]["int8/tensorrt"]
-    assert e["excluded"] and e["excluded"][0]["node"] == victim.name
-    assert e["excluded"][0]["gain"] > 5 and e["int8_top1"] > broken["int8_top1"]
-    assert e["sensitivity"][0]["node"] == victim.name  # the most sensitive layer is the crafted one
-    assert victim.name in e["structure"]["float_layers"]
+    broken = quantize(run, req).entries["int8/tensorrt"]
+    assert broken.drop > clean.drop + 5  # the crafted range really hurts
+    fixed = quantize(run, QuantizeSettings(target="tensorrt", calib_size=32, max_drop=clean.drop + 1.0))
+    e = fixed.entries["int8/tensorrt"]
+    assert e.excluded and e.excluded[0].node == victim.name
+    assert e.excluded[0].gain > 5 and e.top1 > broken.top1
+    assert e.sensitivity[0].node == victim.name  # the most sensitive layer is the crafted one
+    assert victim.name in e.structure.float_layers
     written = onnx.load(str(RunDir(run).onnx_for("int8", "tensorrt")))
     node = next(n for n in written.graph.node if n.name == victim.name)
     producer = {o: n for n in written.graph.node for o in n.output}
@@ -248,14 +247,14 @@ def test_bad_calibration_folders(exported, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DataError, match="no class sub-folders"):
-        quantize(run, QuantizeRequest(calib=str(empty)))
+        quantize(run, QuantizeSettings(calib=str(empty)))
     foreign = tmp_path / "foreign"
     (foreign / "cat").mkdir(parents=True)
     shutil.copy2(_any_png(exported), foreign / "cat" / "a.png")
     with pytest.raises(DataError, match="classes the model does not know: cat"):
-        quantize(run, QuantizeRequest(calib=str(foreign)))
+        quantize(run, QuantizeSettings(calib=str(foreign)))
     with pytest.raises(QuantizeError, match="fewer than one batch of 32"):
-        quantize(run, QuantizeRequest(calib_size=8, batch_size=32))
+        quantize(run, QuantizeSettings(calib_size=8, batch_size=32))
     _nothing_written(run)
 
 
@@ -269,22 +268,22 @@ def test_already_quantized_no_card_no_model(exported, quantized, tmp_path):
     run = fresh(exported, tmp_path)
     shutil.copy2(RunDir(quantized[0]).onnx_for("int8", "tensorrt"), run / "model.onnx")
     with pytest.raises(QuantizeError, match="already quantized"):
-        quantize(run, QuantizeRequest())
+        quantize(run, QuantizeSettings())
     shutil.copy2(RunDir(quantized[0]).onnx_for("fp16"), run / "model.onnx")
     with pytest.raises(QuantizeError, match="float16"):
-        quantize(run, QuantizeRequest(precision="fp16"))
+        quantize(run, QuantizeSettings(precision="fp16"))
     model = onnx.load(str(exported / "model.onnx"))
     del model.metadata_props[:]
     onnx.save(model, str(run / "model.onnx"))
     with pytest.raises(ModelError, match="no edgetl model card"):
-        quantize(run, QuantizeRequest())
+        quantize(run, QuantizeSettings())
     (run / "model.onnx").unlink()
     with pytest.raises(RunDirError, match="model.onnx is missing") as err:
-        quantize(run, QuantizeRequest())
+        quantize(run, QuantizeSettings())
     assert "edgetl export" in err.value.hint
     _nothing_written(run)
-    with pytest.raises(QuantizeError, match="--method"):
-        quantize(run, QuantizeRequest(method="kl"))
+    with pytest.raises(ValidationError, match="method"):
+        QuantizeSettings(method="kl")
 
 
 def test_cli_end_to_end_and_error_exit(exported, tmp_path):
@@ -308,7 +307,7 @@ def test_missed_budget_exits_3_keeps_the_file_and_marks_it(exported, tmp_path):
     """Calibration ranges crushed to 1e-4 everywhere: no single node kept in float restores the model, so the
     sensitivity search (residual Adds and pools are candidates too) ends over budget."""
     run = fresh(exported, tmp_path)
-    quantize(run, QuantizeRequest(target="tensorrt", calib_size=32, max_drop=NO_EXCLUSION))
+    quantize(run, QuantizeSettings(target="tensorrt", calib_size=32, max_drop=NO_EXCLUSION))
     cache_file = next((run / "calib_cache").glob("minmax-*.json"))
     data = json.loads(cache_file.read_text())
     data["ranges"] = {k: [0.0, 1e-4] for k in data["ranges"]}
@@ -319,11 +318,12 @@ def test_missed_budget_exits_3_keeps_the_file_and_marks_it(exported, tmp_path):
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "model.int8.onnx: int8 tensorrt top-1" in errors[0]
-    assert "over --max-drop 1.0 after measuring" in errors[0] and "marked over_budget" in errors[0]
-    e = read_report(run)["entries"]["int8/tensorrt"]
-    assert e["over_budget"] is True and e["within_max_drop"] is False and e["drop"] > 1.0
-    assert (run / "model.int8.onnx").exists() and e["model_sha256"]
-    candidates = {s["node"] for s in e["sensitivity"]}
+    assert "over max_drop 1.0 after measuring" in errors[0] and "marked over_budget" in errors[0]
+    e = read_report(run).entries["int8/tensorrt"]
+    assert e.over_budget is True and e.within_max_drop is False and e.drop > 1.0
+    assert (run / "model.int8.onnx").exists() and e.model_sha256
+    assert "model.int8.onnx" in done.stdout and "above max_drop 1.0" in done.stdout  # the table, then exit 3
+    candidates = {s.node for s in e.sensitivity}
     model = onnx.load(str(run / "model.onnx"))
     ops = {n.name: n.op_type for n in model.graph.node}
     assert {ops[c] for c in candidates} == {"Conv", "Add", "MaxPool", "GlobalAveragePool"}  # not the float fc
@@ -336,7 +336,7 @@ def test_corrupt_quant_report_is_one_line_before_anything_is_written(exported, t
                         ("{\"entries\": {\"int8/cpu\": 3}}", "not an edgetl quant report")):
         (run / "quant_report.json").write_text(text)
         with pytest.raises(QuantizeError, match=match):
-            quantize(run, QuantizeRequest(calib_size=32, max_drop=NO_EXCLUSION))
+            quantize(run, QuantizeSettings(calib_size=32, max_drop=NO_EXCLUSION))
         assert (run / "quant_report.json").read_text() == text  # left as it was
         assert not (run / "model.int8.onnx").exists() and not list(run.glob(".*.tmp"))
 
@@ -346,8 +346,8 @@ def test_onnxruntime_scratch_files_stay_private(exported, tmp_path):
     that name is taken by a folder here, so any write there would fail; edgetl hands it a private copy."""
     run = fresh(exported, tmp_path)
     (run / "model-inferred.onnx").mkdir()
-    e = quantize(run, QuantizeRequest(calib_size=32, max_drop=NO_EXCLUSION))["entries"]["int8/tensorrt"]
-    assert e["calib_size"] == 32 and (run / "model.int8.onnx").exists()
+    e = quantize(run, QuantizeSettings(calib_size=32, max_drop=NO_EXCLUSION)).entries["int8/tensorrt"]
+    assert e.calib_size == 32 and (run / "model.int8.onnx").exists()
     assert (run / "model-inferred.onnx").is_dir() and not list((run / "model-inferred.onnx").iterdir())
 
 
@@ -362,3 +362,103 @@ def test_parallel_quantizations_of_one_run(exported, tmp_path):
     assert not list(run.glob("*-inferred.onnx")) and not list(run.glob(".*.tmp"))
     check_graph(run / "model.int8.onnx", "tensorrt")
     assert len(list((run / "calib_cache").glob("*.json"))) == 3
+
+
+# -- issue 11: settings from --config, closed vocabularies, the settings file, one key per fact ---------------
+def _cli(args: list, capsys) -> tuple[int, str, str]:
+    from edgetl.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return exit_.value.code, captured.out, captured.err
+
+
+def test_config_file_is_used_options_win_and_settings_are_recorded(exported, tmp_path, capsys):
+    import yaml
+
+    run = fresh(exported, tmp_path)
+    config = tmp_path / "quantize.yaml"
+    config.write_text("precision: fp16\nmax_drop: 7.5\nthreads: 1\n")
+    code, out, err = _cli(["quantize", run, "--config", config, "--max-drop", "9"], capsys)
+    assert code == 0, err
+    first = read_report(run).entries["fp16"]
+    assert set(read_report(run).entries) == {"fp16"}  # precision came from the file
+    assert first.max_drop == 9.0 and "model.fp16.onnx" in out  # the option won over the file's 7.5
+    recorded = run / "settings" / "quantize.yaml"
+    assert yaml.safe_load(recorded.read_text()) == {**QuantizeSettings().model_dump(), "precision": "fp16",
+                                                    "max_drop": 9.0, "threads": 1}
+    (run / "model.fp16.onnx").unlink()
+    code, _, err = _cli(["quantize", run, "--config", recorded], capsys)  # the recorded file repeats the step
+    again = read_report(run).entries["fp16"]
+    assert code == 0, err
+    assert (again.top1, again.model_sha256, again.max_drop) == (first.top1, first.model_sha256, 9.0)
+
+
+@pytest.mark.parametrize("option,value", [("--precision", "int4"), ("--target", "gpu"), ("--method", "kl")])
+def test_closed_vocabularies_are_refused_by_the_cli(exported, tmp_path, capsys, option, value):
+    run = fresh(exported, tmp_path)
+    code, _, err = _cli(["quantize", run, option, value], capsys)
+    assert code == 2 and option in err and value in err and "Traceback" not in err
+    _nothing_written(run)
+    assert not (run / "settings").exists()
+
+
+def test_bad_value_in_the_config_file_names_the_setting(exported, tmp_path, capsys):
+    run = fresh(exported, tmp_path)
+    config = tmp_path / "quantize.yaml"
+    for text, setting in (("precision: int4\n", "'precision'"), ("calib_size: 0\n", "'calib_size'"),
+                          ("max_drop: .nan\n", "'max_drop'"), ("batch_sise: 8\n", "'batch_sise'")):
+        config.write_text(text)
+        code, _, err = _cli(["quantize", run, "--config", config], capsys)
+        assert code == 1 and err.startswith("error: setting ") and setting in err.splitlines()[0], err
+        assert "--" not in err.splitlines()[0]  # a field name, not a flag
+    _nothing_written(run)
+
+
+def test_fresh_report_has_one_key_per_fact(quantized):
+    run, _ = quantized
+    data = json.loads((run / "quant_report.json").read_text())
+    for key, e in data["entries"].items():
+        assert sorted(k for k in e if k.endswith("top1")) == ["fp32_top1", "top1"], key
+    assert QuantReport.model_validate(data).model_dump(mode="json") == data  # the file is exactly the model
+
+
+def test_old_report_with_duplicate_top1_keys_is_read(quantized, exported, tmp_path):
+    """Reports written before issue 11 carried each entry's top-1 twice (`top1` and `int8_top1`/`fp16_top1`):
+    read them, and the next write keeps one key."""
+    old = json.loads((quantized[0] / "quant_report.json").read_text())
+    for key, e in old["entries"].items():
+        e["int8_top1" if key.startswith("int8/") else "fp16_top1"] = e["top1"]
+    run = fresh(exported, tmp_path)
+    (run / "quant_report.json").write_text(json.dumps(old))
+    report = read_report(run)
+    assert {k: e.top1 for k, e in report.entries.items()} == {k: e["top1"] for k, e in old["entries"].items()}
+    quantize(run, QuantizeSettings(precision="fp16"))  # merged into the old report
+    written = json.loads((run / "quant_report.json").read_text())["entries"]
+    assert set(written) == {"int8/tensorrt", "int8/cpu", "fp16"}
+    assert written["int8/cpu"]["top1"] == old["entries"]["int8/cpu"]["top1"]
+    assert not [k for e in written.values() for k in e if k in ("int8_top1", "fp16_top1")]
+
+
+def test_the_quantize_package_has_no_import_cycle():
+    """Each module of edgetl/quantize imports only modules below it (what `graph` or `report` needs never
+    reaches back to the stage in `run`)."""
+    import ast
+
+    import edgetl.quantize
+
+    folder = Path(edgetl.quantize.__file__).parent
+    imports: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        if path.stem == "__init__":
+            continue
+        tree = ast.parse(path.read_text())
+        imports[path.stem] = {n.module.split(".")[2] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                              and n.module and n.module.startswith("edgetl.quantize.")}
+    assert set(imports) >= {"settings", "report", "graph", "check", "sensitivity", "fp16", "int8", "scoring", "run"}
+    done: list[str] = []
+    while len(done) < len(imports):  # peel off modules whose imports are all placed: a cycle never peels
+        ready = sorted(m for m in imports if m not in done and imports[m] <= set(done))
+        assert ready, f"import cycle among {sorted(set(imports) - set(done))}"
+        done += ready

@@ -48,10 +48,10 @@ def fake_result(same_top1: bool = False) -> dict:
 def real(exported_copy) -> tuple[dict, object]:
     """A real bench on the tiny trained run: torch fp32, onnxruntime fp32 and fp16, batch 1 and 4, files written."""
     from edgetl.bench import BenchSettings, bench
-    from edgetl.quantize import QuantizeRequest, quantize
+    from edgetl.quantize import QuantizeSettings, quantize
 
     run = exported_copy("report")
-    quantize(run, QuantizeRequest(precision="fp16"))
+    quantize(run, QuantizeSettings(precision="fp16"))
     result = bench(run, BenchSettings(backends="torch,onnxruntime", batch_sizes="1,4", warmup=1,
                                       iterations=5)).model_dump(mode="json")
     return result, run

@@ -115,12 +115,12 @@ def test_flavour_refusals_come_before_any_nvidia_library(family_graphs, tmp_path
 
 # -- what the parser refuses ---------------------------------------------------------------------------
 def test_cpu_form_int8_is_refused_before_the_parser(family_graphs, tmp_path, monkeypatch):
-    from edgetl.quantize import QuantizeRequest, quantize
+    from edgetl.quantize import QuantizeSettings, quantize
 
     source = family_graphs("resnet18")
     run = linked_run(source, tmp_path / "run", ("model.onnx",))
     shutil.copy(source / "splits.json", run / "splits.json")  # image paths inside are absolute
-    quantize(run, QuantizeRequest(precision="int8", target="cpu", max_drop=100.0, batch_size=4))
+    quantize(run, QuantizeSettings(precision="int8", target="cpu", max_drop=100.0, batch_size=4))
     cpu_form = RunDir(run).onnx_for("int8", "cpu")
     assert cpu_form.exists()
 

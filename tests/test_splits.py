@@ -39,9 +39,9 @@ def test_splits_record_their_root(relative_run):
 
 
 def test_run_works_from_elsewhere_and_after_moving(relative_run, tmp_path, monkeypatch):
-    from edgetl.evaluate import EvalSettings, eval_run
+    from edgetl.evaluate import eval_run
     from edgetl.export import export
-    from edgetl.quantize import QuantizeRequest, quantize
+    from edgetl.quantize import QuantizeSettings, quantize
 
     moved = tmp_path / "moved" / "r"
     shutil.copytree(relative_run / "runs" / "r", moved)  # the run alone, elsewhere: the absolute root holds
@@ -49,14 +49,14 @@ def test_run_works_from_elsewhere_and_after_moving(relative_run, tmp_path, monke
     expected = json.loads((moved / "metrics.json").read_text())["top1"]
     assert eval_run(moved).top1 == expected
     export(moved)
-    out = quantize(moved, QuantizeRequest(precision="fp16"))
-    assert out["entries"]["fp16"]["eval_n"] == len(read_splits(moved / "splits.json")[1])
+    out = quantize(moved, QuantizeSettings(precision="fp16"))
+    assert out.entries["fp16"].eval_n == len(read_splits(moved / "splits.json")[1])
     train, val = read_splits(moved / "splits.json")
     assert all(os.path.isabs(p) and os.path.isfile(p) for p in train.paths + val.paths)
 
 
 def test_run_and_data_moved_together(relative_run, tmp_path, monkeypatch):
-    from edgetl.evaluate import EvalSettings, eval_run
+    from edgetl.evaluate import eval_run
 
     project = tmp_path / "project"
     shutil.copytree(relative_run, project)
@@ -109,13 +109,13 @@ def test_damaged_splits_give_one_line(tmp_path, content):
 def test_every_stage_refuses_a_damaged_splits_file(exported_copy):
     from edgetl.bench import BenchSettings, bench
     from edgetl.bundle import make_bundle
-    from edgetl.evaluate import EvalSettings, eval_run
+    from edgetl.evaluate import eval_run
     from edgetl.export import export
-    from edgetl.quantize import QuantizeRequest, quantize
+    from edgetl.quantize import QuantizeSettings, quantize
 
     run = exported_copy("badsplits")
     (run / "splits.json").write_text('{"train": {"classes": ["0"]}')
-    for stage in (lambda: eval_run(run), lambda: export(run), lambda: quantize(run, QuantizeRequest(precision="fp16")),
+    for stage in (lambda: eval_run(run), lambda: export(run), lambda: quantize(run, QuantizeSettings(precision="fp16")),
                   lambda: make_bundle(run), lambda: bench(run, BenchSettings(backends="onnxruntime", iterations=1),
                                                           write=False)):
         with pytest.raises(EdgetlError, match="splits.json"):

@@ -173,10 +173,10 @@ def test_int8_cpu_kind_ships_the_cpu_form(exported_copy, tmp_path):
     """--kind cpu serves the U8S8 form ONNX Runtime runs fast on a CPU; --kind gpu the TensorRT Q/DQ form."""
     import onnx
 
-    from edgetl.quantize import QuantizeRequest, quantize
+    from edgetl.quantize import QuantizeSettings, quantize
 
     run = exported_copy("int8 run")
-    quantize(run, QuantizeRequest(precision="int8", target="both", calib_size=32, max_drop=100.0))
+    quantize(run, QuantizeSettings(precision="int8", target="both", calib_size=32, max_drop=100.0))
     cpu = triton_repository(run, tmp_path / "cpu", precision="int8", kind="cpu", name="m")
     served = tmp_path / "cpu" / "m_int8" / "1" / "model.onnx"
     assert served.read_bytes() == (run / "model.int8.cpu.onnx").read_bytes()

@@ -8,13 +8,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from edgetl.calibration.methods import DEFAULT_PERCENTILE, collect_ranges
 from edgetl.calibration.reader import ImageCalibrationReader
 from edgetl.card import ModelCard
 from edgetl.data import ImageList
 from edgetl.io import read_json, sha256_file, write_json
+from edgetl.stage import SILENT, Events
 
 CACHE_FORMAT = 1
 
@@ -49,8 +49,7 @@ def cache_file(cache_dir: Path, key: dict) -> Path:
 def calibrate(model_path: str | os.PathLike, items: ImageList, card: ModelCard, input_name: str, method: str,
               cache_dir: str | os.PathLike, batch_size: int, drop_last: bool = False,
               percentile: float = DEFAULT_PERCENTILE, calib_hash: str | None = None,
-              model_sha256: str | None = None,
-              progress: Callable[[int, int], None] | None = None) -> CalibrationResult:
+              model_sha256: str | None = None, events: Events = SILENT) -> CalibrationResult:
     """Tensor ranges of `model_path` over `items`: from the cache when the same model, files and method
     were calibrated before, else collected with ONNX Runtime's calibrator and cached (atomically)."""
     from edgetl.calibration.sampling import items_hash
@@ -60,7 +59,8 @@ def calibrate(model_path: str | os.PathLike, items: ImageList, card: ModelCard, 
     model_sha256 = model_sha256 or sha256_file(model_path)
     key = cache_key(model_sha256, calib_hash, method, percentile, batch_size, drop_last)
     path = cache_file(Path(cache_dir), key)
-    reader = ImageCalibrationReader(items, card, input_name, batch_size, drop_last=drop_last, progress=progress)
+    reader = ImageCalibrationReader(items, card, input_name, batch_size, drop_last=drop_last, events=events,
+                                    task=f"calibrating ({method})")
     cached = _load(path, key)
     if cached is not None:
         ranges, hit = cached, True

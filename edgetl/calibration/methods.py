@@ -31,7 +31,7 @@ def _ort_method(method: str):
     table = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
              "percentile": CalibrationMethod.Percentile}
     if method not in table:
-        raise QuantizeError(f"--method {method}: unknown calibration method", f"use one of {', '.join(METHODS)} or auto")
+        raise QuantizeError(f"method '{method}': unknown calibration method", f"use one of {', '.join(METHODS)} or auto")
     return table[method]
 
 
@@ -41,7 +41,7 @@ def collect_ranges(model_path: str | os.PathLike, reader, method: str,
     create_calibrator = ort_names("onnxruntime.quantization.calibrate", "create_calibrator")
     ort_method = _ort_method(method)
     if not 0.0 < percentile <= 100.0:
-        raise QuantizeError(f"--percentile {percentile}: must be in (0, 100]")
+        raise QuantizeError(f"percentile {percentile}: must be in (0, 100]")
     options = {"percentile": percentile} if method == "percentile" else {}
     with tempfile.TemporaryDirectory(prefix="edgetl-calib-") as tmp:
         try:

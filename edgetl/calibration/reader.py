@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
 from edgetl.card import ModelCard
 from edgetl.data import ImageList, iter_batches
+from edgetl.stage import SILENT, Events
 
 
 class ImageCalibrationReader:
@@ -17,13 +18,14 @@ class ImageCalibrationReader:
     format (float32 NCHW or uint8 NHWC) -- never the training augmentation. With a fixed graph batch,
     the last partial batch is dropped (the graph cannot take it). `chunk` makes get_next() report the
     end after that many batches so the caller can hand the calibrator bounded pieces (memory);
-    `batches_read` counts every batch given out (tests use it to prove a cache hit ran nothing).
+    `batches_read` counts every batch given out (tests use it to prove a cache hit ran nothing). Images read
+    so far are reported as the `events` progress task `task`.
     """
 
     def __init__(self, items: ImageList, card: ModelCard, input_name: str, batch_size: int,
-                 drop_last: bool = False, progress: Callable[[int, int], None] | None = None):
+                 drop_last: bool = False, events: Events = SILENT, task: str = "calibrating"):
         self.items, self.card, self.input_name = items, card, input_name
-        self.batch_size, self.drop_last, self.progress = batch_size, drop_last, progress
+        self.batch_size, self.drop_last, self.events, self.task = batch_size, drop_last, events, task
         self.batches_read = 0
         self.images_read = 0
         self._it: Iterator | None = None
@@ -55,10 +57,5 @@ class ImageCalibrationReader:
         batch = x[0]
         self.batches_read += 1
         self.images_read += len(batch)
-        if self.progress:
-            self.progress(self.images_read, self.images_used)
+        self.events.progress(self.task, self.images_read, self.images_used)
         return {self.input_name: batch}
-
-    def rewind(self) -> None:
-        self._it, self.exhausted = None, False
-        self.images_read = 0

@@ -20,7 +20,7 @@ def stratified_sample(items: ImageList, size: int | None, seed: int = 0) -> Imag
     """Up to `size` images with every class in proportion to its share (largest remainder), each present
     class at least once when `size` allows; the same seed gives the same files. None or >= len: all."""
     if size is not None and size < 1:
-        raise DataError(f"--calib-size {size}: must be at least 1")
+        raise DataError(f"calib_size {size}: must be at least 1")
     if size is None or size >= len(items):
         return items
     labels = np.asarray(items.labels)
@@ -51,11 +51,11 @@ def calibration_items(run: RunDir, card: ModelCard, calib: str | os.PathLike | N
     """The calibration images: from `calib` (ImageFolder DIR/<class>/*, classes a subset of the model's)
     or, by default, the run's own train split; then a stratified sample of `size`."""
     if calib is None:
-        run.require(run.splits, hint="pass --calib DIR (an ImageFolder of images like the training data)")
+        run.require(run.splits, hint="set calib to an ImageFolder DIR/<class>/* of images like the training data")
         items, _ = read_splits(run.splits)
         if list(items.classes) != list(card.class_names):
             raise DataError(f"{run.splits}: train split classes {items.classes} differ from the model's "
-                            f"{card.class_names}", "pass --calib DIR")
+                            f"{card.class_names}", "set calib to an ImageFolder of the model's classes")
     else:
         items = scan_folder(calib, classes=card.class_names)
     if len(items) == 0:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -15,18 +14,6 @@ err_console = Console(stderr=True, highlight=False)
 def make_progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), console=console, transient=True)
-
-
-@contextlib.contextmanager
-def progress_callback(description: str) -> Iterator:
-    """A (done, total) callback that drives one transient rich bar."""
-    with make_progress() as progress:
-        task = progress.add_task(description, total=None)
-
-        def update(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        yield update
 
 
 @contextlib.contextmanager

@@ -1,0 +1,94 @@
+"""INT8: calibrate (one method, or all three with method auto and keep the best), write Q/DQ of one form, keep
+sensitive layers float when the drop is over max_drop, check the graph's structure, write and record it."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from edgetl.calibration._ort import private_copy
+from edgetl.card import ModelCard
+from edgetl.data import ImageList
+from edgetl.errors import QuantizeError
+from edgetl.onnx_write import save_checked, sort_nodes
+from edgetl.quantize.check import check_graph
+from edgetl.quantize.graph import FloatModel, placement_summary, qdq, shape_inferred
+from edgetl.quantize.report import Int8Entry, MethodTried
+from edgetl.quantize.scoring import Scorer
+from edgetl.quantize.sensitivity import Quantized, exclude_sensitive
+from edgetl.quantize.settings import QuantizeSettings
+from edgetl.rundir import RunDir
+from edgetl.stage import Events
+
+AUTO_METHODS = ("minmax", "entropy", "percentile")  # tried in this order; a tie keeps the first
+
+
+def calibration_set(run: RunDir, card: ModelCard, source: FloatModel, cfg: QuantizeSettings) -> tuple[ImageList, str]:
+    """The calibration images and their content hash; refused when they do not fill one batch."""
+    from edgetl.calibration import calibration_items, items_hash
+
+    items = calibration_items(run, card, cfg.calib, cfg.calib_size, cfg.seed)
+    batch = source.static_batch or cfg.batch_size
+    if len(items) < batch:
+        where = cfg.calib or "the run's train split"
+        raise QuantizeError(f"{where}: the calibration set has {len(items)} image(s), fewer than one batch of {batch}",
+                            "add images, raise calib_size, or lower batch_size"
+                            + (" (this graph has a fixed batch: re-export with a dynamic batch)"
+                               if source.static_batch else ""))
+    return items, items_hash(items)
+
+
+def quantize_int8(run: RunDir, card: ModelCard, source: FloatModel, scorer: Scorer, target: str,
+                  calib_items: ImageList, calib_hash: str, cfg: QuantizeSettings, events: Events) -> Int8Entry:
+    """Write the `target` form (RUN/model.int8.onnx or model.int8.cpu.onnx) and return its report entry."""
+    from edgetl.calibration import calibrate
+    from edgetl.io import sha256_file
+
+    start = time.perf_counter()
+    methods = AUTO_METHODS if cfg.method == "auto" else (cfg.method,)
+    batch = source.static_batch or cfg.batch_size
+    tried: dict[str, MethodTried] = {}
+    best = None
+    with tempfile.TemporaryDirectory(prefix="edgetl-quantize-") as scratch:
+        # ONNX Runtime writes `<model>-inferred.onnx` beside the model it is given: a private copy keeps
+        # two quantizations of one run (or a read-only run) from meeting there.
+        base = shape_inferred(private_copy(source.path, Path(scratch)))
+    for method in methods:
+        calib = calibrate(source.path, calib_items, card, source.input_name, method, run.calib_cache_dir, batch,
+                          drop_last=source.static_batch is not None, percentile=cfg.percentile,
+                          calib_hash=calib_hash, model_sha256=source.sha256, events=events)
+        events.message(f"calibration {method}: {calib.calib_size} images, "
+                       + ("cache hit" if calib.cache_hit else f"{calib.seconds:.1f} s") + f" ({calib.cache_file.name})")
+        events.status(f"scoring int8 {target} {method}")
+        proto = qdq(base, calib, target, exclude=[])
+        top1, logits = scorer.score(proto)
+        tried[method] = MethodTried(top1=top1, cache_hit=calib.cache_hit)
+        events.message(f"int8 {target} {method}: top-1 {top1 * 100:.2f}%")
+        if best is None or top1 > best[1].top1:
+            best = (calib, Quantized(proto, top1, logits))
+    calib, chosen = best
+    drop = (scorer.fp32_top1 - chosen.top1) * 100
+    if drop > cfg.max_drop:
+        events.message(f"drop {drop:.2f} pt > max_drop {cfg.max_drop}: measuring per-layer sensitivity")
+        chosen = exclude_sensitive(base, calib, target, chosen, scorer, cfg.max_drop, events)
+        drop = (scorer.fp32_top1 - chosen.top1) * 100
+    out = run.onnx_for("int8", target)
+    proto = sort_nodes(chosen.proto)
+    card.write_onnx(proto)
+    summary = check_graph(proto, target)  # raises QuantizeError: nothing is written then
+    save_checked(proto, out, QuantizeError, what=out.name)
+    cache = calib.cache_file
+    entry = Int8Entry(
+        target=target, model_file=out.name, model_sha256=sha256_file(out), source_model_sha256=source.sha256,
+        fp32_top1=scorer.fp32_top1, top1=chosen.top1, drop=drop, within_max_drop=drop <= cfg.max_drop,
+        over_budget=drop > cfg.max_drop, max_drop=cfg.max_drop, placement=placement_summary(base, target),
+        top1_agreement=scorer.agreement(chosen.logits), method=calib.method, percentile=calib.percentile,
+        methods_tried=tried, calib_size=calib.calib_size, calib_hash=calib.calib_hash,
+        calib_source=cfg.calib or "run train split",
+        calib_cache=str(cache.relative_to(run.path)) if cache.is_relative_to(run.path) else str(cache),
+        excluded=chosen.excluded, sensitivity=chosen.sensitivity, eval_n=int(len(scorer.y)), eval_data=scorer.source,
+        structure=summary, seconds=time.perf_counter() - start)
+    events.message(f"wrote {out.name}: int8 top-1 {chosen.top1 * 100:.2f}% (fp32 {scorer.fp32_top1 * 100:.2f}%, "
+                   f"drop {drop:.2f} pt)" + (" OVER max_drop" if entry.over_budget else ""))
+    return entry

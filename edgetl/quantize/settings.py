@@ -1,0 +1,27 @@
+"""What `edgetl quantize` is asked to do: every option with its default and its limits."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import Field
+
+from edgetl.choices import CalibMethodName, QuantPrecisionName, QuantTargetName
+from edgetl.stage import Settings
+
+
+class QuantizeSettings(Settings):
+    """Settings of one quantization (RUN/settings/quantize.yaml records the last one that wrote files)."""
+
+    precision: QuantPrecisionName = Field("int8", description="int8 (Q/DQ) or fp16; fp32 is model.onnx itself")
+    target: QuantTargetName = Field("tensorrt", description="int8 form: tensorrt (S8S8), cpu (U8S8) or both")
+    calib: Optional[str] = Field(None, description="calibration ImageFolder; None: the run's train split")
+    calib_size: Optional[int] = Field(256, ge=1, description="calibration images, stratified; None: all")
+    method: CalibMethodName = Field("minmax", description="calibration method; auto tries all, keeps the best")
+    percentile: float = Field(99.999, gt=0.0, le=100.0, description="with method percentile")
+    data: Optional[str] = Field(None, description="ImageFolder to score on; None: the run's val split")
+    max_drop: float = Field(1.0, allow_inf_nan=False,
+                            description="top-1 points int8 may lose; beyond, sensitive layers stay float")
+    batch_size: int = Field(32, ge=1, description="calibration batch (a fixed-batch graph uses its own)")
+    seed: int = Field(0, description="seed of the calibration sample")
+    threads: Optional[int] = Field(None, ge=1, description="onnxruntime intra-op threads for scoring")
