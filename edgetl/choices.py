@@ -28,3 +28,8 @@ EnginePrecision = as_enum("EnginePrecision", EnginePrecisionName)
 QuantPrecision = as_enum("QuantPrecision", QuantPrecisionName)
 Backend = as_enum("Backend", BackendName)
 Device = as_enum("Device", DeviceName)
+BuildTargetName = Literal["tensorrt", "rtx"]  # rtx: TensorRT for RTX, ahead of time for named compute capabilities
+TritonKindName = Literal["gpu", "cpu"]  # the instance kind of a Triton model
+
+BuildTarget = as_enum("BuildTarget", BuildTargetName)
+TritonKind = as_enum("TritonKind", TritonKindName)

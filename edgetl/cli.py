@@ -6,14 +6,17 @@ import math
 import os
 import signal
 import sys
+from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import typer
 
+from edgetl.choices import BuildTarget, EnginePrecision, TritonKind
 from edgetl.presentation.console import console, err_console
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+# rich_markup_mode None: help text is printed as written, so "[default: X]" and "<stage>" are not eaten as markup
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Fine-tune, export, quantize, build and benchmark image classifiers for NVIDIA edge devices.")
 
 
@@ -149,6 +152,29 @@ def _root(
                                  callback=lambda value: _print_version(value)),
 ) -> None:
     pass
+
+
+def _config_option():
+    """`--config FILE`, the same on every command: a stage's settings as YAML (RUN/settings/<stage>.yaml is one,
+    written by the stage itself), every option given on the command line winning over it."""
+    return typer.Option(None, "--config", dir_okay=False,
+                        help="YAML file of settings (e.g. RUN/settings/<command>.yaml); options given here win")
+
+
+def _overrides(given: Dict[str, Any], *positional: str) -> Dict[str, Any]:
+    """A command's options as settings overrides for load_settings: an option not given (None) is left out so
+    the YAML file or the default holds; an Enum becomes its value, a Path its text. `given` is the command's
+    `locals()` taken first thing; `positional` names what is not a setting (the run directory, --config)."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, Enum):
+            return value.value
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return {k: plain(v) for k, v in given.items() if v is not None and k != "config" and k not in positional}
 
 
 # Image sizes a CNN/ViT input sensibly has; beyond, decoding and resizing run out of memory before training.
@@ -358,36 +384,40 @@ def _print_quant_entries(entries: dict) -> None:
 @app.command("build")
 def build_cmd(
     run: Path = typer.Argument(..., help="run directory (holds model.onnx / model.fp16.onnx / model.int8.onnx)"),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8: which precision-baked ONNX to build"),
-    batch: str = typer.Option("1,1,32", help="optimisation profile MIN,OPT,MAX of the batch axis, or one fixed N"),
-    workspace: int = typer.Option(1024, help="builder workspace limit, MiB"),
-    opt_level: int = typer.Option(3, help="builder optimisation level 0..5 (higher: longer build, maybe faster)"),
-    version_compatible: bool = typer.Option(False, "--version-compatible",
-                                            help="engine runs on later TensorRT of the same major (lean runtime)"),
+    config: Optional[Path] = _config_option(),
+    precision: Optional[EnginePrecision] = typer.Option(None, help="which precision-baked ONNX to build "
+                                                       "[default: fp32]"),
+    batch: Optional[str] = typer.Option(None, help="optimisation profile MIN,OPT,MAX of the batch axis, or one fixed N "
+                                                   "[default: 1,1,32]"),
+    workspace: Optional[int] = typer.Option(None, help="builder workspace limit, MiB [default: 1024]"),
+    opt_level: Optional[int] = typer.Option(None, help="builder optimisation level 0..5 (higher: longer build, maybe "
+                                                       "faster) [default: 3]"),
+    version_compatible: Optional[bool] = typer.Option(None, "--version-compatible/--no-version-compatible",
+                                                      help="engine runs on later TensorRT of the same major (lean "
+                                                      "runtime) [default: off]"),
     dla_core: Optional[int] = typer.Option(None, help="build for this DLA core (Jetson Orin/Xavier), GPU fallback on"),
-    timing_cache: bool = typer.Option(True, "--timing-cache/--no-timing-cache",
-                                      help="reuse and update RUN/engines/<gpu>-trt<ver>/timing.cache"),
-    target: str = typer.Option("tensorrt", help="tensorrt: TensorRT, for this GPU | rtx: TensorRT for RTX, "
-                                                "ahead of time, GPU or not"),
+    timing_cache: Optional[bool] = typer.Option(None, "--timing-cache/--no-timing-cache",
+                                                help="reuse and update RUN/engines/<gpu>-trt<ver>/timing.cache "
+                                                "[default: on]"),
+    target: Optional[BuildTarget] = typer.Option(None, help="tensorrt: TensorRT, for this GPU | rtx: TensorRT for RTX, "
+                                                 "ahead of time, GPU or not [default: tensorrt]"),
     compute_capability: Optional[str] = typer.Option(None, help="--target rtx: compute capabilities of the RTX GPUs "
-                                                                "to build for (default 8.6,8.9,12.0)"),
-    tf32: bool = typer.Option(False, "--tf32", help="let fp32 layers compute in TF32 on Ampere or later"),
+                                                                "to build for [default: 8.6,8.9,12.0]"),
+    tf32: Optional[bool] = typer.Option(None, "--tf32/--no-tf32", help="let fp32 layers compute in TF32 on Ampere or "
+                                        "later [default: off]"),
     onnx: Optional[Path] = typer.Option(None, help="build this ONNX file instead of the run's model.<precision>.onnx"),
 ) -> None:
     """Build a TensorRT (or TensorRT-RTX) engine (strongly typed; precision comes from the ONNX graph)."""
-    from edgetl.build import build
+    given = dict(locals())  # first statement: only the options, before any import adds names
+    from edgetl.build import BuildSettings, build
+    from edgetl.presentation.build import render_build
+    from edgetl.presentation.events import RichEvents
+    from edgetl.stage import load_settings
 
-    with console.status("building engine") as status:
-        result = build(run, precision=precision, batch=batch, workspace_mib=workspace, opt_level=opt_level,
-                       version_compatible=version_compatible, dla_core=dla_core, timing_cache=timing_cache,
-                       log=lambda msg: status.update(msg), target=target, compute_capabilities=compute_capability,
-                       tf32=tf32, onnx_file=onnx)
-    for line in result.warnings:
-        console.print(f"warning: {line}", markup=False, soft_wrap=True)
-    console.print(f"engine: {result.plan} ({result.seconds:.1f} s, {result.layers} network layers)\n"
-                  f"sidecar: {result.sidecar}", markup=False, soft_wrap=True)
-    if result.trtexec:
-        console.print(f"same build with trtexec:\n  {result.trtexec}", markup=False, soft_wrap=True)
+    cfg = load_settings(BuildSettings, config, _overrides(given, "run"))
+    with RichEvents() as events:
+        result = build(run, cfg, events)
+    render_build(result)
 
 
 @app.command("bench")
