@@ -127,7 +127,7 @@ def test_missing_precision_is_one_clear_line(exported_run):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "model.int8.onnx is missing" in res.stderr and "edgetl quantize" in res.stderr
-    with pytest.raises(DeployError, match="not one of"):
+    with pytest.raises(DeployError, match="precision int4: not one of"):
         make_bundle(exported_run, "int4")
 
 
