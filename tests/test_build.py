@@ -181,19 +181,31 @@ def test_real_build_load_and_parity(exported, tmp_path):
 
 # -- the CLI with TensorRT-RTX (its builder runs on this CPU) -----------------------------------------------
 def test_cli_build_rtx(exported, tmp_path):
+    """Settings from --config, an option given on the command line winning, the resolved settings recorded."""
     pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is x86-64 Linux/Windows only")
     import tensorrt_rtx
+    import yaml
 
     run = shutil.copytree(exported, tmp_path / "run")
-    proc = subprocess.run([sys.executable, "-m", "edgetl.cli", "build", str(run), "--target", "rtx",
-                           "--compute-capability", "8.6,8.9", "--batch", "1,2,4"], capture_output=True, text=True)
+    given = tmp_path / "build.yaml"
+    given.write_text("target: rtx\ncompute_capability: [8.6, 8.9]\nbatch: 1,1,8\n")
+    proc = subprocess.run([sys.executable, "-m", "edgetl.cli", "build", str(run), "--config", str(given),
+                           "--batch", "1,2,4"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     plan = run / "engines" / f"sm86-sm89-trtrtx{tensorrt_rtx.__version__}" / "model.fp32.plan"
     assert f"engine: {plan} (" in proc.stdout and "trtexec" not in proc.stdout  # paths are never wrapped
     side = read_sidecar(plan)
-    assert side["target_compute_capabilities"] == ["8.6", "8.9"] and side["profile"]["max"][0] == 4
+    assert side["target_compute_capabilities"] == ["8.6", "8.9"]  # from the file (a YAML list)
+    assert side["profile"]["max"][0] == 4  # --batch 1,2,4 wins over the file's 1,1,8
+    recorded = yaml.safe_load((run / "settings" / "build.yaml").read_text())
+    assert recorded == {**B.BuildSettings().model_dump(mode="json"), "target": "rtx", "compute_capability": "8.6,8.9",
+                        "batch": "1,2,4"}
     # an option the flavour cannot honour is one line, not a traceback
     proc = subprocess.run([sys.executable, "-m", "edgetl.cli", "build", str(run), "--target", "rtx", "--dla-core", "0"],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.startswith("error: dla_core: TensorRT-RTX has no DLA")
     assert "Traceback" not in proc.stderr
+    # a target typer does not know is a usage error (exit 2), before anything runs
+    proc = subprocess.run([sys.executable, "-m", "edgetl.cli", "build", str(run), "--target", "jetson"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "--target" in proc.stderr and "Traceback" not in proc.stderr

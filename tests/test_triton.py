@@ -192,3 +192,36 @@ def test_int8_cpu_kind_ships_the_cpu_form(exported_copy, tmp_path):
     assert onnx.TensorProto.UINT8 in zero_points
     triton_repository(run, tmp_path / "gpu", precision="int8", kind="gpu", name="m")
     assert (tmp_path / "gpu" / "m_int8" / "1" / "model.onnx").read_bytes() == (run / "model.int8.onnx").read_bytes()
+
+
+def test_cli_triton_settings_from_a_file_options_winning_and_recorded(exported_run, tmp_path):
+    import yaml
+
+    from edgetl.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(exported_run, run, ignore=shutil.ignore_patterns("bundles", "devices", "triton", "settings"))
+    given = tmp_path / "triton.yaml"
+    given.write_text("max_batch: 4\nname: from yaml\nqueue_delay_us: 50\nkind: cpu\n")
+    with pytest.raises(SystemExit) as done:
+        main(["triton", str(run), "--out", str(tmp_path / "repo"), "--config", str(given), "--queue-delay-us", "250"])
+    assert done.value.code == 0
+    text = (tmp_path / "repo" / "from_yaml" / "config.pbtxt").read_text()
+    assert "max_batch_size: 4" in text and "KIND_CPU" in text  # from the file
+    assert "max_queue_delay_microseconds: 250" in text  # the option given wins over the file's 50
+    recorded = run / "settings" / "triton.yaml"
+    assert yaml.safe_load(recorded.read_text()) == {"out": str(tmp_path / "repo"), "precision": "fp32", "max_batch": 4,
+                                                     "name": "from yaml", "kind": "cpu", "queue_delay_us": 250}
+    # the recorded settings repeat the step exactly
+    with pytest.raises(SystemExit) as again:
+        main(["triton", str(run), "--config", str(recorded), "--out", str(tmp_path / "repo2")])
+    assert again.value.code == 0
+    assert (tmp_path / "repo2" / "from_yaml" / "config.pbtxt").read_text() == text
+
+
+def test_cli_triton_refuses_an_unknown_kind_before_running(exported_run, tmp_path):
+    from tests.test_faults import run_script
+
+    res = run_script("triton", exported_run, "--out", tmp_path / "repo", "--kind", "tpu")
+    assert res.returncode == 2 and "'tpu' is not one of 'gpu', 'cpu'" in res.stderr.replace('"', "'"), res.stderr
+    assert not (tmp_path / "repo").exists()
