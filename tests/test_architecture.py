@@ -204,3 +204,16 @@ def test_the_rules_would_catch_an_offender(rule, monkeypatch, tmp_path):
     monkeypatch.setitem(MODULES, "edgetl.fake_stage", fake)
     monkeypatch.setattr(f"{__name__}.PACKAGE", tmp_path / "edgetl")
     assert _where("edgetl.fake_stage", rule) == [f"edgetl/fake_stage.py:2 imports {rule}.console"]
+
+
+def test_portable_needs_only_the_standard_library_and_numpy():
+    """portable/ runs on a bare device too (copied next to the device script): nothing of edgetl outside it,
+    nothing installed but numpy."""
+    import sys
+
+    allowed = set(sys.stdlib_module_names) | {"numpy", "__future__"}
+    offenders = [f"{MODULES[m].relative_to(PACKAGE.parent)}:{line} imports {name}"
+                 for m in MODULES if m == "edgetl.portable" or m.startswith("edgetl.portable.")
+                 for name, line in _imports(m)
+                 if not (name.startswith("edgetl.portable") or name.split(".")[0] in allowed)]
+    assert not offenders, "\n".join(offenders)

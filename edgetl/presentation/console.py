@@ -1,4 +1,4 @@
-"""rich output shared by the CLI commands: one console, progress bars, tables."""
+"""The consoles (stdout, stderr) and what several renderers share: progress bars, the epoch line, the metrics table."""
 
 from __future__ import annotations
 
