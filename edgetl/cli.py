@@ -164,7 +164,8 @@ def _config_option():
 def _overrides(given: Dict[str, Any], *positional: str) -> Dict[str, Any]:
     """A command's options as settings overrides for load_settings: an option not given (None) is left out so
     the YAML file or the default holds; an Enum becomes its value, a Path its text. `given` is the command's
-    `locals()` taken first thing; `positional` names what is not a setting (the run directory, --config)."""
+    `locals()` taken first thing; `positional` names its arguments that are not settings (the run directory);
+    `config` itself is never one."""
     def plain(value: Any) -> Any:
         if isinstance(value, Enum):
             return value.value
