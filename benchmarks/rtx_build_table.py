@@ -29,7 +29,7 @@ BEGIN, END = "<!-- rtx-build-table:begin -->", "<!-- rtx-build-table:end -->"
 
 
 def rows_for(family: str, root: Path, img_size: int, batch: str) -> list[dict]:
-    from edgetl.build import build
+    from edgetl.build import BuildSettings, build
     from edgetl.errors import EdgetlError, first_line
 
     t = time.perf_counter()
@@ -41,7 +41,7 @@ def rows_for(family: str, root: Path, img_size: int, batch: str) -> list[dict]:
         row = {"family": family, "precision": precision, "parsed": True, "built": False, "mb": None, "s": None,
                "layers": None, "note": ""}
         try:
-            res = build(run, precision=precision, target="rtx", batch=batch)
+            res = build(run, BuildSettings(precision=precision, target="rtx", batch=batch))
         except EdgetlError as e:
             text = e.message
             row["parsed"] = "ONNX parser cannot take it" not in text

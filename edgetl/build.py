@@ -6,7 +6,7 @@ builder flag is ever set. What an engine is (sidecar, names, machine facts, the 
 edgetl.engine and edgetl.portable.engines; this module only builds.
 
 Two builder flavours, one `build()`: TensorRT (10.x/11.x, on the target GPU) and TensorRT for RTX
-(`--target rtx`: ahead of time for named compute capabilities, on any x86-64 machine, GPU or not). What
+(target "rtx": ahead of time for named compute capabilities, on any x86-64 machine, GPU or not). What
 differs between them is said once, in `Flavour`; build() asks it, never the library's name.
 
 Everything that needs no NVIDIA library (profile, trtexec line, the ONNX checks) is a plain function,
@@ -21,23 +21,26 @@ import os
 import re
 import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Union
+
+from pydantic import Field, field_validator
 
 from edgetl import __version__
+from edgetl.choices import BuildTargetName, EnginePrecisionName
 from edgetl.engine import (capturing_logger, engine_dir, engine_file, import_flavour, init_plugins, machine_facts,
                            rtx_target, sidecar_path)
 from edgetl.errors import BackendUnavailable, EdgetlError, ModelError, first_line
 from edgetl.io import sha256_file, write_bytes, write_json
-from edgetl.portable.engines import ENGINE_PRECISIONS as PRECISIONS
 from edgetl.portable.engines import make_sidecar, plan_name
 from edgetl.rundir import RunDir
+from edgetl.stage import SILENT, Events, Result, Settings, record_settings
 
 DEFAULT_BATCH = "1,1,32"
 DEFAULT_WORKSPACE_MIB = 1024
 DEFAULT_OPT_LEVEL = 3
-TARGETS = {"tensorrt": "tensorrt", "rtx": "tensorrt_rtx"}  # --target -> the library that builds it
+TARGETS = {"tensorrt": "tensorrt", "rtx": "tensorrt_rtx"}  # target -> the library that builds it
 # GeForce/RTX PRO generations: Ampere, Ada, Blackwell. NVIDIA's default set also names 8.0 (A100, not an RTX
 # card) in some releases, so edgetl always names the set explicitly and the sidecar says exactly what it is.
 RTX_COMPUTE_CAPABILITIES = ("8.6", "8.9", "12.0")
@@ -65,13 +68,13 @@ FLAVOURS = {
 
 
 def parse_compute_capabilities(text: str | list | tuple | None) -> tuple[str, ...] | None:
-    """`--compute-capability 8.6,8.9,12.0` -> ("8.6", "8.9", "12.0"); None when not given."""
+    """compute_capability "8.6,8.9,12.0" (or a list) -> ("8.6", "8.9", "12.0"); None when not given."""
     if text is None:
         return None
     parts = [p.strip() for p in (text.split(",") if isinstance(text, str) else map(str, text)) if p.strip()]
     bad = [p for p in parts if not re.fullmatch(r"\d{1,2}\.\d", p)]
     if not parts or bad:
-        raise EdgetlError(f"--compute-capability {text!r}: expected MAJOR.MINOR[,MAJOR.MINOR...], e.g. "
+        raise EdgetlError(f"compute_capability {text!r}: expected MAJOR.MINOR[,MAJOR.MINOR...], e.g. "
                           f"{','.join(RTX_COMPUTE_CAPABILITIES)}")
     return tuple(dict.fromkeys(parts))
 
@@ -88,19 +91,16 @@ class Profile:
     def shapes(self, sample_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
         return {k: (getattr(self, k), *sample_shape) for k in ("min", "opt", "max")}
 
-    def accepts(self, batch: int) -> bool:
-        return self.min <= batch <= self.max
-
 
 def parse_batch(text: str | int | tuple) -> Profile:
-    """`--batch`: "min,opt,max", or one number N for a fixed batch of N."""
+    """batch: "min,opt,max", or one number N for a fixed batch of N."""
     if isinstance(text, Profile):
         return text
     parts = [str(text)] if isinstance(text, int) else (list(map(str, text)) if isinstance(text, (tuple, list))
                                                        else [p.strip() for p in str(text).split(",")])
     if len(parts) == 1:
         parts *= 3
-    bad = EdgetlError(f"--batch {text!r}: expected MIN,OPT,MAX (e.g. {DEFAULT_BATCH}) or one batch size",
+    bad = EdgetlError(f"batch {text!r}: expected MIN,OPT,MAX (e.g. {DEFAULT_BATCH}) or one batch size",
                       "positive integers with MIN <= OPT <= MAX")
     if len(parts) != 3:
         raise bad
@@ -162,9 +162,9 @@ def check_profile(profile: Profile, dims: list, where: str) -> tuple[int, ...]:
                          "re-export with `edgetl export`")
     batch = dims[0]
     if isinstance(batch, int) and batch > 0 and (profile.min, profile.opt, profile.max) != (batch,) * 3:
-        raise EdgetlError(f"{where}: the ONNX input has a fixed batch of {batch}, --batch asks for "
+        raise EdgetlError(f"{where}: the ONNX input has a fixed batch of {batch}, the batch setting asks for "
                           f"{profile.min},{profile.opt},{profile.max}",
-                          f"pass --batch {batch}, or export with a dynamic batch")
+                          f"set batch {batch}, or export with a dynamic batch")
     return tuple(sample)
 
 
@@ -194,40 +194,66 @@ def trtexec_command(onnx: str | os.PathLike, plan: str | os.PathLike, input_name
 
 
 # -- the build -------------------------------------------------------------------------------------
-@dataclass
-class BuildResult:
+class BuildSettings(Settings):
+    """What `edgetl build` builds. Precision lives in the ONNX graph: `precision` picks which graph."""
+
+    precision: EnginePrecisionName = Field("fp32", description="which precision-baked ONNX to build")
+    batch: str = Field(DEFAULT_BATCH, description="optimisation profile MIN,OPT,MAX of the batch axis, or one N")
+    workspace: int = Field(DEFAULT_WORKSPACE_MIB, ge=1, description="builder workspace limit, MiB")
+    opt_level: int = Field(DEFAULT_OPT_LEVEL, ge=0, le=5, description="builder optimisation level")
+    version_compatible: bool = Field(False, description="engine runs on later TensorRT of the same major")
+    dla_core: Optional[int] = Field(None, ge=0, description="build for this DLA core, GPU fallback on")
+    timing_cache: bool = Field(True, description="reuse and update the engine folder's timing.cache")
+    target: BuildTargetName = Field("tensorrt", description="tensorrt: for this GPU; rtx: TensorRT for RTX")
+    compute_capability: Optional[str] = Field(None, description="rtx: compute capabilities to build for")
+    tf32: bool = Field(False, description="let fp32 layers compute in TF32 on Ampere or later")
+    onnx: Optional[Path] = Field(None, description="build this ONNX file instead of the run's model.<precision>.onnx")
+
+    @field_validator("batch", mode="before")
+    @classmethod
+    def _batch(cls, value: Union[str, int, list]) -> str:
+        try:
+            p = parse_batch(value)
+        except EdgetlError as e:
+            raise ValueError(e.message) from None
+        return f"{p.min},{p.opt},{p.max}"
+
+    @field_validator("compute_capability", mode="before")
+    @classmethod
+    def _compute_capability(cls, value: Union[str, list, None]) -> Optional[str]:
+        try:
+            ccs = parse_compute_capabilities(value)
+        except EdgetlError as e:
+            raise ValueError(e.message) from None
+        return None if ccs is None else ",".join(ccs)
+
+
+class BuildResult(Result):
+    """The engine written (its sidecar, RUN/engines/<target>/model.<precision>.json, says what it is for)."""
+
     plan: Path
     sidecar: Path
-    trtexec: str | None  # the equivalent trtexec line (None for TensorRT-RTX, which trtexec cannot build)
+    trtexec: Optional[str]  # the equivalent trtexec line (None for TensorRT-RTX, which trtexec cannot build)
     seconds: float
     warnings: list[str]  # every warning the library logged, the parser's included
     layers: int = 0  # layers of the parsed network (before the builder fuses them)
-    parser_warnings: list[str] = field(default_factory=list)
+    parser_warnings: list[str] = []
 
 
-def build(run_path: str | os.PathLike, precision: str = "fp32", batch: str | Profile = DEFAULT_BATCH,
-          workspace_mib: int = DEFAULT_WORKSPACE_MIB, opt_level: int = DEFAULT_OPT_LEVEL,
-          version_compatible: bool = False, dla_core: int | None = None, timing_cache: bool = True,
-          log: Callable[[str], None] | None = None, target: str = "tensorrt",
-          compute_capabilities: str | tuple | None = None, tf32: bool = False,
-          onnx_file: str | os.PathLike | None = None) -> BuildResult:
+def build(run_path: str | os.PathLike, cfg: BuildSettings, events: Events = SILENT) -> BuildResult:
     """Build RUN/engines/<target>-<library><version>/model.<precision>.plan (+ .json sidecar) from the run's
-    ONNX (or `onnx_file`). target "tensorrt": for this GPU; "rtx": TensorRT-RTX, ahead of time for
-    `compute_capabilities` (default RTX_COMPUTE_CAPABILITIES), with or without a GPU here."""
+    ONNX (or `cfg.onnx`). target "tensorrt": for this GPU; "rtx": TensorRT-RTX, ahead of time for
+    `cfg.compute_capability` (default RTX_COMPUTE_CAPABILITIES), with or without a GPU here."""
     from edgetl.card import ModelCard
 
-    log = log or (lambda _msg: None)
     run = RunDir(run_path)
-    if precision not in PRECISIONS:
-        raise EdgetlError(f"unknown precision '{precision}'", f"use one of {', '.join(PRECISIONS)}")
-    if target not in TARGETS:
-        raise EdgetlError(f"--target {target}: unknown build target", f"use one of {', '.join(TARGETS)}")
-    flavour = FLAVOURS[TARGETS[target]]
-    ccs = parse_compute_capabilities(compute_capabilities)
+    precision, dla_core, opt_level, workspace_mib = cfg.precision, cfg.dla_core, cfg.opt_level, cfg.workspace
+    flavour = FLAVOURS[TARGETS[cfg.target]]
+    ccs = parse_compute_capabilities(cfg.compute_capability)
     if ccs and not flavour.ahead_of_time:
-        raise EdgetlError(f"--compute-capability: {flavour.title} builds for the GPU it runs on",
-                          "leave it out, or build with --target rtx")
-    onnx_path = Path(onnx_file) if onnx_file is not None else run.onnx_for(precision, "tensorrt")
+        raise EdgetlError(f"compute_capability: {flavour.title} builds for the GPU it runs on",
+                          "leave it out, or build with target rtx")
+    onnx_path = Path(cfg.onnx) if cfg.onnx is not None else run.onnx_for(precision, "tensorrt")
     run.require(onnx_path, hint="run `edgetl export` first" if precision == "fp32"
                 else f"run `edgetl quantize --precision {precision}` first")
     why_ort = ort_form_reason(onnx_path)
@@ -235,26 +261,21 @@ def build(run_path: str | os.PathLike, precision: str = "fp32", batch: str | Pro
         raise EdgetlError(f"{onnx_path}: {why_ort}, which NVIDIA's parser refuses (non-zero zero points)",
                           f"build the TensorRT form instead: {run.onnx_for('int8', 'tensorrt')} "
                           f"(`edgetl build {run.path} --precision int8`)")
-    profile = parse_batch(batch)
-    if not 0 <= opt_level <= 5:
-        raise EdgetlError(f"--opt-level {opt_level}: TensorRT's builder optimisation level is 0..5")
-    if workspace_mib < 1:
-        raise EdgetlError(f"--workspace {workspace_mib}: give the workspace limit in MiB (>= 1)")
+    profile = parse_batch(cfg.batch)
     if dla_core is not None and not flavour.dla:
-        raise EdgetlError(f"--dla-core: {flavour.title} has no DLA (Jetson's TensorRT does)", "leave --dla-core out")
-    if version_compatible and flavour.ahead_of_time:
-        raise EdgetlError(f"--version-compatible: a {flavour.title} engine runs on the {flavour.title} version "
-                          "that built it", "leave --version-compatible out")
-    if dla_core is not None and dla_core < 0:
-        raise EdgetlError(f"--dla-core {dla_core}: DLA cores are numbered from 0")
+        raise EdgetlError(f"dla_core: {flavour.title} has no DLA (Jetson's TensorRT does)", "leave dla_core out")
+    if cfg.version_compatible and flavour.ahead_of_time:
+        raise EdgetlError(f"version_compatible: a {flavour.title} engine runs on the {flavour.title} version "
+                          "that built it", "leave version_compatible off")
     if dla_core is not None and precision == "fp32":
         # DLA runs fp16 and int8 layers only: an fp32 graph would fall back to the GPU layer by layer
-        raise EdgetlError("--dla-core: DLA runs fp16 and int8 graphs only, not fp32",
-                          "build --precision fp16 or int8 (after `edgetl quantize`) for the DLA")
+        raise EdgetlError("dla_core: DLA runs fp16 and int8 graphs only, not fp32",
+                          "build precision fp16 or int8 (after `edgetl quantize`) for the DLA")
     card = ModelCard.from_onnx(onnx_path)
     input_name, dims = onnx_input(onnx_path)
     sample = check_profile(profile, dims, str(onnx_path))
 
+    events.status(f"loading {flavour.title}")
     trt = import_flavour(flavour.library)
     if flavour.ahead_of_time:
         ccs = ccs or RTX_COMPUTE_CAPABILITIES
@@ -265,12 +286,13 @@ def build(run_path: str | os.PathLike, precision: str = "fp32", batch: str | Pro
         cc_enums = []
         facts = machine_facts(flavour.library, trt)
         plan = engine_file(run, facts, precision)
-    use_cache = timing_cache and flavour.timing_cache
+    use_cache = cfg.timing_cache and flavour.timing_cache
     cache_file = plan.parent / "timing.cache"
     command = trtexec_command(onnx_path, plan, input_name, sample, profile, workspace_mib,
-                              cache_file if use_cache else None, opt_level, version_compatible, dla_core,
-                              tf32) if flavour.trtexec else None
+                              cache_file if use_cache else None, opt_level, cfg.version_compatible, dla_core,
+                              cfg.tf32) if flavour.trtexec else None
 
+    events.status(f"parsing {onnx_path.name}")
     logger = capturing_logger(trt)
     init_plugins(trt, logger)
     builder = trt.Builder(logger)
@@ -283,16 +305,16 @@ def build(run_path: str | os.PathLike, precision: str = "fp32", batch: str | Pro
         errors = [parser_error_line(parser.get_error(i)) for i in range(parser.num_errors)]
         raise EdgetlError(f"{onnx_path}: {flavour.title} {trt.__version__}'s ONNX parser cannot take it:\n  "
                           + "\n  ".join(errors or logger.lines()[:3] or ["(no detail)"]),
-                          "check the ops against the parser's ONNX support matrix; re-export with another --opset")
+                          "check the ops against the parser's ONNX support matrix; re-export with another opset")
     parser_warnings = logger.warnings()
     layers = int(network.num_layers)
 
-    config = new_config(trt, builder, workspace_mib, opt_level, tf32)
+    config = new_config(trt, builder, workspace_mib, opt_level, cfg.tf32)
     if cc_enums:
         config.num_compute_capabilities = len(cc_enums)
         for i, cc in enumerate(cc_enums):
             if not config.set_compute_capability(cc, i):
-                raise EdgetlError(f"--compute-capability: {flavour.title} {trt.__version__} refused {ccs[i]}: "
+                raise EdgetlError(f"compute_capability: {flavour.title} {trt.__version__} refused {ccs[i]}: "
                                   + " | ".join(logger.lines()[:2] or ["no reason logged"]))
     trt_profile = builder.create_optimization_profile()
     shapes = profile.shapes(sample)
@@ -300,14 +322,14 @@ def build(run_path: str | os.PathLike, precision: str = "fp32", batch: str | Pro
     if config.add_optimization_profile(trt_profile) < 0:
         raise EdgetlError(f"{onnx_path}: {flavour.title} rejected the optimisation profile {shapes}: "
                           + " | ".join(logger.lines()[:2] or ["no reason logged"]))
-    if version_compatible:
+    if cfg.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if dla_core is not None:
         if builder.num_DLA_cores == 0:
-            raise BackendUnavailable("--dla-core: this GPU has no DLA (Jetson AGX/NX Orin and Xavier do)",
-                                     "leave --dla-core out to build for the GPU")
+            raise BackendUnavailable("dla_core: this GPU has no DLA (Jetson AGX/NX Orin and Xavier do)",
+                                     "leave dla_core out to build for the GPU")
         if not 0 <= dla_core < builder.num_DLA_cores:
-            raise EdgetlError(f"--dla-core {dla_core}: this device has DLA cores 0..{builder.num_DLA_cores - 1}")
+            raise EdgetlError(f"dla_core {dla_core}: this device has DLA cores 0..{builder.num_DLA_cores - 1}")
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(dla_core)
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run go to the GPU
@@ -315,15 +337,15 @@ def build(run_path: str | os.PathLike, precision: str = "fp32", batch: str | Pro
     cache = attach_timing_cache(config, cache_file, own_warnings.append) if use_cache else None
 
     where = (f"for compute capability {', '.join(ccs)}" if flavour.ahead_of_time else f"on {facts['gpu_name']}")
-    log(f"building {plan.name} {where} with {flavour.title} {facts['library_version']} "
-        f"(batch {profile.min},{profile.opt},{profile.max})")
+    events.status(f"building {plan.name} {where} with {flavour.title} {facts['library_version']} "
+                  f"(batch {profile.min},{profile.opt},{profile.max})")
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
     if serialized is None:
         raise EdgetlError(f"{onnx_path}: {flavour.title} could not build an engine: " +
                           " | ".join(logger.lines()[:5] or ["no reason logged"]),
-                          "try a larger --workspace, or --opt-level 3")
+                          "try a larger workspace, or opt_level 3")
     data = bytes(serialized)
     if cache is not None:
         write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
@@ -336,10 +358,11 @@ def build(run_path: str | os.PathLike, precision: str = "fp32", batch: str | Pro
         builder="edgetl build", edgetl_version=__version__, card=card.model_dump(mode="json"),
         built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), build_seconds=seconds,
         workspace_mib=int(workspace_mib), builder_optimization_level=int(opt_level),
-        version_compatible=version_compatible, dla_core=dla_core, trtexec=command)
+        version_compatible=cfg.version_compatible, dla_core=dla_core, trtexec=command)
     write_engine(plan, data, sidecar)
-    return BuildResult(plan, sidecar_path(plan), command, seconds, own_warnings + logger.warnings(), layers,
-                       parser_warnings)
+    record_settings(run.path, "build", cfg)  # only once the engine is there: a refused build leaves the run as it was
+    return BuildResult(plan=plan, sidecar=sidecar_path(plan), trtexec=command, seconds=seconds,
+                       warnings=own_warnings + logger.warnings(), layers=layers, parser_warnings=parser_warnings)
 
 
 def new_config(trt, builder, workspace_mib: int = DEFAULT_WORKSPACE_MIB, opt_level: int = DEFAULT_OPT_LEVEL,
@@ -431,7 +454,7 @@ def _compute_capability_enums(trt, ccs: tuple[str, ...]) -> list:
             known[f"{m.group(1)}.{m.group(2)}"] = getattr(members, name)
     missing = [cc for cc in ccs if cc not in known]
     if missing:
-        raise EdgetlError(f"--compute-capability {','.join(missing)}: TensorRT-RTX {trt.__version__} builds for "
+        raise EdgetlError(f"compute_capability {','.join(missing)}: TensorRT-RTX {trt.__version__} builds for "
                           f"{', '.join(sorted(known, key=lambda v: tuple(map(int, v.split('.')))))}")
     return [known[cc] for cc in ccs]
 

@@ -27,14 +27,18 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+from pydantic import Field
 
 from edgetl import __version__
+from edgetl.choices import EnginePrecisionName
 from edgetl.errors import DeployError, RunDirError
 from edgetl.io import atomic_path, sha256_file
 from edgetl.portable.manifest import BUNDLE_FORMAT, ENTRY_POINT, MANIFEST, PORTABLE_DIR, file_problems
 from edgetl.rundir import RunDir
+from edgetl.stage import SILENT, Events, Result, Settings, record_settings
 
 DEVICE_SCRIPT = Path(__file__).resolve().parent / "device" / ENTRY_POINT
 PORTABLE_SOURCE = Path(__file__).resolve().parent / "portable"
@@ -43,8 +47,45 @@ DEFAULT_MAX_IMAGES = 256
 INPUTS, LABELS = "data/inputs.npy", "data/labels.npy"
 
 
+class BundleSettings(Settings):
+    """What `edgetl bundle` packs."""
+
+    precision: EnginePrecisionName = Field("fp32", description="which precision-baked ONNX file to ship")
+    out: Optional[Path] = Field(None, description="also write this .tar.gz (for offline devices)")
+    tar: bool = Field(False, description="also write RUN/bundles/<run>-<precision>.tar.gz")
+    max_images: int = Field(DEFAULT_MAX_IMAGES, ge=1, description="validation images carried, preprocessed")
+
+
+class BundleResult(Result):
+    """The bundle directory and what it holds (manifest.json in it is the full record)."""
+
+    path: Path
+    sha256: str  # of manifest.json: the bundle's identity
+    reused: bool  # the bundle already there was made from the same sources and still verifies
+    tarball: Optional[Path] = None
+    files: dict[str, int]  # path inside the bundle -> size in bytes
+    images: int  # preprocessed validation images carried
+    reference_top1: Optional[float]  # fp32 PyTorch top-1 on them (None without model.safetensors)
+
+
+def bundle(run_path: str | os.PathLike, cfg: BundleSettings, events: Events = SILENT) -> BundleResult:
+    """`edgetl bundle`: write (or reuse) RUN/bundles/<precision>/, and the tarball where one is asked for."""
+    run = RunDir(run_path)
+    tarball = cfg.out
+    if tarball is None and cfg.tar:
+        tarball = run.bundles_dir / f"{run.path.resolve().name}-{cfg.precision}.tar.gz"
+    events.status("bundling")
+    b = make_bundle(run.path, cfg.precision, tarball=tarball, max_images=cfg.max_images)
+    record_settings(run.path, "bundle", cfg)
+    return BundleResult(path=b.path, sha256=b.sha256, reused=b.reused, tarball=b.tarball,
+                        files={rel: b.manifest["files"][rel]["size"] for rel in b.files},
+                        images=b.manifest["data"]["n"], reference_top1=b.manifest["reference"].get("top1"))
+
+
 @dataclass
 class Bundle:
+    """A bundle on disk, as make_bundle (and `edgetl deploy`) use it."""
+
     path: Path
     manifest: dict
     sha256: str
@@ -66,7 +107,7 @@ def make_bundle(run_path: str | os.PathLike, precision: str = "fp32", out_dir: s
     """Write (or reuse, when its sources are unchanged and it verifies) the bundle directory; optionally a tarball."""
     run = RunDir(run_path)
     if max_images < 1:
-        raise DeployError(f"--max-images {max_images}: must be at least 1")
+        raise DeployError(f"max_images {max_images}: must be at least 1")
     if tarball is not None:
         check_tarball_name(Path(tarball))  # before the bundle is built, not after
     models = model_files(run, precision)
@@ -91,7 +132,7 @@ def make_bundle(run_path: str | os.PathLike, precision: str = "fp32", out_dir: s
 def model_files(run: RunDir, precision: str) -> dict[str, Path]:
     """The ONNX file(s) a bundle of `precision` carries; one clear error when the run lacks them (or splits.json)."""
     if precision not in PRECISIONS:
-        raise DeployError(f"--precision {precision}: not one of {', '.join(PRECISIONS)}")
+        raise DeployError(f"precision {precision}: not one of {', '.join(PRECISIONS)}")
     run.require(hint="give the folder that `edgetl finetune --out` wrote")
     primary = run.onnx_for(precision)
     if not primary.exists():
@@ -299,9 +340,9 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 def check_tarball_name(out: Path) -> None:
     if not out.name.endswith((".tar.gz", ".tgz")):
-        raise DeployError(f"--out {out}: give a .tar.gz file name")
+        raise DeployError(f"out {out}: give a .tar.gz file name")
     if out.is_dir():
-        raise DeployError(f"--out {out}: is a folder", "give a .tar.gz file name")
+        raise DeployError(f"out {out}: is a folder", "give a .tar.gz file name")
 
 
 def write_tarball(directory: Path, out: Path, root: str) -> Path:
@@ -344,5 +385,5 @@ def read_manifest(path: str | os.PathLike) -> dict:
         raise DeployError(f"{path}: no readable {MANIFEST} ({e})", "make the bundle with `edgetl bundle RUN`") from None
 
 
-__all__ = ["BUNDLE_FORMAT", "Bundle", "DEVICE_SCRIPT", "device_program", "ENTRY_POINT", "MANIFEST", "PRECISIONS", "bundle_dir",
+__all__ = ["BUNDLE_FORMAT", "Bundle", "BundleResult", "BundleSettings", "DEVICE_SCRIPT", "bundle", "device_program", "ENTRY_POINT", "MANIFEST", "PRECISIONS", "bundle_dir",
            "graph_io", "make_bundle", "model_files", "read_manifest", "verify_dir", "write_tarball"]

@@ -33,3 +33,11 @@ QuantTargetName = Literal["tensorrt", "cpu", "both"]  # which int8 form(s) `quan
 CalibMethodName = Literal["minmax", "entropy", "percentile", "auto"]  # auto: try the three, keep the best
 QuantTarget = as_enum("QuantTarget", QuantTargetName)
 CalibMethod = as_enum("CalibMethod", CalibMethodName)
+
+BuildTargetName = Literal["tensorrt", "rtx"]  # rtx: TensorRT for RTX, ahead of time for named compute capabilities
+TritonKindName = Literal["gpu", "cpu"]  # the instance kind of a Triton model
+
+BuildTarget = as_enum("BuildTarget", BuildTargetName)
+TritonKind = as_enum("TritonKind", TritonKindName)
+DemoSourceName = Literal["rotation", "digits04"]  # the demo's source model: self-supervised, or supervised on 0-4
+DemoSource = as_enum("DemoSource", DemoSourceName)

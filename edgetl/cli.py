@@ -6,16 +6,19 @@ import math
 import os
 import signal
 import sys
+from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import typer
 
 from edgetl.choices import Backend as BackendChoice, Device as DeviceChoice, Precision as PrecisionChoice
 from edgetl.choices import CalibMethod, QuantPrecision, QuantTarget
+from edgetl.choices import BuildTarget, DemoSource, EnginePrecision, TritonKind
 from edgetl.presentation.console import console, err_console
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+# rich_markup_mode None: help text is printed as written, so "[default: X]" and "<stage>" are not eaten as markup
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Fine-tune, export, quantize, build and benchmark image classifiers for NVIDIA edge devices.")
 
 
@@ -153,6 +156,30 @@ def _root(
     pass
 
 
+def _config_option():
+    """`--config FILE`, the same on every command: a stage's settings as YAML (RUN/settings/<stage>.yaml is one,
+    written by the stage itself), every option given on the command line winning over it."""
+    return typer.Option(None, "--config", dir_okay=False,
+                        help="YAML file of settings (e.g. RUN/settings/<command>.yaml); options given here win")
+
+
+def _overrides(given: Dict[str, Any], *positional: str) -> Dict[str, Any]:
+    """A command's options as settings overrides for load_settings: an option not given (None) is left out so
+    the YAML file or the default holds; an Enum becomes its value, a Path its text. `given` is the command's
+    `locals()` taken first thing; `positional` names its arguments that are not settings (the run directory);
+    `config` itself is never one."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, Enum):
+            return value.value
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return {k: plain(v) for k, v in given.items() if v is not None and k != "config" and k not in positional}
+
+
 # Image sizes a CNN/ViT input sensibly has; beyond, decoding and resizing run out of memory before training.
 IMG_SIZE_MIN, IMG_SIZE_MAX = 16, 2048
 
@@ -250,22 +277,30 @@ def eval_cmd(
 # --- demo -------------------------------------------------------------------------------------------
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="where the demo writes its data and runs"),
+    config: Optional[Path] = _config_option(),
+    out: Optional[Path] = typer.Option(None, help="where the demo writes its data and runs [default: runs/demo]"),
     epochs: Optional[int] = typer.Option(None, help="epochs per target run [default: 50 optimiser steps' worth]"),
-    model: str = typer.Option("test_resnet", help="timm model name (test_resnet: a 0.4 M-parameter ResNet)"),
-    img_size: int = typer.Option(16, min=IMG_SIZE_MIN, max=IMG_SIZE_MAX,
-                                 help="digits are 8x8 pixels; 16 px keeps all of them"),
-    shots: int = typer.Option(10, help="labelled images per target class"),
-    seeds: int = typer.Option(3, help="repeats, each with its own labelled images and initialisation"),
-    source: str = typer.Option("rotation", help="rotation (self-supervised, no labels) | digits04 (supervised)"),
-    strategy: str = typer.Option("full", help="linear | partial | full | lp-ft"),
+    model: Optional[str] = typer.Option(None, help="timm model name (test_resnet: a 0.4 M-parameter ResNet) "
+                                        "[default: test_resnet]"),
+    img_size: Optional[int] = typer.Option(None, min=IMG_SIZE_MIN, max=IMG_SIZE_MAX,
+                                           help="digits are 8x8 pixels; 16 px keeps all of them [default: 16]"),
+    shots: Optional[int] = typer.Option(None, help="labelled images per target class [default: 10]"),
+    seeds: Optional[int] = typer.Option(None, help="repeats, each with its own labelled images and initialisation "
+                                        "[default: 3]"),
+    source: Optional[DemoSource] = typer.Option(None, help="rotation (self-supervised, no labels) | digits04 "
+                                                "(supervised) [default: rotation]"),
+    strategy: Optional[str] = typer.Option(None, help="linear | partial | full | lp-ft [default: full]"),
 ) -> None:
     """The whole chain on scikit-learn's digits (no download): transfer learning vs training from scratch,
     then export, quantization and the benchmark of what this machine can run."""
-    from edgetl.demo import run_demo
+    given = dict(locals())  # first statement: only the options, before any import adds names
+    from edgetl.demo import DemoSettings, demo as run_demo
+    from edgetl.presentation.demo import demo_events
+    from edgetl.stage import load_settings
 
-    run_demo(out, epochs=epochs, model=model, img_size=img_size, shots=shots, seeds=seeds, source=source,
-             strategy=strategy)
+    cfg = load_settings(DemoSettings, config, _overrides(given, "out"))
+    with demo_events() as events:
+        run_demo(out or Path("runs/demo"), cfg, events)
 
 
 # --- export (issue 3) -------------------------------------------------------------------------------
@@ -349,36 +384,40 @@ def quantize(
 @app.command("build")
 def build_cmd(
     run: Path = typer.Argument(..., help="run directory (holds model.onnx / model.fp16.onnx / model.int8.onnx)"),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8: which precision-baked ONNX to build"),
-    batch: str = typer.Option("1,1,32", help="optimisation profile MIN,OPT,MAX of the batch axis, or one fixed N"),
-    workspace: int = typer.Option(1024, help="builder workspace limit, MiB"),
-    opt_level: int = typer.Option(3, help="builder optimisation level 0..5 (higher: longer build, maybe faster)"),
-    version_compatible: bool = typer.Option(False, "--version-compatible",
-                                            help="engine runs on later TensorRT of the same major (lean runtime)"),
+    config: Optional[Path] = _config_option(),
+    precision: Optional[EnginePrecision] = typer.Option(None, help="which precision-baked ONNX to build "
+                                                       "[default: fp32]"),
+    batch: Optional[str] = typer.Option(None, help="optimisation profile MIN,OPT,MAX of the batch axis, or one fixed N "
+                                                   "[default: 1,1,32]"),
+    workspace: Optional[int] = typer.Option(None, help="builder workspace limit, MiB [default: 1024]"),
+    opt_level: Optional[int] = typer.Option(None, help="builder optimisation level 0..5 (higher: longer build, maybe "
+                                                       "faster) [default: 3]"),
+    version_compatible: Optional[bool] = typer.Option(None, "--version-compatible/--no-version-compatible",
+                                                      help="engine runs on later TensorRT of the same major (lean "
+                                                      "runtime) [default: off]"),
     dla_core: Optional[int] = typer.Option(None, help="build for this DLA core (Jetson Orin/Xavier), GPU fallback on"),
-    timing_cache: bool = typer.Option(True, "--timing-cache/--no-timing-cache",
-                                      help="reuse and update RUN/engines/<gpu>-trt<ver>/timing.cache"),
-    target: str = typer.Option("tensorrt", help="tensorrt: TensorRT, for this GPU | rtx: TensorRT for RTX, "
-                                                "ahead of time, GPU or not"),
+    timing_cache: Optional[bool] = typer.Option(None, "--timing-cache/--no-timing-cache",
+                                                help="reuse and update RUN/engines/<gpu>-trt<ver>/timing.cache "
+                                                "[default: on]"),
+    target: Optional[BuildTarget] = typer.Option(None, help="tensorrt: TensorRT, for this GPU | rtx: TensorRT for RTX, "
+                                                 "ahead of time, GPU or not [default: tensorrt]"),
     compute_capability: Optional[str] = typer.Option(None, help="--target rtx: compute capabilities of the RTX GPUs "
-                                                                "to build for (default 8.6,8.9,12.0)"),
-    tf32: bool = typer.Option(False, "--tf32", help="let fp32 layers compute in TF32 on Ampere or later"),
+                                                                "to build for [default: 8.6,8.9,12.0]"),
+    tf32: Optional[bool] = typer.Option(None, "--tf32/--no-tf32", help="let fp32 layers compute in TF32 on Ampere or "
+                                        "later [default: off]"),
     onnx: Optional[Path] = typer.Option(None, help="build this ONNX file instead of the run's model.<precision>.onnx"),
 ) -> None:
     """Build a TensorRT (or TensorRT-RTX) engine (strongly typed; precision comes from the ONNX graph)."""
-    from edgetl.build import build
+    given = dict(locals())  # first statement: only the options, before any import adds names
+    from edgetl.build import BuildSettings, build
+    from edgetl.presentation.build import render_build
+    from edgetl.presentation.events import RichEvents
+    from edgetl.stage import load_settings
 
-    with console.status("building engine") as status:
-        result = build(run, precision=precision, batch=batch, workspace_mib=workspace, opt_level=opt_level,
-                       version_compatible=version_compatible, dla_core=dla_core, timing_cache=timing_cache,
-                       log=lambda msg: status.update(msg), target=target, compute_capabilities=compute_capability,
-                       tf32=tf32, onnx_file=onnx)
-    for line in result.warnings:
-        console.print(f"warning: {line}", markup=False, soft_wrap=True)
-    console.print(f"engine: {result.plan} ({result.seconds:.1f} s, {result.layers} network layers)\n"
-                  f"sidecar: {result.sidecar}", markup=False, soft_wrap=True)
-    if result.trtexec:
-        console.print(f"same build with trtexec:\n  {result.trtexec}", markup=False, soft_wrap=True)
+    cfg = load_settings(BuildSettings, config, _overrides(given, "run"))
+    with RichEvents() as events:
+        result = build(run, cfg, events)
+    render_build(result)
 
 
 @app.command("bench")
@@ -431,28 +470,27 @@ def _bench_files(run: Path) -> str:
 @app.command("bundle")
 def bundle_cmd(
     run: Path = typer.Argument(..., help="run directory"),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8: which precision-baked ONNX file to ship"),
+    config: Optional[Path] = _config_option(),
+    precision: Optional[EnginePrecision] = typer.Option(None, help="which precision-baked ONNX file to ship "
+                                                       "[default: fp32]"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", dir_okay=False,
                                        help="also write this .tar.gz (for offline devices)"),
-    tar: bool = typer.Option(False, "--tar", help="also write RUN/bundles/<run>-<precision>.tar.gz"),
-    max_images: int = typer.Option(256, help="validation images carried (preprocessed) for the device's accuracy"),
+    tar: Optional[bool] = typer.Option(None, "--tar/--no-tar", help="also write RUN/bundles/<run>-<precision>.tar.gz "
+                                       "[default: off]"),
+    max_images: Optional[int] = typer.Option(None, help="validation images carried (preprocessed) for the device's "
+                                             "accuracy [default: 256]"),
 ) -> None:
     """Pack what a device needs: ONNX, model card, preprocessed eval images, entry point, SHA-256 manifest."""
-    from edgetl.bundle import make_bundle
+    given = dict(locals())  # first statement: only the options, before any import adds names
+    from edgetl.bundle import BundleSettings, bundle
+    from edgetl.presentation.bundle import render_bundle
+    from edgetl.presentation.events import RichEvents
+    from edgetl.stage import load_settings
 
-    if tar and out is None:
-        out = run / "bundles" / f"{run.resolve().name}-{precision}.tar.gz"
-    with console.status("bundling"):
-        b = make_bundle(run, precision, tarball=out, max_images=max_images)
-    console.print(f"bundle {b.path} ({'unchanged' if b.reused else 'written'}), sha256 {b.sha256}", markup=False, soft_wrap=True)
-    for rel in b.files:
-        console.print(f"  {rel:<28} {b.manifest['files'][rel]['size']:>12,} B", markup=False)
-    ref = b.manifest["reference"].get("top1")
-    console.print(f"{b.manifest['data']['n']} eval images; fp32 PyTorch top-1 on them: "
-                  f"{'n/a' if ref is None else f'{ref:.4f}'}", markup=False)
-    if b.tarball is not None:
-        console.print(f"tarball {b.tarball}  (on the device: tar xzf it, then python3 <dir>/edgetl_device.py verify)",
-                      markup=False, soft_wrap=True)
+    cfg = load_settings(BundleSettings, config, _overrides(given, "run"))
+    with RichEvents() as events:
+        result = bundle(run, cfg, events)
+    render_bundle(result)
 
 
 @app.command("deploy")
@@ -505,22 +543,27 @@ def deploy_cmd(
 @app.command("triton")
 def triton_cmd(
     run: Path = typer.Argument(..., help="run directory"),
+    config: Optional[Path] = _config_option(),
     out: Optional[Path] = typer.Option(None, "--out", "-o", file_okay=False,
                                        help="model repository folder [default: RUN/triton]"),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8"),
-    max_batch: int = typer.Option(8, help="max_batch_size, the dynamic batcher's upper bound"),
+    precision: Optional[EnginePrecision] = typer.Option(None, help="[default: fp32]"),
+    max_batch: Optional[int] = typer.Option(None, help="max_batch_size, the dynamic batcher's upper bound [default: 8]"),
     name: Optional[str] = typer.Option(None, help="model name [default: the run folder's name]"),
-    kind: str = typer.Option("gpu", help="instance kind for the ONNX model: gpu | cpu"),
-    queue_delay_us: int = typer.Option(100, help="dynamic batching: max queue delay in microseconds"),
+    kind: Optional[TritonKind] = typer.Option(None, help="instance kind for the ONNX model [default: gpu]"),
+    queue_delay_us: Optional[int] = typer.Option(None, help="dynamic batching: max queue delay in microseconds "
+                                                 "[default: 100]"),
 ) -> None:
     """Write a Triton Inference Server model repository (ONNX model, and the TensorRT engine where one was built)."""
-    from edgetl.triton import triton_repository
+    given = dict(locals())  # first statement: only the options, before any import adds names
+    from edgetl.presentation.events import RichEvents
+    from edgetl.presentation.triton import render_triton
+    from edgetl.stage import load_settings
+    from edgetl.triton import TritonSettings, triton
 
-    repo = triton_repository(run, out, precision=precision, max_batch=max_batch, name=name, kind=kind,
-                             queue_delay_us=queue_delay_us)
-    for model in repo.models:
-        console.print(f"{repo.path / model}  ({repo.backends[model]})", markup=False, soft_wrap=True)
-    console.print(f"serve with: tritonserver --model-repository={repo.path.resolve()}", markup=False, soft_wrap=True)
+    cfg = load_settings(TritonSettings, config, _overrides(given, "run"))
+    with RichEvents() as events:
+        result = triton(run, cfg, events)
+    render_triton(result)
 
 
 # --- end deploy -------------------------------------------------------------------------------------

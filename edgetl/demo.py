@@ -9,14 +9,19 @@ one lucky seed.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
 
+from pydantic import Field, field_validator
+
+from edgetl.choices import DemoSourceName
 from edgetl.config import FinetuneConfig
-from edgetl.presentation.console import console, finetune_events
 from edgetl.data.demo import write_demo_data
 from edgetl.errors import EdgetlError
 from edgetl.finetune import finetune
 from edgetl.io import read_json
+from edgetl.stage import SILENT, Events, Result, Settings, record_settings
 
 STEPS = 50         # optimiser steps per target run, both arms (as in the evidence sweep)
 BATCH = 16
@@ -26,39 +31,91 @@ SOURCE_EPOCHS = {"rotation": 8, "digits04": 8}
 SOURCES = ("rotation", "digits04")
 
 
-def check_demo_options(out: Path, epochs: int | None, shots: int, seeds: int, img_size: int, model: str,
-                       source: str, strategy: str) -> None:
-    """Every option, before anything is written."""
-    import timm
+class DemoSettings(Settings):
+    """What `edgetl demo` runs: the setting of the transfer-evidence sweep, scaled by these few knobs."""
 
-    from edgetl.models import STRATEGIES
+    epochs: Optional[int] = Field(None, ge=1, description="epochs per target run [default: 50 optimiser steps' worth]")
+    model: str = Field("test_resnet", description="timm model name (test_resnet: a 0.4 M-parameter ResNet)")
+    img_size: int = Field(16, ge=8, le=2048, description="digits are 8x8 pixels; 16 px keeps all of them")
+    shots: int = Field(10, ge=1, le=80, description="labelled images per target class")
+    seeds: int = Field(3, ge=1, le=10, description="repeats, each with its own labelled images and initialisation")
+    source: DemoSourceName = "rotation"
+    strategy: str = Field("full", description="linear | partial | full | lp-ft")
 
-    if epochs is not None and epochs < 1:
-        raise EdgetlError(f"--epochs {epochs}: must be 1 or more")
-    if not 1 <= shots <= 80:
-        raise EdgetlError(f"--shots {shots}: labelled images per class must be between 1 and 80")
-    if not 1 <= seeds <= 10:
-        raise EdgetlError(f"--seeds {seeds}: must be between 1 and 10")
-    if img_size < 8:
-        raise EdgetlError(f"--img-size {img_size}: must be 8 or more")
-    if not timm.is_model(model):
-        raise EdgetlError(f"--model {model}: timm does not know this model")
-    if source not in SOURCES:
-        raise EdgetlError(f"--source {source}: use one of {', '.join(SOURCES)}")
-    if strategy not in STRATEGIES:
-        raise EdgetlError(f"--strategy {strategy}: use one of {', '.join(STRATEGIES)}")
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        import timm
+
+        if not timm.is_model(value):
+            raise ValueError(f"model {value}: timm does not know this model")
+        return value
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        from edgetl.models import STRATEGIES
+
+        if value not in STRATEGIES:
+            raise ValueError(f"strategy {value}: use one of {', '.join(STRATEGIES)}")
+        return value
+
+
+class DemoResult(Result):
+    """Where the demo wrote its runs and what it found (each run directory holds the full record)."""
+
+    source: Path
+    transfer: Path  # the first seed's transferred run, which goes through export, quantize and bench
+    runs: list[Path]
+    seeds: list[dict[str, Any]]  # per seed: transfer and scratch top-1, gain, val images
+    verdict: str
+    bench: dict[str, Any]  # bench.json of the transferred run
+
+
+def check_demo_out(out: Path) -> None:
+    """The one check settings cannot make: the folder, before anything is written."""
     if out.exists() and not out.is_dir():
-        raise EdgetlError(f"--out {out}: is a file; give a folder for the demo's data and runs")
+        raise EdgetlError(f"out {out}: is a file; give a folder for the demo's data and runs")
 
 
-def run_demo(out: Path, epochs: int | None = None, model: str = "test_resnet", img_size: int = 16, shots: int = 10,
-             seeds: int = 3, source: str = "rotation", strategy: str = "full") -> dict:
+def _finetune_callbacks(events: Events) -> Callable[[], Any]:
+    """finetune's own callbacks (edgetl.finetune.Events), drawn through the demo's `events`: a bar per epoch,
+    one record ('epoch') per finished epoch."""
+    from edgetl.finetune import Events as FinetuneEvents
+
+    @contextlib.contextmanager
+    def callbacks() -> Iterator[FinetuneEvents]:
+        state: dict[str, Any] = {}
+
+        def epoch_start(epoch: int, epochs: int, steps: int) -> None:
+            state.update(task=f"epoch {epoch + 1}/{epochs}", steps=steps)
+            events.progress(state["task"], 0, steps)
+
+        def epoch_end(row: dict) -> None:
+            events.progress(state["task"], state["steps"], state["steps"])
+            events.record("epoch", row)
+
+        yield FinetuneEvents(message=events.message, epoch_start=epoch_start,
+                             step=lambda done: events.progress(state["task"], done, state["steps"]),
+                             epoch_end=epoch_end,
+                             check_progress=lambda done, total: events.progress("checking images", done, total))
+
+    return callbacks
+
+
+def demo(out: str | Path, cfg: DemoSettings, events: Events = SILENT) -> DemoResult:
+    """`edgetl demo`: data, source model, transfer vs scratch per seed, then export, quantize and bench."""
+    show = events  # the name `events` is taken below by finetune's own callbacks
+    finetune_events = _finetune_callbacks(show)
     out = Path(out)
-    check_demo_options(out, epochs, shots, seeds, img_size, model, source, strategy)
+    check_demo_out(out)
+    record_settings(out, "demo", cfg)  # first: `cfg` is taken below by each target run's finetune settings
+    epochs, model, img_size, shots, seeds, source, strategy = (cfg.epochs, cfg.model, cfg.img_size, cfg.shots,
+                                                                cfg.seeds, cfg.source, cfg.strategy)
     n_train = shots * 5
     steps_per_epoch = max(1, n_train // BATCH)
     epochs = epochs or max(2, round(STEPS / steps_per_epoch))
-    console.rule("edgetl demo: transfer learning on handwritten digits")
+    show.record("section", {"title": "edgetl demo: transfer learning on handwritten digits"})
     common = dict(model=model, img_size=img_size, crop_pct=1.0, augment="crop", workers=0, pretrained=False,
                   lr=3e-3, warmup_epochs=1.0)
     # The backbone fine-tunes at the full rate: with a 50-step budget the 0.1x default left the source's
@@ -68,17 +125,17 @@ def run_demo(out: Path, epochs: int | None = None, model: str = "test_resnet", i
     n_unlabelled = sum(1 for _ in Path(data["unlabelled"]).iterdir())
     source_text = (f"rotation prediction on {n_unlabelled} unlabelled digit images (no labels; the target's val "
                    f"images excluded)" if source == "rotation" else "digits 0-4, trained with their labels")
-    console.print(f"setting: target digits 5-9 with {shots} labelled image(s) per class; source: {source_text}; "
-                  f"recipe: {strategy} at backbone-lr-scale {BACKBONE_LR_SCALE:g}, {epochs} epochs ({STEPS} steps of up to {BATCH} images), the same for the "
-                  f"from-scratch baseline; {seeds} seed(s) (each draws its own labelled images)", markup=False,
-                  soft_wrap=True)
+    show.message(f"setting: target digits 5-9 with {shots} labelled image(s) per class; source: {source_text}; "
+                 f"recipe: {strategy} at backbone-lr-scale {BACKBONE_LR_SCALE:g}, {epochs} epochs ({STEPS} steps of up "
+                 f"to {BATCH} images), the same for the from-scratch baseline; {seeds} seed(s) (each draws its own "
+                 "labelled images)")
 
-    console.rule(f"1. source model ({source})")
-    source_run = _source(source, data, out, {**common, "batch_size": 32, "seed": 0})
+    show.record("section", {"title": f"1. source model ({source})"})
+    source_run = _source(source, data, out, {**common, "batch_size": 32, "seed": 0}, finetune_events)
 
     runs, rows = [], []
     for seed in range(seeds):
-        console.rule(f"2.{seed + 1} seed {seed}: transfer ({strategy}) and its from-scratch baseline")
+        show.record("section", {"title": f"2.{seed + 1} seed {seed}: transfer ({strategy}) and its from-scratch baseline"})
         target = data["target"] if seed == 0 else write_demo_data(out / f"data-seed{seed}", size=img_size,
                                                                   shots=shots, holdout=HOLDOUT, shot_seed=seed)["target"]
         cfg = FinetuneConfig(data=str(target), out=str(out / f"transfer-seed{seed}"), weights=str(source_run),
@@ -90,13 +147,12 @@ def run_demo(out: Path, epochs: int | None = None, model: str = "test_resnet", i
         runs.append(run)
         rows.append({"seed": seed, "transfer": m["top1"], "scratch": m["baseline"]["top1"],
                      "gain": m["baseline"]["gain_top1"], "val": m["n"]})
-    verdict = _print_comparison(rows, shots, strategy, source)
-    bench = _deploy_chain(runs[0])
-    return {"source": source_run, "transfer": runs[0], "runs": runs, "seeds": rows, "verdict": verdict,
-            "bench": bench}
+    verdict = _compare(rows, shots, strategy, source, show)
+    bench = _deploy_chain(runs[0], show)
+    return DemoResult(source=source_run, transfer=runs[0], runs=runs, seeds=rows, verdict=verdict, bench=bench)
 
 
-def _source(source: str, data: dict, out: Path, settings: dict) -> Path:
+def _source(source: str, data: dict, out: Path, settings: dict, finetune_events: Callable[[], Any]) -> Path:
     from edgetl.pretrain import pretrain_rotation, unlabelled_images
 
     with finetune_events() as events:
@@ -108,15 +164,9 @@ def _source(source: str, data: dict, out: Path, settings: dict) -> Path:
                         overwrite=True, events=events).path
 
 
-def _print_comparison(rows: list[dict], shots: int, strategy: str, source: str) -> str:
-    from rich.table import Table
-
-    table = Table(title=f"digits 5-9, {shots} labelled image(s) per class, {rows[0]['val']} val images")
-    for col in ("seed", f"transfer ({strategy}) top-1", "from scratch top-1", "gain (points)"):
-        table.add_column(col, justify="right")
-    for r in rows:
-        table.add_row(str(r["seed"]), f"{r['transfer']:.3f}", f"{r['scratch']:.3f}", f"{r['gain'] * 100:+.1f}")
-    console.print(table)
+def _compare(rows: list[dict], shots: int, strategy: str, source: str, events: Events) -> str:
+    """The per-seed table (a 'transfer' record) and the verdict over every seed."""
+    events.record("transfer", {"rows": rows, "shots": shots, "strategy": strategy})
     gains = [r["gain"] for r in rows]
     mean = sum(gains) / len(gains)
     wins = sum(g > 0 for g in gains)
@@ -126,45 +176,39 @@ def _print_comparison(rows: list[dict], shots: int, strategy: str, source: str) 
     else:
         verdict = (f"transfer from the {source} source is NOT better than training from scratch on every seed: "
                    f"better on {wins}/{len(gains)}, mean gain {mean * 100:+.1f} points top-1")
-    console.print(verdict, markup=False, soft_wrap=True)
+    events.message(verdict)
     return verdict
 
 
-def _deploy_chain(run: Path) -> dict:
+def _deploy_chain(run: Path, events: Events) -> dict:
     """Make the transferred model fast: ONNX, int8 (TensorRT and CPU forms) and fp16, then the bench table."""
     from edgetl.bench import BenchSettings, bench
     from edgetl.export import export
     from edgetl.quantize import QuantizeSettings, quantize
-    from edgetl.presentation.bench import print_bench
-    from edgetl.presentation.events import RichEvents
 
-    console.rule("3. export to ONNX (parity against PyTorch on the val images)")
+    _say = events.message
+    events.record("section", {"title": "3. export to ONNX (parity against PyTorch on the val images)"})
     export(run)
     parity = read_json(Path(run) / "export_report.json")["parity"]
-    console.print(f"model.onnx: top-1 agreement {parity['top1_agreement']:.0%}, max |delta logit| "
-                  f"{parity['max_abs_diff']:.2e}", markup=False)
-    console.rule("4. quantize: int8 Q/DQ (TensorRT and CPU forms) and fp16, scored with ONNX Runtime")
+    _say(f"model.onnx: top-1 agreement {parity['top1_agreement']:.0%}, max |delta logit| "
+         f"{parity['max_abs_diff']:.2e}")
+    events.record("section", {"title": "4. quantize: int8 Q/DQ (TensorRT and CPU forms) and fp16, scored with "
+                                       "ONNX Runtime"})
     from edgetl.errors import QuantizeBudgetMissed
 
     entries = {}
     for cfg in (QuantizeSettings(precision="int8", target="both"), QuantizeSettings(precision="fp16")):
         try:
-            with RichEvents() as events:
-                entries.update(quantize(run, cfg, events).entries)
+            entries.update(quantize(run, cfg, events).entries)
         except QuantizeBudgetMissed as e:  # written and marked over budget: the demo says so and goes on
             _say(f"over budget: {e.message}")
             entries.update(e.result.entries)
     for key, entry in entries.items():
         top1_text = "n/a" if entry.top1 is None else f"{entry.top1:.3f}"
-        console.print(f"{key:14} top-1 {top1_text} (fp32 {entry.fp32_top1:.3f}) -> {entry.model_file}", markup=False)
-    console.rule("5. benchmark what this machine can run")
-    with RichEvents() as events:
-        result = bench(run, BenchSettings(backends=["torch", "onnxruntime", "tensorrt"], batch_sizes=[1, 8], warmup=5,
-                                          iterations=30), events)
-    print_bench(result)
-    console.print(f"bench.json, bench.md, bench.png -> {run}", markup=False)
-    return result.model_dump(mode="json")
-
-
-def _say(text: str) -> None:
-    console.print(text, markup=False, soft_wrap=True)
+        _say(f"{key:14} top-1 {top1_text} (fp32 {entry.fp32_top1:.3f}) -> {entry.model_file}")
+    events.record("section", {"title": "5. benchmark what this machine can run"})
+    result = bench(run, BenchSettings(backends=["torch", "onnxruntime", "tensorrt"], batch_sizes=[1, 8], warmup=5,
+                                      iterations=30), events).model_dump(mode="json")
+    events.record("bench", result)
+    _say(f"bench.json, bench.md, bench.png -> {run}")
+    return result

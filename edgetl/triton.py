@@ -2,7 +2,7 @@
 server (dynamic batching, many instances, HTTP/gRPC) rather than anything of ours.
 
 OUT/<name>/config.pbtxt      onnxruntime backend, I/O names, dims and data types read from the ONNX graph
-OUT/<name>/1/model.onnx     (int8 with --kind cpu: the U8S8 CPU form, model.int8.cpu.onnx, that ONNX Runtime
+OUT/<name>/1/model.onnx     (int8 with kind cpu: the U8S8 CPU form, model.int8.cpu.onnx, that ONNX Runtime
                             runs fast on a CPU; otherwise the TensorRT Q/DQ form)
 OUT/<name>/labels.txt        class names, so Triton's classification extension returns labels
 OUT/<name>_trt_<engine>/...  one tensorrt model per engine the run has (RUN/engines/<gpu>-trt<ver>/), since an
@@ -16,13 +16,17 @@ import os
 import re
 import shutil
 import string
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
+
+from pydantic import Field
 
 from edgetl import __version__
+from edgetl.choices import EnginePrecisionName, TritonKindName
 from edgetl.errors import DeployError, RunDirError
 from edgetl.io import write_text
 from edgetl.rundir import RunDir
+from edgetl.stage import SILENT, Events, Result, Settings, record_settings
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "config.pbtxt.tmpl"
 KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
@@ -33,36 +37,38 @@ TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE
                 "bfloat16": "TYPE_BF16"}
 
 
-@dataclass
-class TritonRepository:
+class TritonSettings(Settings):
+    """What `edgetl triton` writes."""
+
+    out: Optional[Path] = Field(None, description="model repository folder [default: RUN/triton]")
+    precision: EnginePrecisionName = "fp32"
+    max_batch: int = Field(8, ge=1, description="max_batch_size, the dynamic batcher's upper bound")
+    name: Optional[str] = Field(None, description="model name [default: the run folder's name]")
+    kind: TritonKindName = Field("gpu", description="instance kind of the ONNX model")
+    queue_delay_us: int = Field(100, ge=0, description="dynamic batching: max queue delay in microseconds")
+
+
+class TritonResult(Result):
+    """The model repository written."""
+
     path: Path
-    models: list[str] = field(default_factory=list)
-    backends: dict[str, str] = field(default_factory=dict)
+    models: dict[str, str]  # model name -> Triton backend (onnxruntime, tensorrt), in the order written
 
 
-def triton_repository(run_path: str | os.PathLike, out: str | os.PathLike | None = None, precision: str = "fp32",
-                      max_batch: int = 8, name: str | None = None, kind: str = "gpu",
-                      queue_delay_us: int = 100) -> TritonRepository:
+def triton(run_path: str | os.PathLike, cfg: TritonSettings, events: Events = SILENT) -> TritonResult:
     """Write (or refresh) the model repository and return what it holds."""
-    from edgetl.bundle import PRECISIONS, graph_io
+    from edgetl.bundle import graph_io
     from edgetl.card import ModelCard
 
     run = RunDir(run_path)
-    if precision not in PRECISIONS:
-        raise DeployError(f"--precision {precision}: not one of {', '.join(PRECISIONS)}")
-    if max_batch < 1:
-        raise DeployError(f"--max-batch {max_batch}: must be at least 1")
-    if queue_delay_us < 0:
-        raise DeployError(f"--queue-delay-us {queue_delay_us}: must be 0 or more")
-    if kind not in KINDS:
-        raise DeployError(f"--kind {kind}: not one of {', '.join(KINDS)}")
+    precision, max_batch, kind, queue_delay_us = cfg.precision, cfg.max_batch, cfg.kind, cfg.queue_delay_us
     # A CPU instance runs ONNX Runtime's CPU kernels, which are fast on U8S8 (the cpu target of quantize),
     # not on the symmetric S8S8 form made for TensorRT.
     onnx_path = run.onnx_for(precision, "cpu" if kind == "cpu" else "tensorrt")
     if precision == "fp32":
         hint = "run `edgetl export RUN` first"
     elif onnx_path.name.endswith(".cpu.onnx"):
-        hint = "run `edgetl quantize RUN --precision int8 --target cpu` first (or use --kind gpu for the TensorRT form)"
+        hint = "run `edgetl quantize RUN --precision int8 --target cpu` first (or use kind gpu for the TensorRT form)"
     else:
         hint = f"run `edgetl quantize RUN --precision {precision}` first"
     run.require(onnx_path, hint=hint)
@@ -72,27 +78,31 @@ def triton_repository(run_path: str | os.PathLike, out: str | os.PathLike | None
         raise DeployError(f"{onnx_path}: class name {bad!r} contains a line break, which Triton's labels.txt "
                           "cannot hold", "rename that class folder and fine-tune again")
     io_info = graph_io(onnx_path)
-    base = _model_name(name or run.path.resolve().name)
-    repo = TritonRepository(Path(out) if out is not None else run.triton_dir)
-    if repo.path.exists() and not repo.path.is_dir():
-        raise DeployError(f"--out {repo.path}: is a file, not a model repository folder", "give --out a folder name")
-
-    model = base if precision == "fp32" else f"{base}_{precision}"
-    _write_model(repo.path / model, model, "onnxruntime", onnx_path, "model.onnx", io_info, card, max_batch,
-                 KINDS[kind], queue_delay_us, source=onnx_path.name)
-    repo.models.append(model)
-    repo.backends[model] = "onnxruntime"
-    for plan in sorted(run.engines_dir.glob(f"*/model.{precision}.plan")):
+    base = _model_name(cfg.name or run.path.resolve().name)
+    path = cfg.out if cfg.out is not None else run.triton_dir
+    if path.exists() and not path.is_dir():
+        raise DeployError(f"out {path}: is a file, not a model repository folder", "give out a folder name")
+    plans = sorted(run.engines_dir.glob(f"*/model.{precision}.plan"))
+    for plan in plans:  # before anything is written
         engine_max = _engine_max_batch(plan)
         if engine_max is not None and engine_max < max_batch:
-            raise DeployError(f"{plan}: built for batches up to {engine_max}, --max-batch is {max_batch}",
-                              f"pass --max-batch {engine_max} or rebuild the engine for a larger batch")
+            raise DeployError(f"{plan}: built for batches up to {engine_max}, max_batch is {max_batch}",
+                              f"set max_batch {engine_max} or rebuild the engine for a larger batch")
+
+    models: dict[str, str] = {}
+    model = base if precision == "fp32" else f"{base}_{precision}"
+    events.status(f"writing {model}")
+    _write_model(path / model, model, "onnxruntime", onnx_path, "model.onnx", io_info, card, max_batch,
+                 KINDS[kind], queue_delay_us, source=onnx_path.name)
+    models[model] = "onnxruntime"
+    for plan in plans:
         trt_model = f"{model}_trt_{_model_name(plan.parent.name)}"
-        _write_model(repo.path / trt_model, trt_model, "tensorrt", plan, "model.plan", io_info, card, max_batch,
+        events.status(f"writing {trt_model}")
+        _write_model(path / trt_model, trt_model, "tensorrt", plan, "model.plan", io_info, card, max_batch,
                      "KIND_GPU", queue_delay_us, source=f"{plan.parent.name}/{plan.name}")
-        repo.models.append(trt_model)
-        repo.backends[trt_model] = "tensorrt"
-    return repo
+        models[trt_model] = "tensorrt"
+    record_settings(run.path, "triton", cfg)
+    return TritonResult(path=path, models=models)
 
 
 def _model_name(text: str) -> str:
@@ -166,4 +176,4 @@ def _write_model(folder: Path, name: str, backend: str, model_file: Path, filena
     write_text(folder / "config.pbtxt", text)  # last: a folder with a config is complete
 
 
-__all__ = ["TritonRepository", "render_config", "triton_repository"]
+__all__ = ["TritonResult", "TritonSettings", "render_config", "triton"]

@@ -17,6 +17,12 @@ from edgetl.io import write_bytes, write_json
 from edgetl.card import ModelCard
 from edgetl.errors import BackendUnavailable, EdgetlError, EngineMismatch, RunDirError
 from edgetl.rundir import RunDir
+from edgetl.stage import load_settings
+
+
+def cfg(**settings) -> B.BuildSettings:
+    """Build settings as the command line makes them (a bad value is one EdgetlError naming the setting)."""
+    return load_settings(B.BuildSettings, None, settings)
 
 
 def _has_tensorrt() -> bool:
@@ -42,7 +48,7 @@ def test_parse_batch():
     assert B.Profile(1, 8, 32).shapes((3, 224, 224)) == {"min": (1, 3, 224, 224), "opt": (8, 3, 224, 224),
                                                          "max": (32, 3, 224, 224)}
     for bad in ("0,1,2", "8,4,16", "1,16,8", "a,b,c", "1,2", "", "-1"):
-        with pytest.raises(EdgetlError, match="--batch"):
+        with pytest.raises(EdgetlError, match="batch"):
             B.parse_batch(bad)
 
 
@@ -64,7 +70,7 @@ def test_profile_checked_against_the_onnx_input(exported, tmp_path):
     assert B.check_profile(B.Profile(2, 2, 2), sdims, "s") == (3, 8, 8)
     with pytest.raises(EdgetlError, match="fixed batch of 2") as e:
         B.check_profile(B.Profile(1, 1, 8), sdims, "s")
-    assert "--batch 2" in e.value.hint
+    assert "set batch 2" in e.value.hint
     with pytest.raises(EdgetlError, match="only the batch axis may be dynamic"):
         B.check_profile(B.Profile(1, 1, 1), ["n", 3, "h", 8], "d")
 
@@ -88,25 +94,25 @@ def test_trtexec_line():
 
 # -- without TensorRT --------------------------------------------------------------------------------
 def test_bad_input_is_refused_before_tensorrt(exported, tmp_path):
-    with pytest.raises(EdgetlError, match="unknown precision 'fp8'"):
-        B.build(exported, precision="fp8")
+    with pytest.raises(EdgetlError, match="setting 'precision': Input should be 'fp32', 'fp16' or 'int8'"):
+        B.build(exported, cfg(precision="fp8"))
     with pytest.raises(RunDirError, match="model.int8.onnx is missing") as e:
-        B.build(exported, precision="int8")
+        B.build(exported, cfg(precision="int8"))
     assert "edgetl quantize --precision int8" in e.value.hint
-    with pytest.raises(EdgetlError, match="--batch"):
-        B.build(exported, batch="4,2,1")
-    with pytest.raises(EdgetlError, match="--opt-level 7"):
-        B.build(exported, opt_level=7)
+    with pytest.raises(EdgetlError, match="setting 'batch': .*batch '4,2,1': expected MIN,OPT,MAX"):
+        B.build(exported, cfg(batch="4,2,1"))
+    with pytest.raises(EdgetlError, match="setting 'opt_level': Input should be less than or equal to 5"):
+        B.build(exported, cfg(opt_level=7))
     with pytest.raises(EdgetlError, match="DLA runs fp16 and int8 graphs only") as e:
-        B.build(exported, precision="fp32", dla_core=0)  # every layer would fall back to the GPU
-    assert "--precision fp16 or int8" in e.value.hint
+        B.build(exported, cfg(precision="fp32", dla_core=0))  # every layer would fall back to the GPU
+    assert "precision fp16 or int8" in e.value.hint
     assert not RunDir(exported).engines_dir.exists()
 
 
 @needs_no_tensorrt
 def test_build_without_tensorrt_is_one_clear_error(exported):
     with pytest.raises(BackendUnavailable, match="TensorRT is not installed here"):
-        B.build(exported)
+        B.build(exported, cfg())
     assert not RunDir(exported).engines_dir.exists()
 
 
@@ -148,7 +154,7 @@ def test_real_build_load_and_parity(exported, tmp_path):
     from edgetl.runtime import create_backend, resolve_model_file
 
     run = RunDir(shutil.copytree(exported, tmp_path / "run"))
-    res = B.build(run.path, precision="fp32", batch="1,4,8")
+    res = B.build(run.path, cfg(precision="fp32", batch="1,4,8"))
     side = read_sidecar(res.plan)
     assert side["profile"]["max"][0] == 8 and res.trtexec.startswith("trtexec --onnx=")
     assert (res.plan.parent / "timing.cache").stat().st_size > 0
@@ -175,19 +181,31 @@ def test_real_build_load_and_parity(exported, tmp_path):
 
 # -- the CLI with TensorRT-RTX (its builder runs on this CPU) -----------------------------------------------
 def test_cli_build_rtx(exported, tmp_path):
+    """Settings from --config, an option given on the command line winning, the resolved settings recorded."""
     pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is x86-64 Linux/Windows only")
     import tensorrt_rtx
+    import yaml
 
     run = shutil.copytree(exported, tmp_path / "run")
-    proc = subprocess.run([sys.executable, "-m", "edgetl.cli", "build", str(run), "--target", "rtx",
-                           "--compute-capability", "8.6,8.9", "--batch", "1,2,4"], capture_output=True, text=True)
+    given = tmp_path / "build.yaml"
+    given.write_text("target: rtx\ncompute_capability: [8.6, 8.9]\nbatch: 1,1,8\n")
+    proc = subprocess.run([sys.executable, "-m", "edgetl.cli", "build", str(run), "--config", str(given),
+                           "--batch", "1,2,4"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     plan = run / "engines" / f"sm86-sm89-trtrtx{tensorrt_rtx.__version__}" / "model.fp32.plan"
     assert f"engine: {plan} (" in proc.stdout and "trtexec" not in proc.stdout  # paths are never wrapped
     side = read_sidecar(plan)
-    assert side["target_compute_capabilities"] == ["8.6", "8.9"] and side["profile"]["max"][0] == 4
+    assert side["target_compute_capabilities"] == ["8.6", "8.9"]  # from the file (a YAML list)
+    assert side["profile"]["max"][0] == 4  # --batch 1,2,4 wins over the file's 1,1,8
+    recorded = yaml.safe_load((run / "settings" / "build.yaml").read_text())
+    assert recorded == {**B.BuildSettings().model_dump(mode="json"), "target": "rtx", "compute_capability": "8.6,8.9",
+                        "batch": "1,2,4"}
     # an option the flavour cannot honour is one line, not a traceback
     proc = subprocess.run([sys.executable, "-m", "edgetl.cli", "build", str(run), "--target", "rtx", "--dla-core", "0"],
                           capture_output=True, text=True)
-    assert proc.returncode == 1 and proc.stderr.startswith("error: --dla-core: TensorRT-RTX has no DLA")
+    assert proc.returncode == 1 and proc.stderr.startswith("error: dla_core: TensorRT-RTX has no DLA")
     assert "Traceback" not in proc.stderr
+    # a target typer does not know is a usage error (exit 2), before anything runs
+    proc = subprocess.run([sys.executable, "-m", "edgetl.cli", "build", str(run), "--target", "jetson"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "--target" in proc.stderr and "Traceback" not in proc.stderr

@@ -127,7 +127,7 @@ def test_missing_precision_is_one_clear_line(exported_run):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "model.int8.onnx is missing" in res.stderr and "edgetl quantize" in res.stderr
-    with pytest.raises(DeployError, match="not one of"):
+    with pytest.raises(DeployError, match="precision int4: not one of"):
         make_bundle(exported_run, "int4")
 
 
@@ -277,3 +277,37 @@ def test_engine_of_another_bundle_is_reused_only_when_it_matches(bundle, tmp_pat
     assert (target / "model.int8.plan").read_bytes() == b"engine bytes"
     assert (target / "model.int8.json").read_bytes() == sidecar.read_bytes()
     assert sorted(p.name for p in target.iterdir()) == ["model.int8.json", "model.int8.plan"]
+
+
+def test_bundle_stage_settings_file_options_winning_and_result(exported_run, tmp_path):
+    import yaml
+
+    from edgetl.bundle import BundleResult, BundleSettings, bundle
+    from edgetl.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(exported_run, run, ignore=shutil.ignore_patterns("bundles", "devices", "triton", "settings"))
+    given = tmp_path / "bundle.yaml"
+    given.write_text("max_images: 20\ntar: true\n")
+    with pytest.raises(SystemExit) as done:
+        main(["bundle", str(run), "--config", str(given)])
+    assert done.value.code == 0
+    tarball = run / "bundles" / "run-fp32.tar.gz"
+    with tarfile.open(tarball) as tar:  # both settings from the file
+        assert json.load(tar.extractfile("run-fp32/manifest.json"))["data"]["n"] == 20
+    assert yaml.safe_load((run / "settings" / "bundle.yaml").read_text()) == {
+        "precision": "fp32", "out": None, "tar": True, "max_images": 20}
+
+    with pytest.raises(SystemExit) as done:
+        main(["bundle", str(run), "--config", str(given), "--max-images", "30", "--no-tar"])
+    assert done.value.code == 0
+    manifest = json.loads((run / "bundles" / "fp32" / "manifest.json").read_text())
+    assert manifest["data"]["n"] == 30  # the option given wins over the file's 20
+    assert yaml.safe_load((run / "settings" / "bundle.yaml").read_text())["tar"] is False
+
+    # the result is what the bundle holds: unchanged settings reuse it
+    result = bundle(run, BundleSettings(max_images=30))
+    assert isinstance(result, BundleResult) and result.reused and result.tarball is None
+    assert result.files == {rel: e["size"] for rel, e in manifest["files"].items()}
+    assert result.images == 30 and result.reference_top1 == manifest["reference"]["top1"]
+    assert result.sha256 == hashlib.sha256((run / "bundles" / "fp32" / "manifest.json").read_bytes()).hexdigest()

@@ -112,3 +112,15 @@ def test_ctrl_c_during_finetune_overwrite_keeps_the_old_run(trained_run, digits,
     assert f"{out.resolve()} still holds the previous run" in lines[0] and "--resume" in lines[0]
     assert tree_digest(out) == before
     assert (pending / "last_checkpoint.pt").exists()  # --resume continues it (tests/test_faults.py)
+
+
+def test_overrides_are_the_options_given_as_plain_values():
+    from pathlib import Path
+
+    from edgetl.choices import EnginePrecision
+    from edgetl.cli import _overrides
+
+    given = {"run": Path("runs/x"), "config": Path("b.yaml"), "precision": EnginePrecision("int8"), "batch": None,
+             "onnx": Path("m.onnx"), "batch_size": [1, 8], "tar": False}
+    # not given (None), the run argument and --config are no settings; False (--no-tar) is one
+    assert _overrides(given, "run") == {"precision": "int8", "onnx": "m.onnx", "batch_size": [1, 8], "tar": False}

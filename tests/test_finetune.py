@@ -14,7 +14,6 @@ from safetensors import safe_open
 from edgetl.card import ModelCard
 from edgetl.config import FinetuneConfig, load_config
 from edgetl.errors import EdgetlError, RunDirError
-from edgetl.evaluate import eval_run
 from edgetl.finetune import Events, finetune
 from edgetl.models import load_trained
 from tests.conftest import tiny_config
@@ -39,13 +38,6 @@ def test_card_travels_in_the_checkpoint(trained_run):
     assert card.input_size == (3, 32, 32) and card.resize == 32 and len(card.weights_sha256) == 64
     with safe_open(str(trained_run / "model.safetensors"), "pt") as f:
         assert "fc.weight" in f.keys()
-
-
-def test_eval_reproduces_metrics_json(trained_run):
-    saved = json.loads((trained_run / "metrics.json").read_text())
-    again = eval_run(trained_run).model_dump()
-    for key in ("top1", "top5", "macro_f1", "auc_roc", "confusion", "per_class_accuracy"):
-        assert again[key] == saved[key], key
 
 
 def test_linear_strategy_leaves_backbone_unchanged(trained_run, digits, tmp_path):

@@ -51,3 +51,36 @@ def test_top5_and_absent_class():
     assert m["top5"] == pytest.approx(top5)
     assert m["per_class_accuracy"]["6"] is None
     assert m["auc_roc"] is not None
+
+
+def test_every_metric_by_hand_and_eval_agrees_with_training(trained_run):
+    """Six classes, one image each, probabilities chosen so every figure is countable by hand:
+    true 0 1 2 3 4 5, predicted (argmax) 0 1 3 3 0 5; image 4's true class has the lowest score (top-5 miss)."""
+    p = np.array([[.50, .10, .10, .10, .15, .05],
+                  [.05, .60, .10, .10, .05, .10],
+                  [.10, .05, .30, .40, .10, .05],
+                  [.05, .10, .35, .38, .06, .06],
+                  [.40, .20, .15, .15, .02, .08],
+                  [.10, .05, .10, .05, .10, .60]])
+    logits = np.log(p) + np.arange(6)[:, None]  # a per-row shift changes no softmax
+    m = classification_metrics(logits, np.arange(6), list("abcdef"))
+    assert m["top1"] == pytest.approx(4 / 6)
+    assert m["top5"] == pytest.approx(5 / 6)
+    # F1 per class: a P=1/2 R=1 -> 2/3; b 1; c 0; d P=1/2 R=1 -> 2/3; e 0; f 1
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1 + 0 + 2 / 3 + 0 + 1) / 6)
+    # one-vs-rest AUC = share of the 5 negatives scored below the one positive, per class:
+    # a 5/5, b 5/5, c 4/5 (d's .35 > .30), d 4/5 (c's .40 > .38), e 0/5 (.02 is the lowest), f 5/5
+    assert m["auc_roc"] == pytest.approx((1 + 1 + .8 + .8 + 0 + 1) / 6)
+    assert m["confusion"] == [[1, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0],
+                              [0, 0, 0, 1, 0, 0], [1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1]]
+    assert m["per_class_accuracy"] == {"a": 1.0, "b": 1.0, "c": 0.0, "d": 1.0, "e": 0.0, "f": 1.0}
+
+    # consistency, second: `edgetl eval` on a run scores its val split as training's final evaluation did
+    import json
+
+    from edgetl.evaluate import eval_run
+
+    saved = json.loads((trained_run / "metrics.json").read_text())
+    again = eval_run(trained_run)
+    for key in ("top1", "top5", "macro_f1", "auc_roc", "confusion", "per_class_accuracy"):
+        assert again[key] == saved[key], key

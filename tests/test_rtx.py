@@ -21,6 +21,7 @@ from edgetl import engine as E  # noqa: E402
 from edgetl.errors import BackendUnavailable, EdgetlError, EngineMismatch  # noqa: E402
 from edgetl.rundir import RunDir  # noqa: E402
 from edgetl.scaffold import FAMILIES  # noqa: E402
+from edgetl.stage import load_settings  # noqa: E402
 
 ONNX_FILES = ("model.onnx", "model.fp16.onnx", "model.int8.onnx")
 DEFAULT_CCS = ["8.6", "8.9", "12.0"]
@@ -53,13 +54,18 @@ def hand_graph(path: Path, nodes, props, opset: int = 17) -> Path:
     return path
 
 
+def cfg(**settings) -> B.BuildSettings:
+    """Build settings as the command line makes them (a bad value is one EdgetlError naming the setting)."""
+    return load_settings(B.BuildSettings, None, settings)
+
+
 # -- five families x three precisions ----------------------------------------------------------------
 @pytest.mark.parametrize("family", FAMILIES)
 def test_rtx_parses_and_builds_every_graph_edgetl_writes(family, family_graphs, tmp_path):
     run = linked_run(family_graphs(family), tmp_path / "run")
     layers = {}
     for precision in ("fp32", "fp16", "int8"):
-        res = B.build(run, precision=precision, target="rtx", batch="1,2,4")
+        res = B.build(run, cfg(precision=precision, target="rtx", batch="1,2,4"))
         assert res.plan == run / "engines" / f"sm86-sm89-sm120-trtrtx{rtx.__version__}" / f"model.{precision}.plan"
         data = res.plan.read_bytes()
         assert len(data) > 100_000  # a real engine: weights and compiled code, not a header
@@ -80,18 +86,18 @@ def test_rtx_parses_and_builds_every_graph_edgetl_writes(family, family_graphs, 
 
 def test_compute_capability_targets(family_graphs, tmp_path):
     run = linked_run(family_graphs("resnet18"), tmp_path / "run")
-    res = B.build(run, precision="fp16", target="rtx", compute_capabilities="8.9", batch="1")
+    res = B.build(run, cfg(precision="fp16", target="rtx", compute_capability="8.9", batch="1"))
     assert res.plan.parent.name == f"sm89-trtrtx{rtx.__version__}"
     assert E.read_sidecar(res.plan)["target_compute_capabilities"] == ["8.9"]
     # Turing has no fp32 GEMM in TensorRT-RTX: the builder itself refuses, edgetl says its reason, no file
     with pytest.raises(EdgetlError, match="could not build an engine: .*(Turing|SM75)"):
-        B.build(run, precision="fp32", target="rtx", compute_capabilities="7.5", batch="1")
+        B.build(run, cfg(precision="fp32", target="rtx", compute_capability="7.5", batch="1"))
     assert not (run / "engines" / f"sm75-trtrtx{rtx.__version__}" / "model.fp32.plan").exists()
-    with pytest.raises(EdgetlError, match="--compute-capability 7.0: TensorRT-RTX .* builds for .*8.6, 8.9, 12.0"):
-        B.build(run, precision="fp16", target="rtx", compute_capabilities="8.6,7.0")
+    with pytest.raises(EdgetlError, match="compute_capability 7.0: TensorRT-RTX .* builds for .*8.6, 8.9, 12.0"):
+        B.build(run, cfg(precision="fp16", target="rtx", compute_capability="8.6,7.0"))
     for bad in ("86", "sm86", "8.6;8.9", ""):
-        with pytest.raises(EdgetlError, match="--compute-capability"):
-            B.build(run, precision="fp16", target="rtx", compute_capabilities=bad or ",")
+        with pytest.raises(EdgetlError, match="setting 'compute_capability'"):
+            B.build(run, cfg(precision="fp16", target="rtx", compute_capability=bad or ","))
 
 
 def test_flavour_refusals_come_before_any_nvidia_library(family_graphs, tmp_path, monkeypatch):
@@ -102,14 +108,14 @@ def test_flavour_refusals_come_before_any_nvidia_library(family_graphs, tmp_path
 
     monkeypatch.setattr(B, "import_flavour", no_library)
     with pytest.raises(EdgetlError, match="TensorRT-RTX has no DLA"):
-        B.build(run, precision="int8", target="rtx", dla_core=0)
-    with pytest.raises(EdgetlError, match="--version-compatible: a TensorRT-RTX engine runs on the TensorRT-RTX "
+        B.build(run, cfg(precision="int8", target="rtx", dla_core=0))
+    with pytest.raises(EdgetlError, match="version_compatible: a TensorRT-RTX engine runs on the TensorRT-RTX "
                                           "version that built it"):
-        B.build(run, precision="int8", target="rtx", version_compatible=True)
-    with pytest.raises(EdgetlError, match="--compute-capability: TensorRT builds for the GPU it runs on"):
-        B.build(run, precision="int8", compute_capabilities="8.6")
-    with pytest.raises(EdgetlError, match="--target jetson: unknown build target"):
-        B.build(run, precision="int8", target="jetson")
+        B.build(run, cfg(precision="int8", target="rtx", version_compatible=True))
+    with pytest.raises(EdgetlError, match="compute_capability: TensorRT builds for the GPU it runs on"):
+        B.build(run, cfg(precision="int8", compute_capability="8.6"))
+    with pytest.raises(EdgetlError, match="setting 'target': Input should be 'tensorrt' or 'rtx'"):
+        B.build(run, cfg(precision="int8", target="jetson"))
     assert not (run / "engines").exists()
 
 
@@ -134,13 +140,13 @@ def test_cpu_form_int8_is_refused_before_the_parser(family_graphs, tmp_path, mon
     # ... and edgetl says so before any parser runs, naming the file to build instead
     monkeypatch.setattr(B, "import_flavour", lambda _lib: pytest.fail("the parser was reached"))
     with pytest.raises(EdgetlError) as e:
-        B.build(run, precision="int8", target="rtx", onnx_file=cpu_form)
+        B.build(run, cfg(precision="int8", target="rtx", onnx=cpu_form))
     assert str(e.value.message).count("\n") == 0
     assert "ONNX Runtime (CPU) form of the int8 graph" in e.value.message
     assert str(run / "model.int8.onnx") in e.value.hint and "--precision int8" in e.value.hint
     renamed = shutil.copy(cpu_form, run / "mine.onnx")  # by content, whatever its name
     with pytest.raises(EdgetlError, match="uint8 .asymmetric. Q/DQ, the ONNX Runtime .CPU. int8 form"):
-        B.build(run, precision="int8", target="rtx", onnx_file=renamed)
+        B.build(run, cfg(precision="int8", target="rtx", onnx=renamed))
     assert not (run / "engines").exists()
 
 
@@ -153,7 +159,7 @@ def test_an_op_the_parser_cannot_take_is_one_line_per_error_and_no_engine(family
                                             helper.make_node("Unique", ["r"], ["y"], name="uniq0")],
                        card_props(family_graphs("resnet18")))
     with pytest.raises(EdgetlError) as e:
-        B.build(run, precision="fp32", target="rtx", onnx_file=graph)
+        B.build(run, cfg(precision="fp32", target="rtx", onnx=graph))
     head, *errors = e.value.message.splitlines()
     assert head == f"{graph}: TensorRT-RTX {rtx.__version__}'s ONNX parser cannot take it:"
     assert errors == ["  node 1 'uniq0' (Unique): unsupported node (checkUnique failed)"]
@@ -168,7 +174,7 @@ def test_parser_warnings_are_kept_when_parsing_succeeds(family_graphs, tmp_path)
     graph = hand_graph(run / "model.onnx", [helper.make_node("RandomUniformLike", ["images"], ["r"], seed=3.0),
                                             helper.make_node("Add", ["images", "r"], ["y"])],
                        card_props(family_graphs("resnet18")))
-    res = B.build(run, precision="fp32", target="rtx", onnx_file=graph, batch="1")
+    res = B.build(run, cfg(precision="fp32", target="rtx", onnx=graph, batch="1"))
     assert res.plan.exists()
     seed = [w for w in res.parser_warnings if 'ignores the "seed" field' in w]
     assert len(seed) == 1 and seed[0] in res.warnings
@@ -220,7 +226,7 @@ def test_a_bad_timing_cache_falls_back_to_an_empty_one(tmp_path):
 @pytest.fixture(scope="module")
 def rtx_engine_run(family_graphs, tmp_path_factory):
     run = linked_run(family_graphs("resnet18"), tmp_path_factory.mktemp("rtx-engine") / "run")
-    return run, B.build(run, precision="int8", target="rtx", batch="1,1,4").plan
+    return run, B.build(run, cfg(precision="int8", target="rtx", batch="1,1,4")).plan
 
 
 def test_an_rtx_engine_where_no_gpu_is_says_what_it_is_for(rtx_engine_run):
@@ -266,7 +272,7 @@ def test_rtx_engine_runs_on_an_rtx_gpu_like_onnxruntime(family_graphs, tmp_path)
     except BackendUnavailable as e:
         pytest.skip(f"needs an RTX GPU: {e.message}")
     run = linked_run(family_graphs("resnet18"), tmp_path / "run")
-    res = B.build(run, precision="fp32", target="rtx", batch="1,2,4")
+    res = B.build(run, cfg(precision="fp32", target="rtx", batch="1,2,4"))
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     with create_backend("onnxruntime", run / "model.onnx") as ort:
         expected = ort.infer(x)

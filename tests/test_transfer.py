@@ -126,7 +126,7 @@ def _cli(*args):
 def test_demo_rejects_bad_options_before_writing(tmp_path):
     a_file = tmp_path / "file.txt"
     a_file.write_text("mine")
-    for args, expected in ((["demo", "--out", tmp_path / "d", "--epochs", "0"], "--epochs"),
+    for args, expected in ((["demo", "--out", tmp_path / "d", "--epochs", "0"], "setting 'epochs'"),
                            (["demo", "--out", a_file], "file.txt")):
         res = _cli(*args)
         assert res.returncode == 1, res
@@ -135,14 +135,19 @@ def test_demo_rejects_bad_options_before_writing(tmp_path):
 
 
 def test_demo_option_checks(tmp_path):
-    from edgetl.demo import check_demo_options
+    from edgetl.demo import DemoSettings, check_demo_out
+    from edgetl.stage import load_settings
 
-    good = dict(out=tmp_path / "d", epochs=None, shots=10, seeds=3, img_size=16, model="test_resnet",
-                source="rotation", strategy="full")
-    check_demo_options(**good)
-    for bad, expected in ((dict(shots=0), "--shots"), (dict(seeds=0), "--seeds"), (dict(img_size=4), "--img-size"),
-                          (dict(model="no_such_net"), "--model"), (dict(source="imagenet"), "--source"),
-                          (dict(strategy="bogus"), "--strategy")):
+    assert load_settings(DemoSettings, None, {}) == DemoSettings(shots=10, seeds=3, img_size=16, model="test_resnet",
+                                                                 source="rotation", strategy="full", epochs=None)
+    for bad, expected in ((dict(shots=0), "'shots'"), (dict(seeds=0), "'seeds'"), (dict(img_size=4), "'img_size'"),
+                          (dict(model="no_such_net"), "model no_such_net: timm does not know"),
+                          (dict(source="imagenet"), "'source'"), (dict(strategy="bogus"), "strategy bogus: use one of")):
         with pytest.raises(EdgetlError, match=expected):
-            check_demo_options(**{**good, **bad})
+            load_settings(DemoSettings, None, bad)
+    a_file = tmp_path / "f"
+    a_file.write_text("mine")
+    with pytest.raises(EdgetlError, match="is a file"):
+        check_demo_out(a_file)
+    check_demo_out(tmp_path / "d")
     assert not (tmp_path / "d").exists()

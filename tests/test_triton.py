@@ -7,8 +7,14 @@ import shutil
 
 import pytest
 
-from edgetl.errors import DeployError, RunDirError
-from edgetl.triton import triton_repository
+from edgetl.errors import DeployError, EdgetlError, RunDirError
+from edgetl.stage import load_settings
+from edgetl.triton import TritonSettings, triton
+
+
+def triton_repository(run, out, **settings):
+    """The stage with its settings made as the command line makes them (a bad value is one EdgetlError)."""
+    return triton(run, load_settings(TritonSettings, None, {"out": out, **settings}))
 
 try:  # Triton's own ModelConfig message, where the client package is installed (pip install tritonclient[grpc])
     from google.protobuf import text_format
@@ -46,7 +52,7 @@ def test_repository_matches_onnx_graph(exported_run, tmp_path):
     import onnxruntime as ort
 
     repo = triton_repository(exported_run, tmp_path / "repo", max_batch=16, queue_delay_us=250)
-    assert repo.models == ["digits_run"] and repo.backends == {"digits_run": "onnxruntime"}
+    assert repo.models == {"digits_run": "onnxruntime"}
     folder = tmp_path / "repo" / "digits_run"
     assert (folder / "1" / "model.onnx").read_bytes() == (exported_run / "model.onnx").read_bytes()
     assert (folder / "labels.txt").read_text().split() == ["0", "1", "2", "3", "4"]
@@ -110,7 +116,7 @@ def test_engine_gets_a_tensorrt_model(exported_run, tmp_path):
     (engine_dir / "model.fp32.json").write_text(json.dumps({"profile": {"input": "images", "min": [1, 3, 32, 32],
                                                                         "opt": [8, 3, 32, 32], "max": [8, 3, 32, 32]}}))
     repo = triton_repository(run, tmp_path / "repo", max_batch=8)
-    assert repo.backends == {"withengine": "onnxruntime", "withengine_trt_orin-trt10.3.0": "tensorrt"}
+    assert repo.models == {"withengine": "onnxruntime", "withengine_trt_orin-trt10.3.0": "tensorrt"}
     trt = tmp_path / "repo" / "withengine_trt_orin-trt10.3.0"
     assert (trt / "1" / "model.plan").read_bytes() == b"engine bytes as built on the device"
     cfg = _parse((trt / "config.pbtxt").read_text())
@@ -124,11 +130,11 @@ def test_engine_gets_a_tensorrt_model(exported_run, tmp_path):
 def test_bad_input(exported_run, tmp_path):
     with pytest.raises(RunDirError, match="model.int8.onnx"):
         triton_repository(exported_run, tmp_path / "r", precision="int8")
-    with pytest.raises(DeployError):
+    with pytest.raises(EdgetlError, match="setting 'max_batch'"):
         triton_repository(exported_run, tmp_path / "r", max_batch=0)
-    with pytest.raises(DeployError):
+    with pytest.raises(EdgetlError, match="setting 'kind': Input should be 'gpu' or 'cpu'"):
         triton_repository(exported_run, tmp_path / "r", kind="tpu")
-    with pytest.raises(DeployError, match="queue-delay-us"):
+    with pytest.raises(EdgetlError, match="setting 'queue_delay_us'"):
         triton_repository(exported_run, tmp_path / "r", queue_delay_us=-1)
     assert not (tmp_path / "r").exists()  # refused before anything is written
 
@@ -180,9 +186,42 @@ def test_int8_cpu_kind_ships_the_cpu_form(exported_copy, tmp_path):
     cpu = triton_repository(run, tmp_path / "cpu", precision="int8", kind="cpu", name="m")
     served = tmp_path / "cpu" / "m_int8" / "1" / "model.onnx"
     assert served.read_bytes() == (run / "model.int8.cpu.onnx").read_bytes()
-    assert cpu.backends == {"m_int8": "onnxruntime"} and "KIND_CPU" in (served.parent.parent / "config.pbtxt").read_text()
+    assert cpu.models == {"m_int8": "onnxruntime"} and "KIND_CPU" in (served.parent.parent / "config.pbtxt").read_text()
     # U8S8: activations quantized to uint8 (the TensorRT form is int8 throughout)
     zero_points = {t.data_type for t in onnx.load(str(served)).graph.initializer if t.name.endswith("zero_point")}
     assert onnx.TensorProto.UINT8 in zero_points
     triton_repository(run, tmp_path / "gpu", precision="int8", kind="gpu", name="m")
     assert (tmp_path / "gpu" / "m_int8" / "1" / "model.onnx").read_bytes() == (run / "model.int8.onnx").read_bytes()
+
+
+def test_cli_triton_settings_from_a_file_options_winning_and_recorded(exported_run, tmp_path):
+    import yaml
+
+    from edgetl.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(exported_run, run, ignore=shutil.ignore_patterns("bundles", "devices", "triton", "settings"))
+    given = tmp_path / "triton.yaml"
+    given.write_text("max_batch: 4\nname: from yaml\nqueue_delay_us: 50\nkind: cpu\n")
+    with pytest.raises(SystemExit) as done:
+        main(["triton", str(run), "--out", str(tmp_path / "repo"), "--config", str(given), "--queue-delay-us", "250"])
+    assert done.value.code == 0
+    text = (tmp_path / "repo" / "from_yaml" / "config.pbtxt").read_text()
+    assert "max_batch_size: 4" in text and "KIND_CPU" in text  # from the file
+    assert "max_queue_delay_microseconds: 250" in text  # the option given wins over the file's 50
+    recorded = run / "settings" / "triton.yaml"
+    assert yaml.safe_load(recorded.read_text()) == {"out": str(tmp_path / "repo"), "precision": "fp32", "max_batch": 4,
+                                                     "name": "from yaml", "kind": "cpu", "queue_delay_us": 250}
+    # the recorded settings repeat the step exactly
+    with pytest.raises(SystemExit) as again:
+        main(["triton", str(run), "--config", str(recorded), "--out", str(tmp_path / "repo2")])
+    assert again.value.code == 0
+    assert (tmp_path / "repo2" / "from_yaml" / "config.pbtxt").read_text() == text
+
+
+def test_cli_triton_refuses_an_unknown_kind_before_running(exported_run, tmp_path):
+    from tests.test_faults import run_script
+
+    res = run_script("triton", exported_run, "--out", tmp_path / "repo", "--kind", "tpu")
+    assert res.returncode == 2 and "'tpu' is not one of 'gpu', 'cpu'" in res.stderr.replace('"', "'"), res.stderr
+    assert not (tmp_path / "repo").exists()

@@ -1,4 +1,4 @@
-"""rich output shared by the CLI commands: one console, progress bars, tables."""
+"""The consoles (stdout, stderr) and what several renderers share: progress bars, the epoch line, the metrics table."""
 
 from __future__ import annotations
 
@@ -42,10 +42,15 @@ def finetune_events():
 
         def epoch_end(row: dict) -> None:
             progress.remove_task(state.pop("task"))
-            mark = " *" if row.get("best") else ""
-            console.print(f"epoch {row['epoch']:>3}  train loss {row['train_loss']:.4f} top-1 {row['train_top1']:.3f}  "
-                          f"val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.3f}  "
-                          f"{row['images_per_second']:.0f} img/s{mark}", markup=False, soft_wrap=True)
+            print_epoch(row)
 
         yield Events(message=message, epoch_start=epoch_start, step=step, epoch_end=epoch_end,
                      check_progress=check_progress)
+
+
+def print_epoch(row: dict) -> None:
+    """One line per finished training epoch (a finetune 'epoch' record)."""
+    mark = " *" if row.get("best") else ""
+    console.print(f"epoch {row['epoch']:>3}  train loss {row['train_loss']:.4f} top-1 {row['train_top1']:.3f}  "
+                  f"val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.3f}  "
+                  f"{row['images_per_second']:.0f} img/s{mark}", markup=False, soft_wrap=True)
