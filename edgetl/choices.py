@@ -28,3 +28,12 @@ EnginePrecision = as_enum("EnginePrecision", EnginePrecisionName)
 QuantPrecision = as_enum("QuantPrecision", QuantPrecisionName)
 Backend = as_enum("Backend", BackendName)
 Device = as_enum("Device", DeviceName)
+
+# finetune (the CLI needs them without importing torch, so they live here rather than in edgetl.finetune)
+StrategyName = Literal["linear", "partial", "full", "lp-ft"]
+DistBackendName = Literal["auto", "nccl", "gloo"]  # auto: nccl on CUDA, gloo on the CPU
+BaselineName = Literal["scratch"]
+
+Strategy = as_enum("Strategy", StrategyName)
+DistBackend = as_enum("DistBackend", DistBackendName)
+Baseline = as_enum("Baseline", BaselineName)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgetl.config import FinetuneConfig
-from edgetl.presentation.console import console, finetune_events
+from edgetl.presentation.console import console
+from edgetl.presentation.finetune import finetune_events
 from edgetl.data.demo import write_demo_data
 from edgetl.errors import EdgetlError
-from edgetl.finetune import finetune
+from edgetl.finetune import FinetuneSettings, finetune
 from edgetl.io import read_json
 
 STEPS = 50         # optimiser steps per target run, both arms (as in the evidence sweep)
@@ -81,11 +81,11 @@ def run_demo(out: Path, epochs: int | None = None, model: str = "test_resnet", i
         console.rule(f"2.{seed + 1} seed {seed}: transfer ({strategy}) and its from-scratch baseline")
         target = data["target"] if seed == 0 else write_demo_data(out / f"data-seed{seed}", size=img_size,
                                                                   shots=shots, holdout=HOLDOUT, shot_seed=seed)["target"]
-        cfg = FinetuneConfig(data=str(target), out=str(out / f"transfer-seed{seed}"), weights=str(source_run),
-                             strategy=strategy, epochs=epochs, batch_size=BATCH, seed=seed, baseline="scratch",
-                             **target_recipe, **common)
+        cfg = FinetuneSettings(data=str(target), weights=str(source_run), strategy=strategy, epochs=epochs,
+                               batch_size=BATCH, seed=seed, baseline="scratch", **target_recipe, **common)
+        run = out / f"transfer-seed{seed}"
         with finetune_events() as events:
-            run = finetune(cfg, overwrite=True, events=events).path
+            finetune(run, cfg, events, overwrite=True)
         m = read_json(run / "metrics.json")
         runs.append(run)
         rows.append({"seed": seed, "transfer": m["top1"], "scratch": m["baseline"]["top1"],
@@ -101,11 +101,12 @@ def _source(source: str, data: dict, out: Path, settings: dict) -> Path:
 
     with finetune_events() as events:
         if source == "rotation":
-            return pretrain_rotation(unlabelled_images(data["unlabelled"]), out / "source", events=events,
-                                     epochs=SOURCE_EPOCHS[source], **settings).path
-        return finetune(FinetuneConfig(data=str(data["source"]), out=str(out / "source"),
-                                       epochs=SOURCE_EPOCHS[source], **settings),
-                        overwrite=True, events=events).path
+            pretrain_rotation(unlabelled_images(data["unlabelled"]), out / "source", events=events,
+                              epochs=SOURCE_EPOCHS[source], **settings)
+            return out / "source"
+        finetune(out / "source", FinetuneSettings(data=str(data["source"]), epochs=SOURCE_EPOCHS[source], **settings),
+                 events, overwrite=True)
+        return out / "source"
 
 
 def _print_comparison(rows: list[dict], shots: int, strategy: str, source: str) -> str:

@@ -187,9 +187,9 @@ def test_the_table_covers_every_command():
 
 # --- finetune --overwrite: the old run goes only once the new one is complete -----------------------------
 def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(trained_run, digits, tmp_path):
-    from edgetl.finetune import Events, finetune
+    from edgetl.finetune import finetune
     from edgetl.rundir import pending_dir
-    from tests.conftest import tiny_config
+    from tests.conftest import Recorder, tiny_config
 
     out = tmp_path / "run"
     shutil.copytree(trained_run, out)
@@ -201,15 +201,15 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(trained_run, dig
     def stop(row):
         raise Stop
 
-    cfg = tiny_config(digits["source"], out, epochs=2, batch_size=64)
+    cfg = tiny_config(digits["source"], epochs=2, batch_size=64)
     with pytest.raises(Stop):
-        finetune(cfg, overwrite=True, events=Events(epoch_end=stop))
+        finetune(out, cfg, Recorder(stop), overwrite=True)
     assert tree_digest(out) == before  # the failed replacement deleted nothing
     pending = pending_dir(out)
     assert (pending / "last_checkpoint.pt").exists()
 
-    run = finetune(tiny_config(digits["source"], out), resume=True)  # continues the pending replacement
-    assert run.path == out and not pending.exists()
+    finetune(out, tiny_config(digits["source"]), resume=True)  # continues the pending replacement
+    assert not pending.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no old or pending folder left beside it
     import json
 
@@ -228,5 +228,5 @@ def test_overwrite_refuses_a_run_holding_other_files(trained_run, digits, tmp_pa
     (out / "notes.md").write_text("mine\n")
     before = tree_digest(out)
     with pytest.raises(RunDirError, match=r"edgetl did not write \(notes.md\)"):
-        finetune(tiny_config(digits["source"], out), overwrite=True)
+        finetune(out, tiny_config(digits["source"]), overwrite=True)
     assert tree_digest(out) == before

@@ -29,41 +29,6 @@ def progress_callback(description: str) -> Iterator:
         yield update
 
 
-@contextlib.contextmanager
-def finetune_events():
-    """Events for edgetl.finetune that draw a bar per epoch and print one line per finished epoch."""
-    from edgetl.finetune import Events
-
-    with make_progress() as progress:
-        state: dict = {}
-
-        def message(text: str) -> None:
-            console.print(text, markup=False, soft_wrap=True)
-
-        def check_progress(done: int, total: int) -> None:
-            if "check" not in state:
-                state["check"] = progress.add_task("checking images", total=total)
-            progress.update(state["check"], completed=done, total=total)
-            if done == total:
-                progress.remove_task(state.pop("check"))
-
-        def epoch_start(epoch: int, epochs: int, steps: int) -> None:
-            state["task"] = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=steps)
-
-        def step(done: int) -> None:
-            progress.update(state["task"], completed=done)
-
-        def epoch_end(row: dict) -> None:
-            progress.remove_task(state.pop("task"))
-            mark = " *" if row.get("best") else ""
-            console.print(f"epoch {row['epoch']:>3}  train loss {row['train_loss']:.4f} top-1 {row['train_top1']:.3f}  "
-                          f"val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.3f}  "
-                          f"{row['images_per_second']:.0f} img/s{mark}", markup=False, soft_wrap=True)
-
-        yield Events(message=message, epoch_start=epoch_start, step=step, epoch_end=epoch_end,
-                     check_progress=check_progress)
-
-
 def print_metrics(metrics: dict, title: str = "evaluation") -> None:
     from rich.table import Table
 
