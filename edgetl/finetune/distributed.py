@@ -179,7 +179,7 @@ class World:
 
     def lost(self, e: BaseException) -> PeerLost:
         return PeerLost(f"{self.describe()}: another process of this run stopped or stopped answering "
-                        f"({first_line(e)})")
+                        f"({_short(e)})")
 
     # --- the model --------------------------------------------------------------------------------------------
     def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -193,6 +193,14 @@ class World:
 
         with self.collective():  # the constructor broadcasts rank 0's weights and buffers
             return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _short(e: BaseException) -> str:
+    """gloo's and NCCL's first sentence, without the source location and advice they wrap it in."""
+    import re
+
+    text = re.sub(r"^\[[^\]]*\]\s*", "", first_line(e))
+    return text.split(". ")[0].rstrip(".")
 
 
 def is_collective_failure(e: BaseException) -> bool:
