@@ -33,9 +33,11 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                                 reason="this torch has no gloo backend")
 
-# What the run trains; `epochs` comes from the command line (which wins over the file's 1).
+# What the run trains; `epochs` comes from the command line (which wins over the file's 1). lp-ft: a probe epoch
+# with the backbone frozen (BatchNorm in eval, DDP over the head alone), then every layer (DDP rebuilt).
 SETTINGS = dict(model="test_resnet", pretrained=False, img_size=16, crop_pct=1.0, epochs=1, batch_size=16, lr=5e-3,
-                augment="crop", workers=0, warmup_epochs=0.5, seed=0, dist_timeout=30.0)
+                augment="crop", workers=0, warmup_epochs=0.5, seed=0, dist_timeout=30.0, strategy="lp-ft",
+                lp_epochs=1, backbone_lr_scale=1.0)
 EPOCHS = 3
 STOP_WITHIN_S = 60  # a dead or interrupted process ends the whole run within this (dist_timeout is 30 s)
 
@@ -94,6 +96,8 @@ def test_two_processes_write_one_run_whose_metrics_equal_eval(ddp_run, odd_data)
                                                      "model.safetensors", "splits.json", "train_log.csv"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["n"] == 79 and metrics["train_images"] == 319
+    assert metrics["phases"] == [{"phase": "probe", "first_epoch": 1, "epochs": 1},
+                                 {"phase": "finetune", "first_epoch": 2, "epochs": 2}]
     again = eval_run(run)
     for key in ("n", "top1", "top5", "macro_f1", "auc_roc", "confusion", "per_class_accuracy"):
         assert again[key] == metrics[key], key

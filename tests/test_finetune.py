@@ -143,10 +143,16 @@ def test_cli_finetune_skip_bad_images_and_eval(tmp_path, digits):
     res = _cli("finetune", data, "--out", tmp_path / "r", "--model", "resnet18", "--no-pretrained", "--img-size", "32",
                "--epochs", "1", "--workers", "0")
     assert res.returncode == 1 and "broken.png" in res.stderr and "--skip-bad-images" in res.stderr
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(yaml.safe_dump({"data": "ignored: DATA wins", "augment": "crop", "epochs": 3, "seed": 7}))
     res = _cli("finetune", data, "--out", tmp_path / "r", "--model", "resnet18", "--no-pretrained", "--img-size", "32",
-               "--epochs", "1", "--workers", "0", "--skip-bad-images", "--augment", "crop")
+               "--epochs", "1", "--workers", "0", "--skip-bad-images", "--config", settings)
     assert res.returncode == 0, res.stderr
     assert "skipped 1 unreadable image(s)" in res.stdout and "broken.png" in res.stdout
+    recorded = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())  # the settings file of the run
+    assert recorded["epochs"] == 1 and recorded["augment"] == "crop" and recorded["seed"] == 7  # option wins, file fills
+    assert recorded["data"] == str(data) and recorded["out"] == str(tmp_path / "r")
+    assert "best epoch 1 of 1" in res.stdout  # the result, rendered
     res = _cli("eval", tmp_path / "r", "--json", tmp_path / "m.json")
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "m.json").read_text())["n"] == 80

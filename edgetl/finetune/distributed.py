@@ -162,6 +162,18 @@ class World:
             raise EdgetlError(f"validation gathered {len(unique)} distinct image(s) of {total}")
         return all_logits[first], unique
 
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) on every process. DDP sends them before each forward,
+        so after the last training step each process still holds the statistics its own batch updated: validation
+        must score the weights rank 0 saves, on every process."""
+        if not self.distributed:
+            return
+        import torch.distributed as dist
+
+        with self.collective():
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
+
     def barrier(self) -> None:
         if self.distributed:
             import torch.distributed as dist

@@ -174,6 +174,7 @@ def train(cfg: FinetuneSettings, run: RunDir, train_items: ImageList, val_items:
                                 on_step=lambda i: (scheduler.step_update(base + i),
                                                    events.progress(task, i, steps_per_epoch)))
         stats = _sum_stats(stats, world, device)
+        world.sync_buffers(model)
         val_loss, val_top1 = _validate(model, val_ds, batch * 2, cfg.workers, device, amp_dtype, memory_format,
                                        cfg.label_smoothing, world)
         row = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_top1": stats["top1"],

@@ -21,7 +21,7 @@ from edgetl.rundir import RunDir, check_out_and_data, check_replaceable, foreign
 LOG_FIELDS = ["epoch", "train_loss", "train_top1", "val_loss", "val_top1", "lr", "epoch_seconds", "images_per_second",
               "phase"]
 _CHECKPOINT_KEYS = ("config", "model", "optimizer", "scheduler", "epoch", "best", "best_epoch", "source_weights")
-RESUME_HINT = "start the run again without resume (overwrite replaces it)"
+RESUME_HINT = "start the run again without --resume (--overwrite replaces it)"
 
 
 def fresh_dir(target: RunDir, data: str, overwrite: bool) -> RunDir:
