@@ -17,11 +17,10 @@ from pathlib import Path
 
 
 def main() -> None:
-    from edgetl.config import FinetuneConfig
     from edgetl.data.demo import write_demo_data
     from edgetl.errors import QuantizeBudgetMissed
     from edgetl.export import export
-    from edgetl.finetune import finetune
+    from edgetl.finetune import FinetuneSettings, finetune
     from edgetl.quantize import QuantizeSettings, quantize
 
     ap = argparse.ArgumentParser()
@@ -38,9 +37,9 @@ def main() -> None:
     for model in args.models:
         out = root / model
         t = time.time()
-        finetune(FinetuneConfig(data=str(data["source"]), out=str(out), model=model, pretrained=False, img_size=args.img_size,
-                                crop_pct=1.0, epochs=args.epochs, batch_size=32, lr=3e-3, backbone_lr_scale=1.0,
-                                augment="crop", workers=0, warmup_epochs=1.0), overwrite=True)
+        finetune(out, FinetuneSettings(data=str(data["source"]), model=model, pretrained=False, img_size=args.img_size,
+                                       crop_pct=1.0, epochs=args.epochs, batch_size=32, lr=3e-3, backbone_lr_scale=1.0,
+                                       augment="crop", workers=0, warmup_epochs=1.0), overwrite=True)
         export(out)
         train_s = time.time() - t
         try:

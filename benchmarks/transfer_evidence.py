@@ -59,8 +59,7 @@ def parse_args() -> argparse.Namespace:
 
 def make_sources(args, root: Path, data: dict) -> dict[str, dict]:
     """Train each source once (seed 0); returns {name: {"path", "top1", "seconds"}}."""
-    from edgetl.config import FinetuneConfig
-    from edgetl.finetune import finetune
+    from edgetl.finetune import FinetuneSettings, finetune
     from edgetl.io import read_json
     from edgetl.pretrain import pretrain_rotation, unlabelled_images
 
@@ -72,7 +71,7 @@ def make_sources(args, root: Path, data: dict) -> dict[str, dict]:
         t = time.perf_counter()
         if not (out / "metrics.json").exists():
             if name == "digits04":
-                finetune(FinetuneConfig(data=str(data["source"]), out=str(out), epochs=args.source_epochs, **common),
+                finetune(out, FinetuneSettings(data=str(data["source"]), epochs=args.source_epochs, **common),
                          overwrite=True)
             elif name == "rotation":
                 pretrain_rotation(unlabelled_images(data["unlabelled"]), out, epochs=args.rotation_epochs, **common)
@@ -105,14 +104,13 @@ def train_arm(args, source: str | None, strategy: str, train, val_x, val_y, seed
     from torch import nn
     from torch.utils.data import DataLoader
 
-    from edgetl.config import FinetuneConfig
     from edgetl.data import ImageDataset
     from edgetl.data.transforms import train_transform
-    from edgetl.finetune import make_card, seed_everything, train_one_epoch
+    from edgetl.finetune import FinetuneSettings, make_card, seed_everything, train_one_epoch
     from edgetl.models import apply_strategy, create_model, param_groups, set_train_mode, strategy_phases
 
     seed_everything(seed)
-    cfg = FinetuneConfig(data="-", out="-", model=args.model, pretrained=False, weights=source, strategy=strategy,
+    cfg = FinetuneSettings(data="-", model=args.model, pretrained=False, weights=source, strategy=strategy,
                          img_size=args.img_size, crop_pct=1.0, lr=args.lr, backbone_lr_scale=args.backbone_lr_scale,
                          augment="crop", seed=seed)
     model, report = create_model(cfg.model, len(train.classes), weights=cfg.weights, img_size=cfg.img_size)
@@ -154,8 +152,7 @@ def sweep(args) -> None:
     from edgetl.data import load_splits
     from edgetl.data.dataset import load_arrays
     from edgetl.data.demo import write_demo_data
-    from edgetl.finetune import make_card
-    from edgetl.config import FinetuneConfig
+    from edgetl.finetune import FinetuneSettings, make_card
     from edgetl.io import read_json, write_json
     from edgetl.models import create_model
 
@@ -168,7 +165,7 @@ def sweep(args) -> None:
     data = write_demo_data(root / "data", size=args.img_size, shots=None, holdout=args.holdout)
     pool, val = load_splits(data["target"])
     probe, _ = create_model(args.model, len(val.classes), img_size=args.img_size)
-    card = make_card(FinetuneConfig(data="-", out="-", model=args.model, img_size=args.img_size, crop_pct=1.0),
+    card = make_card(FinetuneSettings(data="-", model=args.model, img_size=args.img_size, crop_pct=1.0),
                      probe, val.classes, {"kind": "none"})
     val_x, val_y = load_arrays(val, card)
     t_sources = time.perf_counter()

@@ -41,3 +41,12 @@ BuildTarget = as_enum("BuildTarget", BuildTargetName)
 TritonKind = as_enum("TritonKind", TritonKindName)
 DemoSourceName = Literal["rotation", "digits04"]  # the demo's source model: self-supervised, or supervised on 0-4
 DemoSource = as_enum("DemoSource", DemoSourceName)
+
+# finetune (the CLI needs them without importing torch, so they live here rather than in edgetl.finetune)
+StrategyName = Literal["linear", "partial", "full", "lp-ft"]
+DistBackendName = Literal["auto", "nccl", "gloo"]  # auto: nccl on CUDA, gloo on the CPU
+BaselineName = Literal["scratch"]
+
+Strategy = as_enum("Strategy", StrategyName)
+DistBackend = as_enum("DistBackend", DistBackendName)
+Baseline = as_enum("Baseline", BaselineName)

@@ -199,23 +199,29 @@ def _print_version(value: bool) -> None:
 
 
 # --- finetune ---------------------------------------------------------------------------------------
+from edgetl.choices import Baseline, DistBackend, Strategy  # noqa: E402
+
+
 @app.command()
 def finetune(
     data: Path = typer.Argument(..., help="ImageFolder: DATA/train/<class>, DATA/val/<class>, or DATA/<class> (split)"),
     out: Path = typer.Option(..., "--out", "-o", file_okay=False, help="run directory to write"),
-    config: Optional[Path] = typer.Option(None, help="YAML file of settings; options given here override it"),
+    config: Optional[Path] = typer.Option(None, help="YAML file of settings (e.g. a run's config.yaml); options "
+                                          "given here override it"),
     model: Optional[str] = typer.Option(None, help="timm model name [default: resnet50]"),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="hub weights via timm [default: on]"),
     weights: Optional[str] = typer.Option(None, help="local weights: .safetensors, .pth or an edgetl run dir"),
-    strategy: Optional[str] = typer.Option(None, help="linear | partial | full | lp-ft (linear probe, then full "
-                                           "at lr x backbone-lr-scale) [default: full]"),
+    strategy: Optional[Strategy] = typer.Option(None, help="linear | partial | full | lp-ft (linear probe, then full "
+                                                "at lr x backbone-lr-scale) [default: full]"),
     lp_epochs: Optional[int] = typer.Option(None, help="with --strategy lp-ft: linear-probe epochs [default: half]"),
-    baseline: Optional[str] = typer.Option(None, help="scratch: also train the from-scratch twin (same data, recipe, "
-                                           "budget) in RUN/baseline-scratch and report the gain"),
+    baseline: Optional[Baseline] = typer.Option(None, help="scratch: also train the from-scratch twin (same data, "
+                                                    "recipe, budget) in RUN/baseline-scratch and report the gain"),
     unfreeze: Optional[int] = typer.Option(None, help="with --strategy partial: last N stages trained [default: 1]"),
     epochs: Optional[int] = typer.Option(None, help="[default: 10]"),
-    batch_size: Optional[int] = typer.Option(None, help="[default: 32]"),
-    lr: Optional[float] = typer.Option(None, help="head learning rate [default: 1e-3]"),
+    batch_size: Optional[int] = typer.Option(None, help="the global batch, over all processes and accumulation "
+                                             "steps [default: 32]"),
+    lr: Optional[float] = typer.Option(None, help="head learning rate, for the global batch (never scaled with "
+                                       "the process count) [default: 1e-3]"),
     backbone_lr_scale: Optional[float] = typer.Option(None, help="backbone lr = lr x this [default: 0.1]"),
     layer_decay: Optional[float] = typer.Option(None, help="timm layer-wise lr decay instead of one backbone scale"),
     weight_decay: Optional[float] = typer.Option(None, help="[default: 0.05]"),
@@ -227,25 +233,56 @@ def finetune(
     val_fraction: Optional[float] = typer.Option(None, help="val share when DATA has no train/val split [default: 0.2]"),
     seed: Optional[int] = typer.Option(None, help="[default: 0]"),
     workers: Optional[int] = typer.Option(None, help="data loader processes [default: 2]"),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N] [default: auto]"),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N] (under torchrun: auto | cpu | cuda) "
+                                         "[default: auto]"),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="mixed precision on GPU [default: on]"),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model [default: off]"),
     patience: Optional[int] = typer.Option(None, help="early stopping after N epochs without improvement"),
     skip_bad_images: Optional[bool] = typer.Option(None, "--skip-bad-images", help="skip unreadable images and list them"),
+    accumulate: Optional[int] = typer.Option(None, help="gradient accumulation: micro-batches per optimizer step "
+                                             "[default: 1]"),
+    sync_bn: Optional[bool] = typer.Option(None, "--sync-bn/--no-sync-bn", help="under torchrun on GPUs: "
+                                           "SyncBatchNorm across processes [default: off]"),
+    dist_backend: Optional[DistBackend] = typer.Option(None, help="under torchrun: auto (nccl on CUDA, gloo on the "
+                                                       "CPU) | nccl | gloo [default: auto]"),
+    dist_timeout: Optional[float] = typer.Option(None, help="under torchrun: seconds to wait for another process "
+                                                 "before stopping [default: 1800]"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
 ) -> None:
-    """Fine-tune a pretrained timm backbone on an image folder; writes the run directory."""
+    """Fine-tune a pretrained timm backbone on an image folder; writes the run directory. Under torchrun
+    (`torchrun --nproc_per_node N -m edgetl finetune ...`) it trains with DistributedDataParallel: docs/multi-gpu.md."""
     given = dict(locals())  # first statement: only the options, before any import adds names
-    from edgetl.config import FinetuneConfig, load_config
-    from edgetl.finetune import finetune as run_finetune
-    from edgetl.presentation.console import finetune_events
+    from edgetl.errors import EdgetlError
+    from edgetl.finetune import FinetuneSettings, finetune as run_finetune
+    from edgetl.finetune.distributed import StoppedByPeer, World
+    from edgetl.presentation.finetune import finetune_events, render_finetune
+    from edgetl.stage import load_settings
 
-    overrides = {k: v for k, v in given.items() if k not in ("config", "resume", "overwrite")}
-    overrides["data"], overrides["out"] = str(data), str(out)
-    cfg = load_config(FinetuneConfig, config, overrides)
-    with finetune_events() as events:
-        run_finetune(cfg, resume=resume, overwrite=overwrite, events=events)
+    overrides = {k: v for k, v in given.items() if k not in ("config", "resume", "overwrite", "out")}
+    overrides["data"] = str(data)
+    if World.from_env().is_main:
+        cfg = load_settings(FinetuneSettings, config, overrides)
+        with finetune_events() as events:
+            result = run_finetune(out, cfg, events, resume=resume, overwrite=overwrite)
+        render_finetune(out, result)
+        return
+    # Another process under torchrun: rank 0 reports progress, the result, and every failure the processes share
+    # (a bad setting or file, Ctrl-C); this one speaks only for what happened to it alone.
+    try:
+        cfg = load_settings(FinetuneSettings, config, overrides)
+    except EdgetlError as e:
+        raise typer.Exit(e.exit_code) from None
+    try:
+        run_finetune(out, cfg, resume=resume, overwrite=overwrite)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except StoppedByPeer as e:
+        raise typer.Exit(e.exit_code) from None
+    except EdgetlError as e:
+        if not e.message.startswith("rank "):
+            e.message = f"rank {World.from_env().rank}: {e.message}"
+        raise
 
 
 # --- eval -------------------------------------------------------------------------------------------

@@ -9,17 +9,15 @@ one lucky seed.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Optional
 
 from pydantic import Field, field_validator
 
 from edgetl.choices import DemoSourceName
-from edgetl.config import FinetuneConfig
 from edgetl.data.demo import write_demo_data
 from edgetl.errors import EdgetlError
-from edgetl.finetune import finetune
+from edgetl.finetune import FinetuneSettings, finetune
 from edgetl.io import read_json
 from edgetl.stage import SILENT, Events, Result, Settings, record_settings
 
@@ -78,35 +76,9 @@ def check_demo_out(out: Path) -> None:
         raise EdgetlError(f"out {out}: is a file; give a folder for the demo's data and runs")
 
 
-def _finetune_callbacks(events: Events) -> Callable[[], Any]:
-    """finetune's own callbacks (edgetl.finetune.Events), drawn through the demo's `events`: a bar per epoch,
-    one record ('epoch') per finished epoch."""
-    from edgetl.finetune import Events as FinetuneEvents
-
-    @contextlib.contextmanager
-    def callbacks() -> Iterator[FinetuneEvents]:
-        state: dict[str, Any] = {}
-
-        def epoch_start(epoch: int, epochs: int, steps: int) -> None:
-            state.update(task=f"epoch {epoch + 1}/{epochs}", steps=steps)
-            events.progress(state["task"], 0, steps)
-
-        def epoch_end(row: dict) -> None:
-            events.progress(state["task"], state["steps"], state["steps"])
-            events.record("epoch", row)
-
-        yield FinetuneEvents(message=events.message, epoch_start=epoch_start,
-                             step=lambda done: events.progress(state["task"], done, state["steps"]),
-                             epoch_end=epoch_end,
-                             check_progress=lambda done, total: events.progress("checking images", done, total))
-
-    return callbacks
-
-
 def demo(out: str | Path, cfg: DemoSettings, events: Events = SILENT) -> DemoResult:
     """`edgetl demo`: data, source model, transfer vs scratch per seed, then export, quantize and bench."""
-    show = events  # the name `events` is taken below by finetune's own callbacks
-    finetune_events = _finetune_callbacks(show)
+    show = events  # the name `events` reads as finetune's argument below; `show` is the demo's own
     out = Path(out)
     check_demo_out(out)
     record_settings(out, "demo", cfg)  # first: `cfg` is taken below by each target run's finetune settings
@@ -131,18 +103,17 @@ def demo(out: str | Path, cfg: DemoSettings, events: Events = SILENT) -> DemoRes
                  "labelled images)")
 
     show.record("section", {"title": f"1. source model ({source})"})
-    source_run = _source(source, data, out, {**common, "batch_size": 32, "seed": 0}, finetune_events)
+    source_run = _source(source, data, out, {**common, "batch_size": 32, "seed": 0}, show)
 
     runs, rows = [], []
     for seed in range(seeds):
         show.record("section", {"title": f"2.{seed + 1} seed {seed}: transfer ({strategy}) and its from-scratch baseline"})
         target = data["target"] if seed == 0 else write_demo_data(out / f"data-seed{seed}", size=img_size,
                                                                   shots=shots, holdout=HOLDOUT, shot_seed=seed)["target"]
-        cfg = FinetuneConfig(data=str(target), out=str(out / f"transfer-seed{seed}"), weights=str(source_run),
-                             strategy=strategy, epochs=epochs, batch_size=BATCH, seed=seed, baseline="scratch",
-                             **target_recipe, **common)
-        with finetune_events() as events:
-            run = finetune(cfg, overwrite=True, events=events).path
+        cfg = FinetuneSettings(data=str(target), weights=str(source_run), strategy=strategy, epochs=epochs,
+                               batch_size=BATCH, seed=seed, baseline="scratch", **target_recipe, **common)
+        run = out / f"transfer-seed{seed}"
+        finetune(run, cfg, show, overwrite=True)
         m = read_json(run / "metrics.json")
         runs.append(run)
         rows.append({"seed": seed, "transfer": m["top1"], "scratch": m["baseline"]["top1"],
@@ -152,16 +123,16 @@ def demo(out: str | Path, cfg: DemoSettings, events: Events = SILENT) -> DemoRes
     return DemoResult(source=source_run, transfer=runs[0], runs=runs, seeds=rows, verdict=verdict, bench=bench)
 
 
-def _source(source: str, data: dict, out: Path, settings: dict, finetune_events: Callable[[], Any]) -> Path:
+def _source(source: str, data: dict, out: Path, settings: dict, events: Events) -> Path:
     from edgetl.pretrain import pretrain_rotation, unlabelled_images
 
-    with finetune_events() as events:
-        if source == "rotation":
-            return pretrain_rotation(unlabelled_images(data["unlabelled"]), out / "source", events=events,
-                                     epochs=SOURCE_EPOCHS[source], **settings).path
-        return finetune(FinetuneConfig(data=str(data["source"]), out=str(out / "source"),
-                                       epochs=SOURCE_EPOCHS[source], **settings),
-                        overwrite=True, events=events).path
+    if source == "rotation":
+        pretrain_rotation(unlabelled_images(data["unlabelled"]), out / "source", events=events,
+                          epochs=SOURCE_EPOCHS[source], **settings)
+    else:
+        finetune(out / "source", FinetuneSettings(data=str(data["source"]), epochs=SOURCE_EPOCHS[source], **settings),
+                 events, overwrite=True)
+    return out / "source"
 
 
 def _compare(rows: list[dict], shots: int, strategy: str, source: str, events: Events) -> str:

@@ -52,7 +52,7 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, weights:
             model = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
         except Exception as e:  # hub/network errors come in many types (OSError, HF errors, RuntimeError)
             raise ModelError(f"could not load pretrained weights for '{name}' from the hub ({first_line(e)})",
-                             "offline? pass --weights FILE (.safetensors, .pth or a run dir), or --no-pretrained") from None
+                             "offline? give weights (a .safetensors, .pth or run dir), or set pretrained off") from None
         source = {"kind": "hub", "id": model.pretrained_cfg.get("hf_hub_id") or model.pretrained_cfg.get("url") or name}
         head = _head_param_count(model)
         total = sum(p.numel() for p in model.parameters())
@@ -89,13 +89,13 @@ def _require_hub_or_cache(name: str) -> None:
                 return
     if constants.HF_HUB_OFFLINE:
         raise ModelError(f"pretrained weights for '{name}' are not in the local hub cache and HF_HUB_OFFLINE is set",
-                         "pass --weights FILE (.safetensors, .pth or a run dir), or --no-pretrained")
+                         "give weights (a .safetensors, .pth or run dir), or set pretrained off")
     host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     try:
         socket.create_connection((host, 443), timeout=5).close()
     except OSError as e:
         raise ModelError(f"cannot reach {host} to download pretrained weights for '{name}' ({e.strerror or e})",
-                         "offline? pass --weights FILE (.safetensors, .pth or a run dir), or --no-pretrained") from None
+                         "offline? give weights (a .safetensors, .pth or run dir), or set pretrained off") from None
 
 
 def read_state_dict(weights: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -142,7 +142,7 @@ def load_backbone_weights(model: nn.Module, weights: str | os.PathLike) -> LoadR
         only = f" (only {len(loadable)} buffer(s) such as {sorted(loadable)[0]})" if loadable else ""
         raise ModelError(f"{weights}: no weight tensor matches model '{arch}'{only}"
                          + (f"; they were trained as '{trained_as}'" if trained_as else ""),
-                         "give weights saved from the same architecture, or pick that architecture with --model")
+                         "give weights saved from the same architecture, or pick that architecture as model")
     model.load_state_dict(loadable, strict=False)
     loaded = sum(params[k].numel() for k in loadable if k in params)
     total = sum(p.numel() for p in model.parameters())
@@ -208,13 +208,13 @@ def strategy_phases(strategy: str, epochs: int, lp_epochs: int | None = None, ft
     the new head sensible weights, so fine-tuning distorts the source features less than full fine-tuning
     from a random head does."""
     if strategy not in STRATEGIES:
-        raise ModelError(f"--strategy {strategy}: unknown", f"use one of {', '.join(STRATEGIES)}")
+        raise ModelError(f"strategy '{strategy}': unknown", f"use one of {', '.join(STRATEGIES)}")
     if strategy != "lp-ft":
         return [Phase(strategy, strategy, 0, epochs, 1.0)]
     probe = max(1, epochs // 2) if lp_epochs is None else lp_epochs
     if not 1 <= probe < epochs:
-        raise ModelError(f"--strategy lp-ft: {probe} probe epoch(s) leave no fine-tuning epoch out of {epochs}",
-                         "give --epochs 2 or more, and --lp-epochs below --epochs")
+        raise ModelError(f"strategy 'lp-ft': {probe} probe epoch(s) leave no fine-tuning epoch out of {epochs}",
+                         "give epochs 2 or more, and lp_epochs below epochs")
     return [Phase("probe", "linear", 0, probe, 1.0), Phase("finetune", "full", probe, epochs - probe, ft_lr_scale)]
 
 
@@ -222,7 +222,7 @@ def apply_strategy(model: nn.Module, strategy: str, unfreeze: int = 1) -> dict[s
     """Freeze per `strategy`: linear = head only, partial = head + last `unfreeze` stages, full = all.
     lp-ft starts as linear (strategy_phases says when it switches to full)."""
     if strategy not in STRATEGIES:
-        raise ModelError(f"--strategy {strategy}: unknown", f"use one of {', '.join(STRATEGIES)}")
+        raise ModelError(f"strategy '{strategy}': unknown", f"use one of {', '.join(STRATEGIES)}")
     if strategy == "lp-ft":
         strategy = "linear"
     groups = stage_groups(model)
@@ -231,7 +231,7 @@ def apply_strategy(model: nn.Module, strategy: str, unfreeze: int = 1) -> dict[s
     else:
         n_stages = 0 if strategy == "linear" else max(0, unfreeze)
         if strategy == "partial" and n_stages > len(groups) - 1:
-            raise ModelError(f"--unfreeze {unfreeze}: the model has only {len(groups) - 1} stages")
+            raise ModelError(f"unfreeze {unfreeze}: the model has only {len(groups) - 1} stages")
         chosen = groups[len(groups) - 1 - n_stages:]
         trainable = {n for g in chosen for n in g}
     for n, p in model.named_parameters():

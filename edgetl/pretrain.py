@@ -58,12 +58,11 @@ def unlabelled_images(folder: str | os.PathLike) -> list[Path]:
 
 
 def pretrain_rotation(images: Iterable[str | os.PathLike], out: str | os.PathLike, events=None, **settings):
-    """Train `settings["model"]` to predict the turn of each image; returns the run directory (a source for
-    `--weights`). `settings` are FinetuneConfig fields (data and out are set here)."""
-    from edgetl.config import FinetuneConfig
-    from edgetl.finetune import finetune
+    """Train `settings["model"]` into the run directory `out` to predict the turn of each image (a source for
+    `weights`); returns its FinetuneResult. `settings` are FinetuneSettings fields (data is set here)."""
+    from edgetl.finetune import FinetuneSettings, finetune
+    from edgetl.stage import SILENT
 
     out = Path(out)
     data = write_rotation_folder(images, out.parent / f"{out.name}-data", seed=settings.get("seed", 0))
-    cfg = FinetuneConfig(data=str(data), out=str(out), **settings)
-    return finetune(cfg, overwrite=True, events=events)
+    return finetune(out, FinetuneSettings(data=str(data), **settings), events or SILENT, overwrite=True)

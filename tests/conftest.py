@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from edgetl.config import FinetuneConfig
 from edgetl.data.demo import write_demo_data
-from edgetl.finetune import finetune
+from edgetl.finetune import FinetuneSettings, finetune
+from edgetl.stage import Events
 
 _TRAINED: dict[str, Path] = {}
 
@@ -24,12 +24,32 @@ def digits(tmp_path_factory) -> dict[str, Path]:
     return write_demo_data(root, size=32, shots=10, per_class_limit=80)
 
 
-def tiny_config(data: Path, out: Path, model: str = "resnet18", **overrides) -> FinetuneConfig:
+def tiny_config(data: Path, model: str = "resnet18", **overrides) -> FinetuneSettings:
     """A few-second CPU run: 32 px, no hub download, no worker processes."""
-    settings = dict(data=str(data), out=str(out), model=model, pretrained=False, img_size=32, crop_pct=1.0,
+    settings = dict(data=str(data), model=model, pretrained=False, img_size=32, crop_pct=1.0,
                     epochs=5, batch_size=16, lr=5e-3, augment="crop", workers=0, warmup_epochs=0.5)
     settings.update(overrides)
-    return FinetuneConfig(**settings)
+    return FinetuneSettings(**settings)
+
+
+class Recorder(Events):
+    """Events that keep the messages and warnings, and call `on_epoch(row)` after each finished epoch (a test
+    raises there to interrupt a run at a known point)."""
+
+    def __init__(self, on_epoch=None):
+        self.messages: list[str] = []
+        self.warnings: list[str] = []
+        self.on_epoch = on_epoch
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+    def warning(self, text: str) -> None:
+        self.warnings.append(text)
+
+    def record(self, kind: str, data: dict) -> None:
+        if kind == "epoch" and self.on_epoch is not None:
+            self.on_epoch(data)
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +60,7 @@ def train_run(tmp_path_factory, digits):
         key = f"{model}-{epochs}"
         if key not in _TRAINED:
             out = tmp_path_factory.mktemp(f"run-{model}")
-            finetune(tiny_config(digits["source"], out, model=model, epochs=epochs), overwrite=True)
+            finetune(out, tiny_config(digits["source"], model=model, epochs=epochs), overwrite=True)
             _TRAINED[key] = out
         return _TRAINED[key]
 

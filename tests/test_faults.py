@@ -64,6 +64,9 @@ USAGE = [
     ("finetune-out-file", ["finetune", "{data}", "--out", "{file}"], 2, "is a file"),
     ("finetune-img-size-huge", ["finetune", "{data}", "--out", "{new}", "--img-size", "100000"], 2, "--img-size"),
     ("finetune-img-size-tiny", ["finetune", "{data}", "--out", "{new}", "--img-size", "4"], 2, "--img-size"),
+    ("finetune-bad-strategy", ["finetune", "{data}", "--out", "{new}", "--strategy", "bogus"], 2, "--strategy"),
+    ("finetune-bad-dist-backend", ["finetune", "{data}", "--out", "{new}", "--dist-backend", "mpi"], 2,
+     "--dist-backend"),
     ("eval-batch-size-0", ["eval", "{run}", "--batch-size", "0"], 2, "--batch-size"),
     ("eval-json-dir", ["eval", "{run}", "--json", "{dir}"], 2, "is a directory"),
     ("export-opset-float", ["export", "{run}", "--opset", "1.5"], 2, "--opset"),
@@ -96,9 +99,8 @@ LIBRARY = [
     ("finetune-out-thesis-no-overwrite", ["finetune", "{data}", "--out", "{thesis}"], 1, "exists and is not empty"),
     ("finetune-existing-run", ["finetune", "{data}", "--out", "{run}"], 1, "exists and is not empty"),
     ("finetune-overwrite-typo-data", ["finetune", "{missing}", "--out", "{run}", "--overwrite"], 1, "{missing}"),
-    ("finetune-bad-strategy", ["finetune", "{data}", "--out", "{new}", "--strategy", "bogus"], 1, "strategy"),
     ("finetune-missing-config", ["finetune", "{data}", "--out", "{new}", "--config", "{missing}"], 1,
-     "cannot read config"),
+     "cannot read settings"),
     ("finetune-resume-nothing", ["finetune", "{data}", "--out", "{new}", "--resume"], 1, "to resume from"),
     ("eval-no-run", ["eval", "{missing}"], 1, "no such run directory"),
     ("eval-bad-backend", ["eval", "{run}", "--backend", "tpu"], 1, "tpu"),
@@ -191,9 +193,9 @@ def test_the_table_covers_every_command():
 
 # --- finetune --overwrite: the old run goes only once the new one is complete -----------------------------
 def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(trained_run, digits, tmp_path):
-    from edgetl.finetune import Events, finetune
+    from edgetl.finetune import finetune
     from edgetl.rundir import pending_dir
-    from tests.conftest import tiny_config
+    from tests.conftest import Recorder, tiny_config
 
     out = tmp_path / "run"
     shutil.copytree(trained_run, out)
@@ -205,15 +207,15 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(trained_run, dig
     def stop(row):
         raise Stop
 
-    cfg = tiny_config(digits["source"], out, epochs=2, batch_size=64)
+    cfg = tiny_config(digits["source"], epochs=2, batch_size=64)
     with pytest.raises(Stop):
-        finetune(cfg, overwrite=True, events=Events(epoch_end=stop))
+        finetune(out, cfg, Recorder(stop), overwrite=True)
     assert tree_digest(out) == before  # the failed replacement deleted nothing
     pending = pending_dir(out)
     assert (pending / "last_checkpoint.pt").exists()
 
-    run = finetune(tiny_config(digits["source"], out), resume=True)  # continues the pending replacement
-    assert run.path == out and not pending.exists()
+    finetune(out, tiny_config(digits["source"]), resume=True)  # continues the pending replacement
+    assert not pending.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no old or pending folder left beside it
     import json
 
@@ -232,5 +234,5 @@ def test_overwrite_refuses_a_run_holding_other_files(trained_run, digits, tmp_pa
     (out / "notes.md").write_text("mine\n")
     before = tree_digest(out)
     with pytest.raises(RunDirError, match=r"edgetl did not write \(notes.md\)"):
-        finetune(tiny_config(digits["source"], out), overwrite=True)
+        finetune(out, tiny_config(digits["source"]), overwrite=True)
     assert tree_digest(out) == before

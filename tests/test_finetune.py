@@ -12,11 +12,12 @@ import yaml
 from safetensors import safe_open
 
 from edgetl.card import ModelCard
-from edgetl.config import FinetuneConfig, load_config
 from edgetl.errors import EdgetlError, RunDirError
-from edgetl.finetune import Events, finetune
+from edgetl.finetune import FinetuneSettings, finetune
 from edgetl.models import load_trained
-from tests.conftest import tiny_config
+from edgetl.rundir import RunDir
+from edgetl.stage import load_settings
+from tests.conftest import Recorder, tiny_config
 
 
 def test_learns_far_better_than_chance(trained_run):
@@ -41,8 +42,9 @@ def test_card_travels_in_the_checkpoint(trained_run):
 
 
 def test_linear_strategy_leaves_backbone_unchanged(trained_run, digits, tmp_path):
-    cfg = tiny_config(digits["target"], tmp_path / "linear", weights=str(trained_run), strategy="linear", epochs=2)
-    run = finetune(cfg)
+    cfg = tiny_config(digits["target"], weights=str(trained_run), strategy="linear", epochs=2)
+    run = RunDir(tmp_path / "linear")
+    result = finetune(run, cfg)
     before, _ = load_trained(trained_run)
     after, card = load_trained(run.path)
     changed_head = False
@@ -53,12 +55,14 @@ def test_linear_strategy_leaves_backbone_unchanged(trained_run, digits, tmp_path
         assert torch.equal(a, b), f"{k} changed under --strategy linear"
     assert changed_head and card.class_names == ["5", "6", "7", "8", "9"]
     metrics = json.loads((run.path / "metrics.json").read_text())
+    assert metrics == result.model_dump(mode="json", exclude={"baseline"})  # the result is the file
     assert metrics["frozen_params"] > 10 * metrics["trainable_params"]
     assert metrics["source_weights"]["kind"] == "run"
 
 
 def test_resume_gives_the_same_result(digits, tmp_path):
-    straight = finetune(tiny_config(digits["source"], tmp_path / "a", epochs=3, batch_size=64))
+    straight, resumed = RunDir(tmp_path / "a"), RunDir(tmp_path / "b")
+    finetune(straight, tiny_config(digits["source"], epochs=3, batch_size=64))
 
     class Interrupt(Exception):
         pass
@@ -68,10 +72,9 @@ def test_resume_gives_the_same_result(digits, tmp_path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        finetune(tiny_config(digits["source"], tmp_path / "b", epochs=3, batch_size=64),
-                 events=Events(epoch_end=stop_after_second))
+        finetune(resumed, tiny_config(digits["source"], epochs=3, batch_size=64), Recorder(stop_after_second))
     assert (tmp_path / "b" / "last_checkpoint.pt").exists() and not (tmp_path / "b" / "metrics.json").exists()
-    resumed = finetune(tiny_config(digits["source"], tmp_path / "b"), resume=True)
+    finetune(resumed, tiny_config(digits["source"]), resume=True)
     a = json.loads((straight.path / "metrics.json").read_text())
     b = json.loads((resumed.path / "metrics.json").read_text())
     assert a["top1"] == b["top1"] and a["confusion"] == b["confusion"] and a["best_epoch"] == b["best_epoch"]
@@ -83,25 +86,28 @@ def test_resume_gives_the_same_result(digits, tmp_path):
 
 def test_existing_run_is_not_overwritten(trained_run, digits):
     with pytest.raises(RunDirError, match="exists and is not empty"):
-        finetune(tiny_config(digits["source"], trained_run))
+        finetune(trained_run, tiny_config(digits["source"]))
     with pytest.raises(RunDirError, match="nothing to resume"):
-        finetune(tiny_config(digits["source"], trained_run), resume=True)
+        finetune(trained_run, tiny_config(digits["source"]), resume=True)
 
 
 def test_failed_run_leaves_no_directory(digits, tmp_path):
     out = tmp_path / "never"
     with pytest.raises(EdgetlError, match="unknown model"):
-        finetune(tiny_config(digits["source"], out, model="no_such_net"))
+        finetune(out, tiny_config(digits["source"], model="no_such_net"))
     assert not out.exists()
 
 
 def test_config_file_and_overrides(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump({"data": "d", "out": "o", "epochs": 4, "lr": 0.01}))
-    cfg = load_config(FinetuneConfig, path, {"epochs": 7, "lr": None})
+    cfg = load_settings(FinetuneSettings, path, {"epochs": 7, "lr": None})
     assert cfg.epochs == 7 and cfg.lr == 0.01 and cfg.model == "resnet50"
+    assert "out" not in cfg.model_dump()  # a run's recorded `out` is read and ignored: the run argument says where
     with pytest.raises(EdgetlError, match="strategy"):
-        load_config(FinetuneConfig, None, {"data": "d", "out": "o", "strategy": "bogus"})
+        load_settings(FinetuneSettings, None, {"data": "d", "strategy": "bogus"})
+    with pytest.raises(EdgetlError, match="'epochs'"):
+        load_settings(FinetuneSettings, None, {"data": "d", "epochs": 0})
 
 
 def _cli(*args, cwd=None):
@@ -129,10 +135,16 @@ def test_cli_finetune_skip_bad_images_and_eval(tmp_path, digits):
     res = _cli("finetune", data, "--out", tmp_path / "r", "--model", "resnet18", "--no-pretrained", "--img-size", "32",
                "--epochs", "1", "--workers", "0")
     assert res.returncode == 1 and "broken.png" in res.stderr and "--skip-bad-images" in res.stderr
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(yaml.safe_dump({"data": "ignored: DATA wins", "augment": "crop", "epochs": 3, "seed": 7}))
     res = _cli("finetune", data, "--out", tmp_path / "r", "--model", "resnet18", "--no-pretrained", "--img-size", "32",
-               "--epochs", "1", "--workers", "0", "--skip-bad-images", "--augment", "crop")
+               "--epochs", "1", "--workers", "0", "--skip-bad-images", "--config", settings)
     assert res.returncode == 0, res.stderr
     assert "skipped 1 unreadable image(s)" in res.stdout and "broken.png" in res.stdout
+    recorded = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())  # the settings file of the run
+    assert recorded["epochs"] == 1 and recorded["augment"] == "crop" and recorded["seed"] == 7  # option wins, file fills
+    assert recorded["data"] == str(data) and recorded["out"] == str(tmp_path / "r")
+    assert "best epoch 1 of 1" in res.stdout  # the result, rendered
     res = _cli("eval", tmp_path / "r", "--json", tmp_path / "m.json")
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "m.json").read_text())["n"] == 80

@@ -24,7 +24,7 @@ def relative_run(digits, tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(work)
     try:
-        finetune(tiny_config(Path("data/target"), Path("runs/r"), epochs=1, batch_size=8))
+        finetune(Path("runs/r"), tiny_config(Path("data/target"), epochs=1, batch_size=8))
     finally:
         os.chdir(cwd)
     return work
@@ -125,7 +125,7 @@ def test_every_stage_refuses_a_damaged_splits_file(exported_copy):
 
 def _interrupted(run_dir: Path, digits) -> Path:
     """A run folder as an interrupted finetune leaves it: settings, splits, a resume checkpoint."""
-    cfg = tiny_config(digits["target"], run_dir, epochs=2)
+    cfg = tiny_config(digits["target"], epochs=2)
     run_dir.mkdir(parents=True)
     state = {"config": cfg.model_dump(mode="json"), "model": {}, "optimizer": {}, "scheduler": {}, "epoch": 0,
              "best": 0.5, "best_epoch": 0, "source_weights": {"kind": "none"}}
@@ -142,20 +142,20 @@ def test_resume_with_a_damaged_checkpoint_gives_one_line(tmp_path, digits):
     data = (run / "last_checkpoint.pt").read_bytes()
     (run / "last_checkpoint.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(RunDirError, match="unreadable checkpoint, truncated or corrupt"):
-        finetune(tiny_config(digits["target"], run), resume=True)
+        finetune(run, tiny_config(digits["target"]), resume=True)
 
     run = _interrupted(tmp_path / "pickled", digits)
     torch.save({"config": {}, "x": Evil()}, run / "last_checkpoint.pt")
     with pytest.raises(RunDirError, match="pickled objects other than tensors") as e:
-        finetune(tiny_config(digits["target"], run), resume=True)
+        finetune(run, tiny_config(digits["target"]), resume=True)
     assert "without --resume" in e.value.hint
 
     run = _interrupted(tmp_path / "foreign", digits)
     torch.save({"epoch": 3}, run / "last_checkpoint.pt")
     with pytest.raises(RunDirError, match="not an edgetl checkpoint"):
-        finetune(tiny_config(digits["target"], run), resume=True)
+        finetune(run, tiny_config(digits["target"]), resume=True)
 
     run = _interrupted(tmp_path / "nosplits", digits)
     with pytest.raises(RunDirError, match="splits.json is missing"):
-        finetune(tiny_config(digits["target"], run), resume=True)
+        finetune(run, tiny_config(digits["target"]), resume=True)
     assert (run / "last_checkpoint.pt").exists()  # nothing was deleted

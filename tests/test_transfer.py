@@ -13,9 +13,10 @@ from safetensors.torch import load_file, save_file
 
 from edgetl.card import ModelCard
 from edgetl.errors import EdgetlError
-from edgetl.finetune import Events, finetune, seed_everything
+from edgetl.finetune import finetune, seed_everything
 from edgetl.models import create_model
-from tests.conftest import tiny_config
+from edgetl.rundir import RunDir
+from tests.conftest import Recorder, tiny_config
 
 MODEL = "test_resnet"  # a 0.4 M-parameter timm ResNet: these runs take seconds on 2 cores
 
@@ -39,7 +40,8 @@ def test_lp_ft_probes_then_fine_tunes_and_resumes_across_phases(digits, tmp_path
     source = _source(tmp_path / "source.safetensors")
     source_state = _backbone(load_file(str(source)))
     cfg = dict(model=MODEL, weights=str(source), strategy="lp-ft", epochs=2, lp_epochs=1)
-    straight = finetune(tiny_config(digits["target"], tmp_path / "a", **cfg))
+    straight, resumed = RunDir(tmp_path / "a"), RunDir(tmp_path / "b")
+    finetune(straight, tiny_config(digits["target"], **cfg))
 
     class Interrupt(Exception):
         pass
@@ -49,14 +51,14 @@ def test_lp_ft_probes_then_fine_tunes_and_resumes_across_phases(digits, tmp_path
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        finetune(tiny_config(digits["target"], tmp_path / "b", **cfg), events=Events(epoch_end=stop_after_probe))
+        finetune(resumed, tiny_config(digits["target"], **cfg), Recorder(stop_after_probe))
     probe = torch.load(tmp_path / "b" / "last_checkpoint.pt", map_location="cpu", weights_only=True)
     for k, v in source_state.items():  # the probe phase moved the head only; frozen BN kept its statistics
         assert torch.equal(probe["model"][k], v), f"{k} changed during the probe phase"
     seed_everything(0)  # the run's seed: its new head starts as this one
     initial_head = create_model(MODEL, 5, weights=source)[0].state_dict()["fc.weight"]
     assert not torch.equal(probe["model"]["fc.weight"], initial_head)  # ...and the head learnt
-    resumed = finetune(tiny_config(digits["target"], tmp_path / "b"), resume=True)
+    finetune(resumed, tiny_config(digits["target"]), resume=True)
     final = _backbone(load_file(str(resumed.weights)))
     changed = [k for k, v in source_state.items() if v.is_floating_point() and not torch.equal(final[k], v)]
     assert len(changed) > len(source_state) // 2  # fine-tuning moved the backbone
@@ -73,21 +75,23 @@ def test_lp_ft_probes_then_fine_tunes_and_resumes_across_phases(digits, tmp_path
 
 def test_lp_ft_needs_a_fine_tuning_epoch(digits, tmp_path):
     with pytest.raises(EdgetlError, match="lp-ft"):
-        finetune(tiny_config(digits["target"], tmp_path / "r", model=MODEL, weights=str(_source(tmp_path / "s.safetensors")),
-                             strategy="lp-ft", epochs=2, lp_epochs=2))
+        finetune(tmp_path / "r", tiny_config(digits["target"], model=MODEL, weights=str(_source(tmp_path / "s.safetensors")),
+                                             strategy="lp-ft", epochs=2, lp_epochs=2))
     assert not (tmp_path / "r").exists()
 
 
 def test_baseline_scratch_trains_the_twin_and_reports_the_gain(digits, tmp_path):
-    messages = []
-    run = finetune(tiny_config(digits["target"], tmp_path / "r", model=MODEL, weights=str(_source(tmp_path / "s.safetensors")),
-                               epochs=2, baseline="scratch"), events=Events(message=messages.append))
+    events, run = Recorder(), RunDir(tmp_path / "r")
+    result = finetune(run, tiny_config(digits["target"], model=MODEL, weights=str(_source(tmp_path / "s.safetensors")),
+                                       epochs=2, baseline="scratch"), events)
+    messages = events.messages
     twin = run.path / "baseline-scratch"
     metrics = json.loads((run.path / "metrics.json").read_text())
     base = json.loads((twin / "metrics.json").read_text())
     assert metrics["source_weights"]["kind"] == "file" and base["source_weights"]["kind"] == "none"
     assert metrics["baseline"]["kind"] == "scratch" and metrics["baseline"]["top1"] == base["top1"]
     assert metrics["baseline"]["gain_top1"] == metrics["top1"] - base["top1"]
+    assert result.model_dump(mode="json") == metrics  # the result is the file, baseline included
     assert base["epochs_run"] == metrics["epochs_run"] == 2 and base["train_images"] == metrics["train_images"] == 50
     from edgetl.data import read_splits
 
@@ -96,25 +100,25 @@ def test_baseline_scratch_trains_the_twin_and_reports_the_gain(digits, tmp_path)
         [(s.paths, s.labels) for s in read_splits(run.path / "splits.json")]
     gain_line = [m for m in messages if m.startswith("transfer vs from scratch")]
     assert len(gain_line) == 1 and f"{metrics['baseline']['gain_top1'] * 100:+.1f} points" in gain_line[0]
-    assert any(m.startswith("warning: negative transfer") for m in messages) == (metrics["baseline"]["gain_top1"] < 0)
+    assert any(m.startswith("negative transfer") for m in events.warnings) == (metrics["baseline"]["gain_top1"] < 0)
 
 
 def test_negative_transfer_is_warned(digits, tmp_path):
     """A source whose backbone is all zeros gives constant features: a linear probe on them predicts one
     class (top-1 exactly 0.2 on the balanced val), while the from-scratch twin learns something."""
-    messages = []
-    run = finetune(tiny_config(digits["target"], tmp_path / "r", model=MODEL, strategy="linear", epochs=4,
-                               weights=str(_source(tmp_path / "zero.safetensors", zero_backbone=True)), baseline="scratch"),
-                   events=Events(message=messages.append))
+    events, run = Recorder(), RunDir(tmp_path / "r")
+    finetune(run, tiny_config(digits["target"], model=MODEL, strategy="linear", epochs=4,
+                              weights=str(_source(tmp_path / "zero.safetensors", zero_backbone=True)), baseline="scratch"),
+             events)
     baseline = json.loads((run.path / "metrics.json").read_text())["baseline"]
     assert baseline["gain_top1"] < 0 and baseline["negative_transfer"] is True
-    warnings = [m for m in messages if m.startswith("warning: negative transfer")]
+    warnings = [m for m in events.warnings if m.startswith("negative transfer")]
     assert len(warnings) == 1 and "\n" not in warnings[0]
 
 
 def test_baseline_needs_source_weights(digits, tmp_path):
-    with pytest.raises(EdgetlError, match="--baseline scratch"):
-        finetune(tiny_config(digits["target"], tmp_path / "r", model=MODEL, baseline="scratch"))
+    with pytest.raises(EdgetlError, match="baseline 'scratch'"):
+        finetune(tmp_path / "r", tiny_config(digits["target"], model=MODEL, baseline="scratch"))
     assert not (tmp_path / "r").exists()
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgetl.presentation.console import console, print_epoch
+from edgetl.presentation.console import console
+from edgetl.presentation.finetune import print_epoch
 from edgetl.presentation.events import RichEvents
 
 

@@ -1,0 +1,71 @@
+"""What `edgetl finetune` gives: RUN/metrics.json, as a model (one key per fact)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from edgetl.stage import Result
+
+
+class BaselineComparison(BaseModel):
+    """The transfer run against its from-scratch twin (baseline scratch), in RUN/baseline-scratch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+    run: str
+    top1: float
+    macro_f1: float
+    gain_top1: float
+    gain_macro_f1: float
+    negative_transfer: bool
+
+
+class PhaseSpan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    phase: str
+    first_epoch: int  # 1-based, as in train_log.csv
+    epochs: int
+
+
+class FinetuneResult(Result):
+    """The best checkpoint scored on the val split exactly as `edgetl eval` scores it, and how it was trained."""
+
+    # edgetl.metrics.classification_metrics
+    n: int
+    top1: float
+    top5: float | None
+    macro_f1: float
+    auc_roc: float | None
+    per_class_accuracy: dict[str, float | None]
+    classes: list[str]
+    confusion: list[list[int]]
+    # the training
+    best_epoch: int
+    epochs_run: int
+    train_seconds: float
+    model: str
+    strategy: str
+    trainable_params: int
+    frozen_params: int
+    loaded_params: int
+    new_params: int
+    source_weights: dict[str, Any]
+    phases: list[PhaseSpan]
+    train_images: int
+    device: str
+    world_size: int = 1  # processes that trained it (torchrun); runs before this key had one
+    baseline: BaselineComparison | None = None
+
+    def write(self, path):
+        from pathlib import Path
+
+        from edgetl.io import write_json
+
+        # A run without a twin has no baseline key at all, as before.
+        write_json(Path(path), self.model_dump(mode="json", exclude_none=False,
+                                               exclude={"baseline"} if self.baseline is None else set()))
+        return Path(path)

@@ -1,0 +1,105 @@
+"""What `edgetl finetune` takes: its settings, checked before any image is read or file written.
+
+The run's config.yaml is these settings as resolved, plus `out` (where the run was written: other code recognises
+a run by its config.yaml's data/out/model keys). `out` is not a setting: the run argument of `finetune()` (the CLI's
+--out) says where a run goes, so a settings file's `out` is read and ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import Field, model_validator
+
+from edgetl.choices import BaselineName, DistBackendName, StrategyName
+from edgetl.errors import EdgetlError
+from edgetl.models import strategy_phases
+from edgetl.stage import Settings
+
+
+
+class FinetuneSettings(Settings):
+    data: str
+    model: str = "resnet50"
+    pretrained: bool = True
+    weights: str | None = Field(default=None, description=".safetensors, .pth or an edgetl run dir")
+    strategy: StrategyName = "full"
+    lp_epochs: int | None = Field(default=None, ge=1, description="strategy lp-ft: linear-probe epochs [half]")
+    unfreeze: int = Field(default=1, ge=0, description="stages trained with strategy partial")
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=32, ge=1, description="the global batch: images per optimizer step, over every "
+                            "process and accumulation micro-step")
+    lr: float = Field(default=1e-3, gt=0, description="for the global batch; never scaled with the process count")
+    backbone_lr_scale: float = Field(default=0.1, ge=0)
+    layer_decay: float | None = Field(default=None, gt=0, le=1)
+    weight_decay: float = Field(default=0.05, ge=0)
+    warmup_epochs: float = Field(default=1.0, ge=0)
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    img_size: int | None = Field(default=None, ge=8, le=2048, description="default: the model's pretrained size")
+    crop_pct: float | None = Field(default=None, gt=0, le=1)
+    augment: str = "flip"
+    val_fraction: float = 0.2
+    seed: int = 0
+    workers: int = Field(default=2, ge=0)
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    patience: int | None = Field(default=None, ge=1, description="early stopping: epochs without improvement")
+    skip_bad_images: bool = False
+    baseline: BaselineName | None = Field(default=None, description="also train the from-scratch twin")
+    # Several processes (torchrun); a one-process run ignores all but `accumulate`.
+    accumulate: int = Field(default=1, ge=1, description="micro-steps per optimizer step (gradient accumulation)")
+    sync_bn: bool = Field(default=False, description="SyncBatchNorm across processes (CUDA only)")
+    dist_backend: DistBackendName = Field(default="auto", description="auto: nccl on CUDA, gloo on the CPU")
+    dist_timeout: float = Field(default=1800.0, gt=0, description="seconds a collective waits for the other "
+                                "processes before this one stops")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_recorded_out(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "out" in data:
+            data = {k: v for k, v in data.items() if k != "out"}
+        return data
+
+
+def check_plan(cfg: FinetuneSettings) -> None:
+    """Settings that only make sense together. baseline scratch compares a transfer run with its twin: the run
+    itself must start from weights."""
+    strategy_phases(cfg.strategy, cfg.epochs, cfg.lp_epochs)
+    if cfg.baseline == "scratch" and cfg.weights is None and not cfg.pretrained:
+        raise EdgetlError("baseline 'scratch': this run has no source weights, so it is the from-scratch run itself",
+                          "give weights or pretrained, or drop baseline")
+
+
+def per_process_batch(cfg: FinetuneSettings, world_size: int) -> int:
+    """Images per process and micro-step: the global batch split over processes and accumulation steps."""
+    parts = world_size * cfg.accumulate
+    if cfg.batch_size % parts:
+        raise EdgetlError(f"batch_size {cfg.batch_size}: the global batch does not split into {world_size} "
+                          f"process(es) x accumulate {cfg.accumulate}",
+                          f"give a batch_size that is a multiple of {parts}")
+    return cfg.batch_size // parts
+
+
+def baseline_settings(cfg: FinetuneSettings) -> FinetuneSettings:
+    """The from-scratch twin: the same data, recipe, budget and seed, no source weights. Every layer trains
+    (a random backbone has nothing to freeze or protect, the rule that also trains it at the full rate)."""
+    return cfg.model_copy(update={"weights": None, "pretrained": False, "strategy": "full", "lp_epochs": None,
+                                  "baseline": None})
+
+
+def config_yaml(cfg: FinetuneSettings, out: str, world_size: int) -> str:
+    """config.yaml: the settings with `out` after `data` (the keys earlier runs have), and a comment that states
+    the batch arithmetic of this run, which depends on how many processes trained it."""
+    data = cfg.model_dump(mode="json")
+    ordered = {"data": data.pop("data"), "out": out, **data}
+    per = cfg.batch_size // (world_size * cfg.accumulate)
+    note = (f"# global batch {cfg.batch_size} (batch_size) = {world_size} process(es) x {per} image(s) x accumulate "
+            f"{cfg.accumulate}; lr {cfg.lr:g} applies to the global batch, unscaled\n")
+    return note + yaml.safe_dump(ordered, sort_keys=False)
+
+
+def read_config(text: str) -> FinetuneSettings:
+    return FinetuneSettings.model_validate(yaml.safe_load(text))

@@ -1,0 +1,35 @@
+"""finetune on the terminal: a bar per epoch, one line per finished epoch, and the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from edgetl.presentation.console import console as default_console
+from edgetl.presentation.events import RichEvents
+
+
+def finetune_events(console: Console | None = None) -> RichEvents:
+    """RichEvents that also print one line per finished epoch (use as a context manager)."""
+    out = console or default_console
+    return RichEvents(out, on_record={"epoch": lambda row: print_epoch(row, out)})
+
+
+def print_epoch(row: dict[str, Any], console: Console | None = None) -> None:
+    mark = " *" if row.get("best") else ""
+    (console or default_console).print(
+        f"epoch {row['epoch']:>3}  train loss {row['train_loss']:.4f} top-1 {row['train_top1']:.3f}  "
+        f"val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.3f}  {row['images_per_second']:.0f} img/s{mark}",
+        markup=False, soft_wrap=True, highlight=False)
+
+
+def render_finetune(run: str | Path, result, console: Console | None = None) -> None:
+    """The run's metrics.json (a FinetuneResult) in a few lines."""
+    from edgetl.presentation.eval import print_metrics
+
+    data = result.model_dump(mode="json")
+    processes = f", {data['world_size']} processes" if data.get("world_size", 1) > 1 else ""
+    print_metrics(data, title=f"best epoch {data['best_epoch']} of {data['epochs_run']}{processes}")
+    (console or default_console).print(f"run: {run}", markup=False, soft_wrap=True, highlight=False)
