@@ -12,6 +12,7 @@ QuantPrecisionName = Literal["int8", "fp16"]
 BackendName = Literal["torch", "onnxruntime", "tensorrt"]
 DeviceName = Literal["cpu", "cuda"]
 Int8FormName = Literal["tensorrt", "cpu"]  # S8S8 Q/DQ for TensorRT, U8S8 for x86 ONNX Runtime
+CheckModeName = Literal["full", "header", "none"]  # finetune's up-front image check (edgetl.data.check)
 
 
 def values(literal) -> tuple[str, ...]:
@@ -28,3 +29,4 @@ EnginePrecision = as_enum("EnginePrecision", EnginePrecisionName)
 QuantPrecision = as_enum("QuantPrecision", QuantPrecisionName)
 Backend = as_enum("Backend", BackendName)
 Device = as_enum("Device", DeviceName)
+CheckMode = as_enum("CheckMode", CheckModeName)

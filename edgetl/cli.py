@@ -11,6 +11,7 @@ from typing import List, Optional
 
 import typer
 
+from edgetl.choices import CheckMode
 from edgetl.presentation.console import console, err_console
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -203,6 +204,10 @@ def finetune(
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model [default: off]"),
     patience: Optional[int] = typer.Option(None, help="early stopping after N epochs without improvement"),
     skip_bad_images: Optional[bool] = typer.Option(None, "--skip-bad-images", help="skip unreadable images and list them"),
+    check: Optional[CheckMode] = typer.Option(None, "--check", help="check every image before training: full "
+                                              "(decode; cached per file, so a second run checks only what changed) | "
+                                              "header (open only, fast) | none; an image failing later is skipped "
+                                              "and listed in RUN/bad_images.json [default: full]"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
 ) -> None:
@@ -214,6 +219,7 @@ def finetune(
 
     overrides = {k: v for k, v in given.items() if k not in ("config", "resume", "overwrite")}
     overrides["data"], overrides["out"] = str(data), str(out)
+    overrides["check"] = check.value if check is not None else None
     cfg = load_config(FinetuneConfig, config, overrides)
     with finetune_events() as events:
         run_finetune(cfg, resume=resume, overwrite=overwrite, events=events)

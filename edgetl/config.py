@@ -9,6 +9,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgetl.choices import CheckModeName
 from edgetl.errors import EdgetlError, first_line
 
 T = TypeVar("T", bound=BaseModel)
@@ -45,6 +46,8 @@ class FinetuneConfig(BaseModel):
     compile: bool = False
     patience: int | None = Field(default=None, ge=1, description="early stopping: epochs without improvement")
     skip_bad_images: bool = False
+    check: CheckModeName = Field(default="full", description="up-front image check: full (decode, cached per "
+                                 "file) | header | none; images failing later in training are skipped and listed")
     baseline: Literal["scratch"] | None = Field(default=None, description="also train the from-scratch twin")
 
 

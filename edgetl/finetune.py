@@ -20,7 +20,8 @@ from torch import nn
 from edgetl import __version__
 from edgetl.card import ModelCard
 from edgetl.config import FinetuneConfig, dump_config
-from edgetl.data import ImageDataset, check_images, load_splits, read_splits, save_splits
+from edgetl.data import ImageDataset, check_splits, load_splits, make_loader, read_splits, save_splits
+from edgetl.data.skipped import SkippedImages
 from edgetl.data.transforms import eval_transform, resize_size, train_transform
 from edgetl.errors import EdgetlError, Interrupted, RunDirError
 from edgetl.io import atomic_path, read_json, write_json, write_text
@@ -106,15 +107,20 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False,
     else:
         run = _fresh_dir(target, cfg.data, overwrite)
         train, val = load_splits(cfg.data, cfg.val_fraction, cfg.seed)
-        ev.message(f"checking {len(train) + len(val)} images in {cfg.data}")
-        train, bad_train = check_images(train, cfg.skip_bad_images, ev.check_progress)
-        val, bad_val = check_images(val, cfg.skip_bad_images, ev.check_progress)
-        if bad_train or bad_val:
-            bad = bad_train + bad_val
+        if cfg.check != "none":
+            ev.message(f"checking {len(train) + len(val)} images in {cfg.data} ({cfg.check})")
+        checked = check_splits(train, val, cfg.data, cfg.check, skip_bad=cfg.skip_bad_images,
+                               progress=ev.check_progress, warn=ev.message)
+        train, val, bad = checked.train, checked.val, checked.bad
+        if checked.cached:
+            ev.message(f"{checked.cached} image(s) unchanged since an earlier check, {checked.checked} checked now")
+        if bad:
             ev.message(f"skipped {len(bad)} unreadable image(s): " + "; ".join(f"{p} ({r})" for p, r in bad[:10])
                        + (" ..." if len(bad) > 10 else ""))
     device = resolve_device(cfg.device)
     created = not run.path.exists()
+    if not resume and bad:
+        SkippedImages(run.bad_images).add(bad, "check")  # removed with the run if it fails before an epoch ends
     try:
         _train(cfg, run, train, val, device, state, ev)
     except BaseException as e:
@@ -256,7 +262,6 @@ def _run_baseline(run: RunDir, train, val, device, ev: Events) -> None:
 
 def _train(cfg, run, train, val, device, state, ev: Events) -> RunDir:
     from timm.scheduler import CosineLRScheduler
-    from torch.utils.data import DataLoader
 
     seed_everything(cfg.seed)
     weights = cfg.weights
@@ -282,7 +287,10 @@ def _train(cfg, run, train, val, device, state, ev: Events) -> RunDir:
     memory_format = torch.channels_last if (use_cuda and cfg.channels_last) else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
 
-    train_ds = ImageDataset(train, train_transform(card, cfg.augment, seed=cfg.seed))
+    # A training image that passed the up-front check (header only, or changed since) and fails to decode is
+    # skipped and listed in RUN/bad_images.json; val images were decoded in full by the check.
+    train_ds = ImageDataset(train, train_transform(card, cfg.augment, seed=cfg.seed), skip_bad=True)
+    skipped = SkippedImages(run.bad_images, ev.message)
     train_ds.check_output_size(card)
     val_ds = ImageDataset(val, eval_transform(card))
     steps_per_epoch = max(1, len(train_ds) // cfg.batch_size)
@@ -332,10 +340,9 @@ def _train(cfg, run, train, val, device, state, ev: Events) -> RunDir:
         # Everything random in an epoch derives from (seed, epoch): a resumed run replays it exactly.
         seed_everything(cfg.seed + epoch)
         train_ds.transform.set_random_seed(cfg.seed + epoch)
-        gen = torch.Generator().manual_seed(cfg.seed + epoch)
-        loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_ds) >= cfg.batch_size,
-                            num_workers=cfg.workers, generator=gen, pin_memory=use_cuda,
-                            worker_init_fn=_seed_worker, persistent_workers=False)
+        loader = make_loader(train_ds, cfg.batch_size, shuffle=True, workers=cfg.workers, device=device,
+                             seed=cfg.seed + epoch, drop_last=len(train_ds) >= cfg.batch_size,
+                             on_skip=lambda bad, epoch=epoch: skipped.add(bad, "training", epoch + 1))
         ev.epoch_start(epoch, cfg.epochs, len(loader))
         set_train_mode(model)
         stats = train_one_epoch(train_model, loader, optimizer, criterion, device, amp_dtype=amp_dtype,
@@ -403,24 +410,10 @@ def train_one_epoch(model, batches, optimizer, criterion, device, amp_dtype=None
             "seconds": seconds, "images_per_second": seen / seconds if seconds else 0.0}
 
 
-def _seed_worker(worker_id: int) -> None:
-    # Each DataLoader worker gets a distinct, reproducible seed derived from the loader's generator.
-    import torch.utils.data
-
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-    info = torch.utils.data.get_worker_info()
-    if info is not None and hasattr(info.dataset.transform, "set_random_seed"):
-        info.dataset.transform.set_random_seed(seed)
-
-
 @torch.no_grad()
 def _validate(model, ds, cfg, device, amp_dtype, memory_format, criterion):
-    from torch.utils.data import DataLoader
-
     model.eval()
-    loader = DataLoader(ds, batch_size=cfg.batch_size * 2, shuffle=False, num_workers=cfg.workers)
+    loader = make_loader(ds, cfg.batch_size * 2, shuffle=False, workers=cfg.workers, device=device, seed=cfg.seed)
     logits, labels, loss_sum = [], [], 0.0
     for x, y in loader:
         x = x.to(device, memory_format=memory_format)

@@ -35,6 +35,31 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: unreadable image ({first_line(e)})", "fix or remove it") from None
 
 
+def probe_header(path: str | os.PathLike) -> tuple[int, int, str]:
+    """(width, height, mode) from the file's header only, without decoding pixels: the cheap check. It finds
+    what is not an image at all (empty, garbage, a FIFO, an unknown format) and absurd sizes, but not a file
+    truncated inside its pixel data: that only a full decode (load_rgb) finds."""
+    try:
+        with _open_regular(path) as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(f) as img:  # parses the header; raises DecompressionBombError on a bomb's size
+                width, height, mode = img.width, img.height, img.mode
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: image too large to decode safely ({first_line(e)})", "fix or remove it") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"{path}: unreadable image ({first_line(e)})", "fix or remove it") from None
+    if width <= 0 or height <= 0:
+        raise DataError(f"{path}: unreadable image (size {width}x{height})", "fix or remove it")
+    if mode not in _KNOWN_MODES:
+        raise DataError(f"{path}: unreadable image (pixel mode {mode!r})", "fix or remove it")
+    return width, height, mode
+
+
+# Modes load_rgb turns into RGB: _to_rgb_array scales I/F, PIL converts the others ("La" it cannot).
+_KNOWN_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
+                "I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
+
+
 def _open_regular(path: str | os.PathLike):
     """Open for reading only if it is a regular file. O_NONBLOCK, so that a FIFO (or a device) with an
     image's name returns at once instead of waiting for a writer; the check is on the opened file."""
