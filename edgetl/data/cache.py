@@ -104,7 +104,7 @@ class CheckCache:
         """The entries on disk, or {} when there is no file, it is another reader's, or it is unreadable."""
         try:
             text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no cache yet (a folder that cannot be one: save warns)
             return {}
         except (OSError, UnicodeDecodeError) as e:
             if warn:
