@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -252,28 +251,38 @@ def test_loader_settings_follow_the_device():
 
 
 # --- finetune: a truncated image met during training, and --check on the command line ---------------------
+# A tiny data set (2 classes x 8 train + 4 val, 32 px) and timm's test_resnet keep each run to seconds.
 
-def _data_with_truncated(tmp_path, digits):
+def _tiny_data(tmp_path):
     data = tmp_path / "data"
-    shutil.copytree(digits["source"], data)
-    bad = data / "train" / "3" / "zz-truncated.jpg"
+    for split, n in (("train", 8), ("val", 4)):
+        for k, c in enumerate(("a", "b")):
+            (data / split / c).mkdir(parents=True)
+            for i in range(n):
+                (data / split / c / f"{i}.jpg").write_bytes(_jpeg_bytes(32, 40 * k + i))
+    bad = data / "train" / "b" / "zz-truncated.jpg"
     bad.write_bytes(_truncated_jpeg())
     return data, bad
 
 
-def test_truncated_image_met_in_training_is_skipped_and_listed(tmp_path, digits):
+def test_truncated_image_met_in_training_is_skipped_and_listed(tmp_path):
     from edgetl.finetune import Events, finetune
     from tests.conftest import tiny_config
 
-    data, bad = _data_with_truncated(tmp_path, digits)
+    data, bad = _tiny_data(tmp_path)
+    garbage = data / "train" / "a" / "garbage.jpg"
+    garbage.write_bytes(b"not an image" * 8)
     messages: list[str] = []
-    cfg = tiny_config(data, tmp_path / "run", epochs=2, check="header")
+    cfg = tiny_config(data, tmp_path / "run", model="test_resnet", epochs=2, batch_size=4, check="header",
+                      skip_bad_images=True)
     run = finetune(cfg, events=Events(message=messages.append))
-    assert (run.path / "metrics.json").exists()
-    listed = json.loads((run.path / "bad_images.json").read_text())
-    assert listed["images"] == [{"path": str(bad), "reason": listed["images"][0]["reason"], "found": "training",
-                                 "epoch": 1}]  # met in both epochs, listed once
-    assert "truncated" in listed["images"][0]["reason"]
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 2 and metrics["n"] == 8
+    listed = json.loads((run.path / "bad_images.json").read_text())["images"]
+    # The header check found the garbage file; the truncated one passed it and was met in both epochs, listed once.
+    assert [(e["path"], e["found"], e["epoch"]) for e in listed] == [(str(garbage), "check", None),
+                                                                     (str(bad), "training", 1)]
+    assert "truncated" in listed[1]["reason"]
     assert sum("skipped unreadable image" in m and "zz-truncated.jpg" in m for m in messages) == 1
     assert yaml.safe_load((run.path / "config.yaml").read_text())["check"] == "header"
 
@@ -284,27 +293,20 @@ def _cli(*args, **kwargs):
                           env=env, **kwargs)
 
 
-def test_cli_check_option(tmp_path, digits):
-    data, bad = _data_with_truncated(tmp_path, digits)
-    common = ["--model", "resnet18", "--no-pretrained", "--img-size", "32", "--epochs", "1", "--workers", "0",
-              "--augment", "crop", "--batch-size", "32"]
+def test_cli_check_option(tmp_path):
+    data, bad = _tiny_data(tmp_path)
+    common = ["--model", "test_resnet", "--no-pretrained", "--img-size", "32", "--epochs", "1", "--workers", "0",
+              "--augment", "crop", "--batch-size", "4"]
     res = _cli("finetune", data, "--out", tmp_path / "bogus", "--check", "thorough", *common)
     assert res.returncode == 2 and "thorough" in res.stderr
-
-    # full (the default) finds the truncated file before training: one line, no run directory.
-    res = _cli("finetune", data, "--out", tmp_path / "full", *common)
-    assert res.returncode == 1 and "zz-truncated.jpg: unreadable image" in res.stderr
-    assert "--skip-bad-images" in res.stderr and not (tmp_path / "full").exists()
 
     # A YAML check is used unless --check is given: header passes the file, training skips and lists it.
     (tmp_path / "settings.yaml").write_text("check: header\n")
     res = _cli("finetune", data, "--out", tmp_path / "header", "--config", tmp_path / "settings.yaml", *common)
     assert res.returncode == 0, res.stderr
     assert "skipped unreadable image" in res.stdout and "zz-truncated.jpg" in res.stdout
-    assert json.loads((tmp_path / "header" / "bad_images.json").read_text())["images"][0]["found"] == "training"
-    res = _cli("finetune", data, "--out", tmp_path / "cli-wins", "--config", tmp_path / "settings.yaml",
-               "--check", "full", *common)
-    assert res.returncode == 1 and "zz-truncated.jpg" in res.stderr
+    listed = json.loads((tmp_path / "header" / "bad_images.json").read_text())["images"]
+    assert [(e["path"], e["found"]) for e in listed] == [(str(bad), "training")]
 
     # none reads nothing up front: the same skip happens in training.
     res = _cli("finetune", data, "--out", tmp_path / "none", "--check", "none", *common)
@@ -312,8 +314,9 @@ def test_cli_check_option(tmp_path, digits):
     assert "checking" not in res.stdout and "zz-truncated.jpg" in res.stdout
     assert yaml.safe_load((tmp_path / "none" / "config.yaml").read_text())["check"] == "none"
 
-    # With --skip-bad-images a full check leaves the file out up front and lists it as found by the check.
-    res = _cli("finetune", data, "--out", tmp_path / "skip", "--skip-bad-images", *common)
-    assert res.returncode == 0, res.stderr
-    listed = json.loads((tmp_path / "skip" / "bad_images.json").read_text())["images"]
-    assert [(e["path"], e["found"]) for e in listed] == [(str(bad), "check")]
+    # full (the default; and --check full wins over the YAML) decodes the file before training: one line, no run.
+    for extra in ([], ["--config", tmp_path / "settings.yaml", "--check", "full"]):
+        res = _cli("finetune", data, "--out", tmp_path / "full", *extra, *common)
+        assert res.returncode == 1 and "zz-truncated.jpg: unreadable image (image file is truncated" in res.stderr
+        assert "--skip-bad-images" in res.stderr and "Traceback" not in res.stderr
+        assert not (tmp_path / "full").exists()
