@@ -122,6 +122,20 @@ def test_header_mode_passes_a_truncated_jpeg_that_full_mode_refuses(tmp_path):
     assert header_again.checked == 0 and _names(header_again.bad) == list(BAD)
 
 
+def test_an_interrupted_check_keeps_what_it_checked(tmp_path):
+    root = _folder(tmp_path / "d")
+    paths = scan_folder(root).paths
+
+    def interrupt_after_ten(done, total):
+        if done >= 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        check_files(paths, "full", root=root, cache_dir=tmp_path / "cache", workers=1, progress=interrupt_after_ten)
+    resumed = check_files(paths, "full", root=root, cache_dir=tmp_path / "cache", workers=1)
+    assert resumed.cached == 10 and resumed.checked == 17 and _names(resumed.bad) == list(BAD)
+
+
 def test_none_mode_reads_nothing(tmp_path):
     root = _folder(tmp_path / "d")
     items = scan_folder(root)

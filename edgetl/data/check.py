@@ -148,7 +148,8 @@ def _check_in_pool(todo, n_workers: int, record) -> None:
     chunk_size = max(16, min(512, len(todo) // (n_workers * 8) or 16))
     chunks = [todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size)]
     n_workers = min(n_workers, len(chunks))
-    with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_ignore_sigint) as pool:
         pending = {}
         next_chunk = 0
         try:
@@ -161,9 +162,16 @@ def _check_in_pool(todo, n_workers: int, record) -> None:
                 for future in finished:
                     record(pending.pop(future), future.result())
         except BaseException:
-            for future in pending:
-                future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)  # the chunks under way finish (seconds), then record stops
             raise
+
+
+def _ignore_sigint() -> None:
+    """Ctrl-C is the parent's to handle (it stops the pool and saves what was checked); a worker killed by it
+    would print a traceback of its own."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _keep_good(items: ImageList, bad: dict[str, str], skip_bad: bool, what: str = "") -> ImageList:
