@@ -31,12 +31,12 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 
 
 def _write_chunk(args) -> int:
-    root, start, stop, classes, seed = args
+    root, start, stop, classes, seed, (lo, hi) = args
     from PIL import Image
 
     rng = np.random.default_rng([seed, start])
     for i in range(start, stop):
-        h, w = (int(v) for v in rng.integers(32, 65, size=2))
+        h, w = (int(v) for v in rng.integers(lo, hi + 1, size=2))
         # A smooth picture plus some noise: JPEGs of a few kB, like thumbnails rather than pure noise.
         base = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
         img = np.asarray(Image.fromarray(base).resize((w, h), Image.BILINEAR), dtype=np.int16)
@@ -48,7 +48,7 @@ def _write_chunk(args) -> int:
     return stop - start
 
 
-def generate(root: Path, n: int, classes: int, workers: int, seed: int = 0) -> float:
+def generate(root: Path, n: int, classes: int, workers: int, sizes: tuple[int, int], seed: int = 0) -> float:
     """Write n JPEGs under root (skipped when root already holds n); returns seconds."""
     existing = sum(1 for _ in root.rglob("*.jpg")) if root.exists() else 0
     if existing == n:
@@ -59,7 +59,7 @@ def generate(root: Path, n: int, classes: int, workers: int, seed: int = 0) -> f
     for c in range(classes):
         (root / f"c{c}").mkdir(parents=True, exist_ok=True)
     step = 2000
-    jobs = [(str(root), s, min(n, s + step), classes, seed) for s in range(0, n, step)]
+    jobs = [(str(root), s, min(n, s + step), classes, seed, sizes) for s in range(0, n, step)]
     with ProcessPoolExecutor(workers) as pool:
         assert sum(pool.map(_write_chunk, jobs)) == n
     return time.perf_counter() - t0
@@ -87,6 +87,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=100_000)
     ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--sizes", default="32,64", help="smallest,largest side in px [default: 32,64]")
     ap.add_argument("--path", type=Path, help="folder to generate into and keep [default: a temporary folder]")
     ap.add_argument("--workers", type=int, default=None, help="check processes [default: one per CPU]")
     ap.add_argument("--serial-images", type=int, default=10_000, help="subset for the serial (old) check")
@@ -112,7 +113,8 @@ def main() -> None:
     caches = Path(tempfile.mkdtemp(prefix="edgetl-image-check-cache-"))
     rows: list[tuple[str, float, float, str]] = []  # (what, seconds, images/s, note)
     try:
-        gen_s = generate(root, args.images, args.classes, workers)
+        sizes = tuple(int(v) for v in args.sizes.split(","))
+        gen_s = generate(root, args.images, args.classes, workers, sizes)
         items = scan_folder(root)
         paths = items.paths
         n = len(paths)
@@ -162,7 +164,8 @@ def main() -> None:
     command = "nice -n 10 python " + " ".join(shlex.quote(a) for a in sys.argv)
     text = "\n".join([
         "",
-        f"### Image check and loader, {args.images:,} generated JPEGs ({args.classes} classes, 32-64 px)",
+        f"### Image check and loader, {args.images:,} generated JPEGs ({args.classes} classes, "
+        f"{args.sizes.replace(',', '-')} px, {size_mb * 1e3 / max(1, args.images):.0f} kB each on average)",
         "",
         f"`{command}` on {machine()}, {datetime.date.today().isoformat()}, Python {sys.version.split()[0]}. "
         f"Load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after, on {os.cpu_count()} cores"
