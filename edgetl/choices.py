@@ -12,6 +12,7 @@ QuantPrecisionName = Literal["int8", "fp16"]
 BackendName = Literal["torch", "onnxruntime", "tensorrt"]
 DeviceName = Literal["cpu", "cuda"]
 Int8FormName = Literal["tensorrt", "cpu"]  # S8S8 Q/DQ for TensorRT, U8S8 for x86 ONNX Runtime
+CheckModeName = Literal["full", "header", "none"]  # finetune's up-front image check (edgetl.data.check)
 
 
 def values(literal) -> tuple[str, ...]:
@@ -50,3 +51,5 @@ BaselineName = Literal["scratch"]
 Strategy = as_enum("Strategy", StrategyName)
 DistBackend = as_enum("DistBackend", DistBackendName)
 Baseline = as_enum("Baseline", BaselineName)
+
+CheckMode = as_enum("CheckMode", CheckModeName)

@@ -15,6 +15,7 @@ import typer
 from edgetl.choices import Backend as BackendChoice, Device as DeviceChoice, Precision as PrecisionChoice
 from edgetl.choices import CalibMethod, QuantPrecision, QuantTarget
 from edgetl.choices import BuildTarget, DemoSource, EnginePrecision, TritonKind
+from edgetl.choices import CheckMode
 from edgetl.presentation.console import console, err_console
 
 # rich_markup_mode None: help text is printed as written, so "[default: X]" and "<stage>" are not eaten as markup
@@ -247,6 +248,10 @@ def finetune(
                                                        "CPU) | nccl | gloo [default: auto]"),
     dist_timeout: Optional[float] = typer.Option(None, help="under torchrun: seconds to wait for another process "
                                                  "before stopping [default: 1800]"),
+    check: Optional[CheckMode] = typer.Option(None, "--check", help="check every image before training: full "
+                                              "(decode; cached per file, so a second run checks only what changed) | "
+                                              "header (open only, fast) | none; an image failing later is skipped "
+                                              "and listed in RUN/bad_images.json [default: full]"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
 ) -> None:

@@ -58,6 +58,11 @@ class RunDir:
         """The exact train/val file lists, so later stages score the same validation images."""
         return self.path / "splits.json"
 
+    @property
+    def bad_images(self) -> Path:
+        """Images the run left out, found by the up-front check or during training (edgetl.data.skipped)."""
+        return self.path / "bad_images.json"
+
     # export / quantize
     @property
     def onnx(self) -> Path:

@@ -118,3 +118,19 @@ def family_graphs(tmp_path_factory):
         return made[model]
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def image_check_cache(tmp_path_factory) -> Path:
+    """The image-check cache of every test (and of the CLI subprocesses they start) in a session folder, never
+    the user's ~/.cache: a test's verdicts must not leak into a real run, nor a real run's into a test."""
+    import os
+
+    folder = tmp_path_factory.mktemp("edgetl-cache")
+    before = os.environ.get("EDGETL_CACHE_DIR")
+    os.environ["EDGETL_CACHE_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("EDGETL_CACHE_DIR", None)
+    else:
+        os.environ["EDGETL_CACHE_DIR"] = before

@@ -1,8 +1,28 @@
-"""Datasets: ImageFolder discovery and checks, albumentations pipelines, the demo data."""
+"""Datasets: ImageFolder discovery and checks, albumentations pipelines, the demo data.
 
-from edgetl.data.dataset import ImageDataset, iter_batches, load_arrays, preprocess
-from edgetl.data.folder import ImageList, check_images, load_splits, read_splits, save_splits, scan_folder
-from edgetl.data.images import load_rgb
+Names are imported on first use (PEP 562): a process that needs only `edgetl.data.images` (an image-check
+worker) then starts without loading albumentations, OpenCV and pydantic.
+"""
 
-__all__ = ["ImageDataset", "ImageList", "check_images", "iter_batches", "load_arrays", "load_rgb", "load_splits",
-           "preprocess", "read_splits", "save_splits", "scan_folder"]
+from __future__ import annotations
+
+import importlib
+
+_HOMES = {
+    "ImageDataset": "dataset", "iter_batches": "dataset", "load_arrays": "dataset", "preprocess": "dataset",
+    "ImageList": "folder", "load_splits": "folder", "read_splits": "folder", "save_splits": "folder",
+    "scan_folder": "folder",
+    "check_images": "check", "check_splits": "check",
+    "load_rgb": "images",
+    "make_loader": "loader",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'edgetl.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"edgetl.data.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value

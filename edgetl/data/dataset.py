@@ -9,18 +9,22 @@ import numpy as np
 from edgetl.card import ModelCard
 from edgetl.data.folder import ImageList
 from edgetl.data.images import load_rgb
+from edgetl.data.skipped import BadImage
 from edgetl.data.transforms import eval_geometry, eval_transform, to_chw
 from edgetl.errors import DataError
 
 
 class ImageDataset:
     """torch-style Dataset: (float32 CHW tensor, label). Written without subclassing torch so that
-    the device side (numpy only) can import this module."""
+    the device side (numpy only) can import this module.
 
-    def __init__(self, items: ImageList, transform):
+    With `skip_bad`, an image that cannot be read gives a BadImage marker instead of raising (in a loader worker,
+    an exception would end the epoch); edgetl.data.loader's collate drops it and reports it."""
+
+    def __init__(self, items: ImageList, transform, skip_bad: bool = False):
         self.items = items
         self.transform = transform
-        self._checked = False
+        self.skip_bad = skip_bad
 
     def __len__(self) -> int:
         return len(self.items)
@@ -28,12 +32,23 @@ class ImageDataset:
     def __getitem__(self, i: int):
         import torch
 
-        image = self.transform(image=load_rgb(self.items.paths[i]))["image"]
+        path = self.items.paths[i]
+        try:
+            rgb = load_rgb(path)
+        except DataError as e:
+            if not self.skip_bad:
+                raise
+            prefix = f"{path}: "
+            return BadImage(path, e.message[len(prefix):] if e.message.startswith(prefix) else e.message)
+        image = self.transform(image=rgb)["image"]
         x = torch.from_numpy(to_chw(image))
         return x, self.items.labels[i]
 
     def check_output_size(self, card: ModelCard) -> None:
-        x, _ = self[0]
+        first = next((s for s in (self[i] for i in range(len(self))) if not isinstance(s, BadImage)), None)
+        if first is None:
+            raise DataError("no readable image to train on")
+        x, _ = first
         if tuple(x.shape) != tuple(card.input_size):
             raise DataError(f"the augmentation pipeline yields {tuple(x.shape)}, the model needs {tuple(card.input_size)}",
                             "end a custom pipeline with a resize or crop to the model's size")

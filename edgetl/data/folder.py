@@ -1,4 +1,4 @@
-"""ImageFolder discovery: classes, train/val split, and up-front checking of every image."""
+"""ImageFolder discovery: classes, the train/val split, and the split lists a run records."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.data.images import is_image_file, load_rgb
+from edgetl.data.images import is_image_file
 from edgetl.errors import DataError, first_line
 
 
@@ -149,31 +149,6 @@ def stratified_split(items: ImageList, val_fraction: float, seed: int) -> tuple[
         val_idx += idx[:n_val].tolist()
         train_idx += idx[n_val:].tolist()
     return items.subset(sorted(train_idx)), items.subset(sorted(val_idx))
-
-
-def check_images(items: ImageList, skip_bad: bool, progress=None) -> tuple[ImageList, list[tuple[str, str]]]:
-    """Decode every image once. Returns the usable ones and (path, reason) for each bad one.
-
-    Without `skip_bad`, the first bad image raises one DataError that also counts the others.
-    """
-    good: list[int] = []
-    bad: list[tuple[str, str]] = []
-    for i, path in enumerate(items.paths):
-        try:
-            load_rgb(path)
-            good.append(i)
-        except DataError as e:
-            bad.append((path, e.message.split(": ", 1)[-1]))
-        if progress is not None:
-            progress(i + 1, len(items))
-    if bad and not skip_bad:
-        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-        raise DataError(f"{bad[0][0]}: {bad[0][1]}{more}", "fix or remove them, or pass --skip-bad-images")
-    kept = items.subset(good)
-    missing = [c for i, c in enumerate(items.classes) if i not in set(kept.labels)]
-    if missing:
-        raise DataError(f"no readable images left for class(es): {', '.join(missing)}")
-    return kept, bad
 
 
 SPLITS_FORMAT = "edgetl-splits/2"

@@ -31,8 +31,42 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     except Image.DecompressionBombError as e:
         # Pillow's guard against a small file that decodes to gigabytes (its MAX_IMAGE_PIXELS, twice over).
         raise DataError(f"{path}: image too large to decode safely ({first_line(e)})", "fix or remove it") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: unreadable image ({_UNIDENTIFIED})", "fix or remove it") from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{path}: unreadable image ({first_line(e)})", "fix or remove it") from None
+
+
+# PIL's own text names the file object (`<_io.BufferedReader name=5>`, a descriptor number), which differs from
+# process to process; the path is in the message already.
+_UNIDENTIFIED = "not an image format Pillow can read"
+
+
+def probe_header(path: str | os.PathLike) -> tuple[int, int, str]:
+    """(width, height, mode) from the file's header only, without decoding pixels: the cheap check. It finds
+    what is not an image at all (empty, garbage, a FIFO, an unknown format) and absurd sizes, but not a file
+    truncated inside its pixel data: that only a full decode (load_rgb) finds."""
+    try:
+        with _open_regular(path) as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(f) as img:  # parses the header; raises DecompressionBombError on a bomb's size
+                width, height, mode = img.width, img.height, img.mode
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: image too large to decode safely ({first_line(e)})", "fix or remove it") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: unreadable image ({_UNIDENTIFIED})", "fix or remove it") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"{path}: unreadable image ({first_line(e)})", "fix or remove it") from None
+    if width <= 0 or height <= 0:
+        raise DataError(f"{path}: unreadable image (size {width}x{height})", "fix or remove it")
+    if mode not in _KNOWN_MODES:
+        raise DataError(f"{path}: unreadable image (pixel mode {mode!r})", "fix or remove it")
+    return width, height, mode
+
+
+# Modes load_rgb turns into RGB: _to_rgb_array scales I/F, PIL converts the others ("La" it cannot).
+_KNOWN_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
+                "I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
 
 
 def _open_regular(path: str | os.PathLike):
@@ -40,11 +74,14 @@ def _open_regular(path: str | os.PathLike):
     image's name returns at once instead of waiting for a writer; the check is on the opened file."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        mode = os.fstat(fd).st_mode
+        st = os.fstat(fd)
+        mode = st.st_mode
         if not stat.S_ISREG(mode):
             kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) \
                 else "a socket" if stat.S_ISSOCK(mode) else "a folder" if stat.S_ISDIR(mode) else "special"
             raise ValueError(f"not a regular file: {kind}")
+        if st.st_size == 0:
+            raise ValueError("empty file")
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from edgetl.card import ModelCard
-from edgetl.data import ImageDataset, ImageList
+from edgetl.data import ImageDataset, ImageList, make_loader
+from edgetl.data.skipped import SkippedImages
 from edgetl.data.transforms import eval_transform, resize_size, train_transform
 from edgetl.finetune.distributed import World
 from edgetl.finetune.runstate import load_checkpoint, log_state, save_checkpoint, write_log
@@ -111,7 +112,10 @@ def train(cfg: FinetuneSettings, run: RunDir, train_items: ImageList, val_items:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # keeps the parameter objects, so freezing holds
     model = model.to(device, memory_format=memory_format)
 
-    train_ds = ImageDataset(train_items, train_transform(card, cfg.augment, seed=cfg.seed))
+    # A training image that passed the up-front check (header only, or changed since) and fails to decode is
+    # skipped and listed in RUN/bad_images.json (by rank 0: one writer); val images were decoded in full by the check.
+    train_ds = ImageDataset(train_items, train_transform(card, cfg.augment, seed=cfg.seed), skip_bad=True)
+    skipped = SkippedImages(run.bad_images, events.warning) if world.is_main else None
     train_ds.check_output_size(card)
     val_ds = ImageDataset(val_items, eval_transform(card))
     steps_per_epoch = optimizer_steps(micro_batches(len(train_ds), world.size, batch), cfg.accumulate)
@@ -164,7 +168,9 @@ def train(cfg: FinetuneSettings, run: RunDir, train_items: ImageList, val_items:
             train_model = wrapped()
             events.message(f"phase {phase.name}: {freeze['trainable']:,} trainable parameters at "
                            f"{cfg.lr * phase.lr_scale:g}")
-        loader = _train_loader(train_ds, cfg, batch, epoch, world, use_cuda)
+        loader = _train_loader(train_ds, cfg, batch, epoch, world, device,
+                               on_skip=None if skipped is None else
+                               (lambda bad, epoch=epoch: skipped.add(bad, "training", epoch + 1)))
         task = f"epoch {epoch + 1}/{cfg.epochs}"
         events.progress(task, 0, steps_per_epoch)
         set_train_mode(model)
@@ -228,24 +234,22 @@ def _epoch_seed(cfg: FinetuneSettings, epoch: int, world: World) -> int:
     return cfg.seed + epoch + world.rank * _RANK_SEED_STRIDE
 
 
-def _train_loader(ds: ImageDataset, cfg: FinetuneSettings, batch: int, epoch: int, world: World, pin: bool):
-    from torch.utils.data import DataLoader
-
+def _train_loader(ds: ImageDataset, cfg: FinetuneSettings, batch: int, epoch: int, world: World,
+                  device: torch.device, on_skip=None):
     seed = _epoch_seed(cfg, epoch, world)
     seed_everything(seed)
     ds.transform.set_random_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    if not world.distributed:
-        return DataLoader(ds, batch_size=batch, shuffle=True, drop_last=len(ds) >= batch, num_workers=cfg.workers,
-                          generator=gen, pin_memory=pin, worker_init_fn=_seed_worker, persistent_workers=False)
-    from torch.utils.data.distributed import DistributedSampler
+    sampler = None
+    if world.distributed:
+        from torch.utils.data.distributed import DistributedSampler
 
-    # One permutation of the whole split per (seed, epoch), the same on every process; each takes every
-    # size-th image of it. Every process gets the same number of batches, so none waits on a step the others skip.
-    sampler = DistributedSampler(ds, num_replicas=world.size, rank=world.rank, shuffle=True, seed=cfg.seed)
-    sampler.set_epoch(epoch)
-    return DataLoader(ds, batch_size=batch, sampler=sampler, drop_last=len(sampler) >= batch, num_workers=cfg.workers,
-                      generator=gen, pin_memory=pin, worker_init_fn=_seed_worker, persistent_workers=False)
+        # One permutation of the whole split per (seed, epoch), the same on every process; each takes every
+        # size-th image of it. Every process gets the same number of batches, so none waits on a step the others skip.
+        sampler = DistributedSampler(ds, num_replicas=world.size, rank=world.rank, shuffle=True, seed=cfg.seed)
+        sampler.set_epoch(epoch)
+    n = len(ds) if sampler is None else len(sampler)
+    return make_loader(ds, batch, shuffle=True, workers=cfg.workers, device=device, seed=seed, sampler=sampler,
+                       drop_last=n >= batch, on_skip=on_skip)
 
 
 def train_one_epoch(model, batches, optimizer, criterion, device, amp_dtype=None, memory_format=torch.contiguous_format,
@@ -310,33 +314,19 @@ def _sum_stats(stats: dict[str, float], world: World, device: torch.device) -> d
             "images_per_second": seen / stats["seconds"] if stats["seconds"] else 0.0}
 
 
-def _seed_worker(worker_id: int) -> None:
-    # Each DataLoader worker gets a distinct, reproducible seed derived from the loader's generator.
-    import torch.utils.data
-
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-    info = torch.utils.data.get_worker_info()
-    if info is not None and hasattr(info.dataset.transform, "set_random_seed"):
-        info.dataset.transform.set_random_seed(seed)
-
-
 @torch.no_grad()
 def _validate(model, ds, batch_size, workers, device, amp_dtype, memory_format, label_smoothing,
               world: World) -> tuple[float, float]:
     """Val loss and top-1 over the whole val split. Under DDP every process scores its share (DistributedSampler,
     in order) and the logits are gathered, padding dropped, so every process gets the same two numbers: rank 0
     alone would leave the others idle, waiting in their next collective for as long as validation takes."""
-    from torch.utils.data import DataLoader
-
     model.eval()
     sampler = None
     if world.distributed:
         from torch.utils.data.distributed import DistributedSampler
 
         sampler = DistributedSampler(ds, num_replicas=world.size, rank=world.rank, shuffle=False)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers)
+    loader = make_loader(ds, batch_size, shuffle=False, workers=workers, device=device, seed=0, sampler=sampler)
     logits, loss_sum = [], 0.0
     criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     for x, y in loader:

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import Field, model_validator
 
-from edgetl.choices import BaselineName, DistBackendName, StrategyName
+from edgetl.choices import BaselineName, DistBackendName, StrategyName, CheckModeName
 from edgetl.errors import EdgetlError
 from edgetl.models import strategy_phases
 from edgetl.stage import Settings
@@ -48,6 +48,8 @@ class FinetuneSettings(Settings):
     compile: bool = False
     patience: int | None = Field(default=None, ge=1, description="early stopping: epochs without improvement")
     skip_bad_images: bool = False
+    check: CheckModeName = Field(default="full", description="up-front image check: full (decode, cached per "
+                                 "file) | header | none; images failing later in training are skipped and listed")
     baseline: BaselineName | None = Field(default=None, description="also train the from-scratch twin")
     # Several processes (torchrun); a one-process run ignores all but `accumulate`.
     accumulate: int = Field(default=1, ge=1, description="micro-steps per optimizer step (gradient accumulation)")

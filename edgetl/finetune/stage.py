@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from edgetl.data import ImageList, check_images, load_splits, read_splits, save_splits
+from edgetl.data import ImageList, check_splits, load_splits, read_splits, save_splits
+from edgetl.data.skipped import SkippedImages
 from edgetl.errors import EdgetlError, Interrupted, RunDirError
 from edgetl.finetune.distributed import PeerLost, World, is_collective_failure
 from edgetl.finetune.loop import Trained, resume_state, train
@@ -113,17 +114,21 @@ def _prepare(target: RunDir, cfg: FinetuneSettings, resume: bool, overwrite: boo
     else:
         check_plan(cfg)
         check_devices(cfg, device, world)
+        bad: list = []
         work = fresh_dir(target, cfg.data, overwrite)
         train_items, val_items = load_splits(cfg.data, cfg.val_fraction, cfg.seed)
-        events.message(f"checking {len(train_items) + len(val_items)} images in {cfg.data}")
+        if cfg.check != "none":
+            events.message(f"checking {len(train_items) + len(val_items)} images in {cfg.data} ({cfg.check})")
 
         def progress(done: int, total: int) -> None:
             events.progress("checking images", done, total)
 
-        train_items, bad_train = check_images(train_items, cfg.skip_bad_images, progress)
-        val_items, bad_val = check_images(val_items, cfg.skip_bad_images, progress)
-        if bad_train or bad_val:
-            bad = bad_train + bad_val
+        checked = check_splits(train_items, val_items, cfg.data, cfg.check, skip_bad=cfg.skip_bad_images,
+                               progress=progress, warn=events.warning)
+        train_items, val_items, bad = checked.train, checked.val, checked.bad
+        if checked.cached:
+            events.message(f"{checked.cached} image(s) unchanged since an earlier check, {checked.checked} checked now")
+        if bad:
             events.message(f"skipped {len(bad)} unreadable image(s): " + "; ".join(f"{p} ({r})" for p, r in bad[:10])
                            + (" ..." if len(bad) > 10 else ""))
     created = not work.path.exists()
@@ -131,6 +136,8 @@ def _prepare(target: RunDir, cfg: FinetuneSettings, resume: bool, overwrite: boo
     write_text(work.config, config_yaml(cfg, str(target.path), world.size))
     if state is None:
         save_splits(work.splits, train_items, val_items)
+        if bad:
+            SkippedImages(work.bad_images).add(bad, "check")  # removed with the run if it fails before an epoch ends
     return _Plan(str(work.path), train_items.to_dict(), val_items.to_dict(), cfg, state, created, False)
 
 
