@@ -28,3 +28,8 @@ EnginePrecision = as_enum("EnginePrecision", EnginePrecisionName)
 QuantPrecision = as_enum("QuantPrecision", QuantPrecisionName)
 Backend = as_enum("Backend", BackendName)
 Device = as_enum("Device", DeviceName)
+
+DeployBackendName = Literal["tensorrt", "onnxruntime"]  # what `edgetl deploy` runs on the device
+DeployDeviceName = Literal["auto", "cpu", "cuda"]  # onnxruntime's execution provider on the device
+DeployBackend = as_enum("DeployBackend", DeployBackendName)
+DeployDevice = as_enum("DeployDevice", DeployDeviceName)

@@ -31,11 +31,11 @@ CHUNK = 1 << 20
 def validate_host(host: str) -> str:
     """An ssh destination (user@host, an ~/.ssh/config alias, ssh://user@host:port), never an option or a shell word."""
     if not host:
-        raise DeployError("--host is empty", "give user@host or a Host alias from ~/.ssh/config")
+        raise DeployError("host is empty", "give user@host or a Host alias from ~/.ssh/config")
     if host.startswith("-"):
-        raise DeployError(f"--host {host!r}: starts with '-', which ssh would read as an option")
+        raise DeployError(f"host {host!r}: starts with '-', which ssh would read as an option")
     if _BAD_HOST.search(host):
-        raise DeployError(f"--host {host!r}: contains whitespace, control or shell characters",
+        raise DeployError(f"host {host!r}: contains whitespace, control or shell characters",
                           "give user@host or a Host alias from ~/.ssh/config")
     return host
 
@@ -73,11 +73,11 @@ class SSHTransport:
                  ssh: str = "ssh", port: int | None = None, identity: str | os.PathLike | None = None):
         self.host = validate_host(host)
         if port is not None and not 1 <= int(port) <= 65535:
-            raise DeployError(f"--port {port}: not a TCP port (1-65535)")
+            raise DeployError(f"port {port}: not a TCP port (1-65535)")
         if identity is not None:
             key = Path(identity).expanduser()
             if not key.is_file():
-                raise DeployError(f"--identity {identity}: no such key file", "give the private key, e.g. ~/.ssh/id_ed25519")
+                raise DeployError(f"identity {identity}: no such key file", "give the private key, e.g. ~/.ssh/id_ed25519")
         # -p and -i are plain OpenSSH options: the user's config, agent and known_hosts still apply;
         # IdentitiesOnly keeps ssh from offering every agent key first (servers cut off after ~6 tries).
         own = ([] if port is None else ["-p", str(int(port))]) + \
@@ -148,7 +148,7 @@ class SSHTransport:
         text = stderr.lower()
         if "connection refused" in text:
             return DeployError(f"cannot connect to {self.host}: connection refused",
-                               "is sshd running there, and is the port right (--port PORT)?")
+                               "is sshd running there, and is the port right (host:port, or the setting port)?")
         if "could not resolve hostname" in text or "name or service not known" in text:
             return DeployError(f"cannot connect to {self.host}: unknown host name", "check the name, or add it to ~/.ssh/config")
         if "timed out" in text or "no route to host" in text or "network is unreachable" in text:
@@ -158,7 +158,7 @@ class SSHTransport:
                                f"run `ssh {self.host}` once by hand to check and accept its key")
         if "permission denied" in text or "too many authentication failures" in text:
             return DeployError(f"{self.host}: ssh authentication failed ({last})",
-                               f"check that `ssh {self.host} true` works without a password (key in ssh-agent, or --identity KEY)")
+                               f"check that `ssh {self.host} true` works without a password (key in ssh-agent, or the setting identity)")
         return DeployError(f"{self.host}: ssh failed: {last}")
 
     # -- commands ---------------------------------------------------------------------------------
@@ -190,7 +190,7 @@ class SSHTransport:
         res = self.run([python, "-", *args], input=script, check=False, timeout=timeout, what=what or f"{python} -")
         if res.returncode == 127:
             raise DeployError(f"{self.host}: no Python interpreter `{python}` there",
-                              "install python3 (and numpy) on the device, or pass --python /path/to/python3")
+                              "install python3 (and numpy) on the device, or set python to /path/to/python3 there")
         if check and res.returncode != 0:
             raise DeployError(f"{self.host}: {_remote_failure(what or 'device script', res)}")
         return res
