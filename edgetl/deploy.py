@@ -30,7 +30,12 @@ from pydantic import Field, PositiveInt, field_validator
 
 from edgetl.bundle import MANIFEST, Bundle, device_program, make_bundle, model_files
 from edgetl.choices import DeployBackendName, DeployDeviceName, EnginePrecisionName
-from edgetl.destinations import Destination, parse_destination, read_hosts_file, unique_destinations
+from edgetl.destinations import (
+    Destination,
+    parse_destination,
+    read_hosts_file,
+    unique_destinations,
+)
 from edgetl.errors import DeployError
 from edgetl.io import read_json, write_json
 from edgetl.portable.rows import compare_rows
@@ -282,7 +287,7 @@ def _upload(transport: SSHTransport, events: Events, bundle: Bundle, final: str,
             if "failed verification" not in e.message:
                 raise  # not a changed bundle (a broken Python, a lost connection): force would not help
             if not force:
-                raise DeployError(f"{e.message} [on {transport.host}:{final}]",
+                raise DeployError(f"{e.message} [on {transport.name}:{final}]",
                                   "something changed the bundle on the device; re-run with force on to replace it") from None
             transport.run(["rm", "-rf", "--", final], what=f"rm -rf {final}")
     have = device_cmd("inventory", staging, what="inventory")[staging]["files"]
@@ -301,7 +306,7 @@ def _upload(transport: SSHTransport, events: Events, bundle: Bundle, final: str,
     need = sum((bundle.path / rel).stat().st_size - offset for rel, offset in plan)
     free = facts.get("free_bytes")
     if free is not None and free < need + SPACE_MARGIN:
-        raise DeployError(f"{transport.host}: {free / 2**20:.0f} MiB free under {final.rsplit('/', 2)[0]}, the bundle "
+        raise DeployError(f"{transport.name}: {free / 2**20:.0f} MiB free under {final.rsplit('/', 2)[0]}, the bundle "
                           f"needs {need / 2**20:.0f} MiB (+{SPACE_MARGIN >> 20} MiB for the engine and results)",
                           "free space there, or set remote_dir to a folder on a larger disk")
     folders = sorted({staging} | {f"{staging}/{os.path.dirname(rel)}" for rel, _ in plan if os.path.dirname(rel)})

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgetl.errors import DeployError
-from edgetl.transport import validate_host
+from edgetl.transport import display_name, validate_host
 
 _PORT = re.compile(r"^[0-9]{1,5}$")
 
@@ -32,10 +32,7 @@ class Destination:
     @property
     def label(self) -> str:
         """How edgetl names the device in messages and tables: user@host, user@host:2222, user@[fe80::1]:2222."""
-        if self.port is None:
-            return self.target
-        who, at, name = self.target.rpartition("@")
-        return f"{who}{at}{f'[{name}]' if ':' in name else name}:{self.port}"
+        return display_name(self.target, self.port)
 
 
 def parse_destination(text: str, default_port: int | None = None) -> Destination:

@@ -18,11 +18,20 @@ from typing import Dict, List, Optional
 from pydantic import BaseModel, ConfigDict
 
 from edgetl.bundle import make_bundle, model_files
-from edgetl.deploy import DeployResult, DeploySettings, deploy_to, destinations, ran, resolved, step_count
+from edgetl.deploy import (
+    DeployResult,
+    DeploySettings,
+    deploy_to,
+    destinations,
+    ran,
+    resolved,
+    step_count,
+)
 from edgetl.destinations import Destination
 from edgetl.errors import DeployError, EdgetlError, first_line
 from edgetl.rundir import RunDir
 from edgetl.stage import SILENT, Events, Result, record_settings
+from edgetl.transport import SSHTransport
 
 
 class FleetHost(BaseModel):
@@ -88,7 +97,10 @@ class HostEvents(Events):
                                           "done": self.done, "total": self.total})
 
     def status(self, text: str) -> None:
-        self.step = text.replace(f" {self.host}", "").replace(f"to {self.host}:", "to ")
+        for named, short in ((f" to {self.host}:", " to "), (f" on {self.host}", ""), (f" to {self.host}", ""),
+                             (f" {self.host}", "")):
+            text = text.replace(named, short)
+        self.step = text
         self._show()
 
     def message(self, text: str) -> None:  # "done <step> (1.2 s)": counted on the device's line
@@ -106,12 +118,14 @@ class HostEvents(Events):
 def deploy_fleet(run_path: str | os.PathLike, cfg: DeploySettings, events: Events = SILENT) -> FleetResult:
     """Deploy (and with cfg.bench, benchmark) on every device `cfg` names, cfg.jobs at a time; write fleet.json,
     fleet.md and fleet.png. A failed device is listed with its reason in the result (`failed`), not raised."""
-    from edgetl.fleet_report import plot_fleet, fleet_markdown
+    from edgetl.fleet_report import fleet_markdown, plot_fleet
     from edgetl.io import write_text
 
     found = destinations(cfg, events)
     run = RunDir(run_path)
     model_files(run, cfg.precision)  # a run that cannot be bundled fails before any connection
+    for dest in found:  # no ssh client, a bad port or key file: one error now, not one per device
+        SSHTransport(dest.target, cfg.ssh_options, port=dest.port, identity=cfg.identity)
     record_settings(run.path, "deploy", resolved(cfg, found))
     events.status(f"bundle {cfg.precision}")
     bundle = make_bundle(run, cfg.precision, max_images=cfg.max_images)

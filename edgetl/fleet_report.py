@@ -123,7 +123,13 @@ def fleet_figure(result: FleetResult):
                         textcoords="offset points", ha="left" if right else "right", va="center", fontsize=7.5)
         ax.set_xlabel("ms per call (log)", fontsize=8)
     if rows:
-        axes[0, 0].set_yticks(range(len(labels)), labels)
+        hosts = {h.host: h for h in result.hosts}
+        names = []
+        for label in labels:  # the device, then what it is (board, power mode) in a second line
+            h = hosts[label.split(" ")[0]]
+            what = ", ".join(x for x in (h.board, h.power_mode) if x)
+            names.append(f"{label}\n{what}" if what else label)
+        axes[0, 0].set_yticks(range(len(labels)), names, fontsize=8)
         axes[0, 0].set_ylim(len(labels) - 0.5, -0.5)
     return fig
 
