@@ -118,7 +118,7 @@ class HostEvents(Events):
 def deploy_fleet(run_path: str | os.PathLike, cfg: DeploySettings, events: Events = SILENT) -> FleetResult:
     """Deploy (and with cfg.bench, benchmark) on every device `cfg` names, cfg.jobs at a time; write fleet.json,
     fleet.md and fleet.png. A failed device is listed with its reason in the result (`failed`), not raised."""
-    from edgetl.fleet_report import fleet_markdown, plot_fleet
+    from edgetl.fleet_report import failure_line, fleet_markdown, plot_fleet
     from edgetl.io import write_text
 
     found = destinations(cfg, events)
@@ -165,7 +165,7 @@ def deploy_fleet(run_path: str | os.PathLike, cfg: DeploySettings, events: Event
                             started=started, finished=finished, error=error, hint=hint)
         events.record("fleet_host", {"host": host, "state": "failed" if error else "ok"})
         if error:
-            events.message(f"{host}: FAILED: {error}")
+            events.message(failure_line(host, error))
         else:
             summary = f"benchmarked {ran(result.rows)}" if result.rows else \
                 ("installed" if result.installed else "already installed")

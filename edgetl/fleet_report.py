@@ -43,13 +43,19 @@ def table(result: FleetResult) -> tuple[list[str], list[list[str]]]:
     return columns, cells
 
 
+def failure_line(host: str, error: str, hint: str | None = None) -> str:
+    """'user@host: FAILED: why (hint: ...)', the device named once even when the message starts with it."""
+    why = error[len(host) + 2:] if error.startswith(f"{host}: ") else error
+    return f"{host}: FAILED: {why}" + (f" (hint: {hint})" if hint else "")
+
+
 def outcome_lines(result: FleetResult) -> list[str]:
     """One line per device that failed (its reason) or deployed without a measurement."""
     measured = {r.host for r in result.rows}
     lines = []
     for h in result.hosts:
         if h.error is not None:
-            lines.append(f"{h.host}: FAILED: {h.error}" + (f" (hint: {h.hint})" if h.hint else ""))
+            lines.append(failure_line(h.host, h.error, h.hint))
         elif h.host not in measured:
             lines.append(f"{h.host}: deployed to {h.device_dir}, not benchmarked (bench off)")
     return lines
@@ -152,4 +158,4 @@ def plot_fleet(result: FleetResult, path: str | Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["clocks_text", "fleet_figure", "fleet_markdown", "outcome_lines", "plot_fleet", "summary", "table"]
+__all__ = ["clocks_text", "failure_line", "fleet_figure", "fleet_markdown", "outcome_lines", "plot_fleet", "summary", "table"]

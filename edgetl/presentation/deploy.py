@@ -42,12 +42,18 @@ def render_fleet(result, console: Console | None = None) -> None:
     out = console or default_console
     columns, cells = table(result)
     if cells:
-        t = Table(title="edgetl fleet")
-        for col in columns:
-            t.add_column(col, justify="left" if col in ("device", "board", "backend", "precision", "runs on",
-                                                        "power mode", "clocks") else "right")
+        # One fleet deploy has one backend and precision: said once in the title, so the device names fit.
+        same = [i for i, col in enumerate(columns) if col in ("backend", "precision", "runs on")
+                and len({line[i] for line in cells}) == 1]
+        title = " ".join(["edgetl fleet:"] + [cells[0][i] for i in same[:2]] + [f"on {cells[0][i]}" for i in same[2:]])
+        t = Table(title=title)
+        keep = [i for i in range(len(columns)) if i not in same]
+        for i in keep:
+            col = columns[i]
+            t.add_column(col, no_wrap=col == "device", justify="left" if col in (
+                "device", "board", "backend", "precision", "runs on", "power mode", "clocks") else "right")
         for line in cells:
-            t.add_row(*line)
+            t.add_row(*[line[i] for i in keep])
         out.print(t)
     for line in outcome_lines(result):
         out.print(line, markup=False, soft_wrap=True, style="red" if ": FAILED: " in line else None)
