@@ -184,6 +184,7 @@ def deploy_to(run: RunDir, cfg: DeploySettings, dest: Destination, events: Event
         slug = host_slug(dest.target, user=facts.get("user"), port=dest.port)
         if claim is not None:
             claim(slug)
+        events.record("device", {"device_dir": f"{run.devices_dir.name}/{slug}", "facts": facts})
         if bundle is None:
             with _step(events, f"bundle {cfg.precision}", stop) as note:
                 bundle = make_bundle(run, cfg.precision, max_images=cfg.max_images)

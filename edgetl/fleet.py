@@ -91,6 +91,7 @@ class HostEvents(Events):
     def __init__(self, parent: Events, host: str, total: int):
         self.parent, self.host, self.total = parent, host, total
         self.done, self.step = 0, "waiting"
+        self.device: dict = {}  # device_dir and facts, once the device has said who it is
 
     def _show(self, detail: str = "") -> None:
         self.parent.record("fleet_host", {"host": self.host, "state": "running", "step": self.step + detail,
@@ -113,6 +114,10 @@ class HostEvents(Events):
 
     def warning(self, text: str) -> None:
         self.parent.warning(f"{self.host}: {text}")
+
+    def record(self, kind: str, data: dict) -> None:
+        if kind == "device":
+            self.device = dict(data)
 
 
 def deploy_fleet(run_path: str | os.PathLike, cfg: DeploySettings, events: Events = SILENT) -> FleetResult:
@@ -158,8 +163,8 @@ def deploy_fleet(run_path: str | os.PathLike, cfg: DeploySettings, events: Event
         except Exception as e:  # one device's surprise must not cost the others their results
             error = f"{type(e).__name__}: {first_line(e)}"
         finished = time.time()
-        facts = (result.facts if result else None) or {}
-        outcome = FleetHost(host=host, device_dir=result.device_dir if result else None,
+        facts = mine.device.get("facts") or {}  # also for a device that failed after its check
+        outcome = FleetHost(host=host, device_dir=mine.device.get("device_dir"),
                             board=facts.get("model") or facts.get("gpu") or facts.get("machine"),
                             power_mode=(facts.get("power_mode") or {}).get("name"), clocks=facts.get("clocks"),
                             started=started, finished=finished, error=error, hint=hint)

@@ -289,3 +289,22 @@ def test_fleet_jobs_1_from_a_hosts_file_runs_one_after_another(devices, fleet_ru
     assert first.finished <= second.started  # one at a time
     assert sum(f"{h.host}: ok" in out for h in result.hosts) == 2
     assert "not benchmarked" in (fleet_run / "fleet.md").read_text()
+
+
+@pytest.mark.ssh
+def test_two_names_for_one_device_fail_for_the_second(devices, fleet_run, capsys):
+    """`root@127.0.0.1:PORT` and `127.0.0.1:PORT` (the login filled in by the device) would write one results
+    folder: one of them deploys, the other fails naming it, and nothing is written twice."""
+    from edgetl.cli import _run
+    from edgetl.fleet import FleetResult
+
+    servers, _, _ = devices
+    named, bare = servers[0].destination, f"127.0.0.1:{servers[0].port}"
+    assert _run(_args(fleet_run, servers, "--host", named, "--host", bare, "--jobs", "2")) == 4
+    capsys.readouterr()
+    result = FleetResult.read(fleet_run / "fleet.json")
+    (bad,) = result.failed
+    (good,) = [h for h in result.hosts if h.error is None]
+    assert {bad.host, good.host} == {named, bare}
+    assert f"the same account and device as {good.host}" in bad.error
+    assert good.device_dir == f"devices/{getpass.getuser()}@127.0.0.1_{servers[0].port}"
