@@ -53,3 +53,8 @@ DistBackend = as_enum("DistBackend", DistBackendName)
 Baseline = as_enum("Baseline", BaselineName)
 
 CheckMode = as_enum("CheckMode", CheckModeName)
+
+DeployBackendName = Literal["tensorrt", "onnxruntime"]  # what `edgetl deploy` runs on the device
+DeployDeviceName = Literal["auto", "cpu", "cuda"]  # onnxruntime's execution provider on the device
+DeployBackend = as_enum("DeployBackend", DeployBackendName)
+DeployDevice = as_enum("DeployDevice", DeployDeviceName)

@@ -16,6 +16,7 @@ from edgetl.choices import Backend as BackendChoice, Device as DeviceChoice, Pre
 from edgetl.choices import CalibMethod, QuantPrecision, QuantTarget
 from edgetl.choices import BuildTarget, DemoSource, EnginePrecision, TritonKind
 from edgetl.choices import CheckMode
+from edgetl.choices import DeployBackend, DeployDevice
 from edgetl.presentation.console import console, err_console
 
 # rich_markup_mode None: help text is printed as written, so "[default: X]" and "<stage>" are not eaten as markup
@@ -537,49 +538,65 @@ def bundle_cmd(
 
 @app.command("deploy")
 def deploy_cmd(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="run directory"),
-    host: str = typer.Option(..., "--host", help="ssh destination: user@host or a Host alias of ~/.ssh/config"),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8"),
-    bench: bool = typer.Option(False, "--bench", help="benchmark on the device and fetch bench.json"),
-    backend: str = typer.Option("tensorrt", help="tensorrt (engine built on the device) | onnxruntime"),
-    remote_dir: str = typer.Option("~/edgetl", help="bundles go to REMOTE_DIR/<run>/<bundle-hash>/ on the device"),
-    python: str = typer.Option("python3", help="the device's Python interpreter (one with numpy)"),
-    port: Optional[int] = typer.Option(None, "--port", help="ssh port on the device (ssh -p)"),
+    host: Optional[List[str]] = typer.Option(None, "--host", help="ssh destination: user@host, user@host:port or a Host "
+                                             "alias of ~/.ssh/config; repeatable: several devices deploy in parallel"),
+    hosts: Optional[Path] = typer.Option(None, "--hosts", dir_okay=False, help="file of destinations, one a line "
+                                         "(user@host or user@host:port), # comments; deploys to all of them"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="devices deployed at once [default: 4]"),
+    config: Optional[Path] = typer.Option(None, help="YAML file of settings; options given here override it"),
+    precision: Optional[EnginePrecision] = typer.Option(None, help="[default: fp32]"),
+    bench: Optional[bool] = typer.Option(None, "--bench", help="benchmark on the device and fetch bench.json"),
+    backend: Optional[DeployBackend] = typer.Option(None, help="tensorrt (engine built on the device) | onnxruntime "
+                                                    "[default: tensorrt]"),
+    remote_dir: Optional[str] = typer.Option(None, help="bundles go to REMOTE_DIR/<run>/<bundle-hash>/ on the device "
+                                             "[default: ~/edgetl]"),
+    python: Optional[str] = typer.Option(None, help="the device's Python interpreter (one with numpy) [default: python3]"),
+    port: Optional[int] = typer.Option(None, "--port", help="ssh port where a destination names none (ssh -p)"),
     identity: Optional[Path] = typer.Option(None, "--identity", help="private key file (ssh -i, IdentitiesOnly)"),
     ssh_option: Optional[List[str]] = typer.Option(None, "--ssh-option", help="extra ssh argument, repeatable "
                                                    "(e.g. --ssh-option=-oProxyJump=gateway)"),
     batch_size: Optional[List[int]] = typer.Option(None, "--batch-size", help="repeatable [default: 1 and 8]"),
-    warmup: int = typer.Option(10, help="untimed runs per batch size"),
-    iterations: int = typer.Option(100, help="timed runs per batch size"),
-    max_images: int = typer.Option(256, help="validation images carried for the accuracy check"),
-    device: str = typer.Option("auto", help="onnxruntime backend: auto | cpu | cuda"),
-    build: bool = typer.Option(True, "--build/--no-build", help="build the TensorRT engine on the device"),
-    force: bool = typer.Option(False, "--force", help="replace a bundle on the device that no longer verifies"),
+    warmup: Optional[int] = typer.Option(None, help="untimed runs per batch size [default: 10]"),
+    iterations: Optional[int] = typer.Option(None, help="timed runs per batch size [default: 100]"),
+    max_images: Optional[int] = typer.Option(None, help="validation images carried for the accuracy check [default: 256]"),
+    device: Optional[DeployDevice] = typer.Option(None, help="onnxruntime backend: auto | cpu | cuda [default: auto]"),
+    build: Optional[bool] = typer.Option(None, "--build/--no-build", help="build the TensorRT engine on the device "
+                                         "[default: build]"),
+    force: Optional[bool] = typer.Option(None, "--force", help="replace a bundle on the device that no longer verifies"),
 ) -> None:
-    """Ship a run to a device over ssh, build the engine there, benchmark there, fetch the results."""
-    from edgetl.deploy import deploy
+    """Ship a run to a device (or many) over ssh, build the engine there, benchmark there, fetch the results.
+    Several --host (or --hosts FILE) deploy in parallel and write RUN/fleet.json, fleet.md and fleet.png; exit
+    code 4 when some devices failed (the others' results are written)."""
+    from edgetl.deploy import DeploySettings, deploy
+    from edgetl.errors import FleetIncomplete
+    from edgetl.fleet import deploy_fleet
+    from edgetl.presentation.deploy import FleetEvents, render_deploy, render_fleet
+    from edgetl.presentation.events import RichEvents
+    from edgetl.stage import load_settings
 
-    result = deploy(run, host, precision=precision, bench=bench, backend=backend, remote_dir=remote_dir, python=python,
-                    ssh_options=ssh_option or [], batch_sizes=batch_size or [1, 8], warmup=warmup,
-                    iterations=iterations, max_images=max_images, build=build, force=force, device=device,
-                    port=port, identity=identity)
-    console.print(f"on {host}: {result.remote_dir}", markup=False, soft_wrap=True)
-    if result.bench:
-        from edgetl.deploy import ran
-
-        console.print(f"benchmarked {ran(result.bench)}", markup=False, soft_wrap=True)
-        from rich.table import Table
-
-        table = Table(title=f"measured on {result.facts.get('model') or host}")
-        for col in ("backend", "precision", "batch", "p50 ms", "p99 ms", "img/s", "top-1", "drop"):
-            table.add_column(col, justify="right")
-        for r in result.bench["rows"]:
-            lat = r["latency_ms"]
-            drop = "n/a" if r["top1_drop"] is None else f"{r['top1_drop']:+.4f}"
-            table.add_row(r["backend"], r["precision"], str(r["batch_size"]), f"{lat['p50']:.2f}", f"{lat['p99']:.2f}",
-                          f"{r['throughput_ips']:.1f}", f"{r['top1']:.4f}", drop)
-        console.print(table)
-    console.print(f"results in {result.local_dir}", markup=False, soft_wrap=True)
+    overrides = dict(hosts=host or None, hosts_file=str(hosts) if hosts else None, jobs=jobs, precision=precision,
+                     bench=bench, backend=backend, remote_dir=remote_dir, python=python, port=port,
+                     identity=str(identity) if identity else None, ssh_options=ssh_option or None,
+                     batch_sizes=batch_size or None, warmup=warmup, iterations=iterations, max_images=max_images,
+                     device=device, build=build, force=force)
+    cfg = load_settings(DeploySettings, config, overrides)
+    if not cfg.hosts and cfg.hosts_file is None:
+        usage_error = _typer_and_click("UsageError")[0]
+        raise usage_error("Missing option '--host' (or --hosts FILE, or hosts: in --config)", ctx)
+    if cfg.hosts_file is None and len(cfg.hosts) == 1:  # one device: today's steps and output
+        with RichEvents() as events:
+            result = deploy(run, cfg, events)
+        render_deploy(result, run)
+        return
+    with FleetEvents() as events:
+        fleet = deploy_fleet(run, cfg, events)
+    render_fleet(fleet)
+    if fleet.failed:
+        raise FleetIncomplete(f"{len(fleet.failed)} of {len(fleet.hosts)} devices failed: "
+                              + ", ".join(h.host for h in fleet.failed),
+                              f"their reasons are above and in {run / 'fleet.md'}; the others' results are written")
 
 
 @app.command("triton")

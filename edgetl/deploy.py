@@ -1,18 +1,19 @@
 """`edgetl deploy`: ship a run's bundle to a device over ssh, build and benchmark there, bring the results home.
 
-Steps (each shown as it runs):
+`deploy(run, cfg, events) -> DeployResult` does one device; `edgetl.fleet.deploy_fleet` runs the same steps on
+many devices at once. Steps (each reported through `events` as it runs):
   1. connect    one multiplexed OpenSSH connection (unreachable host / refused key: one clear line)
   2. check      device facts (Python, numpy, TensorRT / onnxruntime, GPU, free disk, L4T, power mode, clocks):
                 a device that cannot run the chosen backend stops here, before anything is bundled or sent,
-                with the option that fixes it (--backend onnxruntime, --python PATH, --remote-dir)
+                with the setting that fixes it (backend onnxruntime, python PATH, remote_dir)
   3. bundle     RUN/bundles/<precision>/ (reused when its sources are unchanged)
-  4. upload     into <remote-dir>/<run>/.<hash>.partial/, skipping files already there with the right
+  4. upload     into <remote_dir>/<run>/.<hash>.partial/, skipping files already there with the right
                 SHA-256 and appending to a partial one; then the device verifies every hash and renames the
-                folder to <remote-dir>/<run>/<hash>/. A broken connection leaves only the .partial folder,
+                folder to <remote_dir>/<run>/<hash>/. A broken connection leaves only the .partial folder,
                 which the next run resumes. A bundle already installed (and still verifying) is not re-sent.
   5. build      the TensorRT engine on the device (reused when ONNX, TensorRT and GPU are unchanged)
-  6. bench      accuracy + latency there (tensorrt, or onnxruntime with --backend onnxruntime)
-  7. fetch      bench.json, facts.json and the engine sidecar into RUN/devices/<user@host>/
+  6. bench      accuracy + latency there (tensorrt, or onnxruntime with backend onnxruntime)
+  7. fetch      bench.json, facts.json and the engine sidecar into RUN/devices/<user@host>[_port]/
 """
 
 from __future__ import annotations
@@ -20,154 +21,215 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, List, Optional
+
+from pydantic import Field, PositiveInt, field_validator
 
 from edgetl.bundle import MANIFEST, Bundle, device_program, make_bundle, model_files
+from edgetl.choices import DeployBackendName, DeployDeviceName, EnginePrecisionName
+from edgetl.destinations import (
+    Destination,
+    parse_destination,
+    read_hosts_file,
+    unique_destinations,
+)
 from edgetl.errors import DeployError
 from edgetl.io import read_json, write_json
 from edgetl.portable.rows import compare_rows
 from edgetl.rundir import RunDir
+from edgetl.stage import SILENT, Events, Result, Settings, record_settings
 from edgetl.transport import SSHTransport, host_slug, remote_path
 
-BACKENDS = ("tensorrt", "onnxruntime")
-DEVICES = ("auto", "cpu", "cuda")  # onnxruntime's execution provider on the device
 MIN_PYTHON = (3, 8)  # what the device side (edgetl_device.py + portable/) runs on: JetPack 5 ships 3.8
 SPACE_MARGIN = 64 << 20  # room for the engine and results next to the bundle
 
 
-@dataclass
-class DeployResult:
-    host: str
-    remote_dir: str
-    bundle: Bundle
-    uploaded: list[str] = field(default_factory=list)
-    resumed: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    installed: bool = False  # the bundle folder was (re)installed by this run
-    facts: dict | None = None
-    engine: dict | None = None
-    bench: dict | None = None
-    local_dir: Path | None = None
-    written: list[Path] = field(default_factory=list)
+class DeploySettings(Settings):
+    """Everything `edgetl deploy` takes. `hosts` (and `hosts_file`) name the devices; the rest applies to each."""
+
+    hosts: List[str] = Field(default_factory=list, description="ssh destinations: [user@]host[:port] or a Host alias")
+    hosts_file: Optional[str] = Field(None, description="a file of destinations, one a line, # comments")
+    jobs: int = Field(4, ge=1, le=256, description="devices deployed at once (fleet)")
+    port: Optional[int] = Field(None, ge=1, le=65535, description="ssh port where a destination names none")
+    identity: Optional[str] = Field(None, description="private key file (ssh -i, IdentitiesOnly)")
+    ssh_options: List[str] = Field(default_factory=list, description="extra ssh arguments")
+    connect_timeout: int = Field(15, ge=1, description="seconds ssh waits for a connection")
+    precision: EnginePrecisionName = "fp32"
+    backend: DeployBackendName = "tensorrt"
+    device: DeployDeviceName = Field("auto", description="onnxruntime's execution provider on the device")
+    bench: bool = Field(False, description="benchmark on the device and fetch bench.json")
+    build: bool = Field(True, description="build the TensorRT engine on the device (backend tensorrt)")
+    force: bool = Field(False, description="replace a bundle on the device that no longer verifies")
+    batch_sizes: List[PositiveInt] = Field(default_factory=lambda: [1, 8], min_length=1)
+    warmup: int = Field(10, ge=0, description="untimed runs per batch size")
+    iterations: int = Field(100, ge=1, description="timed runs per batch size")
+    max_images: int = Field(256, ge=1, description="validation images carried for the accuracy check")
+    remote_dir: str = Field("~/edgetl", description="bundles go to REMOTE_DIR/<run>/<bundle-hash>/ on the device")
+    python: str = Field("python3", description="the device's Python interpreter (one with numpy)")
+
+    @field_validator("hosts")
+    @classmethod
+    def _check_hosts(cls, hosts: List[str]) -> List[str]:
+        for host in hosts:
+            parse_destination(host)  # a DeployError names the bad one
+        return hosts
+
+    @field_validator("batch_sizes", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):  # "1,8" from a YAML string, as bench takes it
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
 
-class Steps:
-    """Progress per step: a spinner while a step runs and one line when it ends (quiet for tests/libraries)."""
+class DeployResult(Result):
+    """What one deploy did and measured: exactly RUN/devices/<user@host>[_port]/deploy.json."""
 
-    def __init__(self, quiet: bool = False):
-        self.quiet = quiet
-
-    @contextlib.contextmanager
-    def step(self, text: str, spinner: bool = True) -> Iterator[dict]:
-        note: dict = {}
-        start = time.perf_counter()
-        if self.quiet:
-            yield note
-            return
-        from edgetl.presentation.console import console
-
-        # No spinner around a step that draws its own bar: older rich allows one live display at a time.
-        with console.status(text) if spinner else contextlib.nullcontext():
-            yield note
-        extra = f" - {note['done']}" if note.get("done") else ""
-        console.print(f"[green]done[/] {text}{extra} ({time.perf_counter() - start:.1f} s)")
-
-    @contextlib.contextmanager
-    def bytes(self, text: str, total: int) -> Iterator[Callable[[int], None]]:
-        if self.quiet or total == 0:
-            yield lambda n: None
-            return
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-        from edgetl.presentation.console import console
-
-        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                      console=console, transient=True) as progress:
-            task = progress.add_task(text, total=total)
-            yield lambda n: progress.update(task, advance=n)
+    host: str  # the ssh destination, [user@]host (no port)
+    port: Optional[int]
+    device_dir: str  # where the results landed, relative to the run: devices/<user@host>[_port]
+    remote_dir: str  # the installed bundle folder on the device
+    bundle_sha256: str
+    bundle_reused: bool  # the bundle here was unchanged, not written anew
+    precision: str
+    backend: str
+    uploaded: List[str]
+    resumed: List[str]
+    skipped: List[str]
+    installed: bool  # the bundle folder was (re)installed by this deploy
+    engine: Optional[dict]  # the device's build report (tensorrt)
+    facts: dict  # what the device reported about itself (also facts.json)
+    rows: List[dict]  # the bench rows measured there (portable.rows.ROW_KEYS); empty without bench
+    edgetl_version: str
+    time: str
 
 
-def deploy(run_path: str | os.PathLike, host: str, precision: str = "fp32", bench: bool = False,
-           backend: str = "tensorrt", remote_dir: str = "edgetl", python: str = "python3",
-           ssh_options: Sequence[str] = (), batch_sizes: Sequence[int] = (1, 8), warmup: int = 10,
-           iterations: int = 100, max_images: int = 256, build: bool = True, force: bool = False,
-           device: str = "auto", quiet: bool = False, connect_timeout: int = 15, port: int | None = None,
-           identity: str | os.PathLike | None = None) -> DeployResult:
-    """Bundle, upload, verify, build, benchmark and fetch, as the module docstring lists. Returns what it did."""
-    if backend not in BACKENDS:
-        raise DeployError(f"--backend {backend}: not one of {', '.join(BACKENDS)}")
-    if device not in DEVICES:
-        raise DeployError(f"--device {device}: not one of {', '.join(DEVICES)}")
-    if not batch_sizes or min(batch_sizes) < 1 or iterations < 1 or warmup < 0:
-        raise DeployError("--batch-size values must be >= 1, --iterations >= 1 and --warmup >= 0")
+def destinations(cfg: DeploySettings, events: Events = SILENT) -> list[Destination]:
+    """The devices `cfg` names (hosts, then hosts_file), each once; a repeated one is said and dropped."""
+    entries = list(cfg.hosts) + (read_hosts_file(cfg.hosts_file) if cfg.hosts_file is not None else [])
+    if not entries:
+        raise DeployError("hosts: no destination given", "name a device as [user@]host[:port], or a hosts_file")
+    found, repeats = unique_destinations(entries, cfg.port)
+    for line in repeats:
+        events.warning(line)
+    return found
+
+
+def resolved(cfg: DeploySettings, found: list[Destination]) -> DeploySettings:
+    """The settings as they were applied: the hosts file read into `hosts` (each device once), so the recorded
+    RUN/settings/deploy.yaml repeats this deploy even after the file changes."""
+    return cfg.model_copy(update={"hosts": [d.label for d in found], "hosts_file": None, "port": None})
+
+
+def deploy(run_path: str | os.PathLike, cfg: DeploySettings, events: Events = SILENT) -> DeployResult:
+    """Bundle, upload, verify, build, benchmark and fetch on the one device `cfg` names (module docstring)."""
+    found = destinations(cfg, events)
+    if len(found) != 1:
+        raise DeployError(f"hosts: {len(found)} devices given, deploy() takes one",
+                          "deploy to several with edgetl.fleet.deploy_fleet (edgetl deploy does)")
     run = RunDir(run_path)
-    model_files(run, precision)  # a run that cannot be bundled fails before any connection
-    steps = Steps(quiet)
-    transport = SSHTransport(host, ssh_options, connect_timeout=connect_timeout, port=port,
-                             identity=identity)  # validates the host, port and key first
+    model_files(run, cfg.precision)  # a run that cannot be bundled fails before any connection
+    record_settings(run.path, "deploy", resolved(cfg, found))
+    return deploy_to(run, cfg, found[0], events)
+
+
+@contextlib.contextmanager
+def _step(events: Events, text: str, stop: threading.Event | None = None) -> Iterator[dict]:
+    """One step: its text as the status while it runs, one line when it ends (`note['done']` adds a detail)."""
+    if stop is not None and stop.is_set():
+        raise DeployError(f"stopped before: {text}")
+    note: dict = {}
+    start = time.perf_counter()
+    events.status(text)
+    yield note
+    extra = f" - {note['done']}" if note.get("done") else ""
+    events.message(f"done {text}{extra} ({time.perf_counter() - start:.1f} s)")
+
+
+def step_count(cfg: DeploySettings, bundled: bool) -> int:
+    """How many steps deploy_to reports for `cfg` (`bundled`: the bundle was made beforehand)."""
+    return 3 + (not bundled) + (cfg.build and cfg.backend == "tensorrt") + cfg.bench
+
+
+def deploy_to(run: RunDir, cfg: DeploySettings, dest: Destination, events: Events = SILENT,
+              bundle: Bundle | None = None, claim: Callable[[str], None] | None = None,
+              stop: threading.Event | None = None) -> DeployResult:
+    """The steps for one destination. `bundle`: one made beforehand (a fleet bundles once); `claim(slug)` may
+    refuse a results folder another destination of the same fleet already writes; `stop` ends it at the next step."""
+    name = dest.label
+    transport = SSHTransport(dest.target, cfg.ssh_options, connect_timeout=cfg.connect_timeout, port=dest.port,
+                             identity=cfg.identity)  # validates the host, port and key first
     program = device_program()
 
     def device_cmd(*args: str, what: str, timeout: float | None = None) -> dict:
-        res = transport.run_python(python, program, list(args), what=what, timeout=timeout)
+        res = transport.run_python(cfg.python, program, list(args), what=what, timeout=timeout)
         try:
             return json.loads(res.stdout)
         except ValueError:
-            raise DeployError(f"{host}: `{what}` printed no JSON result ({res.stdout[:80]!r})") from None
+            raise DeployError(f"{name}: `{what}` printed no JSON result ({res.stdout[:80]!r})") from None
 
     # Connect first: an unreachable host or a refused key should not wait for the bundle to be made.
-    with steps.step(f"connect to {host}"):
+    with _step(events, f"connect to {name}", stop):
         transport.open()
     try:
-        base = remote_path(remote_dir).rstrip("/") or "/"
-        with steps.step(f"check {host}") as note:
-            device_facts = device_cmd("facts", "--space", base, what="facts")
-            check_device(device_facts, host=host, python=python, backend=backend, device=device,
-                         needs_trt=backend == "tensorrt" and (build or bench), bench=bench)
-            note["done"] = device_facts.get("model") or device_facts.get("machine") or ""
-        with steps.step(f"bundle {precision}") as note:
-            bundle = make_bundle(run, precision, max_images=max_images)
-            note["done"] = f"{'unchanged' if bundle.reused else 'written'}, {bundle.short_hash}"
+        base = remote_path(cfg.remote_dir).rstrip("/") or "/"
+        with _step(events, f"check {name}", stop) as note:
+            facts = device_cmd("facts", "--space", base, what="facts")
+            check_device(facts, host=name, python=cfg.python, backend=cfg.backend, device=cfg.device,
+                         needs_trt=cfg.backend == "tensorrt" and (cfg.build or cfg.bench), bench=cfg.bench)
+            note["done"] = facts.get("model") or facts.get("machine") or ""
+        slug = host_slug(dest.target, user=facts.get("user"), port=dest.port)
+        if claim is not None:
+            claim(slug)
+        events.record("device", {"device_dir": f"{run.devices_dir.name}/{slug}", "facts": facts})
+        if bundle is None:
+            with _step(events, f"bundle {cfg.precision}", stop) as note:
+                bundle = make_bundle(run, cfg.precision, max_images=cfg.max_images)
+                note["done"] = f"{'unchanged' if bundle.reused else 'written'}, {bundle.short_hash}"
         parent = f"{base}/{bundle.manifest['run']}"
         final, staging = f"{parent}/{bundle.short_hash}", f"{parent}/.{bundle.short_hash}.partial"
-        result = DeployResult(host=host, remote_dir=final, bundle=bundle, facts=device_facts)
-        with steps.step(f"upload to {host}:{final}", spinner=False) as note:
-            _upload(transport, steps, bundle, final, staging, force, device_cmd, result)
-            note["done"] = (f"{len(result.uploaded)} sent, {len(result.resumed)} resumed, {len(result.skipped)} already there"
-                            if result.installed else "already installed and verified")
-        local = run.devices_dir / host_slug(host, user=device_facts.get("user"), port=port)
-        result.local_dir = local
-        result.written.append(write_json(local / "facts.json", result.facts))
-        if build and backend == "tensorrt":
-            with steps.step("build the TensorRT engine on the device") as note:
-                result.engine = device_cmd("build", "--dir", final, "--precision", precision,
-                                           "--max-batch", str(max(batch_sizes)), what="build")
-                note["done"] = "reused (ONNX, TensorRT and GPU unchanged)" if result.engine["reused"] else \
-                    f"built with {result.engine['builder']}"
-            sidecar = result.engine["sidecar"]  # a path as the device script saw it (relative to the login dir or absolute)
-            dest = local / "engines" / Path(sidecar).parent.name / Path(sidecar).name
-            result.written.append(transport.download(sidecar, dest))
-        if bench:
-            out = f"results/{backend}-{precision}/bench.json"
-            with steps.step(f"benchmark {backend} {precision} on the device") as note:
-                args = ["bench", "--dir", final, "--backend", backend, "--precision", precision, "--device", device,
-                        "--batch-sizes", ",".join(str(b) for b in batch_sizes), "--warmup", str(warmup),
-                        "--iterations", str(iterations), "--out", out]
+        sent: dict[str, list[str]] = {"uploaded": [], "resumed": [], "skipped": []}
+        with _step(events, f"upload to {name}:{final}", stop) as note:
+            installed = _upload(transport, events, bundle, final, staging, cfg.force, device_cmd, facts, sent)
+            note["done"] = (f"{len(sent['uploaded'])} sent, {len(sent['resumed'])} resumed, "
+                            f"{len(sent['skipped'])} already there" if installed else "already installed and verified")
+        local = run.devices_dir / slug
+        write_json(local / "facts.json", facts)
+        engine = None
+        if cfg.build and cfg.backend == "tensorrt":
+            with _step(events, f"build the TensorRT engine on {name}", stop) as note:
+                engine = device_cmd("build", "--dir", final, "--precision", cfg.precision,
+                                    "--max-batch", str(max(cfg.batch_sizes)), what="build")
+                note["done"] = "reused (ONNX, TensorRT and GPU unchanged)" if engine["reused"] else \
+                    f"built with {engine['builder']}"
+            sidecar = engine["sidecar"]  # a path as the device script saw it (relative to the login dir or absolute)
+            transport.download(sidecar, local / "engines" / Path(sidecar).parent.name / Path(sidecar).name)
+        rows: list[dict] = []
+        if cfg.bench:
+            out = f"results/{cfg.backend}-{cfg.precision}/bench.json"
+            with _step(events, f"benchmark {cfg.backend} {cfg.precision} on {name}", stop) as note:
+                args = ["bench", "--dir", final, "--backend", cfg.backend, "--precision", cfg.precision,
+                        "--device", cfg.device, "--batch-sizes", ",".join(str(b) for b in cfg.batch_sizes),
+                        "--warmup", str(cfg.warmup), "--iterations", str(cfg.iterations), "--out", out]
                 device_cmd(*args, what="bench")
-                raw = local / f"bench.{backend}.{precision}.json"
+                raw = local / f"bench.{cfg.backend}.{cfg.precision}.json"
                 transport.download(f"{final}/{out}", raw)
-                result.bench = read_json(raw)
-                result.written += [raw, _merge_bench(local / "bench.json", result.bench)]
-                row = result.bench["rows"][0]
-                note["done"] = (f"ran {ran(result.bench)}: top-1 {row['top1']:.4f}, p50 {row['latency_ms']['p50']:.2f} ms "
+                report = read_json(raw)
+                _merge_bench(local / "bench.json", report)
+                rows = report["rows"]
+                row = rows[0]
+                note["done"] = (f"ran {ran(rows)}: top-1 {row['top1']:.4f}, p50 {row['latency_ms']['p50']:.2f} ms "
                                 f"at batch {row['batch_size']}")
-        result.written.append(write_json(local / "deploy.json", {
-            "host": host, "remote_dir": final, "bundle_sha256": bundle.sha256, "precision": precision,
-            "backend": backend, "uploaded": result.uploaded, "resumed": result.resumed, "skipped": result.skipped,
-            "installed": result.installed, "engine": result.engine, "edgetl_version": bundle.manifest["edgetl_version"],
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+        result = DeployResult(
+            host=dest.target, port=dest.port, device_dir=local.relative_to(run.path).as_posix(), remote_dir=final,
+            bundle_sha256=bundle.sha256, bundle_reused=bundle.reused, precision=cfg.precision, backend=cfg.backend,
+            uploaded=sent["uploaded"], resumed=sent["resumed"], skipped=sent["skipped"], installed=installed,
+            engine=engine, facts=facts, rows=rows, edgetl_version=bundle.manifest["edgetl_version"],
+            time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        result.write(local / "deploy.json")
     finally:
         transport.close()
     return result
@@ -179,13 +241,13 @@ def check_device(facts: dict, *, host: str, python: str, backend: str, device: s
     version = tuple(int(p) for p in str(facts.get("python") or "0").split(".")[:2] if p.isdigit())
     if version < MIN_PYTHON:
         raise DeployError(f"{host}: {python} is Python {facts.get('python')}; edgetl's device side needs "
-                          f"{'.'.join(map(str, MIN_PYTHON))} or newer", "pass --python PATH to a newer Python there")
+                          f"{'.'.join(map(str, MIN_PYTHON))} or newer", "set python to the path of a newer Python there")
     where = facts.get("python_executable") or python
     if not facts.get("numpy"):
         raise DeployError(f"{host}: numpy is not installed for {where}",
-                          f"`{python} -m pip install numpy` there, or pass --python PATH to a Python that has it")
+                          f"`{python} -m pip install numpy` there, or set python to the path of a Python that has it")
     if needs_trt:
-        switch = "pass --backend onnxruntime to benchmark the ONNX model there instead"
+        switch = "set backend to onnxruntime to benchmark the ONNX model there instead"
         if not facts.get("tensorrt"):
             raise DeployError(f"{host}: TensorRT is not installed there", f"{switch}, or install TensorRT "
                               "(JetPack: sudo apt install nvidia-tensorrt; deploy/jetson-setup.sh)")
@@ -196,37 +258,38 @@ def check_device(facts: dict, *, host: str, python: str, backend: str, device: s
                               f"{switch}, or install trtexec (JetPack: sudo apt install tensorrt)")
         if bench and not facts.get("tensorrt_python"):
             raise DeployError(f"{host}: TensorRT's Python API is not importable by {where}",
-                              f"{switch}, or install it (sudo apt install python3-libnvinfer), or --python PATH")
+                              f"{switch}, or install it (sudo apt install python3-libnvinfer), or set python to a Python that has it")
     if backend == "onnxruntime" and bench:
         if not facts.get("onnxruntime"):
             raise DeployError(f"{host}: onnxruntime is not installed for {where}",
-                              f"`{python} -m pip install onnxruntime` there, or --python PATH, or --backend tensorrt")
+                              f"`{python} -m pip install onnxruntime` there, or set python to a Python that has it, or backend to tensorrt")
         if device == "cuda" and "CUDAExecutionProvider" not in (facts.get("onnxruntime_providers") or []):
             raise DeployError(f"{host}: onnxruntime there has no CUDA provider",
-                              "pass --device cpu (or auto), or install an onnxruntime with CUDA there")
+                              "set device to cpu (or auto), or install an onnxruntime with CUDA there")
 
 
-def ran(doc: dict) -> str:
+def ran(rows: list[dict]) -> str:
     """'model.int8.cpu.onnx on cpu': which file the device benchmarked (an int8 onnxruntime run on a CPU takes
     the CPU form), said on the terminal, not only in bench.json."""
-    seen = dict.fromkeys(f"{r['model_file']} on {r['device']}" for r in doc.get("rows", []))
+    seen = dict.fromkeys(f"{r['model_file']} on {r['device']}" for r in rows)
     return ", ".join(seen) or "nothing"
 
 
-def _upload(transport: SSHTransport, steps: Steps, bundle: Bundle, final: str, staging: str, force: bool,
-            device_cmd, result: DeployResult) -> None:
+def _upload(transport: SSHTransport, events: Events, bundle: Bundle, final: str, staging: str, force: bool,
+            device_cmd, facts: dict, sent: dict[str, list[str]]) -> bool:
+    """Install the bundle at `final` unless it is there and verifies; fills `sent`. True when it was installed."""
     # `test -d` rather than an inventory of the installed folder: verify hashes it anyway, once is enough.
     if transport.run(["test", "-d", final], check=False, what="test -d").returncode == 0:
         try:
             device_cmd("verify", "--dir", final, what="verify")
-            result.skipped = sorted(bundle.manifest["files"]) + [MANIFEST]
-            return
+            sent["skipped"] = sorted(bundle.manifest["files"]) + [MANIFEST]
+            return False
         except DeployError as e:
             if "failed verification" not in e.message:
-                raise  # not a changed bundle (a broken Python, a lost connection): --force would not help
+                raise  # not a changed bundle (a broken Python, a lost connection): force would not help
             if not force:
-                raise DeployError(f"{e.message} [on {transport.host}:{final}]",
-                                  "something changed the bundle on the device; re-run with --force to replace it") from None
+                raise DeployError(f"{e.message} [on {transport.name}:{final}]",
+                                  "something changed the bundle on the device; re-run with force on to replace it") from None
             transport.run(["rm", "-rf", "--", final], what=f"rm -rf {final}")
     have = device_cmd("inventory", staging, what="inventory")[staging]["files"]
     wanted = dict(bundle.manifest["files"])
@@ -234,7 +297,7 @@ def _upload(transport: SSHTransport, steps: Steps, bundle: Bundle, final: str, s
     for rel, entry in sorted(wanted.items()):
         there = have.get(rel)
         if there and there["size"] == entry["size"] and there["sha256"] == entry["sha256"]:
-            result.skipped.append(rel)
+            sent["skipped"].append(rel)
             continue
         offset = 0
         if there and 0 < there["size"] < entry["size"] and there["sha256"] == _prefix_sha256(bundle.path / rel, there["size"]):
@@ -242,20 +305,29 @@ def _upload(transport: SSHTransport, steps: Steps, bundle: Bundle, final: str, s
         plan.append((rel, offset))
     plan.append((MANIFEST, 0))  # written last: a staging folder with a manifest has all its files
     need = sum((bundle.path / rel).stat().st_size - offset for rel, offset in plan)
-    free = (result.facts or {}).get("free_bytes")
+    free = facts.get("free_bytes")
     if free is not None and free < need + SPACE_MARGIN:
-        raise DeployError(f"{transport.host}: {free / 2**20:.0f} MiB free under {final.rsplit('/', 2)[0]}, the bundle "
+        raise DeployError(f"{transport.name}: {free / 2**20:.0f} MiB free under {final.rsplit('/', 2)[0]}, the bundle "
                           f"needs {need / 2**20:.0f} MiB (+{SPACE_MARGIN >> 20} MiB for the engine and results)",
-                          "free space there, or pass --remote-dir on a larger disk")
+                          "free space there, or set remote_dir to a folder on a larger disk")
     folders = sorted({staging} | {f"{staging}/{os.path.dirname(rel)}" for rel, _ in plan if os.path.dirname(rel)})
     transport.run(["mkdir", "-p", "--", *folders], what=f"mkdir -p {staging}")
-    with steps.bytes("uploading", need) as advance:
-        for rel, offset in plan:
-            transport.upload(bundle.path / rel, f"{staging}/{rel}", offset=offset, progress=advance)
-            (result.resumed if offset else result.uploaded).append(rel)
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        events.progress("uploading", done, need)
+
+    events.progress("uploading", 0, need)
+    for rel, offset in plan:
+        transport.upload(bundle.path / rel, f"{staging}/{rel}", offset=offset, progress=advance)
+        sent["resumed" if offset else "uploaded"].append(rel)
+    if done < need:  # files that shrank since the plan: end the bar all the same
+        events.progress("uploading", need, need)
     device_cmd("verify", "--dir", staging, what="verify")
     transport.run(["mv", "--", staging, final], what="mv")
-    result.installed = True
+    return True
 
 
 def _prefix_sha256(path: Path, n: int) -> str:
@@ -290,4 +362,4 @@ def _merge_bench(path: Path, doc: dict) -> Path:
                              "where": "measured on the device by edgetl_device.py"})
 
 
-__all__ = ["BACKENDS", "DeployResult", "check_device", "deploy", "ran"]
+__all__ = ["DeployResult", "DeploySettings", "check_device", "deploy", "deploy_to", "destinations", "ran", "resolved"]

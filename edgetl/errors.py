@@ -73,6 +73,13 @@ class DeployError(EdgetlError):
     """Bundling, transport or the device side of a deploy failed."""
 
 
+class FleetIncomplete(DeployError):
+    """A fleet deploy finished but some devices failed: the others' results, fleet.json, fleet.md and fleet.png
+    are written. Its own exit code, so a script can tell "some devices failed" from "nothing was done"."""
+
+    exit_code = 4
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) stopped a stage that can say what it kept (`message`). A KeyboardInterrupt, not an
     EdgetlError, so that no `except Exception` on the way out swallows it."""

@@ -110,6 +110,19 @@ class RunDir:
         return self.path / "devices"
 
     @property
+    def fleet_json(self) -> Path:
+        """A fleet deploy's table (device x precision x batch), fleet.md its report, fleet.png its figure."""
+        return self.path / "fleet.json"
+
+    @property
+    def fleet_md(self) -> Path:
+        return self.path / "fleet.md"
+
+    @property
+    def fleet_png(self) -> Path:
+        return self.path / "fleet.png"
+
+    @property
     def bundles_dir(self) -> Path:
         return self.path / "bundles"
 

@@ -31,11 +31,11 @@ CHUNK = 1 << 20
 def validate_host(host: str) -> str:
     """An ssh destination (user@host, an ~/.ssh/config alias, ssh://user@host:port), never an option or a shell word."""
     if not host:
-        raise DeployError("--host is empty", "give user@host or a Host alias from ~/.ssh/config")
+        raise DeployError("host is empty", "give user@host or a Host alias from ~/.ssh/config")
     if host.startswith("-"):
-        raise DeployError(f"--host {host!r}: starts with '-', which ssh would read as an option")
+        raise DeployError(f"host {host!r}: starts with '-', which ssh would read as an option")
     if _BAD_HOST.search(host):
-        raise DeployError(f"--host {host!r}: contains whitespace, control or shell characters",
+        raise DeployError(f"host {host!r}: contains whitespace, control or shell characters",
                           "give user@host or a Host alias from ~/.ssh/config")
     return host
 
@@ -51,6 +51,14 @@ def host_slug(host: str, user: str | None = None, port: int | None = None) -> st
     clean = lambda text: re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")  # noqa: E731
     slug = f"{clean(who)}@{clean(name)}" if clean(who) else clean(name)
     return slug or "host"
+
+
+def display_name(host: str, port: int | None) -> str:
+    """How edgetl names a destination: user@host, user@host:2222, user@[fe80::1]:2222."""
+    if port is None:
+        return host
+    who, at, name = host.rpartition("@")
+    return f"{who}{at}{f'[{name}]' if ':' in name else name}:{port}"
 
 
 def remote_path(path: str) -> str:
@@ -73,16 +81,17 @@ class SSHTransport:
                  ssh: str = "ssh", port: int | None = None, identity: str | os.PathLike | None = None):
         self.host = validate_host(host)
         if port is not None and not 1 <= int(port) <= 65535:
-            raise DeployError(f"--port {port}: not a TCP port (1-65535)")
+            raise DeployError(f"port {port}: not a TCP port (1-65535)")
         if identity is not None:
             key = Path(identity).expanduser()
             if not key.is_file():
-                raise DeployError(f"--identity {identity}: no such key file", "give the private key, e.g. ~/.ssh/id_ed25519")
+                raise DeployError(f"identity {identity}: no such key file", "give the private key, e.g. ~/.ssh/id_ed25519")
         # -p and -i are plain OpenSSH options: the user's config, agent and known_hosts still apply;
         # IdentitiesOnly keeps ssh from offering every agent key first (servers cut off after ~6 tries).
         own = ([] if port is None else ["-p", str(int(port))]) + \
             ([] if identity is None else ["-i", str(Path(identity).expanduser()), "-o", "IdentitiesOnly=yes"])
         self.port = port
+        self.name = display_name(self.host, port)  # how messages name it: with the port, one host may be many devices
         self.ssh_options = own + [str(o) for o in ssh_options]
         self.connect_timeout = connect_timeout
         self.multiplex = multiplex and os.name == "posix"
@@ -123,7 +132,7 @@ class SSHTransport:
                                      timeout=self.connect_timeout + 30)
             except subprocess.TimeoutExpired:
                 self.close()
-                raise DeployError(f"{self.host}: ssh did not connect within {self.connect_timeout + 30} s") from None
+                raise DeployError(f"{self.name}: ssh did not connect within {self.connect_timeout + 30} s") from None
             errors.seek(0)
             text = errors.read().decode(errors="replace")
         if res.returncode != 0:
@@ -142,24 +151,27 @@ class SSHTransport:
             shutil.rmtree(self._control_dir, ignore_errors=True)
             self._control_dir = None
 
+    def _by_hand(self) -> str:
+        return f"ssh -p {self.port} {self.host}" if self.port else f"ssh {self.host}"
+
     def _connection_error(self, stderr: str) -> DeployError:
         lines = [line.strip() for line in stderr.splitlines() if line.strip() and not line.startswith("Warning: Permanently")]
         last = lines[-1] if lines else "ssh exited with status 255"
         text = stderr.lower()
         if "connection refused" in text:
-            return DeployError(f"cannot connect to {self.host}: connection refused",
-                               "is sshd running there, and is the port right (--port PORT)?")
+            return DeployError(f"cannot connect to {self.name}: connection refused",
+                               "is sshd running there, and is the port right (host:port, or the setting port)?")
         if "could not resolve hostname" in text or "name or service not known" in text:
-            return DeployError(f"cannot connect to {self.host}: unknown host name", "check the name, or add it to ~/.ssh/config")
+            return DeployError(f"cannot connect to {self.name}: unknown host name", "check the name, or add it to ~/.ssh/config")
         if "timed out" in text or "no route to host" in text or "network is unreachable" in text:
-            return DeployError(f"cannot connect to {self.host}: {last}", "is the device on and on this network?")
+            return DeployError(f"cannot connect to {self.name}: {last}", "is the device on and on this network?")
         if "host key verification failed" in text or "remote host identification has changed" in text:
-            return DeployError(f"{self.host}: host key verification failed (unknown or changed host key)",
-                               f"run `ssh {self.host}` once by hand to check and accept its key")
+            return DeployError(f"{self.name}: host key verification failed (unknown or changed host key)",
+                               f"run `{self._by_hand()}` once by hand to check and accept its key")
         if "permission denied" in text or "too many authentication failures" in text:
-            return DeployError(f"{self.host}: ssh authentication failed ({last})",
-                               f"check that `ssh {self.host} true` works without a password (key in ssh-agent, or --identity KEY)")
-        return DeployError(f"{self.host}: ssh failed: {last}")
+            return DeployError(f"{self.name}: ssh authentication failed ({last})",
+                               f"check that `{self._by_hand()} true` works without a password (key in ssh-agent, or the setting identity)")
+        return DeployError(f"{self.name}: ssh failed: {last}")
 
     # -- commands ---------------------------------------------------------------------------------
     def command_line(self, argv: Sequence[str]) -> str:
@@ -176,11 +188,11 @@ class SSHTransport:
             res = subprocess.run([*self._base(), "--", self.host, line], input=input, capture_output=True,
                                  stdin=None if input is not None else subprocess.DEVNULL, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise DeployError(f"{self.host}: `{what}` did not finish within {timeout:.0f} s") from None
+            raise DeployError(f"{self.name}: `{what}` did not finish within {timeout:.0f} s") from None
         if res.returncode == 255:
             raise self._connection_error(res.stderr.decode(errors="replace"))
         if check and res.returncode != 0:
-            raise DeployError(f"{self.host}: {_remote_failure(what, res)}")
+            raise DeployError(f"{self.name}: {_remote_failure(what, res)}")
         return res
 
     def run_python(self, python: str, script: bytes, args: Sequence[str], check: bool = True,
@@ -189,10 +201,10 @@ class SSHTransport:
         copy, never a file on the device that could have been changed."""
         res = self.run([python, "-", *args], input=script, check=False, timeout=timeout, what=what or f"{python} -")
         if res.returncode == 127:
-            raise DeployError(f"{self.host}: no Python interpreter `{python}` there",
-                              "install python3 (and numpy) on the device, or pass --python /path/to/python3")
+            raise DeployError(f"{self.name}: no Python interpreter `{python}` there",
+                              "install python3 (and numpy) on the device, or set python to /path/to/python3 there")
         if check and res.returncode != 0:
-            raise DeployError(f"{self.host}: {_remote_failure(what or 'device script', res)}")
+            raise DeployError(f"{self.name}: {_remote_failure(what or 'device script', res)}")
         return res
 
     # -- files ------------------------------------------------------------------------------------
@@ -217,10 +229,10 @@ class SSHTransport:
         stderr = proc.stderr.read().decode(errors="replace")
         rc = proc.wait()
         if rc == 255:
-            raise DeployError(f"{self.host}: connection lost while uploading {local.name} ({_last_line(stderr)})",
+            raise DeployError(f"{self.name}: connection lost while uploading {local.name} ({_last_line(stderr)})",
                               "re-run the same command: finished files are kept and the upload resumes")
         if rc != 0:
-            raise DeployError(f"{self.host}: writing {remote} failed ({_last_line(stderr)})")
+            raise DeployError(f"{self.name}: writing {remote} failed ({_last_line(stderr)})")
         self.uploaded_bytes += sent
         return sent
 
@@ -246,4 +258,4 @@ def _remote_failure(what: str, res: subprocess.CompletedProcess) -> str:
     return f"`{what}` failed with exit status {res.returncode}: {lines[-1] if lines else 'no message'}"
 
 
-__all__ = ["SSHTransport", "host_slug", "remote_path", "validate_host"]
+__all__ = ["SSHTransport", "display_name", "host_slug", "remote_path", "validate_host"]

@@ -134,3 +134,94 @@ def image_check_cache(tmp_path_factory) -> Path:
         os.environ.pop("EDGETL_CACHE_DIR", None)
     else:
         os.environ["EDGETL_CACHE_DIR"] = before
+
+
+# -- real OpenSSH servers on 127.0.0.1 (deploy and fleet tests) ------------------------------------------------
+class SSHServer:
+    """One sshd: `options` reach it with ssh (its port, the user key, its known_hosts), `host` is user@127.0.0.1;
+    `ssh_options` are the same without the port, for destinations that name their own (user@127.0.0.1:PORT)."""
+
+    def __init__(self, root: Path, port: int, ssh_options: list[str], host: str):
+        self.root, self.port, self.ssh_options, self.host = root, port, ssh_options, host
+        self.options = ssh_options[:2] + ["-p", str(port)] + ssh_options[2:]
+
+    @property
+    def destination(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sshd_factory(tmp_path_factory):
+    """Factory: start(workdir=None) -> SSHServer, a real OpenSSH server on 127.0.0.1 on a port of its own, with
+    throwaway keys shared by every server of the test module (one user key, one host key, one known_hosts), so
+    one set of ssh options reaches them all. `workdir`: every command there starts in that folder (a
+    ForceCommand), so two servers on this one machine act as two devices with their own relative paths.
+    Skips with a reason where OpenSSH is missing or sshd will not start; every server stops with the module."""
+    import getpass
+    import os
+    import shlex
+    import subprocess
+    import time
+
+    sshd = shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if os.path.exists(p)), None)
+    if sshd is None or shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
+        pytest.skip("OpenSSH server/client not installed (apt-get install openssh-server openssh-client)")
+    root = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True)
+    (root / "authorized_keys").write_text((root / "user_key.pub").read_text())
+    os.chmod(root / "authorized_keys", 0o600)
+    (root / "known_hosts").write_text("")
+    host_pub = (root / "host_key.pub").read_text().split()
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
+    running: list = []
+
+    def start(workdir: Path | None = None) -> SSHServer:
+        port = free_port()
+        here = root / f"port-{port}"
+        here.mkdir()
+        with open(root / "known_hosts", "a") as f:
+            f.write(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+        lines = [f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {root / 'host_key'}", f"PidFile {here / 'sshd.pid'}",
+                 f"AuthorizedKeysFile {root / 'authorized_keys'} .ssh/authorized_keys", "PubkeyAuthentication yes",
+                 "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password",
+                 "StrictModes no", "UsePAM no", "MaxStartups 50", "MaxSessions 50", "LogLevel ERROR"]
+        if workdir is not None:
+            Path(workdir).mkdir(parents=True, exist_ok=True)
+            lines.append(f'ForceCommand cd {shlex.quote(str(workdir))} && eval "$SSH_ORIGINAL_COMMAND"')
+        (here / "sshd_config").write_text("\n".join(lines + [""]))
+        log = open(here / "sshd.log", "wb")
+        proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(here / "sshd_config")], stdout=log, stderr=subprocess.STDOUT)
+        running.append((proc, log))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.skip(f"sshd would not start here: {(here / 'sshd.log').read_text().strip()[-300:]}")
+            try:
+                import socket
+
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        options = ["-F", "/dev/null", "-i", str(root / "user_key"), "-o", "IdentitiesOnly=yes",
+                   "-o", f"UserKnownHostsFile={root / 'known_hosts'}", "-o", "GlobalKnownHostsFile=/dev/null"]
+        return SSHServer(root, port, options, f"{getpass.getuser()}@127.0.0.1")
+
+    yield start
+    for proc, log in running:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

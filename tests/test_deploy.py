@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,52 +34,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    def __init__(self, root: Path, port: int, options: list[str], host: str):
-        self.root, self.port, self.options, self.host = root, port, options, host
-
-
 @pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    if SSHD is None or shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
-        pytest.skip("OpenSSH server/client not installed (apt-get install openssh-server openssh-client)")
-    root = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "user_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True)
-    (root / "authorized_keys").write_text((root / "user_key.pub").read_text())
-    os.chmod(root / "authorized_keys", 0o600)
-    port = _free_port()
-    host_pub = (root / "host_key.pub").read_text().split()
-    (root / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
-    config = root / "sshd_config"
-    config.write_text("\n".join([
-        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {root / 'host_key'}", f"PidFile {root / 'sshd.pid'}",
-        f"AuthorizedKeysFile {root / 'authorized_keys'} .ssh/authorized_keys", "PubkeyAuthentication yes", "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password", "StrictModes no", "UsePAM no",
-        "MaxStartups 50", "MaxSessions 50", "LogLevel ERROR", ""]))
-    if os.geteuid() == 0:
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
-    log = open(root / "sshd.log", "wb")
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.close()
-            pytest.skip(f"sshd would not start here: {(root / 'sshd.log').read_text().strip()[-300:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    options = ["-F", "/dev/null", "-p", str(port), "-i", str(root / "user_key"), "-o", "IdentitiesOnly=yes",
-               "-o", f"UserKnownHostsFile={root / 'known_hosts'}", "-o", "GlobalKnownHostsFile=/dev/null"]
-    yield Server(root, port, options, f"{getpass.getuser()}@127.0.0.1")
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+def sshd(sshd_factory):
+    """One real sshd for the module (conftest.sshd_factory: throwaway host and user keys)."""
+    return sshd_factory()
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +57,13 @@ def _local_top1(run: Path, bundle_dir: Path) -> float:
     return float((logits.argmax(1) == y).mean())
 
 
-def _deploy(run, sshd, remote, **kw):
-    from edgetl.deploy import deploy
+def _deploy(run, sshd, remote, host=None, **kw):
+    from edgetl.deploy import DeploySettings, deploy
 
-    settings = dict(host=sshd.host, ssh_options=sshd.options, remote_dir=str(remote), python=sys.executable,
-                    backend="onnxruntime", quiet=True, batch_sizes=(1, 4), warmup=1, iterations=5, max_images=64)
+    settings = dict(hosts=[host or sshd.host], ssh_options=sshd.options, remote_dir=str(remote), python=sys.executable,
+                    backend="onnxruntime", batch_sizes=(1, 4), warmup=1, iterations=5, max_images=64)
     settings.update(kw)
-    return deploy(run, **settings)
+    return deploy(run, DeploySettings(**settings))
 
 
 # -- no server needed ---------------------------------------------------------------------------------
@@ -125,13 +82,16 @@ def test_good_host_names_pass(good):
 
 
 def test_bad_options_fail_before_connecting(tmp_path):
-    from edgetl.deploy import deploy
+    from edgetl.deploy import DeploySettings
+    from edgetl.errors import EdgetlError
+    from edgetl.stage import load_settings
 
-    # "unreachable.invalid" would fail to resolve: each message below proves the check came first
-    for kw, what in [({"device": "tpu"}, "--device"), ({"backend": "tflite"}, "--backend"),
-                     ({"batch_sizes": (0,)}, "--batch-size")]:
-        with pytest.raises(DeployError, match=what):
-            deploy(tmp_path, "nvidia@unreachable.invalid", quiet=True, **kw)
+    # settings are checked when they are read, before anything connects; messages name the setting
+    for kw, what in [({"device": "tpu"}, "'device'"), ({"backend": "tflite"}, "'backend'"),
+                     ({"batch_sizes": (0,)}, "'batch_sizes.0'"), ({"iterations": 0}, "'iterations'"),
+                     ({"warmup": -1}, "'warmup'"), ({"port": 70000}, "'port'")]:
+        with pytest.raises(EdgetlError, match=what):
+            load_settings(DeploySettings, None, {"hosts": ["nvidia@unreachable.invalid"], **kw})
 
 
 def test_slugs_and_remote_paths():
@@ -157,8 +117,10 @@ def test_deploy_bench_and_fetch(sshd, demo_run, tmp_path):
     result = _deploy(demo_run, sshd, remote, bench=True)
 
     # what is on the "device": the bundle under <remote>/<run>/<hash>/, every file as in the manifest
-    final = remote / "digits" / result.bundle.short_hash
+    short_hash = result.bundle_sha256[:16]
+    final = remote / "digits" / short_hash
     assert Path(result.remote_dir) == final and final.is_dir()
+    bundle_path = demo_run / "bundles" / "fp32"
     assert not list((remote / "digits").glob(".*.partial"))
     manifest = json.loads((final / "manifest.json").read_text())
     assert manifest["run"] == "digits" and manifest["precision"] == "fp32"
@@ -167,17 +129,17 @@ def test_deploy_bench_and_fetch(sshd, demo_run, tmp_path):
     for rel, entry in manifest["files"].items():
         data = (final / rel).read_bytes()
         assert len(data) == entry["size"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
-    assert (final / "manifest.json").read_bytes() == (result.bundle.path / "manifest.json").read_bytes()
+    assert (final / "manifest.json").read_bytes() == (bundle_path / "manifest.json").read_bytes()
     assert result.installed and "model.onnx" in result.uploaded and "edgetl_device.py" in result.uploaded
     assert "portable/rows.py" in result.uploaded and "portable/engines.py" in result.uploaded
 
     # results fetched home, per account
     local = demo_run / "devices" / f"{getpass.getuser()}@127.0.0.1"
-    assert result.local_dir == local
+    assert demo_run / result.device_dir == local
     bench = json.loads((local / "bench.json").read_text())
     rows = bench["rows"]
     assert [r["batch_size"] for r in rows] == [1, 4]
-    expected_top1 = _local_top1(demo_run, result.bundle.path)
+    expected_top1 = _local_top1(demo_run, bundle_path)
     ref = manifest["reference"]["top1"]
     for r in rows:
         assert r["backend"] == "onnxruntime" and r["precision"] == "fp32" and r["device"] == "cpu"
@@ -193,11 +155,14 @@ def test_deploy_bench_and_fetch(sshd, demo_run, tmp_path):
     assert facts["user"] == getpass.getuser() and facts["free_bytes"] > 0
     assert all(tuple(r) == ROW_KEYS and r["where"] == "device" for r in rows)
     record = json.loads((local / "deploy.json").read_text())
-    assert record["bundle_sha256"] == result.bundle.sha256 and record["remote_dir"] == str(final)
+    assert record == result.model_dump(mode="json")  # deploy.json is the result, key for key
+    assert record["bundle_sha256"] == hashlib.sha256((bundle_path / "manifest.json").read_bytes()).hexdigest()
+    assert record["remote_dir"] == str(final) and record["rows"] == rows
+    assert (demo_run / "settings" / "deploy.yaml").is_file()
 
     # re-running is idempotent: the installed bundle verifies, nothing is sent again
     again = _deploy(demo_run, sshd, remote, bench=False)
-    assert again.bundle.reused and again.bundle.sha256 == result.bundle.sha256
+    assert again.bundle_reused and again.bundle_sha256 == result.bundle_sha256
     assert again.uploaded == [] and again.resumed == [] and not again.installed
 
     # a file changed on the device is caught before anything runs
@@ -208,7 +173,7 @@ def test_deploy_bench_and_fetch(sshd, demo_run, tmp_path):
     with pytest.raises(DeployError) as err:
         _deploy(demo_run, sshd, remote)
     assert "model.onnx" in err.value.message and "sha256" in err.value.message
-    assert "--force" in err.value.hint
+    assert "force" in err.value.hint
     # --force replaces it
     fixed = _deploy(demo_run, sshd, remote, force=True)
     assert fixed.installed and "model.onnx" in fixed.uploaded
@@ -249,7 +214,7 @@ def test_shell_metacharacters_do_no_harm(sshd, demo_run, tmp_path):
     remote = tmp_path / f"dev ice';touch /tmp/{name};'" / f"$(touch /tmp/{name})" / "-rf"
     result = _deploy(evil_run, sshd, remote)
     assert not any(m.exists() for m in markers)
-    final = remote / evil_run.name / result.bundle.short_hash
+    final = remote / evil_run.name / result.bundle_sha256[:16]
     assert (final / "manifest.json").is_file()
     with pytest.raises(DeployError):
         _deploy(evil_run, sshd, remote, host=f"{sshd.host};touch /tmp/{name}")
@@ -321,7 +286,7 @@ def test_cli_deploy_with_port_and_identity(sshd, demo_run, tmp_path):
     # a wrong port is named with the option that fixes it
     res = CliRunner().invoke(app, args[:5] + [str(_free_port())] + args[6:])
     err = res.exception
-    assert isinstance(err, DeployError) and "connection refused" in err.message and "--port" in err.hint
+    assert isinstance(err, DeployError) and "connection refused" in err.message and "port" in err.hint
 
 
 SECOND_ACCOUNT = "edgetl-device"  # made by .ci/run, with ~/venv holding only numpy and onnxruntime
@@ -389,7 +354,7 @@ def test_device_that_cannot_run_the_backend_fails_before_bundling(sshd, exported
     remote = tmp_path / "d"
     with pytest.raises(DeployError) as err:
         _deploy(run, sshd, remote, backend="tensorrt", bench=True)
-    assert "TensorRT is not installed" in err.value.message and "--backend onnxruntime" in err.value.hint
+    assert "TensorRT is not installed" in err.value.message and "backend to onnxruntime" in err.value.hint
     assert not remote.exists() and not (run / "bundles").exists()
 
 
@@ -401,7 +366,7 @@ def test_device_python_without_numpy_is_named_before_upload(sshd, demo_run, tmp_
     remote = tmp_path / "d"
     with pytest.raises(DeployError) as err:
         _deploy(demo_run, sshd, remote, python=str(venv / "bin" / "python"), bench=True)
-    assert "numpy is not installed" in err.value.message and "--python PATH" in err.value.hint
+    assert "numpy is not installed" in err.value.message and "set python" in err.value.hint
     assert not remote.exists()
 
 
@@ -414,7 +379,7 @@ def test_too_little_disk_stops_before_upload(sshd, demo_run, tmp_path, monkeypat
     remote = tmp_path / "d"
     with pytest.raises(DeployError) as err:
         _deploy(demo_run, sshd, remote)
-    assert "MiB free" in err.value.message and "--remote-dir" in err.value.hint
+    assert "MiB free" in err.value.message and "remote_dir" in err.value.hint
     assert not list(remote.rglob("model.onnx"))
 
 
@@ -429,7 +394,7 @@ def test_bad_python_on_a_device_with_a_verified_bundle(sshd, demo_run, tmp_path)
         with pytest.raises(DeployError) as err:
             _deploy(demo_run, sshd, remote, python=python)
         text = f"{err.value.message} {err.value.hint or ''}"
-        assert "--force" not in text and "changed" not in text, text
+        assert "force" not in text and "changed" not in text, text
     assert "no Python interpreter" in str(err.value.message) or "facts" in str(err.value.message)
     assert _deploy(demo_run, sshd, remote).skipped  # the bundle there still verifies
 

@@ -122,7 +122,7 @@ LIBRARY = [
     ("bundle-no-int8-model", ["bundle", "{run}", "--precision", "int8"], 1, "model.int8.onnx"),
     ("bundle-max-images-0", ["bundle", "{run}", "--max-images", "0"], 1, "setting 'max_images'"),
     ("bundle-config-of-another-stage", ["bundle", "{run}", "--config", "{file}"], 1, "Extra inputs are not permitted"),
-    ("deploy-bad-host", ["deploy", "{run}", "--host", "-oProxyCommand=false"], 1, "--host"),
+    ("deploy-bad-host", ["deploy", "{run}", "--host", "-oProxyCommand=false"], 1, "host '-oProxyCommand=false'"),
     ("deploy-no-fp16-model", ["deploy", "{run}", "--host", "nvidia@orin.local", "--precision", "fp16"], 1,
      "model.fp16.onnx"),
     ("triton-max-batch-0", ["triton", "{run}", "--max-batch", "0"], 1, "setting 'max_batch'"),

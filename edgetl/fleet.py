@@ -1,0 +1,211 @@
+"""A fleet deploy: the run bundled once, then shipped to, built and benchmarked on many devices at once.
+
+`deploy_fleet(run, cfg, events) -> FleetResult`. Each device runs `edgetl.deploy.deploy_to` in a thread (the
+work is ssh subprocesses), at most `cfg.jobs` at a time. A device that fails (unreachable, closed port,
+refused key, failed device check, an error on the device) is one line in the result; the others finish.
+Results land per device in RUN/devices/<user@host>[_port]/ as for one device, and the fleet's table in
+RUN/fleet.json (this Result), RUN/fleet.md and RUN/fleet.png.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Dict, List, Optional
+
+from pydantic import BaseModel, ConfigDict
+
+from edgetl.bundle import make_bundle, model_files
+from edgetl.deploy import (
+    DeployResult,
+    DeploySettings,
+    deploy_to,
+    destinations,
+    ran,
+    resolved,
+    step_count,
+)
+from edgetl.destinations import Destination
+from edgetl.errors import DeployError, EdgetlError, first_line
+from edgetl.rundir import RunDir
+from edgetl.stage import SILENT, Events, Result, record_settings
+from edgetl.transport import SSHTransport
+
+
+class FleetHost(BaseModel):
+    """One device of the fleet: where its results are, what it reported, how it ended."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str  # the destination as edgetl names it: user@host, user@host:2222
+    device_dir: Optional[str]  # devices/<user@host>[_port], relative to the run; None when it failed before
+    board: Optional[str]  # the device's model (Jetson) or GPU or machine, as it reported itself
+    power_mode: Optional[str]  # nvpmodel's mode name, where the device has one (Jetson)
+    clocks: Optional[Dict[str, float]]  # gpu_mhz, cpu0_mhz, emc_mhz where readable
+    started: float  # seconds since the epoch
+    finished: float
+    error: Optional[str]  # None when the device deployed (and benchmarked) fine; else the one-line reason
+    hint: Optional[str]
+
+
+class FleetRow(BaseModel):
+    """One measurement: device x precision x batch size (the device's bench row, trimmed to what compares)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str  # FleetHost.host
+    backend: str
+    precision: str
+    batch_size: int
+    device: str  # cpu / cuda: where on the device it ran
+    model_file: str
+    latency_ms: Dict[str, float]  # mean, p50, p90, p99, min, max, std of one call
+    throughput_ips: float
+    top1: Optional[float]
+    top1_drop: Optional[float]  # fp32 PyTorch top-1 on the bundle's images minus this row's
+
+
+class FleetResult(Result):
+    """RUN/fleet.json."""
+
+    run: str
+    created: str
+    precision: str
+    backend: str
+    bundle_sha256: str
+    jobs: int
+    hosts: List[FleetHost]  # in the order they were listed
+    rows: List[FleetRow]
+
+    @property
+    def failed(self) -> List[FleetHost]:
+        return [h for h in self.hosts if h.error is not None]
+
+
+class HostEvents(Events):
+    """One device's events inside a fleet: its steps become one live line (a `fleet_host` record), so many
+    devices stay readable; its warnings are printed with its name."""
+
+    def __init__(self, parent: Events, host: str, total: int):
+        self.parent, self.host, self.total = parent, host, total
+        self.done, self.step = 0, "waiting"
+        self.device: dict = {}  # device_dir and facts, once the device has said who it is
+
+    def _show(self, detail: str = "") -> None:
+        self.parent.record("fleet_host", {"host": self.host, "state": "running", "step": self.step + detail,
+                                          "done": self.done, "total": self.total})
+
+    def status(self, text: str) -> None:
+        for named, short in ((f" to {self.host}:", " to "), (f" on {self.host}", ""), (f" to {self.host}", ""),
+                             (f" {self.host}", "")):
+            text = text.replace(named, short)
+        self.step = text
+        self._show()
+
+    def message(self, text: str) -> None:  # "done <step> (1.2 s)": counted on the device's line
+        self.done = min(self.done + 1, self.total)
+        self._show()
+
+    def progress(self, task: str, done: int, total: int | None) -> None:
+        if total:
+            self._show(f" {done / 2**20:.1f}/{total / 2**20:.1f} MiB")
+
+    def warning(self, text: str) -> None:
+        self.parent.warning(f"{self.host}: {text}")
+
+    def record(self, kind: str, data: dict) -> None:
+        if kind == "device":
+            self.device = dict(data)
+
+
+def deploy_fleet(run_path: str | os.PathLike, cfg: DeploySettings, events: Events = SILENT) -> FleetResult:
+    """Deploy (and with cfg.bench, benchmark) on every device `cfg` names, cfg.jobs at a time; write fleet.json,
+    fleet.md and fleet.png. A failed device is listed with its reason in the result (`failed`), not raised."""
+    from edgetl.fleet_report import failure_line, fleet_markdown, plot_fleet
+    from edgetl.io import write_text
+
+    found = destinations(cfg, events)
+    run = RunDir(run_path)
+    model_files(run, cfg.precision)  # a run that cannot be bundled fails before any connection
+    for dest in found:  # no ssh client, a bad port or key file: one error now, not one per device
+        SSHTransport(dest.target, cfg.ssh_options, port=dest.port, identity=cfg.identity)
+    record_settings(run.path, "deploy", resolved(cfg, found))
+    events.status(f"bundle {cfg.precision}")
+    bundle = make_bundle(run, cfg.precision, max_images=cfg.max_images)
+    jobs = min(cfg.jobs, len(found))
+    events.message(f"bundle {cfg.precision} {'unchanged' if bundle.reused else 'written'}, {bundle.short_hash}: "
+                   f"to {len(found)} devices, {jobs} at a time")
+    events.status(f"deploying to {len(found)} devices")
+
+    claimed: dict[str, str] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def claim(host: str, slug: str) -> None:
+        with lock:
+            other = claimed.setdefault(slug, host)
+        if other != host:
+            raise DeployError(f"{host}: is the same account and device as {other} (both write devices/{slug})",
+                              "list each device once")
+
+    def one(dest: Destination) -> tuple[FleetHost, list[FleetRow]]:
+        started = time.time()
+        host = dest.label
+        mine = HostEvents(events, host, step_count(cfg, bundled=True))
+        result: DeployResult | None = None
+        error = hint = None
+        try:
+            result = deploy_to(run, cfg, dest, mine, bundle=bundle, claim=lambda slug: claim(host, slug), stop=stop)
+        except EdgetlError as e:
+            error, hint = e.message, e.hint
+        except Exception as e:  # one device's surprise must not cost the others their results
+            error = f"{type(e).__name__}: {first_line(e)}"
+        finished = time.time()
+        facts = mine.device.get("facts") or {}  # also for a device that failed after its check
+        outcome = FleetHost(host=host, device_dir=mine.device.get("device_dir"),
+                            board=facts.get("model") or facts.get("gpu") or facts.get("machine"),
+                            power_mode=(facts.get("power_mode") or {}).get("name"), clocks=facts.get("clocks"),
+                            started=started, finished=finished, error=error, hint=hint)
+        events.record("fleet_host", {"host": host, "state": "failed" if error else "ok"})
+        if error:
+            events.message(failure_line(host, error))
+        else:
+            summary = f"benchmarked {ran(result.rows)}" if result.rows else \
+                ("installed" if result.installed else "already installed")
+            events.message(f"{host}: ok, {summary} ({finished - started:.1f} s)")
+        return _with_rows(outcome, result) if result is not None else (outcome, [])
+
+    outcomes: dict[Destination, tuple[FleetHost, list[FleetRow]]] = {}
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="edgetl-deploy") as pool:
+        futures = {pool.submit(one, dest): dest for dest in found}
+        try:
+            for done, future in enumerate(as_completed(futures), 1):
+                outcomes[futures[future]] = future.result()
+                events.progress("devices", done, len(found))
+        except BaseException:  # Ctrl-C: devices not started are not started; running ones stop at their next step
+            stop.set()
+            for future in futures:
+                future.cancel()
+            raise
+    hosts = [outcomes[d][0] for d in found]
+    rows = [row for d in found for row in outcomes[d][1]]
+    result = FleetResult(run=str(run.path), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), precision=cfg.precision,
+                         backend=cfg.backend, bundle_sha256=bundle.sha256, jobs=jobs, hosts=hosts, rows=rows)
+    events.status("writing fleet.json, fleet.md, fleet.png")
+    result.write(run.fleet_json)
+    write_text(run.fleet_md, fleet_markdown(result))
+    plot_fleet(result, run.fleet_png)
+    return result
+
+
+def _with_rows(host: FleetHost, result: DeployResult) -> tuple[FleetHost, list[FleetRow]]:
+    rows = [FleetRow(host=host.host, backend=r["backend"], precision=r["precision"], batch_size=r["batch_size"],
+                     device=r["device"], model_file=r["model_file"], latency_ms=r["latency_ms"],
+                     throughput_ips=r["throughput_ips"], top1=r.get("top1"), top1_drop=r.get("top1_drop"))
+            for r in result.rows]
+    return host, rows
+
+
+__all__ = ["FleetHost", "FleetResult", "FleetRow", "HostEvents", "deploy_fleet"]
