@@ -84,7 +84,7 @@ def import_flavour(library: str = "tensorrt"):
 def machine_facts(library: str = "tensorrt", trt=None) -> dict[str, Any]:
     """What an engine is tied to on this machine: the library and its version, the GPU and its compute
     capability (BackendUnavailable without a GPU), the CUDA driver and, on a Jetson, the L4T release."""
-    from edgetl.runtime._cuda import device_facts
+    from edgetl.cuda import device_facts
 
     trt = trt or import_flavour(library)
     return {"library": library, "library_version": str(trt.__version__), **device_facts(),

@@ -92,7 +92,6 @@ def verify_onnx(path: str | os.PathLike) -> None:
 
 def verify_weights(path: str | os.PathLike, state: dict, expected: str | None) -> None:
     """Refuse a model.safetensors whose tensors differ from the digest in its own model card."""
-    from edgetl.models import weights_digest
 
     if not expected:
         return
@@ -102,3 +101,17 @@ def verify_weights(path: str | os.PathLike, state: dict, expected: str | None) -
         raise ModelError(f"{path}: its tensors changed since `edgetl finetune` wrote them (digest {actual[:12]}..., "
                          f"the model card records {expected[:12]}...); refusing to run a damaged or altered model",
                          "restore the file, or re-run `edgetl finetune`")
+
+
+def weights_digest(state: dict) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes: identifies the weights independently of file metadata."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

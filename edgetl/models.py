@@ -274,18 +274,6 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_s
             for (is_head, no_decay), ps in buckets.items()]
 
 
-def weights_digest(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes: identifies the weights independently of file metadata."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for k in sorted(state):
-        t = state[k].detach().cpu().contiguous()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def load_trained(weights: str | os.PathLike):
     """The fine-tuned model and its card from an edgetl model.safetensors (or the run dir holding it)."""
     import timm

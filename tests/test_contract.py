@@ -149,7 +149,7 @@ def test_device_row_and_edgetl_bench_row_agree(device, run_and_bundle, bundle_co
 def test_device_cuda_facts_match_the_package(device):
     """libcudart through ctypes (device) and cuda-python (package) name the same GPU alike."""
     try:
-        from edgetl.runtime._cuda import device_facts
+        from edgetl.cuda import device_facts
 
         package = device_facts()
         here = device.cuda_facts()

@@ -19,7 +19,7 @@ from edgetl.card import ModelCard
 from edgetl.errors import EdgetlError
 from edgetl.io import write_bytes, write_json
 from edgetl.portable import engines as P
-from edgetl.runtime import _cuda
+from edgetl import cuda as _cuda
 
 rtx = pytest.importorskip("tensorrt_rtx", reason="borrows TensorRT-RTX's logger and enums (pip install 'edgetl[rtx]')")
 

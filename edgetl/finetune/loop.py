@@ -19,13 +19,14 @@ from torch import nn
 from edgetl.card import ModelCard
 from edgetl.data import ImageDataset, ImageList, make_loader
 from edgetl.data.skipped import SkippedImages
+from edgetl.integrity import weights_digest
 from edgetl.data.transforms import eval_transform, resize_size, train_transform
 from edgetl.finetune.distributed import World
 from edgetl.finetune.runstate import load_checkpoint, log_state, save_checkpoint, write_log
 from edgetl.finetune.settings import FinetuneSettings, per_process_batch
 from edgetl.io import atomic_path, read_json
 from edgetl.models import (LoadReport, Phase, apply_strategy, create_model, param_groups, set_train_mode,
-                           strategy_phases, weights_digest)
+                           strategy_phases)
 from edgetl.rundir import RunDir
 from edgetl.stage import Events
 

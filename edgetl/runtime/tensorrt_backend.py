@@ -1,7 +1,7 @@
 """A TensorRT or TensorRT-RTX engine that `edgetl build` wrote: sidecar checked, I/O on the GPU, CUDA graph
 as an option. The sidecar names the library, so the same code runs both flavours.
 
-GPU memory, copies and graphs go through cuda-python (edgetl.runtime._cuda). Input and output buffers are
+GPU memory, copies and graphs go through cuda-python (edgetl.cuda). Input and output buffers are
 allocated once, sized from the engine's own shapes at the profile's largest batch; infer() copies the host
 batch in, enqueues the engine (or replays the CUDA graph captured for the current batch size) and copies the
 output out, so what a timed infer() measures is "compute + host<->device copies".
@@ -52,7 +52,7 @@ class TensorRTBackend(Backend):
         from edgetl.engine import (capturing_logger, check_engine, facts_for_engine, import_flavour, init_plugins,
                                    read_sidecar)
         from edgetl.io import sha256_file
-        from edgetl.runtime import _cuda
+        from edgetl import cuda as _cuda
 
         if not self.device.startswith("cuda"):
             raise EdgetlError(f"tensorrt backend: runs on the GPU, not on '{self.device}'", "use device cuda")
