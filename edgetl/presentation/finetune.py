@@ -30,6 +30,6 @@ def render_finetune(run: str | Path, result, console: Console | None = None) -> 
     from edgetl.presentation.eval import print_metrics
 
     data = result.model_dump(mode="json")
-    processes = f", {data['world_size']} processes" if data.get("world_size", 1) > 1 else ""
-    print_metrics(data, title=f"best epoch {data['best_epoch']} of {data['epochs_run']}{processes}")
-    (console or default_console).print(f"run: {run}", markup=False, soft_wrap=True, highlight=False)
+    processes = f", trained by {data['world_size']} processes" if data.get("world_size", 1) > 1 else ""
+    print_metrics(data, title=f"best epoch {data['best_epoch']} of {data['epochs_run']}")
+    (console or default_console).print(f"run: {run}{processes}", markup=False, soft_wrap=True, highlight=False)
