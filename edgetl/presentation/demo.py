@@ -13,7 +13,7 @@ from edgetl.presentation.events import RichEvents
 def demo_events() -> RichEvents:
     """RichEvents that draw the demo's records."""
     return RichEvents(on_record={"section": print_section, "epoch": print_epoch, "transfer": print_transfer,
-                                 "bench": print_bench_result})
+                                 "bench_table": print_bench_result})
 
 
 def print_section(data: dict[str, Any]) -> None:
