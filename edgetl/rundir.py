@@ -216,15 +216,15 @@ def check_out_and_data(out: str | os.PathLike, data: str | os.PathLike) -> None:
     inside (or equal to) a run would be replaced with it."""
     out_path, data_path = Path(out), Path(data)
     if out_path.exists() and not out_path.is_dir():
-        raise RunDirError(f"--out {out_path}: is a file, not a run directory", "give --out a folder name, e.g. runs/NAME")
+        raise RunDirError(f"run directory {out_path}: is a file", "give the run a folder of its own, e.g. runs/NAME")
     o, d = out_path.resolve(), data_path.resolve()
     if o == d:
-        raise RunDirError(f"--out {out_path}: is the data set itself", "write the run elsewhere, e.g. --out runs/NAME")
+        raise RunDirError(f"run directory {out_path}: is the data set itself", "write the run elsewhere, e.g. runs/NAME")
     if d in o.parents:
-        raise RunDirError(f"--out {out_path}: is inside the data set {data_path}; the run's files would become data",
-                          "write the run elsewhere, e.g. --out runs/NAME")
+        raise RunDirError(f"run directory {out_path}: is inside the data set {data_path}; the run's files would become data",
+                          "write the run elsewhere, e.g. runs/NAME")
     if o in d.parents:
-        raise RunDirError(f"--out {out_path}: holds the data set {data_path}", "write the run elsewhere, e.g. --out runs/NAME")
+        raise RunDirError(f"run directory {out_path}: holds the data set {data_path}", "write the run elsewhere, e.g. runs/NAME")
 
 
 def pending_dir(target: str | os.PathLike) -> Path:
