@@ -111,6 +111,12 @@ def record_settings(run_path: str | os.PathLike, stage: str, cfg: Settings) -> P
 
 
 def _validation_line(e: ValidationError) -> str:
+    """The first error as `'field': why (got value)`: the value only where it is one short scalar not already in
+    the message (a YAML typo, a bad list item), and without pydantic's "Value error, " prefix."""
     err = e.errors()[0]
     where = ".".join(str(x) for x in err["loc"]) or "(top level)"
-    return f"'{where}': {err['msg']}"
+    msg = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    if isinstance(value, (str, int, float, bool)) and len(repr(value)) <= 40 and str(value) not in msg:
+        msg += f" (got {value!r})"
+    return f"'{where}': {msg}"

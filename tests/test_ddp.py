@@ -98,7 +98,7 @@ def test_two_processes_write_one_run_whose_metrics_equal_eval(ddp_run, odd_data)
     assert metrics["world_size"] == 2 and metrics["n"] == 79 and metrics["train_images"] == 319
     assert metrics["phases"] == [{"phase": "probe", "first_epoch": 1, "epochs": 1},
                                  {"phase": "finetune", "first_epoch": 2, "epochs": 2}]
-    again = eval_run(run)
+    again = eval_run(run).model_dump(mode="json")
     for key in ("n", "top1", "top5", "macro_f1", "auc_roc", "confusion", "per_class_accuracy"):
         assert again[key] == metrics[key], key
     # The gathered validation counts each of the 79 images once: the best epoch's val top-1 (scored during

@@ -81,6 +81,6 @@ def test_every_metric_by_hand_and_eval_agrees_with_training(trained_run):
     from edgetl.evaluate import eval_run
 
     saved = json.loads((trained_run / "metrics.json").read_text())
-    again = eval_run(trained_run)
+    again = eval_run(trained_run).model_dump(mode="json")
     for key in ("top1", "top5", "macro_f1", "auc_roc", "confusion", "per_class_accuracy"):
         assert again[key] == saved[key], key
