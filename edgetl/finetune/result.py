@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from edgetl.stage import Result
+from edgetl.metrics import Metrics
 
 
 class BaselineComparison(BaseModel):
@@ -31,18 +31,10 @@ class PhaseSpan(BaseModel):
     epochs: int
 
 
-class FinetuneResult(Result):
-    """The best checkpoint scored on the val split exactly as `edgetl eval` scores it, and how it was trained."""
+class FinetuneResult(Metrics):
+    """The best checkpoint scored on the val split exactly as `edgetl eval` scores it (the Metrics fields), and how
+    it was trained."""
 
-    # edgetl.metrics.classification_metrics
-    n: int
-    top1: float
-    top5: float | None
-    macro_f1: float
-    auc_roc: float | None
-    per_class_accuracy: dict[str, float | None]
-    classes: list[str]
-    confusion: list[list[int]]
     # the training
     best_epoch: int
     epochs_run: int
