@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import warnings
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -20,14 +22,20 @@ def is_image_file(name: str) -> bool:
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
     """Return the image as HxWx3 uint8 RGB, upright. Raises DataError naming the file if unusable."""
+    with _pillow_errors_as_data_error(path), _open_regular(path) as f, warnings.catch_warnings():
+        # PIL warns on some odd-but-valid files (palette transparency, huge EXIF); not the user's concern.
+        warnings.simplefilter("ignore")
+        with Image.open(f) as img:
+            img.load()  # full decode here, so a truncated file fails now, not mid-epoch
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb_array(img)
+
+
+@contextlib.contextmanager
+def _pillow_errors_as_data_error(path: str | os.PathLike) -> Iterator[None]:
+    """What Pillow (or opening the file) raises for an unusable image, as one DataError naming the file."""
     try:
-        with _open_regular(path) as f, warnings.catch_warnings():
-            # PIL warns on some odd-but-valid files (palette transparency, huge EXIF); not the user's concern.
-            warnings.simplefilter("ignore")
-            with Image.open(f) as img:
-                img.load()  # full decode here, so a truncated file fails now, not mid-epoch
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb_array(img)
+        yield
     except Image.DecompressionBombError as e:
         # Pillow's guard against a small file that decodes to gigabytes (its MAX_IMAGE_PIXELS, twice over).
         raise DataError(f"{path}: image too large to decode safely ({first_line(e)})", "fix or remove it") from None
@@ -46,17 +54,10 @@ def probe_header(path: str | os.PathLike) -> tuple[int, int, str]:
     """(width, height, mode) from the file's header only, without decoding pixels: the cheap check. It finds
     what is not an image at all (empty, garbage, a FIFO, an unknown format) and absurd sizes, but not a file
     truncated inside its pixel data: that only a full decode (load_rgb) finds."""
-    try:
-        with _open_regular(path) as f, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(f) as img:  # parses the header; raises DecompressionBombError on a bomb's size
-                width, height, mode = img.width, img.height, img.mode
-    except Image.DecompressionBombError as e:
-        raise DataError(f"{path}: image too large to decode safely ({first_line(e)})", "fix or remove it") from None
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: unreadable image ({_UNIDENTIFIED})", "fix or remove it") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"{path}: unreadable image ({first_line(e)})", "fix or remove it") from None
+    with _pillow_errors_as_data_error(path), _open_regular(path) as f, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(f) as img:  # parses the header; raises DecompressionBombError on a bomb's size
+            width, height, mode = img.width, img.height, img.mode
     if width <= 0 or height <= 0:
         raise DataError(f"{path}: unreadable image (size {width}x{height})", "fix or remove it")
     if mode not in _KNOWN_MODES:
