@@ -463,6 +463,6 @@ def _optional_machine_facts(library: str, trt) -> dict[str, Any]:
     """The library version, and the GPU where one is visible: an ahead-of-time build needs none."""
     try:
         return machine_facts(library, trt)
-    except EdgetlError:  # no GPU, no cuda-python, no driver: none is needed to build ahead of time
+    except EdgetlError:  # no GPU, no libcudart, no driver: none is needed to build ahead of time
         return {"library": library, "library_version": str(trt.__version__), "gpu_name": None,
                 "compute_capability": None, "cuda_driver": None, "l4t_release": None}

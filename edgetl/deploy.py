@@ -252,7 +252,8 @@ def check_device(facts: dict, *, host: str, python: str, backend: str, device: s
             raise DeployError(f"{host}: TensorRT is not installed there", f"{switch}, or install TensorRT "
                               "(JetPack: sudo apt install nvidia-tensorrt; deploy/jetson-setup.sh)")
         if not facts.get("compute_capability"):
-            raise DeployError(f"{host}: no CUDA GPU is visible there (libcudart found none)", switch)
+            why = facts.get("no_gpu_reason") or "libcudart found none"  # older device scripts do not say why
+            raise DeployError(f"{host}: no CUDA GPU is usable there ({why})", switch)
         if not (facts.get("trtexec") or facts.get("edgetl")):
             raise DeployError(f"{host}: neither trtexec nor edgetl is there to build the engine",
                               f"{switch}, or install trtexec (JetPack: sudo apt install tensorrt)")

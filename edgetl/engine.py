@@ -19,6 +19,7 @@ from edgetl.errors import BackendUnavailable, EngineMismatch, RunDirError, first
 from edgetl.io import read_json
 from edgetl.portable.engines import (ENGINE_PRECISIONS, LIBRARIES, SIDECAR_FORMAT, engine_dir_name,
                                      engine_mismatch, plan_name, sidecar_for)
+from edgetl.portable import cuda
 from edgetl.portable.jetson import l4t_release
 
 Library = Literal["tensorrt", "tensorrt_rtx"]
@@ -64,6 +65,10 @@ def import_flavour(library: str = "tensorrt"):
         except ImportError:
             raise BackendUnavailable("TensorRT for RTX is not installed here (`import tensorrt_rtx` fails)",
                                      "pip install 'edgetl[rtx]' (x86-64 Linux or Windows)") from None
+        except Exception as e:  # installed but broken (a missing shared library, a bad build): say so, go on
+            raise BackendUnavailable(f"TensorRT for RTX is installed but does not import ({type(e).__name__}: "
+                                     f"{first_line(e)})", "reinstall it: pip install --force-reinstall "
+                                     "'edgetl[rtx]'") from None
         return trt
     if library != "tensorrt":
         raise BackendUnavailable(f"unknown engine library '{library}'", f"use one of {', '.join(LIBRARIES)}")
@@ -73,6 +78,10 @@ def import_flavour(library: str = "tensorrt"):
         raise BackendUnavailable("TensorRT is not installed here (`import tensorrt` fails)",
                                  "build engines on the target: a Jetson has it with JetPack; on x86 "
                                  "`pip install tensorrt` from NVIDIA's index") from None
+    except Exception as e:
+        raise BackendUnavailable(f"TensorRT is installed but does not import ({type(e).__name__}: {first_line(e)})",
+                                 "reinstall TensorRT (on a Jetson: sudo apt install --reinstall "
+                                 "python3-libnvinfer)") from None
     m = re.match(r"\d+", str(trt.__version__))
     if m is None or int(m.group()) < 10:
         raise BackendUnavailable(f"TensorRT {trt.__version__} is too old: edgetl needs 10.0 or newer "
@@ -84,11 +93,12 @@ def import_flavour(library: str = "tensorrt"):
 def machine_facts(library: str = "tensorrt", trt=None) -> dict[str, Any]:
     """What an engine is tied to on this machine: the library and its version, the GPU and its compute
     capability (BackendUnavailable without a GPU), the CUDA driver and, on a Jetson, the L4T release."""
-    from edgetl.cuda import device_facts
-
     trt = trt or import_flavour(library)
-    return {"library": library, "library_version": str(trt.__version__), **device_facts(),
-            "l4t_release": l4t_release()}
+    try:
+        gpu = cuda.gpu_facts()
+    except cuda.CudaUnavailable as e:
+        raise BackendUnavailable(str(e), "TensorRT engines build and run on an NVIDIA GPU") from None
+    return {"library": library, "library_version": str(trt.__version__), **gpu, "l4t_release": l4t_release()}
 
 
 _LOGGERS: dict[str, Any] = {}

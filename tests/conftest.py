@@ -136,6 +136,57 @@ def image_check_cache(tmp_path_factory) -> Path:
         os.environ["EDGETL_CACHE_DIR"] = before
 
 
+def pytest_configure(config):
+    """A suite started from a background job (`nohup pytest &`, a scheduler, some CI runners) inherits SIGINT
+    ignored, and an ignored signal stays ignored in every child it starts: the tests that press Ctrl-C on an
+    edgetl process would then see it run on and exit 0. Python's own handler here lets the children start
+    with the default disposition, as they would from a terminal."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture(scope="session")
+def fake_cudart_lib(tmp_path_factory):
+    """Factory: fake_cudart_lib(mode) -> a stand-in libcudart.so (tests/fake_cudart.c) compiled for one kind
+    of machine: "gpu" (an 'Orin (fake)', sm 8.7), "no-driver", "no-device", "zero", "no-symbol". Skips
+    without a C compiler."""
+    import subprocess
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    folder = tmp_path_factory.mktemp("fake-cudart")
+    source = Path(__file__).with_name("fake_cudart.c")
+    flags = {"gpu": [], "no-driver": ["-DMODE_NO_DRIVER"], "no-device": ["-DMODE_NO_DEVICE"],
+             "zero": ["-DMODE_ZERO"], "no-symbol": ["-DMODE_NO_SYMBOL"]}
+
+    def make(mode: str) -> Path:
+        if cc is None:
+            pytest.skip("needs a C compiler (cc) to build a stand-in libcudart")
+        lib = folder / f"libcudart-{mode}.so"
+        if not lib.exists():
+            subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(source), *flags[mode]], check=True)
+        return lib
+
+    return make
+
+
+@pytest.fixture
+def fake_cudart(fake_cudart_lib, monkeypatch):
+    """use(mode) -> this process (and the CLI processes it starts) sees the stand-in libcudart of `mode`, or,
+    with a path, that file; the layer's per-process cache is emptied around the test."""
+    from edgetl.portable import cuda
+
+    monkeypatch.setattr(cuda, "_CACHED", {})
+
+    def use(mode_or_path) -> Path:
+        lib = Path(mode_or_path) if isinstance(mode_or_path, Path) else fake_cudart_lib(mode_or_path)
+        monkeypatch.setenv(cuda.ENV_VAR, str(lib))
+        return lib
+
+    return use
+
+
 # -- real OpenSSH servers on 127.0.0.1 (deploy and fleet tests) ------------------------------------------------
 class SSHServer:
     """One sshd: `options` reach it with ssh (its port, the user key, its known_hosts), `host` is user@127.0.0.1;

@@ -229,14 +229,16 @@ def rtx_engine_run(family_graphs, tmp_path_factory):
     return run, B.build(run, cfg(precision="int8", target="rtx", batch="1,1,4")).plan
 
 
-def test_an_rtx_engine_where_no_gpu_is_says_what_it_is_for(rtx_engine_run):
+def test_an_rtx_engine_where_no_gpu_is_says_what_it_is_for(rtx_engine_run, fake_cudart):
     from edgetl.runtime import create_backend
 
     _run, plan = rtx_engine_run
+    fake_cudart("no-device")
     with pytest.raises(BackendUnavailable) as e:
         create_backend("tensorrt", plan, device="cuda", precision="int8").activate()
     assert e.value.message == (f"{plan}: a TensorRT-RTX {rtx.__version__} engine for RTX GPUs of compute capability "
-                               "8.6, 8.9, 12.0; this machine: no CUDA GPU is visible here")
+                               "8.6, 8.9, 12.0; this machine: no CUDA GPU is visible (cudaErrorNoDevice from CUDA "
+                               "runtime 12.4, libcudart-no-device.so)")
 
 
 def test_rtx_engine_found_through_resolve_model_file(rtx_engine_run, monkeypatch):

@@ -1,6 +1,6 @@
 """The tensorrt backend's checks that need no GPU: every boolean TensorRT returns is checked, the output buffer
-is sized from the engine's own output shape, CUDA graphs are re-captured on a batch-size change, captured in
-thread-local mode, and a failed capture ends the capture.
+is sized from the engine's own output shape, CUDA graphs are re-captured on a batch-size change. (Thread-local
+capture and ending a failed capture are the CUDA layer's, tested in test_cuda.py.)
 
 No GPU here, so the engine, context and CUDA runtime are small recording fakes; the logger, enums and
 dtype mapping are TensorRT-RTX's own where it is installed (the backend's real-GPU test is in test_rtx.py).
@@ -19,7 +19,7 @@ from edgetl.card import ModelCard
 from edgetl.errors import EdgetlError
 from edgetl.io import write_bytes, write_json
 from edgetl.portable import engines as P
-from edgetl import cuda as _cuda
+from edgetl.portable import cuda as _cuda
 
 rtx = pytest.importorskip("tensorrt_rtx", reason="borrows TensorRT-RTX's logger and enums (pip install 'edgetl[rtx]')")
 
@@ -168,32 +168,3 @@ def test_refusals_from_tensorrt_are_one_line(fake_engine, context, message):
     with pytest.raises(EdgetlError, match=message) as e:
         _backend(fake_engine(context)).activate()
     assert "\n" not in e.value.message
-
-
-def test_a_failed_capture_ends_the_capture(monkeypatch):
-    """cuda-python's runtime, faked: the stream must not be left capturing when the enqueue fails."""
-    ok = "ok"
-    calls: list[tuple] = []
-    rt = types.SimpleNamespace(
-        cudaError_t=types.SimpleNamespace(cudaSuccess=ok),
-        cudaStreamCaptureMode=types.SimpleNamespace(cudaStreamCaptureModeGlobal="global",
-                                                    cudaStreamCaptureModeThreadLocal="thread-local"),
-        cudaStreamCreate=lambda: (ok, 5),
-        cudaStreamBeginCapture=lambda h, mode: calls.append(("begin", mode)) or (ok,),
-        cudaStreamEndCapture=lambda h: calls.append(("end",)) or (ok, 99),
-        cudaGraphDestroy=lambda g: calls.append(("destroy graph", g)) or (ok,),
-        cudaGraphInstantiate=lambda g, flags: calls.append(("instantiate", g)) or (ok, 100),
-        cudaGetErrorName=lambda err: (ok, b"cudaErrorStreamCaptureInvalidated"),
-    )
-    monkeypatch.setattr(_cuda, "cudart", lambda: rt)
-    stream = _cuda.Stream()
-
-    def failing_enqueue():
-        raise EdgetlError("TensorRT enqueue failed")
-
-    with pytest.raises(EdgetlError, match="enqueue failed"):
-        stream.capture(failing_enqueue)
-    assert calls == [("begin", "thread-local"), ("end",), ("destroy graph", 99)]
-    calls.clear()
-    graph = stream.capture(lambda: calls.append(("work",)))
-    assert calls == [("begin", "thread-local"), ("work",), ("end",), ("instantiate", 99)] and graph.exec == 100

@@ -30,7 +30,7 @@ def plan_rows(run: RunDir, backends: Sequence[str], precisions: Sequence[str] | 
     for name in backends:
         cls = backend_class(name)
         dev = cls.device_for(device)
-        reason = cls.available(dev)
+        reason = cls.why_not_here(dev)
         if reason:
             skipped.append(skip_entry(name, None, reason))
             continue

@@ -4,8 +4,9 @@
 It needs the Python standard library and numpy, plus TensorRT's Python API (JetPack) or onnxruntime for the
 backend it runs; no edgetl install. What both sides must agree on (the manifest check, engine names and the
 sidecar, latency statistics and the bench row, Jetson facts) is edgetl's own `portable/` package, shipped
-next to this file; this file only orchestrates on the device. CUDA is reached through ctypes on JetPack's
-libcudart; the bundle carries its images already preprocessed (data/inputs.npy), so nothing is decoded here.
+next to this file; this file only orchestrates on the device. CUDA is reached through portable/cuda.py (ctypes
+on JetPack's libcudart); the bundle carries its images already preprocessed (data/inputs.npy), so nothing is
+decoded here.
 
     python3 edgetl_device.py verify   [--dir BUNDLE]                check every file against manifest.json
     python3 edgetl_device.py facts    [--space PATH]                device model, L4T, TensorRT, numpy, power mode, clocks
@@ -35,7 +36,7 @@ from pathlib import Path
 sys.dont_write_bytecode = True  # never write __pycache__ into a verified bundle
 
 try:  # next to this file in a bundle (or provided by the program `edgetl deploy` sends on stdin)
-    from portable import engines, jetson, manifest as bundle_manifest
+    from portable import cuda, engines, jetson, manifest as bundle_manifest
     from portable.hashing import sha256_file
 except ImportError as _e:
     sys.stderr.write(f"edgetl-device: error: cannot import edgetl's portable/ package ({_e}): run this file from "
@@ -76,7 +77,8 @@ def verify(bundle: Path) -> dict:
     except bundle_manifest.ManifestError as e:
         raise DeviceError(str(e)) from None
     return {"ok": True, "bundle": str(bundle), "files": len(manifest["files"]),
-            "bundle_sha256": sha256_file(bundle / bundle_manifest.MANIFEST)}
+            "bundle_sha256": sha256_file(bundle / bundle_manifest.MANIFEST),
+            "unlisted": bundle_manifest.unlisted(bundle, manifest)}
 
 
 def model_file(manifest: dict, precision: str, target: str = "tensorrt") -> str:
@@ -153,10 +155,12 @@ def free_bytes(path: str):
 def facts(space=None) -> dict:
     """What this device is and can run. Never needs numpy, so it can say that numpy is missing."""
     jetpack = _run(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"])
-    try:
-        gpu = cuda_facts()
-    except DeviceError:
-        gpu = {"gpu_name": None, "compute_capability": None, "cuda_driver": None}
+    gpu, no_gpu = {"gpu_name": None, "compute_capability": None, "cuda_driver": None}, cuda.why_no_gpu()
+    if no_gpu is None:
+        try:
+            gpu = cuda_facts()
+        except DeviceError as e:  # facts are answers: a GPU that fails its queries is reported, not raised
+            no_gpu = str(e)
     return {
         "hostname": platform.node() or None,
         "user": _user(),
@@ -170,6 +174,7 @@ def facts(space=None) -> dict:
         "gpu": gpu["gpu_name"],
         "compute_capability": gpu["compute_capability"],
         "cuda_driver": gpu["cuda_driver"],
+        "no_gpu_reason": no_gpu,
         "power_mode": jetson.power_mode(),
         "clocks": jetson.clocks(),
         "python": platform.python_version(),
@@ -213,47 +218,14 @@ def _ort_providers():
         return None
 
 
-# -- CUDA through ctypes --------------------------------------------------------------------------------
+# -- CUDA (the package's own ctypes layer, portable/cuda.py) -------------------------------------------------
 
-def load_cudart():
-    """JetPack's libcudart through ctypes: it always ships, while cuda-python is an extra install."""
-    import ctypes
-    import ctypes.util
-
-    candidates = [ctypes.util.find_library("cudart"), "libcudart.so", "libcudart.so.12", "libcudart.so.11.0",
-                  "/usr/local/cuda/lib64/libcudart.so"]
-    for name in candidates:
-        if not name:
-            continue
-        try:
-            return ctypes.CDLL(name)
-        except OSError:
-            continue
-    raise DeviceError("libcudart.so not found (is CUDA from JetPack installed?)")
-
-
-def cuda_facts(lib=None) -> dict:
-    """CUDA's own GPU name, compute capability ('8.7') and driver version ('12.2') of device 0: the facts
-    an engine's sidecar records and the package's mismatch rule compares (never nvidia-smi's or the board's name)."""
-    import ctypes
-
-    lib = lib or load_cudart()
-    count = ctypes.c_int(0)
-    if lib.cudaGetDeviceCount(ctypes.byref(count)) != 0 or count.value < 1:
-        raise DeviceError("no CUDA GPU is visible to libcudart here")
-    major, minor, driver = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-    # cudaDevAttrComputeCapabilityMajor = 75, ...Minor = 76 (stable across CUDA versions)
-    if lib.cudaDeviceGetAttribute(ctypes.byref(major), 75, 0) or lib.cudaDeviceGetAttribute(ctypes.byref(minor), 76, 0):
-        raise DeviceError("CUDA cudaDeviceGetAttribute failed")
-    # cudaDeviceProp starts with `char name[256]` in every CUDA version; the buffer is larger than the struct
-    prop = ctypes.create_string_buffer(16384)
-    if lib.cudaGetDeviceProperties(prop, 0) != 0:
-        raise DeviceError("CUDA cudaGetDeviceProperties failed")
-    lib.cudaDriverGetVersion(ctypes.byref(driver))
-    name = prop.raw[:256].split(b"\x00", 1)[0].decode(errors="replace").strip()
-    v = driver.value
-    return {"gpu_name": name or None, "compute_capability": f"{major.value}.{minor.value}",
-            "cuda_driver": f"{v // 1000}.{v % 1000 // 10}" if v else None}
+def cuda_facts() -> dict:
+    """CUDA's own GPU name, compute capability and driver version of device 0 (portable.cuda.gpu_facts)."""
+    try:
+        return cuda.gpu_facts()
+    except cuda.CudaUnavailable as e:
+        raise DeviceError(str(e)) from None
 
 
 def engine_facts() -> dict:
@@ -415,6 +387,26 @@ def trtexec_command(trtexec: str, onnx_path: Path, out: Path, profile: dict, pre
     return command
 
 
+def load_data(bundle: Path, manifest: dict):
+    """The bundle's preprocessed images and labels, refused in one line unless they are plain arrays of the
+    model's input shape (never unpickled: a .npy with objects is code)."""
+    np = require_numpy()
+    arrays = []
+    for key in ("inputs", "labels"):
+        rel = manifest["data"][key]
+        try:
+            arrays.append(np.load(bundle_manifest.inside(bundle, rel), allow_pickle=False))
+        except (OSError, ValueError) as e:  # ValueError: pickled objects, or not a .npy at all
+            raise DeviceError(f"{rel}: not a plain numpy array ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    x, y = arrays
+    want = tuple(manifest["io"]["input"]["shape"][1:])
+    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or not len(y) or (
+            all(isinstance(d, int) for d in want) and tuple(x.shape[1:]) != want):
+        raise DeviceError(f"{manifest['data']['inputs']}: images of shape {x.shape} with {y.shape} labels, the model "
+                          f"takes (N, {', '.join(map(str, want))}) with one label each")
+    return x, y
+
+
 def verify_and_load(bundle: Path) -> dict:
     verify(bundle)
     return load_manifest(bundle)
@@ -450,7 +442,10 @@ class OrtRunner:
             raise DeviceError(f"onnxruntime here has no {providers[0]} (it has {', '.join(available)})")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as e:  # onnxruntime's own exception types: a file that is not an ONNX model it can run
+            raise DeviceError(f"{path.name}: onnxruntime cannot load it ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         self.input_name = self.session.get_inputs()[0].name
         first = self.session.get_inputs()[0].shape[0]
         self.fixed_batch = first if isinstance(first, int) else None
@@ -462,38 +457,6 @@ class OrtRunner:
 
     def close(self):
         del self.session
-
-
-class _Cudart:
-    """The five CUDA runtime calls the TensorRT runner needs, through ctypes (see load_cudart)."""
-
-    def __init__(self):
-        import ctypes
-
-        self.ctypes = ctypes
-        self.lib = load_cudart()
-        self.stream = ctypes.c_void_p()
-        self._check(self.lib.cudaStreamCreate(ctypes.byref(self.stream)), "cudaStreamCreate")
-
-    def _check(self, rc: int, what: str) -> None:
-        if rc != 0:
-            raise DeviceError(f"CUDA {what} failed (cudaError {rc})")
-
-    def malloc(self, nbytes: int) -> int:
-        ptr = self.ctypes.c_void_p()
-        self._check(self.lib.cudaMalloc(self.ctypes.byref(ptr), self.ctypes.c_size_t(max(int(nbytes), 1))), "cudaMalloc")
-        return ptr.value
-
-    def copy(self, dst: int, src: int, nbytes: int, kind: int) -> None:  # kind 1: host->device, 2: device->host
-        c = self.ctypes
-        self._check(self.lib.cudaMemcpyAsync(c.c_void_p(dst), c.c_void_p(src), c.c_size_t(nbytes), c.c_int(kind),
-                                             self.stream), "cudaMemcpyAsync")
-
-    def sync(self) -> None:
-        self._check(self.lib.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
-
-    def free(self, ptr: int) -> None:
-        self.lib.cudaFree(self.ctypes.c_void_p(ptr))
 
 
 class TrtRunner:
@@ -521,14 +484,17 @@ class TrtRunner:
         shape = tuple(self.engine.get_tensor_shape(self.input))
         self.fixed_batch = shape[0] if shape[0] > 0 else None
         self.max_batch = self.fixed_batch or max_batch
-        self.cuda = _Cudart()
         self.sample = shape[1:]
-        self.d_in = self.cuda.malloc(self.max_batch * int(np.prod(self.sample)) * self.in_dtype.itemsize)
         self.context.set_input_shape(self.input, (self.max_batch, *self.sample))
         out_shape = tuple(self.context.get_tensor_shape(self.output))
-        self.d_out = self.cuda.malloc(int(np.prod(out_shape)) * self.out_dtype.itemsize)
-        self.context.set_tensor_address(self.input, self.d_in)
-        self.context.set_tensor_address(self.output, self.d_out)
+        try:
+            self.stream = cuda.Stream()
+            self.d_in = cuda.DeviceBuffer(self.max_batch * int(np.prod(self.sample)) * self.in_dtype.itemsize)
+            self.d_out = cuda.DeviceBuffer(int(np.prod(out_shape)) * self.out_dtype.itemsize)
+        except (cuda.CudaError, cuda.CudaUnavailable) as e:
+            raise DeviceError(str(e)) from None
+        self.context.set_tensor_address(self.input, self.d_in.ptr)
+        self.context.set_tensor_address(self.output, self.d_out.ptr)
         self.device = "cuda"
 
     def __call__(self, x):
@@ -536,16 +502,20 @@ class TrtRunner:
         x = np.ascontiguousarray(x, dtype=self.in_dtype)
         self.context.set_input_shape(self.input, x.shape)
         out = np.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=self.out_dtype)
-        self.cuda.copy(self.d_in, x.ctypes.data, x.nbytes, 1)
-        if not self.context.execute_async_v3(self.cuda.stream.value):
-            raise DeviceError("TensorRT execute_async_v3 failed")
-        self.cuda.copy(out.ctypes.data, self.d_out, out.nbytes, 2)
-        self.cuda.sync()
+        try:
+            self.stream.upload(self.d_in, x)
+            if not self.context.execute_async_v3(self.stream.handle_int):
+                raise DeviceError("TensorRT execute_async_v3 failed")
+            self.stream.download(out, self.d_out)
+            self.stream.synchronize()
+        except cuda.CudaError as e:
+            raise DeviceError(str(e)) from None
         return out
 
     def close(self):
-        self.cuda.free(self.d_in)
-        self.cuda.free(self.d_out)
+        for res in (self.d_in, self.d_out):
+            res.free()
+        self.stream.destroy()
 
 
 # -- benchmark ----------------------------------------------------------------------------------------
@@ -558,8 +528,7 @@ def bench(bundle: Path, backend: str, precision, batch_sizes: list, warmup: int,
 
     manifest = verify_and_load(bundle)
     precision = precision or manifest["precision"]
-    x = np.load(bundle / manifest["data"]["inputs"], allow_pickle=False)
-    y = np.load(bundle / manifest["data"]["labels"], allow_pickle=False)
+    x, y = load_data(bundle, manifest)
     engine_info = None
     if backend == "tensorrt":
         engine_info = build(bundle, precision, max(batch_sizes))
@@ -661,6 +630,13 @@ def main(argv=None) -> int:
                            args.device, args.out)
     except DeviceError as e:
         print(f"edgetl-device: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # the promise to `edgetl deploy`: one parsable line and exit 2, whatever broke
+        if os.environ.get("EDGETL_DEBUG"):
+            raise
+        text = str(e).strip().splitlines()
+        print(f"edgetl-device: error: unexpected {type(e).__name__} in `{args.command}`: "
+              f"{text[0] if text else 'no message'} (EDGETL_DEBUG=1 shows where)", file=sys.stderr)
         return 2
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -50,7 +50,53 @@ def load_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
     missing = [k for k in MANIFEST_KEYS if k not in manifest]
     if missing or not isinstance(manifest["files"], dict):
         raise ManifestError(f"{path}: manifest lacks {', '.join(missing) or 'a files table'}")
+    problem = schema_problem(manifest)
+    if problem:
+        raise ManifestError(f"{path}: malformed manifest: {problem} (re-make the bundle with `edgetl bundle`)")
     return manifest
+
+
+def schema_problem(manifest: dict[str, Any]) -> str | None:
+    """The first entry of a manifest that is not what `edgetl bundle` writes, or None. Every file the device
+    opens (the models, the data) must be a hashed entry of `files`, inside the bundle, so verify() covers it."""
+    for rel, entry in manifest["files"].items():
+        if not (isinstance(rel, str) and isinstance(entry, dict) and isinstance(entry.get("size"), int)
+                and isinstance(entry.get("sha256"), str) and len(entry["sha256"]) == 64):
+            return f"files[{rel!r}] is not {{'size': int, 'sha256': hex}}"
+        try:
+            inside(".", rel)
+        except ManifestError as e:
+            return str(e)
+    models, data = manifest["models"], manifest["data"]
+    if not isinstance(models, dict) or not models:
+        return "models is not a table of precision -> file"
+    if not isinstance(data, dict):
+        return "data is not a table"
+    opened = [(f"models[{k!r}]", v) for k, v in models.items()] + [(f"data[{k!r}]", data.get(k))
+                                                                  for k in ("inputs", "labels")]
+    for where, rel in opened:
+        if not isinstance(rel, str) or rel not in manifest["files"]:
+            return f"{where} = {rel!r} is not one of the bundle's hashed files"
+    io = manifest["io"]
+    if not (isinstance(io, dict) and isinstance(io.get("input"), dict) and isinstance(io["input"].get("shape"), list)):
+        return "io.input.shape is missing"
+    return None
+
+
+def unlisted(bundle: str | os.PathLike, manifest: dict[str, Any], own: tuple = ("engines/",)) -> list[str]:
+    """Files and links in the bundle that the manifest does not list (symlinks shown with their target),
+    apart from what the device itself writes there (`own`: engines and their sidecars)."""
+    root = str(bundle)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(filenames) + sorted(d for d in dirnames if os.path.islink(os.path.join(dirpath, d))):
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            if rel == MANIFEST or rel in manifest["files"] or rel.startswith(own) or "__pycache__" in rel.split("/"):
+                continue
+            found.append(f"{rel} -> {os.readlink(path)}" if os.path.islink(path) else rel)
+        dirnames[:] = sorted(d for d in dirnames if not os.path.islink(os.path.join(dirpath, d)))
+    return sorted(found)
 
 
 def file_problems(bundle: str | os.PathLike, manifest: dict[str, Any]) -> list[str]:
@@ -58,7 +104,10 @@ def file_problems(bundle: str | os.PathLike, manifest: dict[str, Any]) -> list[s
     problems = []
     for rel, entry in sorted(manifest["files"].items()):
         path = inside(bundle, rel)
-        if not os.path.isfile(path):
+        real, top = os.path.realpath(path), os.path.realpath(str(bundle))
+        if os.path.commonpath([real, top]) != top:  # a link (of the file or a folder above it) out of the bundle
+            problems.append(f"{rel} leads outside the bundle (a symbolic link to {real})")
+        elif not os.path.isfile(path):
             problems.append(f"{rel} is missing")
         elif os.path.getsize(path) != entry["size"]:
             problems.append(f"{rel} has {os.path.getsize(path)} bytes, the manifest says {entry['size']}")

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgetl.card import ModelCard
-from edgetl.errors import EdgetlError
+from edgetl.errors import EdgetlError, first_line
 from edgetl.portable.rows import pad_batch
 
 
@@ -47,6 +47,15 @@ class Backend(ABC):
     def available(cls, device: str) -> str | None:
         """Why this backend cannot run on `device` here (a runtime not installed, no GPU), or None."""
         return None
+
+    @classmethod
+    def why_not_here(cls, device: str) -> str | None:
+        """`available(device)`, never raising: an optional runtime that breaks while being asked (a bad install,
+        a driver library that throws) is a reason to skip it, not a crash of the command asking."""
+        try:
+            return cls.available(device)
+        except Exception as e:
+            return f"{cls.name}: could not check whether it runs here ({type(e).__name__}: {first_line(e)})"
 
     @classmethod
     def device_for(cls, device: str) -> str:

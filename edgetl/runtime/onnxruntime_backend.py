@@ -56,7 +56,7 @@ class OnnxRuntimeBackend(Backend):
         return path
 
     def activate_impl(self) -> ModelCard:
-        reason = self.available(self.device)
+        reason = self.why_not_here(self.device)
         if reason:
             raise BackendUnavailable(reason, "pip install onnxruntime-gpu for CUDA/TensorRT, or use device cpu")
         import onnxruntime as ort

@@ -1,7 +1,8 @@
 """A TensorRT or TensorRT-RTX engine that `edgetl build` wrote: sidecar checked, I/O on the GPU, CUDA graph
 as an option. The sidecar names the library, so the same code runs both flavours.
 
-GPU memory, copies and graphs go through cuda-python (edgetl.cuda). Input and output buffers are
+GPU memory, copies and graphs go through the one ctypes CUDA layer (edgetl.portable.cuda), whose CudaError
+becomes an EdgetlError line here. Input and output buffers are
 allocated once, sized from the engine's own shapes at the profile's largest batch; infer() copies the host
 batch in, enqueues the engine (or replays the CUDA graph captured for the current batch size) and copies the
 output out, so what a timed infer() measures is "compute + host<->device copies".
@@ -9,13 +10,15 @@ output out, so what a timed infer() measures is "compute + host<->device copies"
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from edgetl.card import ModelCard
 from edgetl.errors import EdgetlError, EngineMismatch, RunDirError
+from edgetl.portable import cuda
 from edgetl.runtime.base import Backend
 from edgetl.runtime.registry import register_backend
 
@@ -52,7 +55,6 @@ class TensorRTBackend(Backend):
         from edgetl.engine import (capturing_logger, check_engine, facts_for_engine, import_flavour, init_plugins,
                                    read_sidecar)
         from edgetl.io import sha256_file
-        from edgetl import cuda as _cuda
 
         if not self.device.startswith("cuda"):
             raise EdgetlError(f"tensorrt backend: runs on the GPU, not on '{self.device}'", "use device cuda")
@@ -105,9 +107,10 @@ class TensorRTBackend(Backend):
             raise EngineMismatch(f"{self.model_path}: output {self._out} has no fixed shape at batch "
                                  f"{self.max_batch} ({out_max}); edgetl engines output one row per image")
         try:  # a failure half-way must not leak the stream or GPU memory already taken
-            self._stream = _cuda.Stream()
-            self._d_in = _cuda.DeviceBuffer(int(np.prod(tuple(hi))) * self._in_dtype.itemsize)
-            self._d_out = _cuda.DeviceBuffer(int(np.prod(out_max)) * self._out_dtype.itemsize)
+            with cuda_errors(self.model_path):
+                self._stream = cuda.Stream()
+                self._d_in = cuda.DeviceBuffer(int(np.prod(tuple(hi))) * self._in_dtype.itemsize)
+                self._d_out = cuda.DeviceBuffer(int(np.prod(out_max)) * self._out_dtype.itemsize)
             for name, buf in ((self._in, self._d_in), (self._out, self._d_out)):
                 if not context.set_tensor_address(name, int(buf.ptr)):
                     raise EdgetlError(f"{self.model_path}: {trt.__name__} refused the GPU address of {name}: "
@@ -135,13 +138,14 @@ class TensorRTBackend(Backend):
         if self._shape != x.shape:
             self._set_shape(x.shape)
         out = np.empty(tuple(self._context.get_tensor_shape(self._out)), dtype=self._out_dtype)
-        self._stream.upload(self._d_in, x)
-        if self.options.get("cuda_graph"):
-            self._graph_for(n).launch(self._stream)
-        else:
-            self._enqueue()
-        self._stream.download(out, self._d_out)
-        self._stream.synchronize()
+        with cuda_errors(self.model_path):
+            self._stream.upload(self._d_in, x)
+            if self.options.get("cuda_graph"):
+                self._graph_for(n).launch(self._stream)
+            else:
+                self._enqueue()
+            self._stream.download(out, self._d_out)
+            self._stream.synchronize()
         return out
 
     def _enqueue(self) -> None:
@@ -172,7 +176,8 @@ class TensorRTBackend(Backend):
 
     def synchronize(self) -> None:
         if getattr(self, "_stream", None) is not None:
-            self._stream.synchronize()
+            with cuda_errors(self.model_path):
+                self._stream.synchronize()
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
@@ -181,17 +186,27 @@ class TensorRTBackend(Backend):
         return out
 
     def deactivate_impl(self) -> None:
-        self._drop_graph()
-        for res in (self._d_in, self._d_out):
-            if res is not None:
-                res.free()
-        if self._stream is not None:
-            self._stream.destroy()
+        with cuda_errors(self.model_path):
+            self._drop_graph()
+            for res in (self._d_in, self._d_out):
+                if res is not None:
+                    res.free()
+            if self._stream is not None:
+                self._stream.destroy()
         self._stream = self._d_in = self._d_out = None
         # the context before the engine before the runtime: TensorRT's required destruction order
         self._context = None
         self._engine = None
         self._runtime = None
+
+
+@contextmanager
+def cuda_errors(model: Path | None) -> Iterator[None]:
+    """A failed CUDA call as one EdgetlError line naming the engine (the layer itself knows no edgetl)."""
+    try:
+        yield
+    except (cuda.CudaError, cuda.CudaUnavailable) as e:
+        raise EdgetlError(f"{model}: {e}", "is a CUDA GPU visible here (nvidia-smi / tegrastats)?") from None
 
 
 __all__ = ["TensorRTBackend"]

@@ -58,7 +58,7 @@ class TorchBackend(Backend):
 
         if self.precision not in _DTYPES:
             raise EdgetlError(f"torch backend: precision '{self.precision}' is not one of {', '.join(_DTYPES)}")
-        reason = self.available(self.device)
+        reason = self.why_not_here(self.device)
         if reason:
             raise BackendUnavailable(reason, "use device cpu")
         if self.options.get("threads"):
