@@ -21,7 +21,7 @@ def system_info() -> dict[str, Any]:
                             "cpu": _cpu_model(), "cpu_count": os.cpu_count()}
     libs = {}
     for name in ("edgetl", "torch", "onnxruntime", "onnxruntime-gpu", "onnx", "timm", "numpy", "tensorrt",
-                 "cuda-python", "cuda-bindings"):
+                 "tensorrt-rtx-cu12"):
         try:
             libs[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -1,9 +1,9 @@
 """The one CUDA layer: the CUDA runtime (libcudart) through ctypes, for the package and the device alike.
 
-ctypes rather than cuda-python (as Polygraphy's `polygraphy/cuda/cuda.py` does): libcudart ships with JetPack,
-with the CUDA toolkit and as the CUDA runtime wheel that TensorRT's (and edgetl's rtx extra) pull in, while
-cuda-python is one more install whose `cuda.bindings` files collide with the `cuda-bindings` that torch
-requires (pip does not notice two distributions writing the same file). The TensorRT path needs only a few
+ctypes rather than NVIDIA's Python bindings package (as Polygraphy's `polygraphy/cuda/cuda.py` does): libcudart
+ships with JetPack, with the CUDA toolkit and as the CUDA runtime wheel that TensorRT's (and edgetl's rtx extra)
+pull in, while the bindings of CUDA 12 are one more install whose files collide with the CUDA 13 bindings that
+torch requires (pip does not notice two distributions writing the same file). The TensorRT path needs only a few
 calls: device facts, memory, a stream, copies and CUDA graphs.
 
 Finding no GPU is an answer, not an exception: `why_no_gpu()` turns every way CUDA can be missing or broken
