@@ -30,7 +30,8 @@ class FinetuneSettings(Settings):
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=32, ge=1, description="the global batch: images per optimizer step, over every "
                             "process and accumulation micro-step")
-    lr: float = Field(default=1e-3, gt=0, description="for the global batch; never scaled with the process count")
+    lr: float = Field(default=1e-3, gt=0, allow_inf_nan=False,
+                      description="for the global batch; never scaled with the process count")
     backbone_lr_scale: float = Field(default=0.1, ge=0)
     layer_decay: float | None = Field(default=None, gt=0, le=1)
     weight_decay: float = Field(default=0.05, ge=0)
