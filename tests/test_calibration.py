@@ -88,6 +88,14 @@ def test_reader_feeds_eval_preprocessing_in_batches(exported):
     while (b := reader.get_next()) is not None:
         batches.append(b["images"])
     assert [len(b) for b in batches] == [8, 8, 4] and reader.batches_read == 3
+    # in chunks (how calibration reads), the last partial batch is a chunk of its own: ONNX Runtime's
+    # histogram calibrators stack one chunk's outputs and fail on a ragged list
+    chunked = ImageCalibrationReader(items, card, "images", batch_size=8)
+    sizes = []
+    while not chunked.exhausted:
+        chunked.start_chunk(8)
+        sizes.append([len(b["images"]) for b in iter(chunked.get_next, None)])
+    assert sizes == [[8, 8], [4]] and chunked.batches_read == 3
     expected = next(iter_batches(items, card, 8))[0]
     np.testing.assert_array_equal(batches[0], expected)  # the card's eval pipeline, no augmentation
     dropped = ImageCalibrationReader(items, card, "images", batch_size=8, drop_last=True)
@@ -97,15 +105,21 @@ def test_reader_feeds_eval_preprocessing_in_batches(exported):
 def test_methods_give_different_ranges_and_percentile_clips(exported):
     run = RunDir(exported)
     card = ModelCard.from_onnx(run.onnx)
-    items = calibration_items(run, card, None, size=32, seed=0)
+    # 37 images in batches of 16: a last partial batch (entropy and percentile used to fail on it)
+    items = calibration_items(run, card, None, size=37, seed=0)
     ranges = {m: collect_ranges(run.onnx, ImageCalibrationReader(items, card, "images", 16), m)
-              for m in ("minmax", "percentile")}
-    assert ranges["minmax"].keys() == ranges["percentile"].keys() and len(ranges["minmax"]) > 10
+              for m in ("minmax", "percentile", "entropy")}
+    assert ranges["minmax"].keys() == ranges["percentile"].keys() == ranges["entropy"].keys()
+    assert len(ranges["minmax"]) > 10
     names = sorted(ranges["minmax"])
-    # percentile (99.999 of |x|, symmetric) never exceeds max |x|, and clips somewhere
+    # percentile (99.999 of |x|, symmetric) and entropy (a KL threshold) never exceed max |x|, and clip somewhere;
+    # entropy clips most tensors (ONNX Runtime's own defaults left it byte-identical to minmax)
     mm_abs = np.array([max(abs(v) for v in ranges["minmax"][n]) for n in names])
-    pc_abs = np.array([max(abs(v) for v in ranges["percentile"][n]) for n in names])
-    assert np.all(pc_abs <= mm_abs * 1.0001) and np.any(pc_abs < mm_abs * 0.999)
+    for m in ("percentile", "entropy"):
+        m_abs = np.array([max(abs(v) for v in ranges[m][n]) for n in names])
+        assert np.all(m_abs <= mm_abs * 1.0001) and np.any(m_abs < mm_abs * 0.999), m
+    en_abs = np.array([max(abs(v) for v in ranges["entropy"][n]) for n in names])
+    assert (en_abs < mm_abs * 0.99).mean() > 0.5
     with pytest.raises(QuantizeError):
         collect_ranges(run.onnx, ImageCalibrationReader(items, card, "images", 16), "kl")
 

@@ -20,6 +20,10 @@ class ImageCalibrationReader:
     end after that many batches so the caller can hand the calibrator bounded pieces (memory);
     `batches_read` counts every batch given out (tests use it to prove a cache hit ran nothing). Images read
     so far are reported as the `events` progress task `task`.
+
+    Every batch of one chunk has the same size (unchunked reading gives every batch in turn): ONNX Runtime's histogram calibrators (entropy, percentile)
+    stack a chunk's outputs with np.asarray, which fails on a ragged list ("inhomogeneous shape"), so a last
+    partial batch ends the chunk it would have joined and starts the next one on its own.
     """
 
     def __init__(self, items: ImageList, card: ModelCard, input_name: str, batch_size: int,
@@ -30,6 +34,8 @@ class ImageCalibrationReader:
         self.images_read = 0
         self._it: Iterator | None = None
         self._left_in_chunk: int | None = None
+        self._chunk_batch: int | None = None  # the size of this chunk's batches
+        self._held: np.ndarray | None = None  # a batch of another size, kept for the next chunk
         self.exhausted = False
 
     @property
@@ -42,19 +48,27 @@ class ImageCalibrationReader:
 
     def start_chunk(self, batches: int | None) -> None:
         self._left_in_chunk = batches
+        self._chunk_batch = None
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._left_in_chunk is not None:
-            if self._left_in_chunk <= 0:
-                return None
-            self._left_in_chunk -= 1
-        if self._it is None:
-            self._it = iter_batches(self.items.subset(range(self.images_used)), self.card, self.batch_size)
-        x = next(self._it, None)
-        if x is None:
-            self.exhausted = True
+        if self._left_in_chunk is not None and self._left_in_chunk <= 0:
             return None
-        batch = x[0]
+        if self._held is not None:
+            batch, self._held = self._held, None
+        else:
+            if self._it is None:
+                self._it = iter_batches(self.items.subset(range(self.images_used)), self.card, self.batch_size)
+            x = next(self._it, None)
+            if x is None:
+                self.exhausted = True
+                return None
+            batch = x[0]
+        if self._left_in_chunk is not None and self._chunk_batch not in (None, len(batch)):
+            self._held = batch  # ragged: this chunk ends here, the batch opens the next one
+            return None
+        self._chunk_batch = len(batch)
+        if self._left_in_chunk is not None:
+            self._left_in_chunk -= 1
         self.batches_read += 1
         self.images_read += len(batch)
         self.events.progress(self.task, self.images_read, self.images_used)

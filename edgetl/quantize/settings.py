@@ -6,6 +6,7 @@ from typing import Optional
 
 from pydantic import Field
 
+from edgetl.calibration.sampling import DEFAULT_CALIB_SIZE
 from edgetl.choices import CalibMethodName, QuantPrecisionName, QuantTargetName
 from edgetl.stage import Settings
 
@@ -16,7 +17,8 @@ class QuantizeSettings(Settings):
     precision: QuantPrecisionName = Field("int8", description="int8 (Q/DQ) or fp16; fp32 is model.onnx itself")
     target: QuantTargetName = Field("tensorrt", description="int8 form: tensorrt (S8S8), cpu (U8S8) or both")
     calib: Optional[str] = Field(None, description="calibration ImageFolder; None: the run's train split")
-    calib_size: Optional[int] = Field(256, ge=1, description="calibration images, stratified; None: all")
+    calib_size: Optional[int] = Field(DEFAULT_CALIB_SIZE, ge=1,
+                                          description="calibration images, stratified; None: all")
     method: CalibMethodName = Field("minmax", description="calibration method; auto tries all, keeps the best")
     percentile: float = Field(99.999, gt=0.0, le=100.0, description="with method percentile")
     data: Optional[str] = Field(None, description="ImageFolder to score on; None: the run's val split")
