@@ -13,9 +13,11 @@ from edgetl.data import ImageList
 from edgetl.errors import QuantizeError
 from edgetl.onnx_write import save_checked, sort_nodes
 from edgetl.quantize.check import check_graph
-from edgetl.quantize.graph import FloatModel, placement_summary, qdq, shape_inferred
+from edgetl.quantize.graph import FloatModel, placement_summary, qdq, quantizer_settings, shape_inferred
 from edgetl.quantize.report import Int8Entry, MethodTried
-from edgetl.quantize.scoring import Scorer
+from edgetl.quantize.isa import cpu_int8_isa
+from edgetl.quantize.report import OtherScoring
+from edgetl.quantize.scoring import SCORING_HOW, SCORING_OF_FORM, Scorer
 from edgetl.quantize.sensitivity import Quantized, exclude_sensitive
 from edgetl.quantize.settings import QuantizeSettings
 from edgetl.rundir import RunDir
@@ -24,9 +26,15 @@ from edgetl.stage import Events
 AUTO_METHODS = ("minmax", "entropy", "percentile")  # tried in this order; a tie keeps the first
 
 
-def calibration_set(run: RunDir, card: ModelCard, source: FloatModel, cfg: QuantizeSettings) -> tuple[ImageList, str]:
-    """The calibration images and their content hash; refused when they do not fill one batch."""
+SCORING_GAP_PT = 1.0  # exact and fused top-1 further apart than this get a line of their own
+
+
+def calibration_set(run: RunDir, card: ModelCard, source: FloatModel, cfg: QuantizeSettings,
+                    events: Events | None = None) -> tuple[ImageList, str]:
+    """The calibration images and their content hash; refused when they do not fill one batch, a one-line
+    warning below NVIDIA's ~500 images."""
     from edgetl.calibration import calibration_items, items_hash
+    from edgetl.calibration.sampling import MIN_CALIB_IMAGES
 
     items = calibration_items(run, card, cfg.calib, cfg.calib_size, cfg.seed)
     batch = source.static_batch or cfg.batch_size
@@ -36,6 +44,11 @@ def calibration_set(run: RunDir, card: ModelCard, source: FloatModel, cfg: Quant
                             "add images, raise calib_size, or lower batch_size"
                             + (" (this graph has a fixed batch: re-export with a dynamic batch)"
                                if source.static_batch else ""))
+    if events is not None and len(items) < MIN_CALIB_IMAGES:
+        why = (f"calib_size is {cfg.calib_size}" if cfg.calib_size is not None and cfg.calib_size < MIN_CALIB_IMAGES
+               else f"{cfg.calib or 'the train split'} has no more")
+        events.warning(f"calibrating on {len(items)} images ({why}); NVIDIA recommends at least "
+                       f"{MIN_CALIB_IMAGES} for CNNs")
     return items, items_hash(items)
 
 
@@ -48,7 +61,10 @@ def quantize_int8(run: RunDir, card: ModelCard, source: FloatModel, scorer: Scor
     start = time.perf_counter()
     methods = AUTO_METHODS if cfg.method == "auto" else (cfg.method,)
     batch = source.static_batch or cfg.batch_size
+    scoring = SCORING_OF_FORM[target]  # the TensorRT form exactly, the cpu form through this CPU's kernels
+    isa = cpu_int8_isa()["isa"]
     tried: dict[str, MethodTried] = {}
+    seen: dict[str, dict] = {}  # method -> its ranges, to name methods that gave identical ones
     best = None
     with tempfile.TemporaryDirectory(prefix="edgetl-quantize-") as scratch:
         # ONNX Runtime writes `<model>-inferred.onnx` beside the model it is given: a private copy keeps
@@ -60,19 +76,36 @@ def quantize_int8(run: RunDir, card: ModelCard, source: FloatModel, scorer: Scor
                           calib_hash=calib_hash, model_sha256=source.sha256, events=events)
         events.message(f"calibration {method}: {calib.calib_size} images, "
                        + ("cache hit" if calib.cache_hit else f"{calib.seconds:.1f} s") + f" ({calib.cache_file.name})")
-        events.status(f"scoring int8 {target} {method}")
+        same = next((m for m, r in seen.items() if r == calib.ranges), None)
+        seen[method] = calib.ranges
+        if same is not None:  # the same ranges make the same graph: reported, not scored twice
+            tried[method] = MethodTried(top1=tried[same].top1, cache_hit=calib.cache_hit, same_ranges_as=same)
+            events.message(f"int8 {target} {method}: ranges identical to {same}'s, same model")
+            continue
+        events.status(f"scoring int8 {target} {method} ({scoring})")
         proto = qdq(base, calib, target, exclude=[])
-        top1, logits = scorer.score(proto)
+        top1, logits = scorer.score(proto, scoring)
         tried[method] = MethodTried(top1=top1, cache_hit=calib.cache_hit)
-        events.message(f"int8 {target} {method}: top-1 {top1 * 100:.2f}%")
+        events.message(f"int8 {target} {method}: top-1 {top1 * 100:.2f}% ({scoring})")
         if best is None or top1 > best[1].top1:
             best = (calib, Quantized(proto, top1, logits))
     calib, chosen = best
     drop = (scorer.fp32_top1 - chosen.top1) * 100
     if drop > cfg.max_drop:
         events.message(f"drop {drop:.2f} pt > max_drop {cfg.max_drop}: measuring per-layer sensitivity")
-        chosen = exclude_sensitive(base, calib, target, chosen, scorer, cfg.max_drop, events)
+        chosen = exclude_sensitive(base, calib, target, chosen, scorer, cfg.max_drop, events, scoring)
         drop = (scorer.fp32_top1 - chosen.top1) * 100
+    # the same graph the other way, for comparison only: decisions above used the form's own scoring
+    other = "fused" if scoring == "exact" else "exact"
+    other_top1, other_logits = scorer.score(chosen.proto, other)
+    gap = (chosen.top1 - other_top1) * 100
+    if abs(gap) > SCORING_GAP_PT:
+        events.warning(f"int8 {target} top-1 is {chosen.top1 * 100:.2f}% {scoring} but "
+                       f"{other_top1 * 100:.2f}% through {SCORING_HOW['fused'].format(isa=isa)} ({abs(gap):.1f} pt "
+                       f"apart)" if scoring == "exact" else
+                       f"int8 {target} top-1 is {chosen.top1 * 100:.2f}% on this CPU ({isa}) but "
+                       f"{other_top1 * 100:.2f}% with exact Q/DQ arithmetic ({abs(gap):.1f} pt apart): "
+                       f"another CPU may score it differently")
     out = run.onnx_for("int8", target)
     proto = sort_nodes(chosen.proto)
     card.write_onnx(proto)
@@ -83,12 +116,16 @@ def quantize_int8(run: RunDir, card: ModelCard, source: FloatModel, scorer: Scor
         target=target, model_file=out.name, model_sha256=sha256_file(out), source_model_sha256=source.sha256,
         fp32_top1=scorer.fp32_top1, top1=chosen.top1, drop=drop, within_max_drop=drop <= cfg.max_drop,
         over_budget=drop > cfg.max_drop, max_drop=cfg.max_drop, placement=placement_summary(base, target),
-        top1_agreement=scorer.agreement(chosen.logits), method=calib.method, percentile=calib.percentile,
+        top1_agreement=scorer.agreement(chosen.logits), scoring=scoring,
+        scoring_how=SCORING_HOW[scoring].format(isa=isa), cpu_isa=isa,
+        reduce_range=bool(quantizer_settings(target)["reduce_range"]),
+        other_scoring=OtherScoring(scoring=other, top1=other_top1, top1_agreement=scorer.agreement(other_logits)),
+        sensitivity_images=chosen.sensitivity_images, method=calib.method, percentile=calib.percentile,
         methods_tried=tried, calib_size=calib.calib_size, calib_hash=calib.calib_hash,
         calib_source=cfg.calib or "run train split",
         calib_cache=str(cache.relative_to(run.path)) if cache.is_relative_to(run.path) else str(cache),
         excluded=chosen.excluded, sensitivity=chosen.sensitivity, eval_n=int(len(scorer.y)), eval_data=scorer.source,
         structure=summary, seconds=time.perf_counter() - start)
-    events.message(f"wrote {out.name}: int8 top-1 {chosen.top1 * 100:.2f}% (fp32 {scorer.fp32_top1 * 100:.2f}%, "
-                   f"drop {drop:.2f} pt)" + (" OVER max_drop" if entry.over_budget else ""))
+    events.message(f"wrote {out.name}: int8 top-1 {chosen.top1 * 100:.2f}% {scoring} (fp32 "
+                   f"{scorer.fp32_top1 * 100:.2f}%, drop {drop:.2f} pt)" + (" OVER max_drop" if entry.over_budget else ""))
     return entry

@@ -26,6 +26,14 @@ class _Part(BaseModel):
 class MethodTried(_Part):
     top1: float
     cache_hit: bool
+    same_ranges_as: Optional[str] = None  # an earlier method that gave byte-identical ranges (not re-scored)
+
+
+class OtherScoring(_Part):
+    """The same int8 model run the other way (exact Q/DQ vs this CPU's fused kernels), for comparison."""
+    scoring: Literal["exact", "fused"]
+    top1: float
+    top1_agreement: float
 
 
 class Sensitivity(_Part):
@@ -100,6 +108,14 @@ class Int8Entry(_Entry):
     drop: float
     placement: Dict[str, Any]  # which rule placed (or withheld) Q/DQ, counted
     top1_agreement: float  # share of images whose top-1 class equals fp32's
+    # How top1/top1_agreement were computed: "exact" (Q/DQ arithmetic, the TensorRT form) or "fused" (this CPU's
+    # int8 kernels, the cpu form); None in reports written before issue 25, which scored every form fused.
+    scoring: Optional[Literal["exact", "fused"]] = None
+    scoring_how: Optional[str] = None
+    cpu_isa: Optional[str] = None  # the int8 instruction set of the CPU that scored (and quantized) it
+    reduce_range: Optional[bool] = None  # 7-bit weights (cpu form on x86 without VNNI)
+    other_scoring: Optional[OtherScoring] = None
+    sensitivity_images: Optional[int] = None  # how many scoring images ranked the layers
     percentile: Optional[float] = None
     methods_tried: Dict[str, MethodTried]
     calib_source: str

@@ -38,7 +38,7 @@ def quantize(run_path: str | os.PathLike, cfg: QuantizeSettings, events: Events 
     card = ModelCard.from_onnx(run.onnx)  # a model without a card fails here, before any work
     source = load_float_model(run.onnx)
     if cfg.precision == "int8":  # bad calibration input fails before any scoring
-        calib_items, calib_hash = calibration_set(run, card, source, cfg)
+        calib_items, calib_hash = calibration_set(run, card, source, cfg, events)
     scorer = make_scorer(run, card, source, cfg.data, cfg.threads, events)
     entries: dict[str, Int8Entry | Fp16Entry] = {}
     if cfg.precision == "fp16":

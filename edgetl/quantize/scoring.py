@@ -1,10 +1,19 @@
 """Scoring a graph against the fp32 model on the same images: ONNX Runtime on the CPU, through the runtime's
-Backend (which takes the graph's bytes, and pads a fixed batch)."""
+Backend (which takes the graph's bytes, and pads a fixed batch).
+
+Two ways to run an int8 Q/DQ graph, and each form is scored the way its target computes it:
+
+  exact  graph optimizations off (ORT_DISABLE_ALL): every DequantizeLinear runs, then the float op -- the
+         arithmetic the graph defines, which TensorRT reproduces with int32 accumulation. The TensorRT form.
+  fused  ONNX Runtime's default: Q/DQ fused into int8 CPU kernels (QLinearConv, ...). What runs on a CPU,
+         but its result depends on the instruction set: on x86 without VNNI the U8S8 path (vpmaddubsw) adds
+         pairs of products into saturating int16, which loses accuracy (hardest on S8S8 graphs). The CPU form.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -16,6 +25,11 @@ from edgetl.rundir import RunDir
 from edgetl.stage import Events
 
 DYNAMIC_BATCH = 64  # scoring batch of a graph with a dynamic batch (a fixed-batch graph uses its own)
+SCORING_OF_FORM = {"tensorrt": "exact", "cpu": "fused"}  # how each int8 form's own target computes it
+SCORING_HOW = {"exact": "exact Q/DQ arithmetic (onnxruntime, graph optimizations off)",
+               "fused": "onnxruntime's fused int8 CPU kernels on {isa}"}
+
+
 
 
 class CannotRun(Exception):
@@ -34,22 +48,24 @@ class Scorer:
     fp32_logits: np.ndarray | None = None
     fp32_top1: float = 0.0
 
-    def logits(self, model: str | os.PathLike | bytes) -> np.ndarray:
-        """Logits of `model` (a path or serialized ModelProto) on `x`; CannotRun if ONNX Runtime refuses it."""
+    def logits(self, model: str | os.PathLike | bytes, exact: bool = False) -> np.ndarray:
+        """Logits of `model` (a path or serialized ModelProto) on `x`, `exact` or through the fused kernels;
+        CannotRun if ONNX Runtime refuses it."""
         from edgetl.runtime import create_backend
 
         backend = create_backend("onnxruntime", model if isinstance(model, bytes) else str(model), device="cpu",
-                                 card=self.card, threads=self.threads)
+                                 card=self.card, threads=self.threads, exact=exact)
         try:
             with backend:
                 return backend.logits(self.x, DYNAMIC_BATCH)
         except ModelError as e:  # cannot load or run it; a wrong input is a bug and stays an EdgetlError
             raise CannotRun(e.message) from None
 
-    def score(self, proto) -> tuple[float, np.ndarray]:
-        """(top-1, logits) of a quantized ModelProto; QuantizeError if ONNX Runtime cannot run it."""
+    def score(self, proto, scoring: str = "exact") -> tuple[float, np.ndarray]:
+        """(top-1, logits) of a quantized ModelProto, run `scoring` ("exact" or "fused"); QuantizeError if ONNX
+        Runtime cannot run it."""
         try:
-            logits = self.logits(proto.SerializeToString())
+            logits = self.logits(proto.SerializeToString(), exact=scoring == "exact")
         except CannotRun as e:
             raise QuantizeError(f"onnxruntime cannot run the quantized graph ({e})") from None
         return top1_of(logits, self.y), logits
@@ -60,6 +76,17 @@ class Scorer:
     def agreement(self, logits: np.ndarray) -> float:
         """Share of images whose top-1 class is the fp32 model's."""
         return float((logits.argmax(1) == self.fp32_logits.argmax(1)).mean())
+
+    def subset(self, n: int, seed: int = 0) -> "Scorer":
+        """The same scorer on a fixed, seeded choice of at most `n` of its images (the sensitivity search
+        ranks layers there; decisions are confirmed on all images)."""
+        if len(self.y) <= n:
+            return self
+        idx = np.sort(np.random.default_rng(seed).choice(len(self.y), n, replace=False))
+        sub = replace(self, x=self.x[idx], y=self.y[idx], source=f"{n} of {self.source}",
+                      fp32_logits=self.fp32_logits[idx])
+        sub.fp32_top1 = sub.top1(sub.fp32_logits)
+        return sub
 
 
 def make_scorer(run: RunDir, card: ModelCard, source: FloatModel, data: str | None, threads: int | None,

@@ -5,10 +5,17 @@ and the cpu form's other quantized ops), the top-1 of the model with every node 
 costs one quantization and one scoring per layer (as much as one-layer-at-a-time) but measures what matters here:
 what keeping that layer in float buys with the others quantized. Layers are then kept in float greedily, most
 sensitive first, each kept only if it raised top-1, until the drop is within budget or no candidate helps.
+
+Bounded, so that a real backbone (EfficientNet-Lite0: ~100 candidates) takes minutes: layers are ranked on a
+fixed, seeded subset of the scoring images (SENSITIVITY_IMAGES), the scan stops at the first layer whose
+exclusion alone meets the budget (confirmed on every image), and it says how long it expects to take. Every
+decision that is written (a layer kept in float, the final top-1) is scored on all the images, the form's
+own way (exact for the TensorRT form, fused for the cpu form).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +25,8 @@ from edgetl.quantize.graph import DATA_MOVEMENT_OPS, qdq, quantized_nodes
 from edgetl.quantize.report import Excluded, Sensitivity
 from edgetl.quantize.scoring import Scorer
 from edgetl.stage import Events
+
+SENSITIVITY_IMAGES = 256  # images the layers are ranked on (fixed, seeded); all when the set is smaller
 
 
 @dataclass
@@ -29,40 +38,71 @@ class Quantized:
     logits: np.ndarray
     excluded: list[Excluded] = field(default_factory=list)
     sensitivity: list[Sensitivity] = field(default_factory=list)
+    sensitivity_images: int | None = None
 
 
-def sensitivity(base, calib, target: str, best: Quantized, scorer: Scorer, events: Events) -> list[Sensitivity]:
-    """Every quantized compute node of `best`, with the top-1 reached when only it stays float; most sensitive
-    first."""
+def _drop(scorer: Scorer, top1: float) -> float:
+    return (scorer.fp32_top1 - top1) * 100
+
+
+def sensitivity(base, calib, target: str, best: Quantized, scorer: Scorer, events: Events, scoring: str = "exact",
+                max_drop: float | None = None) -> tuple[list[Sensitivity], Quantized | None]:
+    """Every quantized compute node of `best` with the top-1 (on `scorer.subset`) reached when only it stays
+    float, most sensitive first; and, when one node's exclusion alone meets `max_drop` on all images, that
+    model (the scan stopped there)."""
+    sub = scorer.subset(SENSITIVITY_IMAGES)
     quantized = quantized_nodes(best.proto)
     layers = [n.name for n in base.graph.node if n.op_type not in DATA_MOVEMENT_OPS and n.name in quantized]
-    found = []
+    ref = best.top1 if sub is scorer else sub.score(best.proto, scoring)[0]
+    found: list[Sensitivity] = []
+    done = None
+    start = time.perf_counter()
     for i, name in enumerate(layers):
-        events.progress("measuring layer sensitivity", i, len(layers))
-        t1, _ = scorer.score(qdq(base, calib, target, exclude=[name]))
-        found.append(Sensitivity(node=name, top1_if_float=t1, gain=(t1 - best.top1) * 100))
-    events.progress("measuring layer sensitivity", len(layers), len(layers))
+        events.progress(f"layer sensitivity ({len(sub.y)} images, {scoring})", i, len(layers))
+        trial = qdq(base, calib, target, exclude=[name])
+        t1, lg = sub.score(trial, scoring)
+        found.append(Sensitivity(node=name, top1_if_float=t1, gain=(t1 - ref) * 100))
+        if i == 1:
+            each = (time.perf_counter() - start) / 2
+            events.message(f"  measuring {len(layers)} layers on {len(sub.y)} images, {each:.1f} s each: "
+                           f"at most {each * len(layers) / 60:.1f} min")
+        if max_drop is not None and _drop(sub, t1) <= max_drop and t1 > ref:
+            full_t1, full_logits = (t1, lg) if sub is scorer else scorer.score(trial, scoring)
+            if _drop(scorer, full_t1) <= max_drop and full_t1 > best.top1:
+                done = Quantized(trial, full_t1, full_logits, excluded=[Excluded(
+                    node=name, gain=(full_t1 - best.top1) * 100, top1_after=full_t1,
+                    drop_after=_drop(scorer, full_t1))])
+                events.message(f"  stopped after {i + 1} of {len(layers)} layers: keeping {name} in float meets "
+                               f"max_drop")
+                break
+    events.progress(f"layer sensitivity ({len(sub.y)} images, {scoring})", len(layers), len(layers))
     found.sort(key=lambda s: -s.gain)
-    return found
+    return found, done
 
 
 def exclude_sensitive(base, calib, target: str, best: Quantized, scorer: Scorer, max_drop: float,
-                      events: Events) -> Quantized:
+                      events: Events, scoring: str = "exact") -> Quantized:
     """`best` with the layers kept in float that bring its drop within `max_drop` (as far as any helps)."""
-    ranked = sensitivity(base, calib, target, best, scorer, events)
-    current = Quantized(best.proto, best.top1, best.logits, sensitivity=ranked)
+    ranked, done = sensitivity(base, calib, target, best, scorer, events, scoring, max_drop)
+    images = min(len(scorer.y), SENSITIVITY_IMAGES)
+    if done is not None:
+        done.sensitivity, done.sensitivity_images = ranked, images
+        events.message(f"  kept {done.excluded[0].node} in float: top-1 {best.top1 * 100:.2f}% -> "
+                       f"{done.top1 * 100:.2f}%")
+        return done
+    current = Quantized(best.proto, best.top1, best.logits, sensitivity=ranked, sensitivity_images=images)
     for cand in ranked:
-        if (scorer.fp32_top1 - current.top1) * 100 <= max_drop or cand.gain <= 0:
+        if _drop(scorer, current.top1) <= max_drop or cand.gain <= 0:
             break
         names = [e.node for e in current.excluded] + [cand.node]
         trial = qdq(base, calib, target, exclude=names)
-        t1, lg = scorer.score(trial)
+        t1, lg = scorer.score(trial, scoring)
         if t1 > current.top1:
             current.excluded.append(Excluded(node=cand.node, gain=(t1 - current.top1) * 100, top1_after=t1,
-                                             drop_after=(scorer.fp32_top1 - t1) * 100))
+                                             drop_after=_drop(scorer, t1)))
             events.message(f"  kept {cand.node} in float: top-1 {current.top1 * 100:.2f}% -> {t1 * 100:.2f}%")
             current.proto, current.top1, current.logits = trial, t1, lg
-    if (scorer.fp32_top1 - current.top1) * 100 > max_drop:
-        events.message(f"  drop still {(scorer.fp32_top1 - current.top1) * 100:.2f} pt after keeping "
+    if _drop(scorer, current.top1) > max_drop:
+        events.message(f"  drop still {_drop(scorer, current.top1):.2f} pt after keeping "
                        f"{len(current.excluded)} layer(s) in float")
     return current

@@ -21,12 +21,14 @@ _PROVIDERS = {"cpu": ["CPUExecutionProvider"],
 @register_backend
 class OnnxRuntimeBackend(Backend):
     """Options: `threads` (intra-op threads), `card` (a ModelCard to use instead of the graph's own, for a graph
-    built in memory that carries none)."""
+    built in memory that carries none), `exact` (graph optimizations off: a Q/DQ graph then runs as the
+    arithmetic it defines -- DequantizeLinear, then the float op -- instead of through ONNX Runtime's fused
+    int8 kernels, whose result depends on the CPU's instruction set; see docs/quantize.md)."""
 
     name = "onnxruntime"
     devices = tuple(_PROVIDERS)  # "tensorrt": ONNX Runtime's TensorRT execution provider
     precisions = ("fp32", "fp16", "int8")
-    options_taken = ("threads", "card")
+    options_taken = ("threads", "card", "exact")
     precision_notes = {"bf16": "edgetl writes no bf16 ONNX or engine (quantize makes fp16 and int8); bf16 is a "
                                "torch-only row"}
 
@@ -67,6 +69,8 @@ class OnnxRuntimeBackend(Backend):
         opts.log_severity_level = 3
         if self.options.get("threads"):
             opts.intra_op_num_threads = int(self.options["threads"])
+        if self.options.get("exact"):
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         model = self.model_bytes if self.model_bytes is not None else str(self.model_path)
         try:
             self.session = ort.InferenceSession(model, sess_options=opts, providers=wanted)
