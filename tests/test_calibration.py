@@ -154,3 +154,20 @@ def test_missing_onnxruntime_tool_is_one_clear_error():
         ort_names("onnxruntime.no_such_module", "X")
     quant_type, method = ort_names("onnxruntime.quantization", "QuantType", "CalibrationMethod")
     assert quant_type.QInt8 and method.MinMax
+
+
+def test_entropy_threshold_clips_a_rare_outlier_and_keeps_the_bulk():
+    """TensorRT's KL search on a histogram as ONNX Runtime collects it (signed, over [-t, t]): a Gaussian bulk
+    (sigma 1) with a few values at 40 sigma. minmax would spend the int8 steps on the outlier; the entropy
+    threshold lands between the bulk's tail and the outlier."""
+    from edgetl.calibration.methods import entropy_range
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, 200_000), [40.0] * 3]).astype(np.float32)
+    hist, edges = np.histogram(x, 4096, range=(-40.0, 40.0))
+    lo, hi = entropy_range(hist, edges, float(x.min()), float(x.max()))
+    assert 3.0 < hi < 12.0 and lo == pytest.approx(max(float(x.min()), -hi))
+    # nothing to clip: a uniform spread keeps (nearly) its whole range
+    u = rng.uniform(-1, 1, 100_000).astype(np.float32)
+    hist, edges = np.histogram(u, 4096, range=(-1.0, 1.0))
+    assert entropy_range(hist, edges, float(u.min()), float(u.max()))[1] > 0.9

@@ -19,7 +19,9 @@ from edgetl.card import CARD_KEY
 from edgetl.errors import DataError, ModelError, QuantizeError, RunDirError
 from edgetl.export import export
 from edgetl.quantize import QuantReport, QuantizeSettings, check_graph, quantize, read_report, to_fp16
+from edgetl.quantize.isa import cpu_int8_isa
 from edgetl.rundir import RunDir
+from edgetl.stage import Events
 
 # Stated bound on the digits val split (80 images, so one image is 1.25 points): int8 top-1 within
 # 5 points of fp32 and the same top-1 class as fp32 on >= 90% of the images.
@@ -105,6 +107,10 @@ def test_int8_tensorrt_form_structure_and_accuracy(quantized):
     assert abs(e.drop) <= MAX_DROP_PT and e.top1_agreement >= MIN_AGREEMENT
     assert e.drop == pytest.approx((e.fp32_top1 - e.top1) * 100)
     assert e.calib_size == 64 and len(e.calib_hash) == 64 and e.excluded == [] and e.seconds > 0
+    # scored as TensorRT computes it: the Q/DQ arithmetic, not this CPU's fused int8 kernels (issue 25);
+    # recomputed here with ONNX Runtime's optimizations off, on the same val images
+    assert e.scoring == "exact" and e.other_scoring.scoring == "fused" and e.cpu_isa == cpu_int8_isa()["isa"]
+    assert e.top1 == pytest.approx(_top1_exact(run, path), abs=1e-9) and e.reduce_range is False
     assert json.loads(dict((p.key, p.value) for p in model.metadata_props)[CARD_KEY])["class_names"]
 
 
@@ -118,8 +124,34 @@ def test_int8_cpu_form_is_u8s8_and_scored_on_its_own(quantized):
         check_graph(model, "tensorrt")  # uint8 activations are not the TensorRT form
     e = report.entries["int8/cpu"]
     assert e.model_file == "model.int8.cpu.onnx"
+    # scored through the real CPU kernels, the ISA named; 7-bit weights exactly where U8S8 saturates
+    assert e.scoring == "fused" and e.other_scoring.scoring == "exact" and e.cpu_isa == cpu_int8_isa()["isa"]
+    assert e.reduce_range is cpu_int8_isa()["int8_saturates"]
+    # ONNX Runtime's whole op set, as quantize_static: every Add and the global pool read and write int8 (with
+    # the QDQ registry alone the last residual block and the pool ran in float on the CPU)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    readers = {i: n for n in model.graph.node for i in n.input}
+    for node in (n for n in model.graph.node if n.op_type in ("Add", "GlobalAveragePool")):
+        assert all(producer[i].op_type == "DequantizeLinear" for i in node.input), node.name
+        assert readers[node.output[0]].op_type == "QuantizeLinear", node.name
     assert abs(e.drop) <= MAX_DROP_PT and e.top1_agreement >= MIN_AGREEMENT
     assert set(report.entries) == {"int8/tensorrt", "int8/cpu", "fp16"}  # merged, nothing lost
+
+
+def _top1_exact(run: Path, path: Path) -> float:
+    """Top-1 of a graph on the run's val split, run by ONNX Runtime with graph optimizations off."""
+    import onnxruntime as ort
+
+    from edgetl.card import ModelCard
+    from edgetl.data import load_arrays, read_splits
+
+    _, val = read_splits(RunDir(run).splits)
+    x, y = load_arrays(val, ModelCard.from_onnx(RunDir(run).onnx))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    return float((logits.argmax(1) == y).mean())
 
 
 def test_structural_check_catches_bad_graphs(quantized, tmp_path):
@@ -202,6 +234,39 @@ def test_second_run_uses_cache_and_method_auto_keeps_best(exported, tmp_path, mo
     assert second.top1 == first.top1 and second.method == first.method
 
 
+def test_methods_with_identical_ranges_are_named_and_scored_once(exported, tmp_path, monkeypatch):
+    """ONNX Runtime's entropy calibrator with its defaults returned minmax's ranges byte for byte; whatever the
+    cause, a method whose ranges equal an earlier one's is reported as such and not scored again. Also: the
+    one-line warning below NVIDIA's ~500 calibration images."""
+    import edgetl.calibration.cache as cache
+    from edgetl.calibration.methods import collect_ranges
+    from edgetl.quantize.scoring import Scorer
+
+    monkeypatch.setattr(cache, "collect_ranges", lambda path, reader, method, *a: collect_ranges(path, reader, "minmax"))
+    scored = []
+    real_score = Scorer.score
+    monkeypatch.setattr(Scorer, "score", lambda self, proto, scoring="exact": scored.append(scoring)
+                        or real_score(self, proto, scoring))
+
+    class Record(Events):
+        def __init__(self):
+            self.warnings = []
+
+        def warning(self, text):
+            self.warnings.append(text)
+
+    events = Record()
+    run = fresh(exported, tmp_path)
+    e = quantize(run, QuantizeSettings(target="tensorrt", calib_size=32, max_drop=NO_EXCLUSION, method="auto"),
+                 events).entries["int8/tensorrt"]
+    tried = e.methods_tried
+    assert tried["minmax"].same_ranges_as is None
+    assert tried["entropy"].same_ranges_as == tried["percentile"].same_ranges_as == "minmax"
+    assert tried["entropy"].top1 == tried["minmax"].top1 and e.method == "minmax"
+    assert scored == ["exact", "fused"]  # one model: scored its own way, then the other way once
+    assert [w for w in events.warnings if "calibrating on 32 images" in w and "at least 500" in w]
+
+
 def test_max_drop_excludes_the_layer_that_hurts(exported, tmp_path):
     """Crafted case: the stem conv's input range is shrunk in the cache to 1e-4, so quantizing that conv
     ruins the model. Sensitivity analysis must find that very conv, keep it in float and recover accuracy."""
@@ -228,6 +293,9 @@ def test_max_drop_excludes_the_layer_that_hurts(exported, tmp_path):
     assert e.excluded and e.excluded[0].node == victim.name
     assert e.excluded[0].gain > 5 and e.top1 > broken.top1
     assert e.sensitivity[0].node == victim.name  # the most sensitive layer is the crafted one
+    # bounded search: the stem is the first candidate and keeping it float meets the budget, so the scan
+    # stopped there instead of measuring the other 30-odd layers
+    assert len(e.sensitivity) == 1 and len(e.excluded) == 1 and e.sensitivity_images == min(e.eval_n, 256)
     assert victim.name in e.structure.float_layers
     written = onnx.load(str(RunDir(run).onnx_for("int8", "tensorrt")))
     node = next(n for n in written.graph.node if n.name == victim.name)

@@ -23,6 +23,11 @@ def cpu_int8_isa() -> dict:
                     break
     except OSError:
         pass
+    return describe_isa(arch, flags)
+
+
+def describe_isa(arch: str, flags: set[str]) -> dict:
+    """cpu_int8_isa()'s answer for a machine name and its /proc/cpuinfo flags (or ARM features)."""
     x86 = arch in ("x86_64", "amd64", "i686", "x86")
     if x86:
         vnni = "avx512_vnni" if "avx512_vnni" in flags else "avx_vnni" if "avx_vnni" in flags else None
