@@ -530,3 +530,30 @@ def test_the_quantize_package_has_no_import_cycle():
         ready = sorted(m for m in imports if m not in done and imports[m] <= set(done))
         assert ready, f"import cycle among {sorted(set(imports) - set(done))}"
         done += ready
+
+
+def test_cpu_form_weight_formats(exported, tmp_path):
+    """The cpu form's three weight formats (8-bit, 7-bit where U8S8 saturates, uint8 U8U8) all pass the structural
+    check; 7-bit weights stay within [-64, 64], U8U8 weights are uint8 with their own zero points."""
+    from edgetl.calibration import calibrate, calibration_items
+    from edgetl.calibration._ort import private_copy
+    from edgetl.card import ModelCard
+    from edgetl.quantize.graph import CPU_WEIGHTS, default_cpu_weights, load_float_model, qdq, shape_inferred
+
+    run = RunDir(exported)
+    card = ModelCard.from_onnx(run.onnx)
+    calib = calibrate(run.onnx, calibration_items(run, card, None, 32), card, "images", "minmax", tmp_path, 32)
+    base = shape_inferred(private_copy(load_float_model(run.onnx).path, tmp_path))
+    assert default_cpu_weights() == ("int8 7-bit" if cpu_int8_isa()["int8_saturates"] else "int8")
+    for weights in CPU_WEIGHTS:
+        proto = qdq(base, calib, "cpu", exclude=[], weights=weights)
+        check_graph(proto, "cpu")
+        inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+        conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+        wdq = next(n for n in proto.graph.node if n.output[0] == conv.input[1])
+        q, zp = inits[wdq.input[0]], inits[wdq.input[2]]
+        if weights == "uint8":
+            assert q.dtype == zp.dtype == np.uint8 and zp.any()
+        else:
+            assert q.dtype == np.int8 and not zp.any()
+            assert np.abs(q.astype(int)).max() == (64 if weights == "int8 7-bit" else 127)

@@ -3,7 +3,7 @@ found; `check_graph` runs those its target needs and refuses the graph on the fi
 
 tensorrt: every Q/DQ int8 with zero point 0, placed as TensorRT fuses (edgetl.qdq_placement: only the skip input
 of a residual Add after a convolution, no Q/DQ on a GEMV or attention MatMul, none on ops TensorRT fuses nothing
-into). cpu: weights int8 with zero point 0, activations uint8 or int8. Both: weight scales per channel on the
+into). cpu: weights int8 with zero point 0 (or uint8: U8U8), activations uint8 or int8. Both: weight scales per channel on the
 output-channel axis (Conv: 0, Gemm: 0 with transB else 1, MatMul: 1), positive finite scales, every Q feeds only
 DQ, and every Conv/Gemm/MatMul with a DQ on one input has DQ on both (no float path left where a layer was
 quantized).
@@ -87,7 +87,7 @@ def scales_positive(g: QdqGraph, target: str) -> list[str]:
 
 def zero_points_of_the_form(g: QdqGraph, target: str) -> list[str]:
     """Zero points given explicitly, int8 and 0 (symmetric) wherever the target needs it: everywhere for
-    tensorrt; on weights for cpu, whose activations may be asymmetric uint8 and biases int32."""
+    tensorrt; for cpu, activations (and U8U8 weights) may be asymmetric uint8 and biases int32."""
     problems = []
     for node in g.qdq_nodes():
         zp = g.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
@@ -99,8 +99,8 @@ def zero_points_of_the_form(g: QdqGraph, target: str) -> list[str]:
         if zp.dtype == np.int8:
             if np.any(zp != 0):
                 problems.append(f"{node.name}: int8 zero point is not 0 (TensorRT needs symmetric)")
-        elif zp.dtype == np.uint8 and target == "cpu" and not is_weight:
-            pass  # asymmetric uint8 activations: the cpu form's U8S8
+        elif zp.dtype == np.uint8 and target == "cpu":
+            pass  # asymmetric uint8 activations, and weights in the U8U8 variant (x86 without VNNI)
         elif zp.dtype == np.int32 and target == "cpu" and node.op_type == "DequantizeLinear" and np.all(zp == 0):
             pass  # int32 bias (scale = input scale x weight scale): the cpu form quantizes biases
         else:

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,8 +98,23 @@ def inline_constant_identities(model) -> None:
 
 
 # -- Q/DQ --------------------------------------------------------------------------------------------------
-def quantizer_settings(target: str) -> dict[str, Any]:
-    """The QDQ quantizer's arguments for a target (documented in docs/quantize.md)."""
+# The cpu form's weight formats. ONNX Runtime's x86 U8S8 kernels without VNNI add pairs of u8 x s8 products into a
+# saturating int16 (vpmaddubsw): 255 * 127 * 2 overflows it. ONNX Runtime documents two remedies, and they trade
+# differently (EfficientNet-Lite0, docs/BENCHMARKS.md): 7-bit weights keep the U8S8 speed but lose precision;
+# uint8 weights (U8U8) never saturate and keep 8 bits, at about 3/4 of the speed.
+CPU_WEIGHTS = ("int8", "int8 7-bit", "uint8")
+
+
+def default_cpu_weights() -> str:
+    """The cpu form's first choice on this CPU: 7-bit where U8S8 saturates (fast), else full int8."""
+    from edgetl.quantize.isa import cpu_int8_isa
+
+    return "int8 7-bit" if cpu_int8_isa()["int8_saturates"] else "int8"
+
+
+def quantizer_settings(target: str, weights: str | None = None) -> dict[str, Any]:
+    """The QDQ quantizer's arguments for a target (documented in docs/quantize.md); `weights` (cpu form, one
+    of CPU_WEIGHTS) defaults to default_cpu_weights()."""
     QuantType = ort_names("onnxruntime.quantization", "QuantType")
     if target == "tensorrt":
         return dict(per_channel=True, reduce_range=False, weight_type=QuantType.QInt8,
@@ -110,34 +127,34 @@ def quantizer_settings(target: str) -> dict[str, Any]:
                                    "ForceQuantizeNoInputCheck": True,
                                    "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}})
     if target == "cpu":
-        from edgetl.quantize.isa import cpu_int8_isa
-
+        weights = weights or default_cpu_weights()
+        if weights not in CPU_WEIGHTS:
+            raise QuantizeError(f"cpu weights '{weights}': not one of {', '.join(CPU_WEIGHTS)}")
         QDQRegistry, QLinearOpsRegistry = ort_names("onnxruntime.quantization.registry", "QDQRegistry",
                                                     "QLinearOpsRegistry")
-        # 7-bit weights where this CPU's U8S8 kernels add products pairwise into saturating int16 (x86
-        # without VNNI): 255 * 64 * 2 fits, 255 * 127 * 2 does not. ONNX Runtime's documented remedy.
-        return dict(per_channel=True, reduce_range=cpu_int8_isa()["int8_saturates"], weight_type=QuantType.QInt8,
+        return dict(per_channel=True, reduce_range=weights == "int8 7-bit",  # 255 * 64 * 2 fits an int16
+                    weight_type=QuantType.QUInt8 if weights == "uint8" else QuantType.QInt8,
                     activation_type=QuantType.QUInt8,
                     # both registries, as quantize_static does: with QDQRegistry alone, Add, Mul and
                     # GlobalAveragePool kept float outputs, so the last residual block and the pool ran in
                     # float and Relus after Adds stayed (resnet18 96 px: x2.08 vs quantize_static's x2.63)
                     op_types=sorted(set(QDQRegistry) | set(QLinearOpsRegistry)),
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": weights != "uint8",
                                    "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}})
     raise QuantizeError(f"target '{target}': no int8 form of that name (tensorrt or cpu)")
 
 
-def qdq(base, calib, target: str, exclude: list[str]):
+def qdq(base, calib, target: str, exclude: list[str], weights: str | None = None):
     """A fresh Q/DQ ModelProto of `base` with the calibrated ranges; `exclude` nodes stay float.
 
     tensorrt: ONNX Runtime quantizes the nodes edgetl.qdq_placement picks; then the Q/DQ on the convolution
     side of each residual Add is removed (the quantizer quantizes all inputs of a node or none), and nodes
     left float read float tensors.
-    cpu: every op ONNX Runtime supports, except `exclude`."""
+    cpu: every op ONNX Runtime supports, except `exclude`, with `weights` (CPU_WEIGHTS)."""
     from edgetl.calibration.methods import tensors_data
 
     QDQQuantizer = ort_names("onnxruntime.quantization.qdq_quantizer", "QDQQuantizer")
-    s = quantizer_settings(target)
+    s = quantizer_settings(target, weights)
     ranges = tensors_data(calib.ranges, calib.method)
     float_inputs: dict[str, int | None] = {name: None for name in exclude}
     nodes_to_quantize: list[str] = []
@@ -156,7 +173,8 @@ def qdq(base, calib, target: str, exclude: list[str]):
                                  activation_qType=s["activation_type"], tensors_range=ranges,
                                  nodes_to_quantize=nodes_to_quantize, nodes_to_exclude=list(exclude),
                                  op_types_to_quantize=op_types, extra_options=s["extra_options"])
-        quantizer.quantize_model()
+        with _quiet_logging():  # uint8 weights: ONNX Runtime logs each int32 bias it clips (the score shows it)
+            quantizer.quantize_model()
     except Exception as e:
         raise QuantizeError(f"onnxruntime's quantizer failed on this graph ({first_line(e)})") from None
     proto = quantizer.model.model
@@ -169,6 +187,15 @@ def qdq(base, calib, target: str, exclude: list[str]):
     if float_inputs:
         float_inputs_of(proto, float_inputs)
     return proto
+
+
+@contextlib.contextmanager
+def _quiet_logging():
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def float_inputs_of(proto, inputs: dict[str, int | None]) -> None:

@@ -114,6 +114,7 @@ class Int8Entry(_Entry):
     scoring_how: Optional[str] = None
     cpu_isa: Optional[str] = None  # the int8 instruction set of the CPU that scored (and quantized) it
     reduce_range: Optional[bool] = None  # 7-bit weights (cpu form on x86 without VNNI)
+    weights: Optional[str] = None  # weight format: int8, "int8 7-bit" or uint8 (cpu form, edgetl.quantize.graph)
     other_scoring: Optional[OtherScoring] = None
     sensitivity_images: Optional[int] = None  # how many scoring images ranked the layers
     percentile: Optional[float] = None

@@ -46,7 +46,7 @@ def _drop(scorer: Scorer, top1: float) -> float:
 
 
 def sensitivity(base, calib, target: str, best: Quantized, scorer: Scorer, events: Events, scoring: str = "exact",
-                max_drop: float | None = None) -> tuple[list[Sensitivity], Quantized | None]:
+                max_drop: float | None = None, weights: str | None = None) -> tuple[list[Sensitivity], Quantized | None]:
     """Every quantized compute node of `best` with the top-1 (on `scorer.subset`) reached when only it stays
     float, most sensitive first; and, when one node's exclusion alone meets `max_drop` on all images, that
     model (the scan stopped there)."""
@@ -59,7 +59,7 @@ def sensitivity(base, calib, target: str, best: Quantized, scorer: Scorer, event
     start = time.perf_counter()
     for i, name in enumerate(layers):
         events.progress(f"layer sensitivity ({len(sub.y)} images, {scoring})", i, len(layers))
-        trial = qdq(base, calib, target, exclude=[name])
+        trial = qdq(base, calib, target, exclude=[name], weights=weights)
         t1, lg = sub.score(trial, scoring)
         found.append(Sensitivity(node=name, top1_if_float=t1, gain=(t1 - ref) * 100))
         if i == 1:
@@ -81,9 +81,9 @@ def sensitivity(base, calib, target: str, best: Quantized, scorer: Scorer, event
 
 
 def exclude_sensitive(base, calib, target: str, best: Quantized, scorer: Scorer, max_drop: float,
-                      events: Events, scoring: str = "exact") -> Quantized:
+                      events: Events, scoring: str = "exact", weights: str | None = None) -> Quantized:
     """`best` with the layers kept in float that bring its drop within `max_drop` (as far as any helps)."""
-    ranked, done = sensitivity(base, calib, target, best, scorer, events, scoring, max_drop)
+    ranked, done = sensitivity(base, calib, target, best, scorer, events, scoring, max_drop, weights)
     images = min(len(scorer.y), SENSITIVITY_IMAGES)
     if done is not None:
         done.sensitivity, done.sensitivity_images = ranked, images
@@ -95,7 +95,7 @@ def exclude_sensitive(base, calib, target: str, best: Quantized, scorer: Scorer,
         if _drop(scorer, current.top1) <= max_drop or cand.gain <= 0:
             break
         names = [e.node for e in current.excluded] + [cand.node]
-        trial = qdq(base, calib, target, exclude=names)
+        trial = qdq(base, calib, target, exclude=names, weights=weights)
         t1, lg = scorer.score(trial, scoring)
         if t1 > current.top1:
             current.excluded.append(Excluded(node=cand.node, gain=(t1 - current.top1) * 100, top1_after=t1,
