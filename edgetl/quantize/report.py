@@ -41,6 +41,7 @@ class Sensitivity(_Part):
     node: str
     top1_if_float: float
     gain: float  # points over the fully quantized model
+    kl_if_float: Optional[float] = None  # mean KL(fp32 || model) of the softmaxes: the search's ranking (lower first)
 
 
 class Excluded(_Part):
