@@ -10,8 +10,12 @@ of two forms (each scored on its own):
                                   the layer inputs TensorRT fuses (edgetl.qdq_placement: a residual Add
                                   gets its skip input only, the classifier GEMV none). These are the
                                   settings NVIDIA ModelOpt passes to this same quantizer.
-  cpu      (model.int8.cpu.onnx)  uint8 activations, int8 weights (U8S8) with outputs quantized too, the
-                                  pattern ONNX Runtime's x86 kernels fuse into QLinearConv/QGemm.
+  cpu      (model.int8.cpu.onnx)  uint8 activations, int8 weights (U8S8; 7-bit, or uint8 U8U8, on x86
+                                  without VNNI) with outputs quantized too, the pattern ONNX Runtime's CPU
+                                  kernels fuse into QLinearConv/QGemm/QLinearAdd.
+
+Each form is scored as its target computes it: the TensorRT form with exact Q/DQ arithmetic (ONNX Runtime,
+optimizations off), the cpu form through this CPU's fused int8 kernels (its ISA recorded).
 
 FP16 -- float16 body, float32 inputs and outputs, overflow-prone ops kept in float32 (an op block list).
 
@@ -27,7 +31,8 @@ One concept per module:
   graph        graph surgery: the float model as read, Q/DQ written by ONNX Runtime, float inputs
   check        check_graph: the structural rules a written Q/DQ graph meets, one named check each
   sensitivity  the exclusion search (which layers stay float to meet max_drop)
-  scoring      top-1 and logits of a graph against fp32, on the scoring images
+  scoring      top-1 and logits of a graph against fp32, on the scoring images, exact or fused
+  isa          this CPU's int8 instruction set (what fused int8 kernels compute here)
   report       quant_report.json as models (QuantReport, QuantEntry), read and merged
 """
 
