@@ -46,7 +46,7 @@ DemoSource = as_enum("DemoSource", DemoSourceName)
 # finetune (the CLI needs them without importing torch, so they live here rather than in edgetl.finetune)
 StrategyName = Literal["linear", "partial", "full", "lp-ft"]
 DistBackendName = Literal["auto", "nccl", "gloo"]  # auto: nccl on CUDA, gloo on the CPU
-BaselineName = Literal["scratch"]
+BaselineName = Literal["scratch", "probe"]
 
 Strategy = as_enum("Strategy", StrategyName)
 DistBackend = as_enum("DistBackend", DistBackendName)

@@ -217,7 +217,9 @@ def finetune(
                                                 "at lr x backbone-lr-scale) [default: full]"),
     lp_epochs: Optional[int] = typer.Option(None, help="with --strategy lp-ft: linear-probe epochs [default: half]"),
     baseline: Optional[Baseline] = typer.Option(None, help="scratch: also train the from-scratch twin (same data, "
-                                                    "recipe, budget) in RUN/baseline-scratch and report the gain"),
+                                                    "recipe, budget) in RUN/baseline-scratch and report the gain; "
+                                                    "probe: also fit a logistic regression on the source's frozen "
+                                                    "pooled features (seconds) and warn when the fine-tune ends below it"),
     unfreeze: Optional[int] = typer.Option(None, help="with --strategy partial: last N stages trained [default: 1]"),
     epochs: Optional[int] = typer.Option(None, help="[default: 10]"),
     batch_size: Optional[int] = typer.Option(None, help="the global batch, over all processes and accumulation "
@@ -229,6 +231,10 @@ def finetune(
     weight_decay: Optional[float] = typer.Option(None, help="[default: 0.05]"),
     warmup_epochs: Optional[float] = typer.Option(None, help="[default: 1]"),
     label_smoothing: Optional[float] = typer.Option(None, help="[default: 0.1]"),
+    freeze_bn_stats: Optional[bool] = typer.Option(None, "--freeze-bn-stats/--train-bn-stats",
+                                                   help="BatchNorm keeps the source's running statistics while its "
+                                                   "weights train (from scratch it always learns them) [default: "
+                                                   "freeze]"),
     img_size: Optional[int] = typer.Option(None, min=IMG_SIZE_MIN, max=IMG_SIZE_MAX,
                                            help="input size [default: the model's pretrained size]"),
     augment: Optional[str] = typer.Option(None, help="none | crop | flip | strong, or an albumentations YAML [default: flip]"),

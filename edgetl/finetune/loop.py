@@ -25,8 +25,8 @@ from edgetl.finetune.distributed import World
 from edgetl.finetune.runstate import load_checkpoint, log_state, save_checkpoint, write_log
 from edgetl.finetune.settings import FinetuneSettings, per_process_batch
 from edgetl.io import atomic_path, read_json
-from edgetl.models import (LoadReport, Phase, apply_strategy, create_model, param_groups, set_train_mode,
-                           strategy_phases)
+from edgetl.models import (LoadReport, Phase, apply_strategy, create_model, head_parameters, param_groups,
+                           set_train_mode, strategy_phases)
 from edgetl.rundir import RunDir
 from edgetl.stage import Events
 
@@ -174,7 +174,7 @@ def train(cfg: FinetuneSettings, run: RunDir, train_items: ImageList, val_items:
                                (lambda bad, epoch=epoch: skipped.add(bad, "training", epoch + 1)))
         task = f"epoch {epoch + 1}/{cfg.epochs}"
         events.progress(task, 0, steps_per_epoch)
-        set_train_mode(model)
+        set_train_mode(model, freeze_bn_stats=cfg.freeze_bn_stats and not from_scratch)
         base = (epoch - phase.first_epoch) * steps_per_epoch
         stats = train_one_epoch(train_model, loader, optimizer, criterion, device, amp_dtype=amp_dtype,
                                 memory_format=memory_format, scaler=scaler, accumulate=cfg.accumulate,
@@ -185,7 +185,7 @@ def train(cfg: FinetuneSettings, run: RunDir, train_items: ImageList, val_items:
         val_loss, val_top1 = _validate(model, val_ds, batch * 2, cfg.workers, device, amp_dtype, memory_format,
                                        cfg.label_smoothing, world)
         row = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_top1": stats["top1"],
-               "val_loss": val_loss, "val_top1": val_top1, "lr": optimizer.param_groups[0]["lr"],
+               "val_loss": val_loss, "val_top1": val_top1, **_rates(model, optimizer),
                "epoch_seconds": stats["seconds"], "images_per_second": stats["images_per_second"], "phase": phase.name}
         log_rows.append(row)
         improved = val_top1 > best  # the same on every process: validation is gathered
@@ -205,6 +205,14 @@ def train(cfg: FinetuneSettings, run: RunDir, train_items: ImageList, val_items:
             events.message(f"early stop: no better val top-1 for {cfg.patience} epoch(s)")
             break
     return Trained(load_report, freeze, log_rows, best_epoch)
+
+
+def _rates(model: nn.Module, optimizer) -> dict[str, float | None]:
+    """The head's learning rate and the backbone's lowest, as the scheduler last set them."""
+    head = {id(p) for p in head_parameters(model)}
+    lr = [g["lr"] for g in optimizer.param_groups if any(id(p) in head for p in g["params"])]
+    body = [g["lr"] for g in optimizer.param_groups if not all(id(p) in head for p in g["params"])]
+    return {"lr": max(lr) if lr else optimizer.param_groups[0]["lr"], "backbone_lr": min(body) if body else None}
 
 
 def resume_state(run: RunDir) -> dict[str, Any]:

@@ -10,12 +10,14 @@ from edgetl.metrics import Metrics
 
 
 class BaselineComparison(BaseModel):
-    """The transfer run against its from-scratch twin (baseline scratch), in RUN/baseline-scratch."""
+    """The transfer run against its from-scratch twin (baseline scratch, in RUN/baseline-scratch), or against the
+    frozen-feature floor (baseline probe: a logistic regression on the source's pooled features; no run folder).
+    `negative_transfer` says the run ended below the baseline."""
 
     model_config = ConfigDict(extra="forbid")
 
     kind: str
-    run: str
+    run: str | None = None
     top1: float
     macro_f1: float
     gain_top1: float

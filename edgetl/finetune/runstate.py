@@ -18,8 +18,10 @@ from edgetl.finetune.settings import FinetuneSettings
 from edgetl.io import atomic_path, write_json, write_text
 from edgetl.rundir import RunDir, check_out_and_data, check_replaceable, foreign_entries, pending_dir, replace_dir
 
-LOG_FIELDS = ["epoch", "train_loss", "train_top1", "val_loss", "val_top1", "lr", "epoch_seconds", "images_per_second",
-              "phase"]
+# lr is the head's rate at the epoch's end, backbone_lr the lowest rate any trained layer had then (blank when
+# only the head trains): with backbone_lr_scale 0.1 the two differ tenfold.
+LOG_FIELDS = ["epoch", "train_loss", "train_top1", "val_loss", "val_top1", "lr", "backbone_lr", "epoch_seconds",
+              "images_per_second", "phase"]
 _CHECKPOINT_KEYS = ("config", "model", "optimizer", "scheduler", "epoch", "best", "best_epoch", "source_weights")
 RESUME_HINT = "start the run again without --resume (--overwrite replaces it)"
 

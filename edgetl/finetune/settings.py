@@ -36,6 +36,8 @@ class FinetuneSettings(Settings):
     weight_decay: float = Field(default=0.05, ge=0)
     warmup_epochs: float = Field(default=1.0, ge=0)
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    freeze_bn_stats: bool = Field(default=True, description="BatchNorm keeps the source's running statistics while "
+                                  "its weights train (a run from scratch always learns its own)")
     img_size: int | None = Field(default=None, ge=8, le=2048, description="default: the model's pretrained size")
     crop_pct: float | None = Field(default=None, gt=0, le=1)
     augment: str = "flip"
@@ -50,13 +52,21 @@ class FinetuneSettings(Settings):
     skip_bad_images: bool = False
     check: CheckModeName = Field(default="full", description="up-front image check: full (decode, cached per "
                                  "file) | header | none; images failing later in training are skipped and listed")
-    baseline: BaselineName | None = Field(default=None, description="also train the from-scratch twin")
+    baseline: BaselineName | None = Field(default=None, description="scratch: also train the from-scratch twin; "
+                                          "probe: also fit a logistic regression on the source's frozen features")
     # Several processes (torchrun); a one-process run ignores all but `accumulate`.
     accumulate: int = Field(default=1, ge=1, description="micro-steps per optimizer step (gradient accumulation)")
     sync_bn: bool = Field(default=False, description="SyncBatchNorm across processes (CUDA only)")
     dist_backend: DistBackendName = Field(default="auto", description="auto: nccl on CUDA, gloo on the CPU")
     dist_timeout: float = Field(default=1800.0, gt=0, description="seconds a collective waits for the other "
                                 "processes before this one stops")
+
+    @model_validator(mode="after")
+    def _weights_win(self) -> "FinetuneSettings":
+        # Weights from a file replace the hub's: config.yaml must not say the run started from hub weights.
+        if self.weights is not None and self.pretrained:
+            self.pretrained = False
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -72,6 +82,9 @@ def check_plan(cfg: FinetuneSettings) -> None:
     strategy_phases(cfg.strategy, cfg.epochs, cfg.lp_epochs)
     if cfg.baseline == "scratch" and cfg.weights is None and not cfg.pretrained:
         raise EdgetlError("baseline 'scratch': this run has no source weights, so it is the from-scratch run itself",
+                          "give weights or pretrained, or drop baseline")
+    if cfg.baseline == "probe" and cfg.weights is None and not cfg.pretrained:
+        raise EdgetlError("baseline 'probe': this run has no source weights, so there are no source features to probe",
                           "give weights or pretrained, or drop baseline")
 
 

@@ -67,6 +67,8 @@ def finetune(run: str | os.PathLike, cfg: FinetuneSettings, events: Events = SIL
                     _finish(work, cfg, device, trained, world, events, shown=target.path)
             if cfg.baseline == "scratch":
                 _run_baseline(work, cfg, train_items, val_items, device, events, world)
+            elif cfg.baseline == "probe" and world.is_main and not plan.twin_only:
+                _run_probe(work, cfg, train_items, val_items, device, events)
         except BaseException as e:
             # A run that never finished an epoch has nothing worth keeping; later failures keep the
             # last consistent checkpoint so resume can continue.
@@ -213,6 +215,25 @@ def _run_baseline(run: RunDir, cfg: FinetuneSettings, train_items: ImageList, va
     if gain < 0:
         events.warning(f"negative transfer: the source weights made top-1 {-gain * 100:.1f} points worse than "
                        f"training from scratch on the same data and budget")
+
+
+def _run_probe(run: RunDir, cfg: FinetuneSettings, train_items: ImageList, val_items: ImageList,
+               device: torch.device, events: Events) -> None:
+    """Rank 0: the frozen-feature floor on the split that scored the run; its gain goes into RUN/metrics.json."""
+    from edgetl.finetune.probe import linear_probe, probe_hint
+
+    events.status("baseline: logistic regression on the source's frozen pooled features")
+    probe = linear_probe(cfg, train_items, val_items, device)
+    metrics = FinetuneResult.read(run.metrics)
+    gain = metrics.top1 - probe.top1
+    metrics.baseline = BaselineComparison(kind="probe", top1=probe.top1, macro_f1=probe.macro_f1, gain_top1=gain,
+                                          gain_macro_f1=metrics.macro_f1 - probe.macro_f1, negative_transfer=gain < 0)
+    metrics.write(run.metrics)
+    events.message(f"fine-tune vs a logistic regression on the frozen source features ({probe.features} each, "
+                   f"{probe.seconds:.0f} s): top-1 {metrics.top1:.4f} vs {probe.top1:.4f} ({gain * 100:+.1f} points)")
+    if gain < 0:
+        events.warning(f"fine-tuning ended {-gain * 100:.1f} points below the frozen-feature floor: the recipe lost "
+                       f"what the source knew; {probe_hint()}")
 
 
 def _phase_summary(rows: list[dict[str, Any]]) -> list[PhaseSpan]:
