@@ -40,8 +40,6 @@ TritonKindName = Literal["gpu", "cpu"]  # the instance kind of a Triton model
 
 BuildTarget = as_enum("BuildTarget", BuildTargetName)
 TritonKind = as_enum("TritonKind", TritonKindName)
-DemoSourceName = Literal["rotation", "digits04"]  # the demo's source model: self-supervised, or supervised on 0-4
-DemoSource = as_enum("DemoSource", DemoSourceName)
 
 # finetune (the CLI needs them without importing torch, so they live here rather than in edgetl.finetune)
 StrategyName = Literal["linear", "partial", "full", "lp-ft"]

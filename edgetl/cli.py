@@ -14,7 +14,7 @@ import typer
 
 from edgetl.choices import Backend as BackendChoice, Device as DeviceChoice, Precision as PrecisionChoice
 from edgetl.choices import CalibMethod, QuantPrecision, QuantTarget
-from edgetl.choices import BuildTarget, DemoSource, EnginePrecision, TritonKind
+from edgetl.choices import BuildTarget, EnginePrecision, TritonKind
 from edgetl.choices import CheckMode
 from edgetl.choices import DeployBackend, DeployDevice
 from edgetl.presentation.console import console, err_console
@@ -328,20 +328,17 @@ def eval_cmd(
 def demo(
     config: Optional[Path] = _config_option(),
     out: Optional[Path] = typer.Option(None, help="where the demo writes its data and runs [default: runs/demo]"),
-    epochs: Optional[int] = typer.Option(None, help="epochs per target run [default: 50 optimiser steps' worth]"),
-    model: Optional[str] = typer.Option(None, help="timm model name (test_resnet: a 0.4 M-parameter ResNet) "
-                                        "[default: test_resnet]"),
+    epochs: Optional[int] = typer.Option(None, help="epochs per target run [default: 10]"),
     img_size: Optional[int] = typer.Option(None, min=IMG_SIZE_MIN, max=IMG_SIZE_MAX,
-                                           help="digits are 8x8 pixels; 16 px keeps all of them [default: 16]"),
+                                           help="the 8x8 digits are upscaled to this [default: 32]"),
     shots: Optional[int] = typer.Option(None, help="labelled images per target class [default: 10]"),
     seeds: Optional[int] = typer.Option(None, help="repeats, each with its own labelled images and initialisation "
                                         "[default: 3]"),
-    source: Optional[DemoSource] = typer.Option(None, help="rotation (self-supervised, no labels) | digits04 "
-                                                "(supervised) [default: rotation]"),
     strategy: Optional[str] = typer.Option(None, help="linear | partial | full | lp-ft [default: full]"),
 ) -> None:
-    """The whole chain on scikit-learn's digits (no download): transfer learning vs training from scratch,
-    then export, quantization and the benchmark of what this machine can run."""
+    """The whole chain on scikit-learn's digits (no download): transfer from an ImageNet EfficientNet-Lite0 vs
+    training from scratch, then export, quantization, a TensorRT-RTX build and the benchmark of what this machine
+    can run."""
     given = dict(locals())  # first statement: only the options, before any import adds names
     from edgetl.demo import DemoSettings, demo as run_demo
     from edgetl.presentation.demo import demo_events

@@ -11,7 +11,7 @@ import importlib
 _HOMES = {
     "ImageDataset": "dataset", "iter_batches": "dataset", "load_arrays": "dataset", "preprocess": "dataset",
     "ImageList": "folder", "load_splits": "folder", "read_splits": "folder", "save_splits": "folder",
-    "scan_folder": "folder",
+    "scan_folder": "folder", "test_split": "folder",
     "check_images": "check", "check_splits": "check",
     "load_rgb": "images",
     "make_loader": "loader",

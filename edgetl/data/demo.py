@@ -1,10 +1,11 @@
 """The embedded demo data: scikit-learn's handwritten digits (shipped inside the package, no download),
 written out as ImageFolders for a transfer-learning task.
 
-source/      digits 0-4, all samples, a random 80/20 train/val split   (the supervised "pretraining" task)
+source/      digits 0-4, all samples, a random 80/20 train/val split   (a small supervised source task)
 target/      digits 5-9, only `shots` labelled images per class in train; val is the rest, or with `holdout`
-             a fixed share of each class that does not depend on `shots` or `shot_seed`
-unlabelled/  with `holdout`: every image except target/val, without labels (for self-supervised pretraining)
+             a fixed share of each class that does not depend on `shots` or `shot_seed`; with `val_per_class`
+             too, val keeps that many of the held-out images a class and target/test holds the others (val
+             chooses the best epoch, test scores it once)
 """
 
 from __future__ import annotations
@@ -49,9 +50,10 @@ def pick_shots(pool: np.ndarray, shots: int | None, shot_seed: int) -> np.ndarra
 
 def write_demo_data(root: str | os.PathLike, size: int = 32, shots: int | None = 10, seed: int = 0,
                     per_class_limit: int | None = None, holdout: float | None = None,
-                    shot_seed: int | None = None) -> dict[str, Path]:
-    """Write source/{train,val}/<digit> and target/{train,val}/<digit> PNGs under `root` (and unlabelled/
-    with `holdout`). Idempotent for the same arguments."""
+                    shot_seed: int | None = None, val_per_class: int | None = None,
+                    source: bool = True) -> dict[str, Path]:
+    """Write source/{train,val}/<digit> (unless not `source`) and target/{train,val}/<digit> PNGs under `root`
+    (and target/test/<digit> with `holdout` and `val_per_class`). Idempotent for the same arguments."""
     root = Path(root)
     images, labels = digits_images(size)
     rng = np.random.default_rng(seed)
@@ -61,6 +63,8 @@ def write_demo_data(root: str | os.PathLike, size: int = 32, shots: int | None =
         if per_class_limit:
             idx = idx[:per_class_limit]
         if c in SOURCE_CLASSES:
+            if not source:
+                continue
             n_train = int(round(len(idx) * 0.8))
             parts[f"source/train/{c}"], parts[f"source/val/{c}"] = idx[:n_train], idx[n_train:]
         elif holdout is None:
@@ -68,14 +72,14 @@ def write_demo_data(root: str | os.PathLike, size: int = 32, shots: int | None =
             parts[f"target/train/{c}"], parts[f"target/val/{c}"] = idx[:n_train], idx[n_train:]
     out = {"source": root / "source", "target": root / "target"}
     if holdout is not None:
-        keep = np.concatenate([parts[k] for k in list(parts)]) if parts else np.zeros(0, np.int64)
         limited = labels if not per_class_limit else _limit(labels, per_class_limit)
         for c, (pool, val) in target_split(limited, holdout, seed).items():
             parts[f"target/train/{c}"] = pick_shots(pool, shots, seed if shot_seed is None else shot_seed)
-            parts[f"target/val/{c}"] = val
-            keep = np.concatenate([keep, pool])
-        parts["unlabelled"] = np.sort(keep)
-        out["unlabelled"] = root / "unlabelled"
+            parts[f"target/val/{c}"] = val[:val_per_class]
+            if val_per_class is not None:
+                parts[f"target/test/{c}"] = val[val_per_class:]
+    if not source:
+        del out["source"]
     for folder, idx in parts.items():
         (root / folder).mkdir(parents=True, exist_ok=True)
         for i in idx:

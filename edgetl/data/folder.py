@@ -135,6 +135,15 @@ def load_splits(data: str | os.PathLike, val_fraction: float = 0.2, seed: int = 
     return train, val
 
 
+def test_split(data: str | os.PathLike, classes: list[str]) -> ImageList | None:
+    """DATA/test/<class> when DATA holds train/ and val/ folders too, else None (in the DATA/<class> layout a
+    folder named test is a class). Val chooses the best epoch, so its score is optimistic; test is scored once."""
+    data = Path(data)
+    if not ((data / "train").is_dir() and (data / "val").is_dir() and (data / "test").is_dir()):
+        return None
+    return scan_folder(data / "test", classes, within=data)
+
+
 def stratified_split(items: ImageList, val_fraction: float, seed: int) -> tuple[ImageList, ImageList]:
     rng = np.random.default_rng(seed)
     labels = np.asarray(items.labels)

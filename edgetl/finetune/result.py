@@ -34,8 +34,13 @@ class PhaseSpan(BaseModel):
 
 
 class FinetuneResult(Metrics):
-    """The best checkpoint scored on the val split exactly as `edgetl eval` scores it (the Metrics fields), and how
-    it was trained."""
+    """The best checkpoint scored exactly as `edgetl eval` scores it (the Metrics fields), and how it was trained.
+    The best epoch is chosen on val (`chosen_on`); the Metrics fields score it on DATA/test once, where the data
+    has one, else on val again, which is optimistic (`scored_on` says which)."""
+
+    chosen_on: str = "val"
+    scored_on: str = "val"
+    best_val_top1: float | None = None  # the val top-1 that chose the epoch (train_log.csv's)
 
     # the training
     best_epoch: int

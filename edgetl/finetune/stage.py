@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from edgetl.data import ImageList, check_splits, load_splits, read_splits, save_splits
+from edgetl.data import ImageList, check_splits, load_splits, read_splits, save_splits, test_split
 from edgetl.data.skipped import SkippedImages
 from edgetl.errors import EdgetlError, Interrupted, RunDirError
 from edgetl.finetune.distributed import PeerLost, World, is_collective_failure
@@ -155,11 +155,13 @@ def _finish(run: RunDir, cfg: FinetuneSettings, device: torch.device, trained: T
     from edgetl.runtime import create_backend
 
     train_items, val_items = read_splits(run.splits)
+    test_items = test_split(cfg.data, train_items.classes)
     with create_backend("torch", run.weights, device="cpu") as backend:
-        metrics = evaluate(backend, val_items)
+        metrics = evaluate(backend, val_items if test_items is None else test_items)
     rows = trained.log_rows
     result = FinetuneResult(
-        **metrics, best_epoch=trained.best_epoch + 1, epochs_run=len(rows),
+        **metrics, scored_on="val" if test_items is None else "test", best_val_top1=rows[trained.best_epoch]["val_top1"],
+        best_epoch=trained.best_epoch + 1, epochs_run=len(rows),
         train_seconds=float(sum(r["epoch_seconds"] for r in rows)), model=cfg.model, strategy=cfg.strategy,
         trainable_params=trained.freeze["trainable"], frozen_params=trained.freeze["frozen"],
         loaded_params=trained.load_report.loaded_params, new_params=trained.load_report.new_params,
@@ -170,8 +172,10 @@ def _finish(run: RunDir, cfg: FinetuneSettings, device: torch.device, trained: T
     plot_confusion(result.confusion, result.classes, run.confusion_png)
     run.checkpoint.unlink(missing_ok=True)
     log_state(run).unlink(missing_ok=True)
-    events.message(f"val top-1 {result.top1:.4f}, macro F1 {result.macro_f1:.4f} (best epoch {result.best_epoch}) "
-                   f"-> {shown}")
+    scored = ("scored once on test" if result.scored_on == "test"
+              else "scored on val too (optimistic: give DATA/test for an unbiased score)")
+    events.message(f"{result.scored_on} top-1 {result.top1:.4f}, macro F1 {result.macro_f1:.4f} (best epoch "
+                   f"{result.best_epoch} chosen on val, {scored}) -> {shown}")
     return result
 
 
@@ -223,7 +227,8 @@ def _run_probe(run: RunDir, cfg: FinetuneSettings, train_items: ImageList, val_i
     from edgetl.finetune.probe import linear_probe, probe_hint
 
     events.status("baseline: logistic regression on the source's frozen pooled features")
-    probe = linear_probe(cfg, train_items, val_items, device)
+    test_items = test_split(cfg.data, train_items.classes)
+    probe = linear_probe(cfg, train_items, val_items if test_items is None else test_items, device)
     metrics = FinetuneResult.read(run.metrics)
     gain = metrics.top1 - probe.top1
     metrics.baseline = BaselineComparison(kind="probe", top1=probe.top1, macro_f1=probe.macro_f1, gain_top1=gain,

@@ -25,8 +25,9 @@ def print_transfer(data: dict[str, Any]) -> None:
     from rich.table import Table
 
     rows = data["rows"]
-    table = Table(title=f"digits 5-9, {data['shots']} labelled image(s) per class, {rows[0]['val']} val images")
-    for col in ("seed", f"transfer ({data['strategy']}) top-1", "from scratch top-1", "gain (points)"):
+    table = Table(title=f"digits 5-9, {data['shots']} labelled image(s) per class, top-1 on {rows[0]['test']} test "
+                        "images")
+    for col in ("seed", f"from ImageNet ({data['strategy']})", "from scratch", "gain (points)"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(str(r["seed"]), f"{r['transfer']:.3f}", f"{r['scratch']:.3f}", f"{r['gain'] * 100:+.1f}")
