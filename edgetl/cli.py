@@ -227,6 +227,8 @@ def finetune(
     lr: Optional[float] = typer.Option(None, help="head learning rate, for the global batch (never scaled with "
                                        "the process count) [default: 1e-3]"),
     backbone_lr_scale: Optional[float] = typer.Option(None, help="backbone lr = lr x this [default: 0.1]"),
+    linear_lr_scale: Optional[float] = typer.Option(None, help="head-only phases (--strategy linear, lp-ft's "
+                                                   "probe) train at lr x this [default: 10]"),
     layer_decay: Optional[float] = typer.Option(None, help="timm layer-wise lr decay instead of one backbone scale"),
     weight_decay: Optional[float] = typer.Option(None, help="[default: 0.05]"),
     warmup_epochs: Optional[float] = typer.Option(None, help="[default: 1]"),

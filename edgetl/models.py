@@ -284,20 +284,25 @@ class Phase:
         return self.first_epoch + self.epochs
 
 
-def strategy_phases(strategy: str, epochs: int, lp_epochs: int | None = None, ft_lr_scale: float = 0.1) -> list[Phase]:
+def strategy_phases(strategy: str, epochs: int, lp_epochs: int | None = None, ft_lr_scale: float = 0.1,
+                    linear_lr_scale: float = 1.0) -> list[Phase]:
     """One phase per strategy, except lp-ft (Kumar et al., ICLR 2022): a linear probe with the backbone
     frozen (`lp_epochs`, default half), then every layer at `ft_lr_scale` x the rate. The probe first gives
     the new head sensible weights, so fine-tuning distorts the source features less than full fine-tuning
-    from a random head does."""
+    from a random head does. A phase that trains the head alone (linear, lp-ft's probe) runs at
+    `linear_lr_scale` x the rate."""
     if strategy not in STRATEGIES:
         raise ModelError(f"strategy '{strategy}': unknown", f"use one of {', '.join(STRATEGIES)}")
+    if strategy == "linear":
+        return [Phase(strategy, strategy, 0, epochs, linear_lr_scale)]
     if strategy != "lp-ft":
         return [Phase(strategy, strategy, 0, epochs, 1.0)]
     probe = max(1, epochs // 2) if lp_epochs is None else lp_epochs
     if not 1 <= probe < epochs:
         raise ModelError(f"strategy 'lp-ft': {probe} probe epoch(s) leave no fine-tuning epoch out of {epochs}",
                          "give epochs 2 or more, and lp_epochs below epochs")
-    return [Phase("probe", "linear", 0, probe, 1.0), Phase("finetune", "full", probe, epochs - probe, ft_lr_scale)]
+    return [Phase("probe", "linear", 0, probe, linear_lr_scale),
+            Phase("finetune", "full", probe, epochs - probe, ft_lr_scale)]
 
 
 def apply_strategy(model: nn.Module, strategy: str, unfreeze: int = 1) -> dict[str, int]:

@@ -21,8 +21,12 @@ from edgetl.errors import DataError, first_line
 
 Progress = Callable[[int, int], None]
 
-# Below this many files to check, a process pool costs more to start than it saves.
-POOL_MIN_FILES = 512
+# Below this many files to check, a process pool costs more to start than it saves: spawning two checkers
+# costs about a second, and a serial full check of small images runs at 2,000-7,000 files/s. Measured on
+# 32 px PNGs, 2 cores under load 7: 500 files 0.27 s serial vs 1.30 s in 2 processes, 1,800 files 0.66 vs
+# 1.39 s, 5,391 files 2.50 vs 2.43 s (docs/BENCHMARKS.md, "Large image folders"). It was 512, which sent the
+# old demo's 5,400-image rotation folder and every ~500-image digits run to the pool.
+POOL_MIN_FILES = 4096
 
 
 @dataclass

@@ -95,7 +95,7 @@ def train(cfg: FinetuneSettings, run: RunDir, train_items: ImageList, val_items:
         img_size=cfg.img_size))
     events.message(load_report.summary())
     card = make_card(cfg, model, train_items.classes, load_report.source)
-    phases = strategy_phases(cfg.strategy, cfg.epochs, cfg.lp_epochs, cfg.backbone_lr_scale)
+    phases = strategy_phases(cfg.strategy, cfg.epochs, cfg.lp_epochs, cfg.backbone_lr_scale, cfg.linear_lr_scale)
     freeze = apply_strategy(model, phases[0].strategy, cfg.unfreeze)
     events.message(f"strategy {cfg.strategy}: {freeze['trainable']:,} trainable, {freeze['frozen']:,} frozen parameters"
                    + (f" for {phases[0].epochs} probe epoch(s), then every layer at {cfg.backbone_lr_scale:g} x the "
