@@ -2,6 +2,11 @@
 
     python benchmarks/finetune_throughput.py --model resnet50 --img-size 224 --batch-size 64   # GPU
     python benchmarks/finetune_throughput.py --model resnet18 --img-size 64 --batch-size 32    # CPU
+    python benchmarks/finetune_throughput.py --table --models tf_efficientnet_lite0,resnet18 --sizes 64,128,224 \
+        --threads 1,2 --batch-size 8 --steps 3 --rounds 2                                   # what a CPU fine-tune costs
+
+--table runs every model x size x thread count in one process (both loops each time, no loader part) and prints
+one markdown row per combination: images/s of each loop, and edgetl's share of the reference.
 
 Both loops run the same model (same initial weights), batch, precision (AMP bf16/fp16 on GPU, channels_last)
 and the same synthetic batches, interleaved in one process (which loop goes first alternates per round); the best round of each is
@@ -108,6 +113,44 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def compare(name, img_size, batch_size, steps, rounds, device, amp_dtype, fmt):
+    """Best-round images/s of the reference and of edgetl's loop on one model, and the median round ratio."""
+    import timm
+
+    torch.manual_seed(0)
+    base = timm.create_model(name, num_classes=10).to(device, memory_format=fmt)
+    batches = synthetic_batches(steps, batch_size, img_size, 10, device, fmt)
+    ref_model, edg_model = copy.deepcopy(base), copy.deepcopy(base)
+    reference_loop(ref_model, batches[:1], device, amp_dtype)  # warm-up: allocator, kernels chosen
+    edgetl_loop(edg_model, batches[:1], device, amp_dtype, fmt)
+    ref, edg = [], []
+    for i in range(rounds):
+        first, second = (("ref", "edg") if i % 2 == 0 else ("edg", "ref"))
+        for which in (first, second):
+            if which == "ref":
+                ref.append(reference_loop(ref_model, batches, device, amp_dtype))
+            else:
+                edg.append(edgetl_loop(edg_model, batches, device, amp_dtype, fmt))
+    return max(ref), max(edg), float(np.median([e / r for e, r in zip(edg, ref)]))
+
+
+def table(a, device, amp_dtype, fmt):
+    import os
+
+    print(f"{cpu_name()}, torch {torch.__version__}, {date.today().isoformat()}, batch {a.batch_size}, "
+          f"{a.steps} steps x {a.rounds} rounds, load average {os.getloadavg()[0]:.1f} at the start")
+    print("| model | px | threads | reference img/s | edgetl img/s | edgetl / reference (best; median round) |")
+    print("|---|---:|---:|---:|---:|---|")
+    for threads in [int(t) for t in a.threads.split(",")]:
+        torch.set_num_threads(threads)
+        for name in a.models.split(","):
+            for size in [int(s) for s in a.sizes.split(",")]:
+                ref, edg, median = compare(name, size, a.batch_size, a.steps, a.rounds, device, amp_dtype, fmt)
+                print(f"| {name} | {size} | {threads} | {ref:.1f} | {edg:.1f} | {edg / ref * 100:.0f}%; "
+                      f"{median * 100:.0f}% |", flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
 def main(argv=None):
     import timm
 
@@ -122,6 +165,10 @@ def main(argv=None):
     p.add_argument("--workers", default="0,1,2")
     p.add_argument("--loader-images", type=int, default=256)
     p.add_argument("--json", type=Path)
+    p.add_argument("--table", action="store_true", help="every --models x --sizes x --threads, one row each")
+    p.add_argument("--models", default="tf_efficientnet_lite0,resnet18")
+    p.add_argument("--sizes", default="64,128,160,224")
+    p.add_argument("--threads", default="1,2")
     a = p.parse_args(argv)
 
     device = torch.device("cuda" if (a.device == "auto" and torch.cuda.is_available()) else
@@ -129,6 +176,8 @@ def main(argv=None):
     cuda = device.type == "cuda"
     amp_dtype = None if (a.no_amp or not cuda) else (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
     fmt = torch.channels_last if cuda else torch.contiguous_format
+    if a.table:
+        return table(a, device, amp_dtype, fmt)
     torch.manual_seed(0)
     base = timm.create_model(a.model, num_classes=10).to(device, memory_format=fmt)
     batches = synthetic_batches(a.steps, a.batch_size, a.img_size, 10, device, fmt)
