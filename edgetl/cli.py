@@ -229,6 +229,9 @@ def finetune(
     backbone_lr_scale: Optional[float] = typer.Option(None, help="backbone lr = lr x this [default: 0.1]"),
     linear_lr_scale: Optional[float] = typer.Option(None, help="head-only phases (--strategy linear, lp-ft's "
                                                    "probe) train at lr x this [default: 10]"),
+    linear_augment: Optional[bool] = typer.Option(None, "--linear-augment/--no-linear-augment",
+                                                  help="augment in head-only phases too [default: off: they see "
+                                                  "the images as evaluation does]"),
     layer_decay: Optional[float] = typer.Option(None, help="timm layer-wise lr decay instead of one backbone scale"),
     weight_decay: Optional[float] = typer.Option(None, help="[default: 0.05]"),
     warmup_epochs: Optional[float] = typer.Option(None, help="[default: 1]"),

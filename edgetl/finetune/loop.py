@@ -115,7 +115,8 @@ def train(cfg: FinetuneSettings, run: RunDir, train_items: ImageList, val_items:
 
     # A training image that passed the up-front check (header only, or changed since) and fails to decode is
     # skipped and listed in RUN/bad_images.json (by rank 0: one writer); val images were decoded in full by the check.
-    train_ds = ImageDataset(train_items, train_transform(card, cfg.augment, seed=cfg.seed), skip_bad=True)
+    augmented = train_transform(card, cfg.augment, seed=cfg.seed)
+    train_ds = ImageDataset(train_items, augmented, skip_bad=True)
     skipped = SkippedImages(run.bad_images, events.warning) if world.is_main else None
     train_ds.check_output_size(card)
     val_ds = ImageDataset(val_items, eval_transform(card))
@@ -169,6 +170,10 @@ def train(cfg: FinetuneSettings, run: RunDir, train_items: ImageList, val_items:
             train_model = wrapped()
             events.message(f"phase {phase.name}: {freeze['trainable']:,} trainable parameters at "
                            f"{cfg.lr * phase.lr_scale:g}")
+        # A head alone on frozen features cannot learn invariance to the augmentation, only its noise: head-only
+        # phases see the images as evaluation (and the probe baseline) does, unless linear_augment.
+        train_ds.transform = (eval_transform(card) if phase.strategy == "linear" and not cfg.linear_augment
+                              else augmented)
         loader = _train_loader(train_ds, cfg, batch, epoch, world, device,
                                on_skip=None if skipped is None else
                                (lambda bad, epoch=epoch: skipped.add(bad, "training", epoch + 1)))

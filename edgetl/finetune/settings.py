@@ -37,6 +37,8 @@ class FinetuneSettings(Settings):
     # (ImageNet Lite0 on 10 digits a class, docs/BENCHMARKS.md "Transfer from ImageNet").
     linear_lr_scale: float = Field(default=10.0, gt=0, description="rate of the phases that train the head alone "
                                    "(strategy linear, lp-ft's probe), x lr")
+    linear_augment: bool = Field(default=False, description="augment in the phases that train the head alone (off: "
+                                 "they see the images as evaluation does)")
     layer_decay: float | None = Field(default=None, gt=0, le=1)
     weight_decay: float = Field(default=0.05, ge=0)
     warmup_epochs: float = Field(default=1.0, ge=0)
