@@ -31,6 +31,10 @@ def render_finetune(run: str | Path, result, console: Console | None = None) -> 
 
     data = result.model_dump(mode="json")
     processes = f", trained by {data['world_size']} processes" if data.get("world_size", 1) > 1 else ""
-    print_metrics(data, title=f"{data.get('scored_on', 'val')} split, best epoch {data['best_epoch']} of "
-                              f"{data['epochs_run']} (chosen on {data.get('chosen_on', 'val')})")
+    print_metrics(data, title=f"best epoch {data['best_epoch']} of {data['epochs_run']}")
+    scored_on, chosen_on = data.get("scored_on", "val"), data.get("chosen_on", "val")
+    (console or default_console).print(
+        f"scored on the {scored_on} split; the epoch was chosen on {chosen_on}"
+        + (" (the same images: optimistic; a DATA/test folder is scored once)" if scored_on == chosen_on else ""),
+        markup=False, soft_wrap=True, highlight=False)
     (console or default_console).print(f"run: {run}{processes}", markup=False, soft_wrap=True, highlight=False)
