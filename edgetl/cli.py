@@ -228,7 +228,7 @@ def finetune(
                                        "the process count) [default: 1e-3]"),
     backbone_lr_scale: Optional[float] = typer.Option(None, help="backbone lr = lr x this [default: 0.1]"),
     linear_lr_scale: Optional[float] = typer.Option(None, help="head-only phases (--strategy linear, lp-ft's "
-                                                   "probe) train at lr x this [default: 10]"),
+                                                   "probe) train at lr x this [default: 30]"),
     linear_augment: Optional[bool] = typer.Option(None, "--linear-augment/--no-linear-augment",
                                                   help="augment in head-only phases too [default: off: they see "
                                                   "the images as evaluation does]"),
