@@ -232,3 +232,40 @@ def test_imagenet_lite0_beats_scratch_on_few_digits_and_scores_test_once(tmp_pat
     assert FinetuneSettings(data="d", weights="w.pth").pretrained is False and FinetuneSettings(data="d").pretrained
     rows = list(csv.DictReader(run.train_log.open()))
     assert float(rows[-1]["backbone_lr"]) == pytest.approx(float(rows[-1]["lr"]) * 0.1)
+
+
+@pytest.mark.parametrize("overwrite,twin_epochs_done", [(False, 1), (True, 0)], ids=["new-run-twin-epoch-1", "overwrite-twin-epoch-0"])
+def test_stopping_the_twin_keeps_the_finished_run(digits, tmp_path, overwrite, twin_epochs_done):
+    """Issue 24: Ctrl-C during the from-scratch twin once removed the whole finished run (it has no checkpoint
+    any more). It must keep it, say so, and --resume must finish the twin (and, with --overwrite, publish)."""
+    from edgetl.errors import Interrupted
+    from edgetl.rundir import pending_dir
+
+    run = RunDir(tmp_path / "r")
+    cfg = tiny_config(digits["target"], model=MODEL, weights=str(_source(tmp_path / "s.safetensors")), epochs=2,
+                      baseline="scratch")
+    if overwrite:
+        finetune(run, cfg.model_copy(update={"baseline": None, "epochs": 1}))
+    before = (run.path / "metrics.json").read_bytes() if overwrite else None
+    epochs = []
+
+    def stop(row):  # the run's 2 epochs, then the twin's first
+        epochs.append(row["epoch"])
+        if len(epochs) == 3:
+            raise KeyboardInterrupt
+
+    events = Recorder(stop)
+    if not twin_epochs_done:  # stop while the twin prepares, before its first epoch
+        events.message = lambda text: (_ for _ in ()).throw(KeyboardInterrupt) if text.startswith("baseline:") else None
+    with pytest.raises(Interrupted, match="during the from-scratch baseline") as stopped:
+        finetune(run, cfg, events, overwrite=overwrite)
+    work = RunDir(pending_dir(run.path)) if overwrite else run
+    assert str(work.path) in stopped.value.message and "--resume" in stopped.value.message
+    assert work.weights.exists() and work.metrics.exists() and (work.path / "curves.png").exists()
+    assert (RunDir(work.baseline_scratch).checkpoint.exists()) == bool(twin_epochs_done)
+    if overwrite:
+        assert (run.path / "metrics.json").read_bytes() == before  # the previous run is untouched until the swap
+    result = finetune(run, cfg, resume=True)
+    assert result.baseline is not None and result.baseline.kind == "scratch"
+    assert json.loads((run.path / "metrics.json").read_text())["epochs_run"] == 2
+    assert not pending_dir(run.path).exists() and sorted(p.name for p in tmp_path.iterdir()) == ["r", "s.safetensors"]

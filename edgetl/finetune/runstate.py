@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from edgetl import __version__
 from edgetl.errors import RunDirError
@@ -45,9 +46,26 @@ def fresh_dir(target: RunDir, data: str, overwrite: bool) -> RunDir:
 
 
 def resume_dir(target: RunDir) -> RunDir:
-    """An interrupted overwrite left its checkpoint in the pending sibling: that is the run to continue."""
+    """An interrupted overwrite left its checkpoint (or its finished run, waiting for its twin) in the pending
+    sibling: that is the run to continue."""
     pending = RunDir(pending_dir(target.path))
-    return pending if pending.checkpoint.exists() else target
+    return pending if pending.checkpoint.exists() or twin_pending(pending) else target
+
+
+def twin_pending(run: RunDir) -> bool:
+    """The run finished (metrics.json, no checkpoint) but its from-scratch twin did not: the twin was stopped,
+    before or after its own first epoch. metrics.json gets its baseline entry only once the twin finished."""
+    if run.checkpoint.exists() or not run.metrics.exists() or not run.config.exists():
+        return False
+    import json
+
+    try:
+        settings = yaml.safe_load(run.config.read_text(encoding="utf-8"))
+        metrics = json.loads(run.metrics.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):
+        return False
+    return (isinstance(settings, dict) and settings.get("baseline") == "scratch" and isinstance(metrics, dict)
+            and metrics.get("baseline") is None)
 
 
 def publish(run: RunDir, target: RunDir) -> None:
@@ -59,9 +77,12 @@ def publish(run: RunDir, target: RunDir) -> None:
 def interrupted_note(cfg: FinetuneSettings, run: RunDir, target: RunDir, processes: int) -> str:
     """What an interrupted finetune kept, in one line."""
     previous = f"; {target.path} still holds the previous run" if run.path != target.path else ""
+    how = (f"edgetl finetune {cfg.data} --out {target.path} --resume" if processes == 1 else
+           f"torchrun --nproc_per_node {processes} -m edgetl finetune {cfg.data} --out {target.path} --resume")
+    if twin_pending(run):
+        return (f"finetune stopped during the from-scratch baseline; the finished run is kept in {run.path}"
+                f"{previous}; continue the baseline with: {how}")
     if run.checkpoint.exists():
-        how = (f"edgetl finetune {cfg.data} --out {target.path} --resume" if processes == 1 else
-               f"torchrun --nproc_per_node {processes} -m edgetl finetune {cfg.data} --out {target.path} --resume")
         return (f"finetune stopped; the checkpoint of its last finished epoch is kept in {run.path}{previous}; "
                 f"continue with: {how}")
     return f"finetune stopped before its first epoch finished: no new run was kept{previous}"

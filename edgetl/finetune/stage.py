@@ -16,7 +16,7 @@ from edgetl.errors import EdgetlError, Interrupted, RunDirError
 from edgetl.finetune.distributed import PeerLost, World, is_collective_failure
 from edgetl.finetune.loop import Trained, resume_state, train
 from edgetl.finetune.result import BaselineComparison, FinetuneResult, PhaseSpan
-from edgetl.finetune.runstate import fresh_dir, interrupted_note, log_state, publish, resume_dir
+from edgetl.finetune.runstate import fresh_dir, interrupted_note, log_state, publish, resume_dir, twin_pending
 from edgetl.finetune.settings import (FinetuneSettings, baseline_settings, check_plan, config_yaml, per_process_batch,
                                       read_config)
 from edgetl.io import write_text
@@ -70,9 +70,11 @@ def finetune(run: str | os.PathLike, cfg: FinetuneSettings, events: Events = SIL
             elif cfg.baseline == "probe" and world.is_main and not plan.twin_only:
                 _run_probe(work, cfg, train_items, val_items, device, events)
         except BaseException as e:
-            # A run that never finished an epoch has nothing worth keeping; later failures keep the
-            # last consistent checkpoint so resume can continue.
-            if world.is_main and plan.created and not work.checkpoint.exists() and work.path.exists():
+            # A run that never finished an epoch has nothing worth keeping; later failures keep the last
+            # consistent checkpoint so resume can continue. A run with metrics.json has finished (its checkpoint
+            # is gone by design): a failure in its from-scratch twin must never remove it.
+            if (world.is_main and plan.created and not work.checkpoint.exists() and not work.metrics.exists()
+                    and work.path.exists()):
                 shutil.rmtree(work.path, ignore_errors=True)
             note = interrupted_note(cfg, work, target, world.size)
             if isinstance(e, KeyboardInterrupt) and not isinstance(e, Interrupted):
@@ -100,7 +102,7 @@ def _prepare(target: RunDir, cfg: FinetuneSettings, resume: bool, overwrite: boo
     state = None
     if resume:
         work = resume_dir(target)
-        if not work.checkpoint.exists() and work.metrics.exists() and RunDir(work.baseline_scratch).checkpoint.exists():
+        if twin_pending(work):
             cfg = _where(read_config(work.config.read_text(encoding="utf-8")), cfg)
             train_items, val_items = read_splits(work.splits)
             return _Plan(str(work.path), train_items.to_dict(), val_items.to_dict(), cfg, None, False, True)
