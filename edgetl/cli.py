@@ -18,6 +18,7 @@ from edgetl.choices import BuildTarget, EnginePrecision, TritonKind
 from edgetl.choices import CheckMode
 from edgetl.choices import DeployBackend, DeployDevice
 from edgetl.presentation.console import console, err_console
+from edgetl.rundir import lock_run  # light: names and the run lock only
 
 # rich_markup_mode None: help text is printed as written, so "[default: X]" and "<stage>" are not eaten as markup
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, rich_markup_mode=None,
@@ -379,7 +380,7 @@ def export_cmd(
     overrides = {"opset": opset, "static_batch": static_batch, "fuse_preprocess": fuse_preprocess,
                  "tolerance": tolerance, "simplify": simplify, "parity_images": parity_images}
     cfg = load_settings(ExportSettings, config, overrides)
-    with RichEvents() as events:
+    with lock_run(run, "export"), RichEvents() as events:
         result = export(run, cfg, events)
     render_export(result)
 
@@ -421,7 +422,7 @@ def quantize(
     overrides = {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if k not in ("run", "config")}
     cfg = load_settings(QuantizeSettings, config, overrides)
     try:
-        with RichEvents() as events:
+        with lock_run(run, "quantize"), RichEvents() as events:
             result = run_quantize(run, cfg, events)
     except QuantizeBudgetMissed as e:  # written and recorded: show the table, then main() gives exit code 3
         render_quantize(e.result)
@@ -466,7 +467,7 @@ def build_cmd(
     from edgetl.stage import load_settings
 
     cfg = load_settings(BuildSettings, config, _overrides(given, "run"))
-    with RichEvents() as events:
+    with lock_run(run, "build"), RichEvents() as events:
         result = build(run, cfg, events)
     render_build(result)
 
@@ -502,7 +503,7 @@ def bench_cmd(
                  "batch_sizes": batch_sizes, "iterations": iterations, "duration": duration, "warmup": warmup,
                  "device": device, "threads": threads, "limit": limit, "cuda_graph": cuda_graph}
     cfg = load_settings(BenchSettings, config, overrides)
-    with RichEvents() as events:
+    with lock_run(run, "bench"), RichEvents() as events:
         result = bench(run, cfg, events)
     render_bench(result)
     console.print(f"wrote {_bench_files(run)}", markup=False)
@@ -539,7 +540,7 @@ def bundle_cmd(
     from edgetl.stage import load_settings
 
     cfg = load_settings(BundleSettings, config, _overrides(given, "run"))
-    with RichEvents() as events:
+    with lock_run(run, "bundle"), RichEvents() as events:
         result = bundle(run, cfg, events)
     render_bundle(result)
 
@@ -628,7 +629,7 @@ def triton_cmd(
     from edgetl.triton import TritonSettings, triton
 
     cfg = load_settings(TritonSettings, config, _overrides(given, "run"))
-    with RichEvents() as events:
+    with lock_run(run, "triton"), RichEvents() as events:
         result = triton(run, cfg, events)
     render_triton(result)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 from edgetl.errors import RunDirError
 
@@ -135,6 +137,11 @@ class RunDir:
         """RUN/settings/<stage>.yaml: each stage's resolved settings (finetune's stay in config.yaml)."""
         return self.path / "settings"
 
+    @property
+    def lock(self) -> Path:
+        """Held (flock) by the edgetl command that writes this run, removed when it ends: see lock_run."""
+        return self.path / ".edgetl.lock"
+
     def settings_file(self, stage: str) -> Path:
         return self.settings_dir / f"{stage}.yaml"
 
@@ -247,3 +254,75 @@ def replace_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
         os.replace(old, target)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+# --- one writer per run -----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def lock_run(path: str | os.PathLike, command: str, create: bool = False) -> Iterator[None]:
+    """Hold RUN/.edgetl.lock (an exclusive flock) while `command` writes the run, so two edgetl commands that
+    write one run (two `finetune --overwrite`, two `quantize`, `export` during `quantize`) never interleave: the
+    second is refused at once, naming the holder. The kernel drops the lock when the holder dies, however it
+    dies; the file itself is removed on the way out. A run folder that does not exist is left to the stage to
+    refuse, or with `create` (finetune) created and, if nothing else was written into it, removed again. Where
+    flock does not exist (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    run = RunDir(path)
+    created = not run.path.exists()
+    if not run.path.is_dir() and not create:
+        yield
+        return
+    try:
+        run.path.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(run.lock, command, fcntl)
+    except OSError as e:
+        raise RunDirError(f"{run.path}: cannot lock the run folder ({e.strerror or e})",
+                          "check that the folder is writable and the disk not full") from None
+    try:
+        yield
+    finally:
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(run.lock)):  # a swap (finetune --overwrite) may have moved it
+                os.unlink(run.lock)  # unlinked while still held: a waiter on this file sees it gone and retries
+        except OSError:
+            pass
+        os.close(fd)
+        if created:
+            try:
+                run.path.rmdir()  # only if empty: a refused or failed first run leaves no folder behind
+            except OSError:
+                pass
+
+
+def _acquire(lock: Path, command: str, fcntl) -> int:
+    import socket
+
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.read(fd, 300).decode("utf-8", "replace").strip() or "another process"
+            finally:
+                os.close(fd)
+            raise RunDirError(f"{lock.parent}: {holder} is writing this run now, so {command} will not",
+                              f"wait for it to finish (or stop it), then run again; {lock.name} is removed when "
+                              "it ends") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed this file as we opened it: lock the new one
+    holder = f"edgetl {command} (pid {os.getpid()} on {socket.gethostname()})"
+    os.ftruncate(fd, 0)
+    os.write(fd, holder.encode())
+    return fd

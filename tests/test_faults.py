@@ -236,3 +236,41 @@ def test_overwrite_refuses_a_run_holding_other_files(trained_run, digits, tmp_pa
     with pytest.raises(RunDirError, match=r"edgetl did not write \(notes.md\)"):
         finetune(out, tiny_config(digits["source"]), overwrite=True)
     assert tree_digest(out) == before
+
+
+# --- issue 24: one writer per run (RUN/.edgetl.lock) ------------------------------------------------------
+@pytest.mark.parametrize("args", [["finetune", "{data}", "--out", "{run}", "--overwrite", "--model", "test_resnet",
+                                   "--img-size", "32", "--workers", "0", "--no-pretrained", "--device", "cpu",
+                                   "--epochs", "1"],
+                                  ["export", "{run}"], ["quantize", "{run}"], ["triton", "{run}"]],
+                         ids=["finetune-overwrite", "export", "quantize", "triton"])
+def test_a_second_writer_of_a_run_is_refused_naming_the_first(args, places, digests, capsys):
+    """flock locks one open file, so a lock this process holds refuses the command as another process's would."""
+    from edgetl.rundir import RunDir, lock_run, pending_dir
+
+    with lock_run(places["run"], "quantize"):
+        with pytest.raises(SystemExit) as exit_:
+            main(_fill(args, places))
+        assert RunDir(places["run"]).lock.exists()
+    captured = capsys.readouterr()
+    _check(exit_.value.code, captured.out, captured.err, 1, "edgetl quantize (pid", places, digests)
+    assert f"pid {os.getpid()} on" in captured.err and "is writing this run now" in captured.err
+    assert not RunDir(places["run"]).lock.exists()  # removed when the holder ended
+    assert not pending_dir(places["run"]).exists()
+
+
+def test_the_lock_follows_a_run_swapped_in_by_overwrite(tmp_path):
+    """A lock file left in the old folder by the swap is not the new run's: the next writer locks afresh, and
+    the old holder's exit removes nothing of the new holder's."""
+    from edgetl.rundir import RunDir, lock_run, replace_dir
+
+    run, new = tmp_path / "run", tmp_path / "new"
+    run.mkdir(), new.mkdir()
+    with lock_run(run, "finetune"):
+        replace_dir(new, run)
+        with lock_run(run, "export"):
+            pass  # not refused: the lock held is the old folder's
+        with lock_run(run, "export"):
+            inner = RunDir(run).lock.read_text()
+    assert inner.startswith("edgetl export") and not RunDir(run).lock.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

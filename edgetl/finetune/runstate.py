@@ -31,7 +31,7 @@ def fresh_dir(target: RunDir, data: str, overwrite: bool) -> RunDir:
     """The folder a new run trains in: `target` itself when it is new or empty; with `overwrite`, a pending
     sibling that replaces `target` once the run has finished (a failed or interrupted run deletes nothing)."""
     check_out_and_data(target.path, data)
-    if not (target.path.exists() and any(target.path.iterdir())):
+    if not (target.path.exists() and any(p != target.lock for p in target.path.iterdir())):  # our own lock: empty
         return target
     if not overwrite:
         raise RunDirError(f"{target.path}: exists and is not empty",

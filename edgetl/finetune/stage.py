@@ -3,6 +3,7 @@ torchrun), score the best weights as `edgetl eval` does, and with baseline scrat
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from edgetl.finetune.runstate import fresh_dir, interrupted_note, log_state, pub
 from edgetl.finetune.settings import (FinetuneSettings, baseline_settings, check_plan, config_yaml, per_process_batch,
                                       read_config)
 from edgetl.io import write_text
-from edgetl.rundir import RunDir
+from edgetl.rundir import RunDir, check_out_and_data, lock_run
 from edgetl.stage import SILENT, Events
 
 # Where the run trains, which the resuming command decides (not the checkpoint): the hardware may have changed.
@@ -56,8 +57,10 @@ def finetune(run: str | os.PathLike, cfg: FinetuneSettings, events: Events = SIL
     events = events if world.is_main else SILENT
     target = RunDir(run)
     device = world.device(cfg.device)
-    with world.group(device, cfg.dist_backend, cfg.dist_timeout):
-        plan = world.agree(lambda: _prepare(target, cfg, resume, overwrite, device, world, events), main_only=True)
+    # `held`: rank 0's lock on the run folder (rundir.lock_run), from before it is checked until after the swap.
+    with contextlib.ExitStack() as held, world.group(device, cfg.dist_backend, cfg.dist_timeout):
+        plan = world.agree(lambda: _prepare(target, cfg, resume, overwrite, device, world, events, held),
+                           main_only=True)
         cfg, work = plan.cfg, RunDir(plan.work)
         train_items, val_items = ImageList.from_dict(plan.train), ImageList.from_dict(plan.val)
         try:
@@ -83,9 +86,9 @@ def finetune(run: str | os.PathLike, cfg: FinetuneSettings, events: Events = SIL
                 lost = e if isinstance(e, PeerLost) else world.lost(e)
                 raise PeerLost(f"{lost.message}; {note}") from None
             raise
-    if not world.is_main:
-        return None
-    publish(work, target)
+        if not world.is_main:
+            return None
+        publish(work, target)
     return FinetuneResult.read(target.metrics)
 
 
@@ -96,10 +99,15 @@ def check_devices(cfg: FinetuneSettings, device: torch.device, world: World) -> 
 
 
 def _prepare(target: RunDir, cfg: FinetuneSettings, resume: bool, overwrite: bool, device: torch.device,
-             world: World, events: Events) -> _Plan:
-    """Rank 0: choose the folder, read (or re-read) the splits and the resume state; write config.yaml and
-    splits.json. Everything that can refuse the run refuses it here, before a process trains."""
+             world: World, events: Events, held: contextlib.ExitStack) -> _Plan:
+    """Rank 0: lock the run folder (into `held`), choose the folder, read (or re-read) the splits and the resume
+    state; write config.yaml and splits.json. Everything that can refuse the run refuses it here, before a process
+    trains."""
     state = None
+    new = not target.path.exists()
+    if not (resume and new):  # resuming a folder that does not exist fails below, creating nothing
+        check_out_and_data(target.path, cfg.data)
+        held.enter_context(lock_run(target.path, "finetune", create=True))
     if resume:
         work = resume_dir(target)
         if twin_pending(work):
@@ -135,7 +143,7 @@ def _prepare(target: RunDir, cfg: FinetuneSettings, resume: bool, overwrite: boo
         if bad:
             events.message(f"skipped {len(bad)} unreadable image(s): " + "; ".join(f"{p} ({r})" for p, r in bad[:10])
                            + (" ..." if len(bad) > 10 else ""))
-    created = not work.path.exists()
+    created = new if work.path == target.path else not work.path.exists()
     work.path.mkdir(parents=True, exist_ok=True)
     write_text(work.config, config_yaml(cfg, str(target.path), world.size))
     if state is None:
