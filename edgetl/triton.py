@@ -24,7 +24,7 @@ from pydantic import Field
 from edgetl import __version__
 from edgetl.choices import EnginePrecisionName, TritonKindName
 from edgetl.errors import DeployError, RunDirError
-from edgetl.io import write_text
+from edgetl.io import atomic_path, write_text
 from edgetl.rundir import RunDir
 from edgetl.stage import SILENT, Events, Result, Settings, record_settings
 
@@ -89,20 +89,52 @@ def triton(run_path: str | os.PathLike, cfg: TritonSettings, events: Events = SI
             raise DeployError(f"{plan}: built for batches up to {engine_max}, max_batch is {max_batch}",
                               f"set max_batch {engine_max} or rebuild the engine for a larger batch")
 
-    models: dict[str, str] = {}
     model = base if precision == "fp32" else f"{base}_{precision}"
+    trt_models = [(plan, f"{model}_trt_{_model_name(plan.parent.name)}") for plan in plans]
+    for name in [model, *(n for _, n in trt_models)]:  # before anything is written
+        _check_ours(path / name)
+
+    models: dict[str, str] = {}
     events.status(f"writing {model}")
     _write_model(path / model, model, "onnxruntime", onnx_path, "model.onnx", io_info, card, max_batch,
                  KINDS[kind], queue_delay_us, source=onnx_path.name)
     models[model] = "onnxruntime"
-    for plan in plans:
-        trt_model = f"{model}_trt_{_model_name(plan.parent.name)}"
+    for plan, trt_model in trt_models:
         events.status(f"writing {trt_model}")
         _write_model(path / trt_model, trt_model, "tensorrt", plan, "model.plan", io_info, card, max_batch,
                      "KIND_GPU", queue_delay_us, source=f"{plan.parent.name}/{plan.name}")
         models[trt_model] = "tensorrt"
     record_settings(run.path, "triton", cfg)
     return TritonResult(path=path, models=models)
+
+
+# What edgetl writes in a model folder (the model file through io.atomic_path, whose temporaries are hidden).
+_OURS = {"config.pbtxt", "labels.txt"}
+_OURS_IN_VERSION = {"model.onnx", "model.plan"}
+
+
+def _check_ours(folder: Path) -> None:
+    """Refresh only a model folder edgetl wrote: its config.pbtxt carries edgetl's first line and it holds
+    nothing else but edgetl's files. A user's hand-written model is never replaced."""
+    if not folder.exists():
+        return
+    hint = "give another out or name, or move the folder away first"
+    if not folder.is_dir():
+        raise DeployError(f"{folder}: is a file where the Triton model folder goes", hint)
+    config = folder / "config.pbtxt"
+    try:
+        with config.open("rb") as f:
+            ours = f.readline(200).startswith(b"# Triton Inference Server model configuration, written by edgetl ")
+    except OSError:
+        ours = False
+    version = folder / "1"
+    entries = [p.name for p in folder.iterdir() if not p.name.startswith(".")] + \
+        [f"1/{p.name}" for p in (version.iterdir() if version.is_dir() else []) if not p.name.startswith(".")]
+    # Without edgetl's config.pbtxt (Triton can complete a config itself) any file there may be the user's.
+    others = [e for e in entries if e != "1" and not (ours and (e in _OURS or e.removeprefix("1/") in _OURS_IN_VERSION))]
+    if others:
+        why = "holds files edgetl did not write" if ours else "has no config.pbtxt written by edgetl and holds"
+        raise DeployError(f"{folder}: {why} ({', '.join(sorted(others)[:3])}), so triton will not replace it", hint)
 
 
 def _model_name(text: str) -> str:
@@ -169,9 +201,8 @@ def _write_model(folder: Path, name: str, backend: str, model_file: Path, filena
     text = render_config(name, backend, io_info, card, max_batch, instance_kind, queue_delay_us, filename, source)
     version = folder / "1"
     version.mkdir(parents=True, exist_ok=True)
-    tmp = version / f".{filename}.tmp"
-    shutil.copyfile(model_file, tmp)
-    os.replace(tmp, version / filename)
+    with atomic_path(version / filename) as tmp:  # a full disk leaves no truncated model behind
+        shutil.copyfile(model_file, tmp)
     write_text(folder / "labels.txt", "\n".join(card.class_names) + "\n")
     write_text(folder / "config.pbtxt", text)  # last: a folder with a config is complete
 

@@ -274,3 +274,33 @@ def test_the_lock_follows_a_run_swapped_in_by_overwrite(tmp_path):
             inner = RunDir(run).lock.read_text()
     assert inner.startswith("edgetl export") and not RunDir(run).lock.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+# --- issue 24: triton replaces only model folders it wrote ------------------------------------------------
+@pytest.mark.parametrize("mine", [{"config.pbtxt": "name: \"mine\"\n"},
+                                  {"1/model.onnx": "my model"},
+                                  {"config.pbtxt": None, "notes.txt": "mine"}],
+                         ids=["user-config", "user-model-no-config", "edgetl-config-plus-user-file"])
+def test_triton_refuses_a_model_folder_it_did_not_write(mine, places, digests, tmp_path, capsys):
+    repo = tmp_path / "repo"
+    with pytest.raises(SystemExit) as first:
+        main(["triton", str(places["run"]), "--out", str(repo), "--name", "m"])
+    assert first.value.code == 0
+    with pytest.raises(SystemExit) as again:  # a repository edgetl wrote is refreshed
+        main(["triton", str(places["run"]), "--out", str(repo), "--name", "m"])
+    assert again.value.code == 0
+    folder = repo / "m"
+    if mine.get("config.pbtxt") or "1/model.onnx" in mine:  # a folder of the user's own
+        shutil.rmtree(folder)
+        folder.mkdir()
+    for name, text in mine.items():
+        if text is not None:
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+    capsys.readouterr()
+    before = tree_digest(repo)
+    with pytest.raises(SystemExit) as exit_:
+        main(["triton", str(places["run"]), "--out", str(repo), "--name", "m"])
+    captured = capsys.readouterr()
+    _check(exit_.value.code, captured.out, captured.err, 1, "so triton will not replace it", places, {})
+    assert str(folder) in captured.err and tree_digest(repo) == before
