@@ -304,3 +304,51 @@ def test_triton_refuses_a_model_folder_it_did_not_write(mine, places, digests, t
     captured = capsys.readouterr()
     _check(exit_.value.code, captured.out, captured.err, 1, "so triton will not replace it", places, {})
     assert str(folder) in captured.err and tree_digest(repo) == before
+
+
+# --- issue 24: a diverged run stops at once, keeping its last good epoch ------------------------------------
+FT = ["--model", "test_resnet", "--img-size", "32", "--workers", "0", "--no-pretrained", "--device", "cpu",
+      "--batch-size", "16"]
+
+
+def test_lr_inf_is_refused_by_the_settings(places, digests, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(_fill(["finetune", "{data}", "--out", "{new}", *FT, "--lr", "inf"], places))
+    captured = capsys.readouterr()
+    _check(exit_.value.code, captured.out, captured.err, 1, "setting 'lr'", places, digests)
+
+
+def test_a_diverging_run_stops_in_its_first_epoch_and_keeps_nothing(places, digests, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(_fill(["finetune", "{data}", "--out", "{new}", *FT, "--epochs", "3", "--lr", "1e8", "--check", "none"],
+                   places))
+    captured = capsys.readouterr()
+    _check(exit_.value.code, captured.out, captured.err, 1, "training diverged at epoch 1", places, digests)
+    assert "nothing is kept" in captured.err and "try 1e+07" in captured.err
+
+
+def test_a_run_diverging_later_keeps_its_last_good_checkpoint(places, digests, tmp_path, monkeypatch, capsys):
+    """The loss turns nan in epoch 2 (injected): the run stops there, with epoch 1's checkpoint and weights."""
+    import math
+
+    import edgetl.finetune.loop as loop
+
+    real, calls = loop.train_one_epoch, []
+
+    def diverging(*args, **kwargs):
+        stats = real(*args, **kwargs)
+        calls.append(1)
+        return {**stats, "loss": math.nan, "first_nonfinite_step": 2} if len(calls) == 2 else stats
+
+    monkeypatch.setattr(loop, "train_one_epoch", diverging)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_:
+        main(_fill(["finetune", "{data}", "--out", str(out), *FT, "--epochs", "3", "--check", "none"], places))
+    captured = capsys.readouterr()
+    _check(exit_.value.code, captured.out, captured.err, 1, "training diverged at epoch 2, step 3", places, digests)
+    assert f"{out} keeps epoch 1's checkpoint" in captured.err
+    import torch
+
+    state = torch.load(out / "last_checkpoint.pt", map_location="cpu", weights_only=True)
+    assert state["epoch"] == 0 and (out / "model.safetensors").exists() and not (out / "metrics.json").exists()
+    assert (out / "train_log.csv").read_text().count("\n") == 2  # the header and epoch 1

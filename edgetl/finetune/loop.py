@@ -189,6 +189,7 @@ def train(cfg: FinetuneSettings, run: RunDir, train_items: ImageList, val_items:
         world.sync_buffers(model)
         val_loss, val_top1 = _validate(model, val_ds, batch * 2, cfg.workers, device, amp_dtype, memory_format,
                                        cfg.label_smoothing, world)
+        _check_finite(stats, val_loss, epoch, cfg, run, world)  # before this epoch's weights overwrite anything
         row = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_top1": stats["top1"],
                "val_loss": val_loss, "val_top1": val_top1, **_rates(model, optimizer),
                "epoch_seconds": stats["seconds"], "images_per_second": stats["images_per_second"], "phase": phase.name}
@@ -218,6 +219,28 @@ def _rates(model: nn.Module, optimizer) -> dict[str, float | None]:
     lr = [g["lr"] for g in optimizer.param_groups if any(id(p) in head for p in g["params"])]
     body = [g["lr"] for g in optimizer.param_groups if not all(id(p) in head for p in g["params"])]
     return {"lr": max(lr) if lr else optimizer.param_groups[0]["lr"], "backbone_lr": min(body) if body else None}
+
+
+def _check_finite(stats: dict[str, Any], val_loss: float, epoch: int, cfg: FinetuneSettings, run: RunDir,
+                  world: World) -> None:
+    """A diverged run (loss nan or inf) stops here, keeping the weights and checkpoint of its last good epoch. The
+    losses are sums over every process, so every process stops at the same epoch; only rank 0 says why."""
+    if math.isfinite(stats["loss"]) and math.isfinite(val_loss):
+        return
+    from edgetl.errors import EdgetlError
+    from edgetl.finetune.distributed import StoppedByPeer
+
+    if not world.is_main:
+        raise StoppedByPeer("training diverged")
+    step = stats.get("first_nonfinite_step", -1)
+    where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step >= 0 else "")
+    what = (f"the training loss became {stats['loss']}" if not math.isfinite(stats["loss"])
+            else f"the validation loss became {val_loss}")
+    kept = (f"{run.path} keeps epoch {epoch}'s checkpoint and its best weights" if epoch else
+            "no epoch finished, so nothing is kept")
+    raise EdgetlError(f"training diverged at {where}: {what}; {kept}",
+                      f"lower lr (now {cfg.lr:g}, try {cfg.lr / 10:g}) or warmup_epochs, and start again "
+                      "(--overwrite; --resume keeps the recorded lr)")
 
 
 def resume_state(run: RunDir) -> dict[str, Any]:
@@ -282,6 +305,7 @@ def train_one_epoch(model, batches, optimizer, criterion, device, amp_dtype=None
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)  # the first step whose loss was nan/inf
     seen = 0
     for i, (x, y) in enumerate(batches):
         if used is not None and i >= used:
@@ -308,6 +332,7 @@ def train_one_epoch(model, batches, optimizer, criterion, device, amp_dtype=None
                 optimizer.step()
         # Accumulate on the device: a .item() per step would force a GPU sync every iteration.
         loss_sum += loss.detach() * len(y)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), i // group, first_bad)  # no sync
         correct += (out.detach().argmax(1) == y).sum()
         seen += len(y)
         if last and on_step is not None:
@@ -315,7 +340,8 @@ def train_one_epoch(model, batches, optimizer, criterion, device, amp_dtype=None
     loss_total, correct_total = loss_sum.item(), correct.item()  # one sync, at the end
     seconds = time.perf_counter() - t0
     return {"loss": loss_total / max(seen, 1), "top1": correct_total / max(seen, 1), "images": seen,
-            "seconds": seconds, "images_per_second": seen / seconds if seconds else 0.0}
+            "seconds": seconds, "images_per_second": seen / seconds if seconds else 0.0,
+            "first_nonfinite_step": int(first_bad.item())}
 
 
 def _sum_stats(stats: dict[str, float], world: World, device: torch.device) -> dict[str, float]:

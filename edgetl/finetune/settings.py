@@ -30,7 +30,8 @@ class FinetuneSettings(Settings):
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=32, ge=1, description="the global batch: images per optimizer step, over every "
                             "process and accumulation micro-step")
-    lr: float = Field(default=1e-3, gt=0, description="for the global batch; never scaled with the process count")
+    lr: float = Field(default=1e-3, gt=0, allow_inf_nan=False,
+                      description="for the global batch; never scaled with the process count")
     backbone_lr_scale: float = Field(default=0.1, ge=0)
     # A lone linear head on frozen features is a convex problem that takes a high rate, and it starts at zero: at
     # lr 1e-3 it ended 21 points below scikit-learn's logistic regression on the same features, at 3e-2 (and on
