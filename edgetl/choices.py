@@ -56,3 +56,11 @@ DeployBackendName = Literal["tensorrt", "onnxruntime"]  # what `edgetl deploy` r
 DeployDeviceName = Literal["auto", "cpu", "cuda"]  # onnxruntime's execution provider on the device
 DeployBackend = as_enum("DeployBackend", DeployBackendName)
 DeployDevice = as_enum("DeployDevice", DeployDeviceName)
+
+
+# --- ranges: each setting's bounds once, read by its Settings model and by the CLI option ------------------
+# Image sizes a CNN/ViT input sensibly has; beyond, decoding and resizing run out of memory before training.
+IMG_SIZE_MIN, IMG_SIZE_MAX = 16, 2048
+SEED_MAX = 2**32 - 1            # numpy's seeds are 0 .. 2**32 - 1
+DIST_TIMEOUT_MAX = 7 * 24 * 3600.0  # seconds; torch keeps the timeout as a timedelta, which inf or 1e300 overflows
+FLEET_JOBS_MAX = 256            # devices deployed at once: one thread and ssh connection each

@@ -183,13 +183,12 @@ def _overrides(given: Dict[str, Any], *positional: str) -> Dict[str, Any]:
     return {k: plain(v) for k, v in given.items() if v is not None and k != "config" and k not in positional}
 
 
-# Image sizes a CNN/ViT input sensibly has; beyond, decoding and resizing run out of memory before training.
-IMG_SIZE_MIN, IMG_SIZE_MAX = 16, 2048
+from edgetl.choices import DIST_TIMEOUT_MAX, FLEET_JOBS_MAX, IMG_SIZE_MAX, IMG_SIZE_MIN, SEED_MAX  # noqa: E402
 
 
-def _positive_seconds(value: Optional[float]) -> Optional[float]:
-    if value is not None and not (math.isfinite(value) and value > 0):  # nan passes every `<` test: check it
-        raise typer.BadParameter(f"{value}: give a number of seconds > 0")
+def _positive_seconds(value: Optional[float], most: float = math.inf) -> Optional[float]:
+    if value is not None and not (math.isfinite(value) and 0 < value <= most):  # nan passes every `<` test
+        raise typer.BadParameter(f"{value}: give a number of seconds > 0" + (f" and <= {most:g}" if most < math.inf else ""))
     return value
 
 
@@ -245,7 +244,7 @@ def finetune(
                                            help="input size [default: the model's pretrained size]"),
     augment: Optional[str] = typer.Option(None, help="none | crop | flip | strong, or an albumentations YAML [default: flip]"),
     val_fraction: Optional[float] = typer.Option(None, help="val share when DATA has no train/val split [default: 0.2]"),
-    seed: Optional[int] = typer.Option(None, help="[default: 0]"),
+    seed: Optional[int] = typer.Option(None, min=0, max=SEED_MAX, help="[default: 0]"),
     workers: Optional[int] = typer.Option(None, help="data loader processes [default: 2]"),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N] (under torchrun: auto | cpu | cuda) "
                                          "[default: auto]"),
@@ -259,7 +258,8 @@ def finetune(
                                            "SyncBatchNorm across processes [default: off]"),
     dist_backend: Optional[DistBackend] = typer.Option(None, help="under torchrun: auto (nccl on CUDA, gloo on the "
                                                        "CPU) | nccl | gloo [default: auto]"),
-    dist_timeout: Optional[float] = typer.Option(None, help="under torchrun: seconds to wait for another process "
+    dist_timeout: Optional[float] = typer.Option(None, callback=lambda v: _positive_seconds(v, DIST_TIMEOUT_MAX),
+                                                 help="under torchrun: seconds to wait for another process "
                                                  "before stopping [default: 1800]"),
     check: Optional[CheckMode] = typer.Option(None, "--check", help="check every image before training: full "
                                               "(decode; cached per file, so a second run checks only what changed) | "
@@ -408,7 +408,7 @@ def quantize(
     max_drop: Optional[float] = typer.Option(None, help="top-1 points the int8 model may lose; beyond, sensitive "
                                              "layers stay float [default: 1.0]"),
     batch_size: Optional[int] = typer.Option(None, help="calibration batch [default: 32]"),
-    seed: Optional[int] = typer.Option(None, help="seed of the calibration sample [default: 0]"),
+    seed: Optional[int] = typer.Option(None, min=0, max=SEED_MAX, help="seed of the calibration sample [default: 0]"),
     threads: Optional[int] = typer.Option(None, help="onnxruntime threads for scoring [default: all cores]"),
 ) -> None:
     """Bake INT8 (Q/DQ) or FP16 into the ONNX graph and score it against fp32 -> quant_report.json."""
@@ -553,7 +553,7 @@ def deploy_cmd(
                                              "alias of ~/.ssh/config; repeatable: several devices deploy in parallel"),
     hosts: Optional[Path] = typer.Option(None, "--hosts", dir_okay=False, help="file of destinations, one a line "
                                          "(user@host or user@host:port), # comments; deploys to all of them"),
-    jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="devices deployed at once [default: 4]"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", min=1, max=FLEET_JOBS_MAX, help="devices deployed at once [default: 4]"),
     config: Optional[Path] = typer.Option(None, help="YAML file of settings; options given here override it"),
     precision: Optional[EnginePrecision] = typer.Option(None, help="[default: fp32]"),
     bench: Optional[bool] = typer.Option(None, "--bench", help="benchmark on the device and fetch bench.json"),

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, List, Optional
 from pydantic import Field, PositiveInt, field_validator
 
 from edgetl.bundle import MANIFEST, Bundle, device_program, make_bundle, model_files
-from edgetl.choices import DeployBackendName, DeployDeviceName, EnginePrecisionName
+from edgetl.choices import FLEET_JOBS_MAX, DeployBackendName, DeployDeviceName, EnginePrecisionName
 from edgetl.destinations import (
     Destination,
     parse_destination,
@@ -52,7 +52,7 @@ class DeploySettings(Settings):
 
     hosts: List[str] = Field(default_factory=list, description="ssh destinations: [user@]host[:port] or a Host alias")
     hosts_file: Optional[str] = Field(None, description="a file of destinations, one a line, # comments")
-    jobs: int = Field(4, ge=1, le=256, description="devices deployed at once (fleet)")
+    jobs: int = Field(4, ge=1, le=FLEET_JOBS_MAX, description="devices deployed at once (fleet)")
     port: Optional[int] = Field(None, ge=1, le=65535, description="ssh port where a destination names none")
     identity: Optional[str] = Field(None, description="private key file (ssh -i, IdentitiesOnly)")
     ssh_options: List[str] = Field(default_factory=list, description="extra ssh arguments")

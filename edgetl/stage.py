@@ -84,10 +84,7 @@ def load_settings(cls: type[S], path: str | os.PathLike | None, overrides: dict[
     the command line is None). A bad file or value is one EdgetlError naming the setting."""
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            raise EdgetlError(f"{path}: cannot read settings ({first_line(e)})") from None
+        data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise EdgetlError(f"{path}: a settings file must be a YAML mapping")
     for key, value in (overrides or {}).items():
@@ -97,6 +94,59 @@ def load_settings(cls: type[S], path: str | os.PathLike | None, overrides: dict[
         return cls.model_validate(data)
     except ValidationError as e:
         raise EdgetlError(f"setting {_validation_line(e)}") from None
+
+
+# A settings file is a few lines; these bounds only stop a hostile or mistaken file (/dev/zero, a YAML alias
+# bomb, 20,000 nested brackets) before it costs minutes, all memory or a RecursionError.
+SETTINGS_MAX_BYTES = 1 << 20
+SETTINGS_MAX_DEPTH = 50
+SETTINGS_MAX_ALIASES = 100
+SETTINGS_MAX_VALUES = 100_000  # scalars, lists and mappings counted as the aliases expand them
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """A settings file's YAML, within the bounds above; anything else is one EdgetlError saying what."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(SETTINGS_MAX_BYTES + 1)
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgetlError(f"{path}: cannot read settings ({first_line(e)})") from None
+    hint = "a settings file is a short YAML mapping of setting: value"
+    if len(raw) > SETTINGS_MAX_BYTES:
+        raise EdgetlError(f"{path}: cannot read settings (larger than {SETTINGS_MAX_BYTES >> 20} MiB)", hint)
+    try:
+        # The parser's events come without recursion, so depth and aliases are counted before anything is built.
+        depth = aliases = 0
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > SETTINGS_MAX_DEPTH:
+                    raise EdgetlError(f"{path}: cannot read settings (nested deeper than {SETTINGS_MAX_DEPTH} "
+                                      "levels)", hint)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+            elif isinstance(event, yaml.AliasEvent):
+                aliases += 1
+                if aliases > SETTINGS_MAX_ALIASES:
+                    raise EdgetlError(f"{path}: cannot read settings (more than {SETTINGS_MAX_ALIASES} YAML "
+                                      "aliases)", hint)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise EdgetlError(f"{path}: cannot read settings ({first_line(e)})") from None
+    stack, seen = [data], 0
+    while stack:  # aliases share objects: count what validation would walk through, expanded
+        value = stack.pop()
+        seen += 1
+        if seen > SETTINGS_MAX_VALUES:
+            raise EdgetlError(f"{path}: cannot read settings (more than {SETTINGS_MAX_VALUES:,} values, YAML "
+                              "aliases expanded)", hint)
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return data
 
 
 def record_settings(run_path: str | os.PathLike, stage: str, cfg: Settings) -> Path:

@@ -89,6 +89,11 @@ USAGE = [
     ("bundle-precision-int4", ["bundle", "{run}", "--precision", "int4"], 2, "--precision"),
     ("demo-img-size-huge", ["demo", "--out", "{new}", "--img-size", "100000"], 2, "--img-size"),
     ("demo-epochs-word", ["demo", "--out", "{new}", "--epochs", "ten"], 2, "--epochs"),
+    ("finetune-seed-negative", ["finetune", "{data}", "--out", "{new}", "--seed", "-1"], 2, "--seed"),
+    ("finetune-dist-timeout-inf", ["finetune", "{data}", "--out", "{new}", "--dist-timeout", "inf"], 2,
+     "--dist-timeout"),
+    ("quantize-seed-negative", ["quantize", "{run}", "--seed", "-1"], 2, "--seed"),
+    ("deploy-jobs-huge", ["deploy", "{run}", "--host", "a@b", "--jobs", "100000"], 2, "--jobs"),
 ]
 
 LIBRARY = [
@@ -352,3 +357,42 @@ def test_a_run_diverging_later_keeps_its_last_good_checkpoint(places, digests, t
     state = torch.load(out / "last_checkpoint.pt", map_location="cpu", weights_only=True)
     assert state["epoch"] == 0 and (out / "model.safetensors").exists() and not (out / "metrics.json").exists()
     assert (out / "train_log.csv").read_text().count("\n") == 2  # the header and epoch 1
+
+
+# --- issue 24: settings files are read within bounds, and hold the same ranges as the options --------------
+def _alias_bomb() -> str:
+    lines, previous = ['a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]'], "a"
+    for name in "bcdefghi":  # 9**9 items once expanded, from 340 bytes
+        lines.append(f"{name}: &{name} [{', '.join(['*' + previous] * 9)}]")
+        previous = name
+    return "\n".join(lines) + f"\nbatch_sizes: *{previous}\n"
+
+
+SETTINGS_FILES = [
+    ("alias-bomb", "bench", _alias_bomb(), "aliases expanded"),
+    ("nested-20000", "bench", "batch_sizes: " + "[" * 20000 + "]" * 20000 + "\n", "nested deeper than 50"),
+    ("dev-zero", "bench", None, "larger than 1 MiB"),
+    ("finetune-img-size-8", "finetune", "img_size: 8\n", "setting 'img_size'"),
+    ("finetune-seed-negative", "finetune", "seed: -1\n", "setting 'seed'"),
+    ("finetune-dist-timeout-inf", "finetune", "dist_timeout: .inf\n", "setting 'dist_timeout'"),
+    ("finetune-lr-nan", "finetune", "lr: .nan\n", "setting 'lr'"),
+    ("deploy-jobs-huge", "deploy", "jobs: 100000\n", "setting 'jobs'"),
+    ("quantize-seed-negative", "quantize", "seed: -1\n", "setting 'seed'"),
+]
+
+
+@pytest.mark.parametrize("command,text,expected", [c[1:] for c in SETTINGS_FILES], ids=[c[0] for c in SETTINGS_FILES])
+def test_settings_files_within_bounds(command, text, expected, places, digests, tmp_path, capsys):
+    import time
+
+    config = Path("/dev/zero") if text is None else tmp_path / "settings.yaml"
+    if text is not None:
+        config.write_text(text)
+    args = {"bench": ["bench", "{run}"], "finetune": ["finetune", "{data}", "--out", "{new}"],
+            "deploy": ["deploy", "{run}", "--host", "a@b"], "quantize": ["quantize", "{run}"]}[command]
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as exit_:
+        main(_fill(args, places) + ["--config", str(config)])
+    captured = capsys.readouterr()
+    _check(exit_.value.code, captured.out, captured.err, 1, expected, places, digests)
+    assert time.monotonic() - started < 10  # refused, not worked through

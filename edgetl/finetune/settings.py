@@ -13,6 +13,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from edgetl.choices import BaselineName, DistBackendName, StrategyName, CheckModeName
+from edgetl.choices import DIST_TIMEOUT_MAX, IMG_SIZE_MAX, IMG_SIZE_MIN, SEED_MAX
 from edgetl.errors import EdgetlError
 from edgetl.models import strategy_phases
 from edgetl.stage import Settings
@@ -47,11 +48,12 @@ class FinetuneSettings(Settings):
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
     freeze_bn_stats: bool = Field(default=True, description="BatchNorm keeps the source's running statistics while "
                                   "its weights train (a run from scratch always learns its own)")
-    img_size: int | None = Field(default=None, ge=8, le=2048, description="default: the model's pretrained size")
+    img_size: int | None = Field(default=None, ge=IMG_SIZE_MIN, le=IMG_SIZE_MAX,
+                                 description="default: the model's pretrained size")
     crop_pct: float | None = Field(default=None, gt=0, le=1)
     augment: str = "flip"
     val_fraction: float = 0.2
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=SEED_MAX)
     workers: int = Field(default=2, ge=0)
     device: str = "auto"
     amp: bool = True
@@ -67,7 +69,7 @@ class FinetuneSettings(Settings):
     accumulate: int = Field(default=1, ge=1, description="micro-steps per optimizer step (gradient accumulation)")
     sync_bn: bool = Field(default=False, description="SyncBatchNorm across processes (CUDA only)")
     dist_backend: DistBackendName = Field(default="auto", description="auto: nccl on CUDA, gloo on the CPU")
-    dist_timeout: float = Field(default=1800.0, gt=0, description="seconds a collective waits for the other "
+    dist_timeout: float = Field(default=1800.0, gt=0, le=DIST_TIMEOUT_MAX, description="seconds a collective waits for the other "
                                 "processes before this one stops")
 
     @model_validator(mode="after")

@@ -7,7 +7,7 @@ from typing import Optional
 from pydantic import Field
 
 from edgetl.calibration.sampling import DEFAULT_CALIB_SIZE
-from edgetl.choices import CalibMethodName, QuantPrecisionName, QuantTargetName
+from edgetl.choices import SEED_MAX, CalibMethodName, QuantPrecisionName, QuantTargetName
 from edgetl.stage import Settings
 
 
@@ -25,5 +25,5 @@ class QuantizeSettings(Settings):
     max_drop: float = Field(1.0, allow_inf_nan=False,
                             description="top-1 points int8 may lose; beyond, sensitive layers stay float")
     batch_size: int = Field(32, ge=1, description="calibration batch (a fixed-batch graph uses its own)")
-    seed: int = Field(0, description="seed of the calibration sample")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the calibration sample")
     threads: Optional[int] = Field(None, ge=1, description="onnxruntime intra-op threads for scoring")
