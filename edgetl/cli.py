@@ -67,6 +67,16 @@ def _run(args: List[str]) -> int:
         except (OSError, ValueError):  # stdout is no real file (captured): nothing to quieten
             pass
         return 1
+    except OSError as e:
+        # A write that no atomic_path turned into a RunDirError (a library writing its own file): still one line.
+        import errno
+
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
+            raise
+        written = e.filename2 or e.filename  # shutil's copies name the source first, the file written second
+        where = os.fsdecode(written) if written else "a file"
+        _print_error(f"{where}: cannot write ({e.strerror or e})", "free space on that disk, or write elsewhere")
+        return 1
     finally:
         restore()
 

@@ -8,6 +8,7 @@ nothing else: a name that does not match, another machine's, or a live process's
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -38,18 +39,56 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     so that a server running as another user (Triton, a web server) can read the artifact.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temps(target.parent)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target.name), suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    with disk_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale_temps(target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target.name), suffix=".tmp", dir=target.parent)
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~current_umask())
-        os.replace(tmp_path, target)
+        with disk_errors(target):
+            yield tmp_path
+            os.chmod(tmp_path, 0o666 & ~current_umask())
+            os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+# The errors of a folder that cannot take a file (full disk, quota, read-only mount, permissions): the user's to
+# fix, so one line naming the folder, not a traceback.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+
+
+@contextlib.contextmanager
+def disk_errors(target: str | os.PathLike) -> Iterator[None]:
+    """Turn a failed write of `target` (DISK_ERRNOS) into a RunDirError naming its folder and the cause."""
+    from edgetl.errors import RunDirError
+
+    try:
+        yield
+    except OSError as e:
+        parent = Path(target).parent
+        # A permission error may be a source the block could not read (its own file name); the others are writes.
+        theirs = e.errno in (errno.EACCES, errno.EPERM) and e.filename and \
+            Path(os.fsdecode(e.filename)).parent not in (parent, parent.parent)
+        if e.errno not in DISK_ERRNOS or theirs:
+            raise
+        raise RunDirError(f"{parent}: cannot write {Path(target).name} ({e.strerror or e})", _DISK_HINT) from None
+    except Exception as e:
+        # Writers in native code say it in words: torch.save ("file write failed"), safetensors ("os error 28").
+        text = str(e).lower()
+        if not any(words in text for words in _DISK_WORDS):
+            raise
+        from edgetl.errors import first_line
+
+        raise RunDirError(f"{Path(target).parent}: cannot write {Path(target).name} ({first_line(e)})",
+                          _DISK_HINT) from None
+
+
+_DISK_HINT = "free space on that disk, or make the folder writable, then run again"
+_DISK_WORDS = ("no space left", "os error 28", "read-only file system", "os error 30", "disk quota",
+               "file write failed")
 
 
 def make_tempdir(parent: str | os.PathLike, tag: str) -> Path:

@@ -279,8 +279,9 @@ def lock_run(path: str | os.PathLike, command: str, create: bool = False) -> Ite
         run.path.mkdir(parents=True, exist_ok=True)
         fd = _acquire(run.lock, command, fcntl)
     except OSError as e:
-        raise RunDirError(f"{run.path}: cannot lock the run folder ({e.strerror or e})",
-                          "check that the folder is writable and the disk not full") from None
+        # Also the check that the run can be written at all, before any long work (bench measures for minutes).
+        raise RunDirError(f"{run.path}: cannot write in the run folder ({e.strerror or e})",
+                          "make the folder writable (or free space on its disk), then run again") from None
     try:
         yield
     finally:

@@ -396,3 +396,65 @@ def test_settings_files_within_bounds(command, text, expected, places, digests, 
     captured = capsys.readouterr()
     _check(exit_.value.code, captured.out, captured.err, 1, expected, places, digests)
     assert time.monotonic() - started < 10  # refused, not worked through
+
+
+# --- issue 24: a full disk or a read-only run is one line, and leaves nothing half-written ------------------
+def _no_space(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_under_triton_leaves_no_truncated_model(places, digests, tmp_path, monkeypatch, capsys):
+    import edgetl.triton
+
+    def copy_half(src, dst):  # what a full disk does: part of the file, then ENOSPC
+        Path(dst).write_bytes(Path(src).read_bytes()[:1000])
+        _no_space()
+
+    monkeypatch.setattr(edgetl.triton.shutil, "copyfile", copy_half)
+    repo = tmp_path / "repo"
+    with pytest.raises(SystemExit) as exit_:
+        main(["triton", str(places["run"]), "--out", str(repo), "--name", "m"])
+    captured = capsys.readouterr()
+    _check(exit_.value.code, captured.out, captured.err, 1, f"{repo / 'm' / '1'}: cannot write model.onnx (No space",
+           places, digests)
+    assert [p for p in repo.rglob("*") if p.is_file()] == []
+
+
+def test_a_full_disk_while_finetune_saves_is_one_line(places, digests, monkeypatch, capsys):
+    """torch.save says a full disk in words (RuntimeError "file write failed"), safetensors too: one line."""
+    import torch
+
+    def full(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK\x03\x04 half")
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(SystemExit) as exit_:
+        main(_fill(["finetune", "{data}", "--out", "{new}", *FT, "--epochs", "1", "--check", "none"], places))
+    captured = capsys.readouterr()
+    _check(exit_.value.code, captured.out, captured.err, 1, "cannot write last_checkpoint.pt (", places, digests)
+    assert "file write failed" in captured.err  # the first epoch never finished: {new} is gone (checked above)
+
+
+def test_a_read_only_run_is_refused_before_bench_measures(places, digests, monkeypatch, capsys):
+    """Root ignores permissions, so the read-only mount is simulated where edgetl first writes: the run lock."""
+    import errno
+
+    import edgetl.bench
+    import edgetl.rundir
+
+    def read_only(lock, *args):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(lock))
+
+    measured = []
+    monkeypatch.setattr(edgetl.rundir, "_acquire", read_only)
+    monkeypatch.setattr(edgetl.bench, "bench", lambda *a, **k: measured.append(1))
+    with pytest.raises(SystemExit) as exit_:
+        main(_fill(["bench", "{run}", "--backends", "torch"], places))
+    captured = capsys.readouterr()
+    _check(exit_.value.code, captured.out, captured.err, 1, "{run}: cannot write in the run folder (Read-only",
+           places, digests)
+    assert measured == []

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from edgetl import __version__
-from edgetl.errors import RunDirError
+from edgetl.errors import RunDirError, first_line
 from edgetl.finetune.settings import FinetuneSettings
 from edgetl.io import atomic_path, write_json, write_text
 from edgetl.rundir import RunDir, check_out_and_data, check_replaceable, foreign_entries, pending_dir, replace_dir
@@ -94,8 +94,6 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Any], FinetuneSettings]:
 
     from pydantic import ValidationError
 
-    from edgetl.errors import first_line
-
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -125,7 +123,7 @@ def save_checkpoint(run: RunDir, cfg: FinetuneSettings, model, optimizer, schedu
              "scaler": scaler.state_dict() if scaler is not None else None,
              "epoch": epoch, "best": best, "best_epoch": best_epoch, "source_weights": source_weights,
              "edgetl_version": __version__}
-    with atomic_path(run.checkpoint) as tmp:
+    with atomic_path(run.checkpoint) as tmp:  # a full disk: one RunDirError (io.disk_errors), no partial file
         torch.save(state, tmp)
 
 
