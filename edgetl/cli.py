@@ -85,6 +85,9 @@ def _print_error(message: str, hint: Optional[str], label: str = "error: ") -> N
     """Markup off: a message may hold [brackets] (paths, lists) that rich would eat or choke on."""
     from rich.text import Text
 
+    # A path may hold a line break: shown escaped, so the error stays one line.
+    message = message.replace("\r", "\\r").replace("\n", "\\n")
+    hint = hint and hint.replace("\r", "\\r").replace("\n", "\\n")
     line = Text(label, style="bold red") + Text(message) if label else Text(message, style="bold red")
     err_console.print(line, soft_wrap=True, markup=False, highlight=False)
     if hint:

@@ -286,13 +286,14 @@ def test_the_lock_follows_a_run_swapped_in_by_overwrite(tmp_path):
                                   {"1/model.onnx": "my model"},
                                   {"config.pbtxt": None, "notes.txt": "mine"}],
                          ids=["user-config", "user-model-no-config", "edgetl-config-plus-user-file"])
-def test_triton_refuses_a_model_folder_it_did_not_write(mine, places, digests, tmp_path, capsys):
+def test_triton_refuses_a_model_folder_it_did_not_write(mine, places, exported_copy, tmp_path, capsys):
+    run = exported_copy("triton-run")  # triton records its settings in the run: not the table's shared run
     repo = tmp_path / "repo"
     with pytest.raises(SystemExit) as first:
-        main(["triton", str(places["run"]), "--out", str(repo), "--name", "m"])
+        main(["triton", str(run), "--out", str(repo), "--name", "m"])
     assert first.value.code == 0
     with pytest.raises(SystemExit) as again:  # a repository edgetl wrote is refreshed
-        main(["triton", str(places["run"]), "--out", str(repo), "--name", "m"])
+        main(["triton", str(run), "--out", str(repo), "--name", "m"])
     assert again.value.code == 0
     folder = repo / "m"
     if mine.get("config.pbtxt") or "1/model.onnx" in mine:  # a folder of the user's own
@@ -305,7 +306,7 @@ def test_triton_refuses_a_model_folder_it_did_not_write(mine, places, digests, t
     capsys.readouterr()
     before = tree_digest(repo)
     with pytest.raises(SystemExit) as exit_:
-        main(["triton", str(places["run"]), "--out", str(repo), "--name", "m"])
+        main(["triton", str(run), "--out", str(repo), "--name", "m"])
     captured = capsys.readouterr()
     _check(exit_.value.code, captured.out, captured.err, 1, "so triton will not replace it", places, {})
     assert str(folder) in captured.err and tree_digest(repo) == before
@@ -458,3 +459,12 @@ def test_a_read_only_run_is_refused_before_bench_measures(places, digests, monke
     _check(exit_.value.code, captured.out, captured.err, 1, "{run}: cannot write in the run folder (Read-only",
            places, digests)
     assert measured == []
+
+
+def test_a_path_holding_a_line_break_stays_one_line(tmp_path, capsys):
+    odd = tmp_path / "two\nlines"
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", str(odd / "run")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and len(err.strip().splitlines()) == 2, err  # the error and its hint
+    assert "two\\nlines" in err.splitlines()[0] and "no such run directory" in err
