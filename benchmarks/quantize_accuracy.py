@@ -220,7 +220,7 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from edgetl.quantize.isa import cpu_int8_isa
+    from edgetl.portable.isa import cpu_int8_isa
 
     torch.set_num_threads(args.threads)
     root = Path(args.out or tempfile.mkdtemp(prefix="edgetl-qacc-"))

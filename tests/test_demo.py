@@ -1,5 +1,5 @@
-"""The README's first command: `edgetl demo` runs the whole chain from the ImageNet backbone (one seed and 4
-epochs here, to keep the suite short)."""
+"""The README's first command: `edgetl demo` runs the whole chain from the ImageNet backbone (one seed of three,
+to keep the suite short)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def test_demo_runs_every_stage_through_the_console_script(tmp_path):
     cli = shutil.which("edgetl", path=str(Path(sys.executable).parent)) or shutil.which("edgetl")
     cmd = [cli] if cli else [sys.executable, "-m", "edgetl"]
     out = tmp_path / "demo"
-    res = subprocess.run(cmd + ["demo", "--out", str(out), "--seeds", "1", "--epochs", "4"], capture_output=True,
+    res = subprocess.run(cmd + ["demo", "--out", str(out), "--seeds", "1"], capture_output=True,
                          text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "Traceback" not in res.stderr

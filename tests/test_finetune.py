@@ -74,7 +74,10 @@ def test_resume_gives_the_same_result(digits, tmp_path):
     with pytest.raises(Interrupt):
         finetune(resumed, tiny_config(digits["source"], epochs=3, batch_size=64), Recorder(stop_after_second))
     assert (tmp_path / "b" / "last_checkpoint.pt").exists() and not (tmp_path / "b" / "metrics.json").exists()
-    finetune(resumed, tiny_config(digits["source"]), resume=True)
+    events = Recorder()
+    finetune(resumed, tiny_config(digits["source"]), events, resume=True)  # epochs 5, batch 16 given: ignored
+    assert events.warnings == ["--resume continues with the run's recorded settings; ignored: batch_size=16 "
+                               "(recorded 64), epochs=5 (recorded 3) (start a new run, or --overwrite, to change them)"]
     a = json.loads((straight.path / "metrics.json").read_text())
     b = json.loads((resumed.path / "metrics.json").read_text())
     assert a["top1"] == b["top1"] and a["confusion"] == b["confusion"] and a["best_epoch"] == b["best_epoch"]
@@ -148,3 +151,13 @@ def test_cli_finetune_skip_bad_images_and_eval(tmp_path, digits):
     res = _cli("eval", tmp_path / "r", "--json", tmp_path / "m.json")
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "m.json").read_text())["n"] == 80
+
+
+def test_a_one_step_run_logs_no_scheduler_notice(digits, tmp_path, caplog):
+    """One epoch of one batch: timm's cosine schedule has one step and would log a notice nobody can act on."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    result = finetune(RunDir(tmp_path / "r"), tiny_config(digits["source"], epochs=1, batch_size=512))
+    assert result.epochs_run == 1
+    assert "Cosine annealing" not in caplog.text and not [r for r in caplog.records if r.name.startswith("timm")]

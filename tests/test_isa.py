@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgetl.quantize.isa import cpu_int8_isa, describe_isa
+from edgetl.portable.isa import cpu_int8_isa, describe_isa
 
 
 @pytest.mark.parametrize("arch, flags, isa, saturates", [

@@ -86,6 +86,12 @@ def test_make_row_has_every_key_in_order():
                       seconds=[0.002, 0.004], warmup=1, timed="t", top1=0.91234567, n_images=10, where="device")
     assert tuple(r) == rows.ROW_KEYS
     assert r["top1"] == 0.912346 and r["flags"] == [] and r["latency_ms"]["mean"] == 3.0
+    from edgetl.portable.isa import cpu_int8_isa
+
+    assert r["cpu_isa"] == cpu_int8_isa()["isa"] and r["cpu_isa"]  # e.g. "x86 AVX2, no VNNI"
+    gpu = rows.make_row(backend="tensorrt", precision="int8", batch_size=1, device="cuda", model_file="m.plan",
+                        seconds=[0.001], warmup=1, timed="t", top1=None, n_images=None, where="local")
+    assert gpu["cpu_isa"] is None
 
 
 def test_jetson_power_mode_and_clocks_in_mhz(tmp_path):

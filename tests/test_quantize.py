@@ -19,7 +19,7 @@ from edgetl.card import CARD_KEY
 from edgetl.errors import DataError, ModelError, QuantizeError, RunDirError
 from edgetl.export import export
 from edgetl.quantize import QuantReport, QuantizeSettings, check_graph, quantize, read_report, to_fp16
-from edgetl.quantize.isa import cpu_int8_isa
+from edgetl.portable.isa import cpu_int8_isa
 from edgetl.rundir import RunDir
 from edgetl.stage import Events
 

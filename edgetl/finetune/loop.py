@@ -134,7 +134,8 @@ def train(cfg: FinetuneSettings, run: RunDir, train_items: ImageList, val_items:
         lr = cfg.lr * phase.lr_scale
         optimizer = torch.optim.AdamW(param_groups(model, lr, cfg.weight_decay, backbone_scale,
                                                    None if from_scratch else cfg.layer_decay), lr=lr)
-        scheduler = CosineLRScheduler(optimizer, t_initial=phase.epochs * steps_per_epoch, lr_min=lr * 1e-2,
+        # A one-step phase has nothing to anneal; at t_initial 1 timm logs a notice the user cannot act on.
+        scheduler = CosineLRScheduler(optimizer, t_initial=max(phase.epochs * steps_per_epoch, 2), lr_min=lr * 1e-2,
                                       warmup_t=int(cfg.warmup_epochs * steps_per_epoch), warmup_lr_init=lr * 1e-2,
                                       t_in_epochs=False)
         return freeze, optimizer, scheduler

@@ -118,7 +118,9 @@ def _prepare(target: RunDir, cfg: FinetuneSettings, resume: bool, overwrite: boo
             done = " (it finished: nothing to resume)" if work.metrics.exists() else ""
             raise RunDirError(f"{work.path}: no {work.checkpoint.name} to resume from{done}")
         state = resume_state(work)
-        cfg = _where(FinetuneSettings.model_validate(state["config"]), cfg)
+        recorded = FinetuneSettings.model_validate(state["config"])
+        _warn_ignored(recorded, cfg, events)
+        cfg = _where(recorded, cfg)
         check_plan(cfg)
         check_devices(cfg, device, world)
         train_items, val_items = read_splits(work.splits)
@@ -155,6 +157,17 @@ def _prepare(target: RunDir, cfg: FinetuneSettings, resume: bool, overwrite: boo
 
 def _where(recorded: FinetuneSettings, given: FinetuneSettings) -> FinetuneSettings:
     return recorded.model_copy(update={k: getattr(given, k) for k in _WHERE_SETTINGS})
+
+
+def _warn_ignored(recorded: FinetuneSettings, given: FinetuneSettings, events: Events) -> None:
+    """A resumed run keeps its recorded recipe (its checkpoint's optimizer and schedule were made for it): a
+    setting given now that differs from the record is ignored, and said to be."""
+    ignored = [f"{k}={getattr(given, k)!r} (recorded {getattr(recorded, k)!r})"
+               for k in sorted(given.model_fields_set - {"data", *_WHERE_SETTINGS})
+               if getattr(given, k) != getattr(recorded, k)]
+    if ignored:
+        events.warning(f"--resume continues with the run's recorded settings; ignored: {', '.join(ignored)} "
+                       "(start a new run, or --overwrite, to change them)")
 
 
 def _finish(run: RunDir, cfg: FinetuneSettings, device: torch.device, trained: Trained, world: World, events: Events,

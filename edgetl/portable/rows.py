@@ -11,8 +11,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .isa import cpu_int8_isa
+
 ROW_KEYS = ("backend", "precision", "batch_size", "device", "model_file", "latency_ms", "throughput_ips",
-            "iterations", "warmup", "timed", "provider", "top1", "n_images", "where",
+            "iterations", "warmup", "timed", "provider", "cpu_isa", "top1", "n_images", "where",
             "top1_drop", "speedup", "speedup_vs", "flags")
 LATENCY_KEYS = ("mean", "p50", "p90", "p99", "min", "max", "std")
 DROP_FLAG = 0.02          # top-1 more than 2 points below the reference
@@ -59,7 +61,10 @@ def make_row(*, backend: str, precision: str, batch_size: int, device: str, mode
     """A row with every key of ROW_KEYS; top1_drop/speedup/speedup_vs/flags are filled by compare_rows."""
     row = {"backend": backend, "precision": precision, "batch_size": int(batch_size), "device": device,
            "model_file": model_file, **latency_stats(seconds, batch_size), "warmup": int(warmup), "timed": timed,
-           "provider": provider, "top1": None if top1 is None else round(float(top1), 6),
+           "provider": provider,
+           # what a CPU's int8 kernels compute depends on its instruction set (VNNI or not): named on every CPU row
+           "cpu_isa": cpu_int8_isa()["isa"] if device == "cpu" else None,
+           "top1": None if top1 is None else round(float(top1), 6),
            "n_images": None if n_images is None else int(n_images), "where": where,
            "top1_drop": None, "speedup": None, "speedup_vs": None, "flags": []}
     return {k: row[k] for k in ROW_KEYS}

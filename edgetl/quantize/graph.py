@@ -107,7 +107,7 @@ CPU_WEIGHTS = ("int8", "int8 7-bit", "uint8")
 
 def default_cpu_weights() -> str:
     """The cpu form's first choice on this CPU: 7-bit where U8S8 saturates (fast), else full int8."""
-    from edgetl.quantize.isa import cpu_int8_isa
+    from edgetl.portable.isa import cpu_int8_isa
 
     return "int8 7-bit" if cpu_int8_isa()["int8_saturates"] else "int8"
 

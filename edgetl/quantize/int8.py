@@ -16,7 +16,7 @@ from edgetl.quantize.check import check_graph
 from edgetl.quantize.graph import (FloatModel, default_cpu_weights, placement_summary, qdq, quantizer_settings,
                                    shape_inferred)
 from edgetl.quantize.report import Int8Entry, MethodTried
-from edgetl.quantize.isa import cpu_int8_isa
+from edgetl.portable.isa import cpu_int8_isa
 from edgetl.quantize.report import OtherScoring
 from edgetl.quantize.scoring import SCORING_HOW, SCORING_OF_FORM, Scorer
 from edgetl.quantize.sensitivity import Quantized, exclude_sensitive
