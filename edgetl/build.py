@@ -152,6 +152,23 @@ def ort_form_reason(path: str | os.PathLike) -> str | None:
     return None
 
 
+def graph_precision(path: str | os.PathLike) -> str:
+    """The precision the graph itself holds, whatever its name: "int8" with Q/DQ nodes, "fp16" with float16
+    weights, else "fp32". The engine's name and sidecar say this, so it must agree with the setting."""
+    import onnx
+    from onnx import TensorProto
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise ModelError(f"{path}: not a readable ONNX file ({first_line(e)})") from None
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+        return "int8"
+    if any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
 def check_profile(profile: Profile, dims: list, where: str) -> tuple[int, ...]:
     """The per-image shape (dims after the batch), after checking the profile fits the ONNX input."""
     if len(dims) != 4:
@@ -261,6 +278,12 @@ def build(run_path: str | os.PathLike, cfg: BuildSettings, events: Events = SILE
         raise EdgetlError(f"{onnx_path}: {why_ort}, which NVIDIA's parser refuses (non-zero zero points)",
                           f"build the TensorRT form instead: {run.onnx_for('int8', 'tensorrt')} "
                           f"(`edgetl build {run.path} --precision int8`)")
+    held = graph_precision(onnx_path)
+    if held != precision:  # else model.int8.plan and its sidecar would claim int8 for an fp32 graph
+        raise EdgetlError(f"{onnx_path}: the graph is {held}, not {precision} (precision lives in the graph)",
+                          f"build it with --precision {held}, or give the {precision} graph "
+                          f"({run.onnx_for(precision, 'tensorrt').name}"
+                          + (", from `edgetl quantize`)" if precision != "fp32" else ", from `edgetl export`)"))
     profile = parse_batch(cfg.batch)
     if dla_core is not None and not flavour.dla:
         raise EdgetlError(f"dla_core: {flavour.title} has no DLA (Jetson's TensorRT does)", "leave dla_core out")

@@ -150,6 +150,21 @@ def test_cpu_form_int8_is_refused_before_the_parser(family_graphs, tmp_path, mon
     assert not (run / "engines").exists()
 
 
+def test_a_graph_of_another_precision_is_refused_before_the_parser(family_graphs, tmp_path, monkeypatch):
+    """An fp32 graph built with --precision int8 once became model.int8.plan with a sidecar saying int8."""
+    source = family_graphs("resnet18")
+    run = linked_run(source, tmp_path / "run", ("model.onnx", "model.int8.onnx"))
+    monkeypatch.setattr(B, "import_flavour", lambda _lib: pytest.fail("the parser was reached"))
+    with pytest.raises(EdgetlError) as e:
+        B.build(run, cfg(precision="int8", target="rtx", onnx=run / "model.onnx"))
+    assert e.value.message == f"{run / 'model.onnx'}: the graph is fp32, not int8 (precision lives in the graph)"
+    assert "--precision fp32" in e.value.hint and "model.int8.onnx" in e.value.hint
+    with pytest.raises(EdgetlError, match="the graph is int8, not fp16"):
+        B.build(run, cfg(precision="fp16", target="rtx", onnx=run / "model.int8.onnx"))
+    assert not (run / "engines").exists()
+    assert B.graph_precision(run / "model.int8.onnx") == "int8" and B.graph_precision(run / "model.onnx") == "fp32"
+
+
 def test_an_op_the_parser_cannot_take_is_one_line_per_error_and_no_engine(family_graphs, tmp_path):
     from onnx import helper
 

@@ -20,7 +20,7 @@ from typing import Callable
 
 import PIL
 
-from edgetl.errors import first_line
+from edgetl.errors import RunDirError, first_line
 
 CACHE_FORMAT = "edgetl-image-check/1"
 # Bump the first part when what a check accepts changes (edgetl.data.images), so old verdicts are not reused.
@@ -93,6 +93,9 @@ class CheckCache:
         try:
             with atomic_path(self.path) as tmp:
                 tmp.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
+        except RunDirError as e:  # atomic_path's one line for a full disk or a read-only folder
+            self._warn(f"image-check cache not written: {e.message}; the next run checks again")
+            return False
         except OSError as e:
             self._warn(f"image-check cache {self.path} not written ({first_line(e)}): the next run checks again")
             return False
