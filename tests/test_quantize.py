@@ -19,6 +19,7 @@ from edgetl.card import CARD_KEY
 from edgetl.errors import DataError, ModelError, QuantizeError, RunDirError
 from edgetl.export import export
 from edgetl.quantize import QuantReport, QuantizeSettings, check_graph, quantize, read_report, to_fp16
+from edgetl.quantize.sensitivity import SENSITIVITY_IMAGES
 from edgetl.portable.isa import cpu_int8_isa
 from edgetl.rundir import RunDir
 from edgetl.stage import Events
@@ -295,7 +296,8 @@ def test_max_drop_excludes_the_layer_that_hurts(exported, tmp_path):
     assert e.sensitivity[0].node == victim.name  # the most sensitive layer is the crafted one
     # bounded search: the stem is the first candidate and keeping it float meets the budget, so the scan
     # stopped there instead of measuring the other 30-odd layers
-    assert len(e.sensitivity) == 1 and len(e.excluded) == 1 and e.sensitivity_images == min(e.eval_n, 128)
+    assert len(e.sensitivity) == 1 and len(e.excluded) == 1
+    assert e.sensitivity_images == min(e.eval_n, SENSITIVITY_IMAGES)
     assert victim.name in e.structure.float_layers
     written = onnx.load(str(RunDir(run).onnx_for("int8", "tensorrt")))
     node = next(n for n in written.graph.node if n.name == victim.name)
@@ -564,3 +566,38 @@ def test_cpu_form_weight_formats(exported, tmp_path):
         else:
             assert q.dtype == np.int8 and not zp.any()
             assert np.abs(q.astype(int)).max() == (64 if weights == "int8 7-bit" else 127)
+
+
+def test_greedy_exclusion_gives_up_after_patience_layers_that_do_not_help(monkeypatch):
+    """Each greedy try is a full scoring: past PATIENCE useless layers in a row the search stops (on the real
+    Lite0 the tail of the ranking cost 14 s a try and ran on for minutes)."""
+    import numpy as np
+
+    from edgetl.quantize import sensitivity as S
+    from edgetl.quantize.report import Sensitivity
+    from tests.conftest import Recorder
+
+    fp32 = np.eye(4)[[0, 1, 2, 3] * 5] * 5.0
+    tried: list[list[str]] = []
+
+    class Scorer:  # 20 images; top-1 rises only when layer "c1" is float
+        y, fp32_logits, fp32_top1 = fp32.argmax(1), fp32, 1.0
+
+        def subset(self, n):
+            return self
+
+        def score(self, proto, scoring):
+            good = 16 + 2 * ("c1" in proto)
+            logits = fp32.copy()
+            logits[good:] = np.roll(logits[good:], 1, axis=1)
+            return good / 20, logits
+
+    ranked = [Sensitivity(node=f"c{i}", top1_if_float=0.8, gain=0.0, kl_if_float=0.0) for i in range(10)]
+    monkeypatch.setattr(S, "sensitivity", lambda *a, **k: (ranked, None))
+    monkeypatch.setattr(S, "qdq", lambda base, calib, target, exclude, weights=None: tried.append(exclude) or exclude)
+    events = Recorder()
+    best = S.Quantized(proto=[], top1=0.8, logits=Scorer().score([], "exact")[1])
+    out = S.exclude_sensitive(None, None, "tensorrt", best, Scorer(), 1.0, events)
+    assert [e.node for e in out.excluded] == ["c1"] and out.top1 == 0.9
+    assert [t[-1] for t in tried] == ["c0", "c1", "c2", "c3", "c4", "c5"]  # c1 helped, then 4 misses in a row
+    assert f"stopped: the next {S.PATIENCE} most sensitive layers did not raise top-1" in " ".join(events.messages)
