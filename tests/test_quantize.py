@@ -601,3 +601,36 @@ def test_greedy_exclusion_gives_up_after_patience_layers_that_do_not_help(monkey
     assert [e.node for e in out.excluded] == ["c1"] and out.top1 == 0.9
     assert [t[-1] for t in tried] == ["c0", "c1", "c2", "c3", "c4", "c5"]  # c1 helped, then 4 misses in a row
     assert f"stopped: the next {S.PATIENCE} most sensitive layers did not raise top-1" in " ".join(events.messages)
+
+
+@pytest.mark.parametrize("target", ["tensorrt", "cpu"])
+def test_float_node_edit_computes_what_quantizing_without_the_node_does(exported, tmp_path, target):
+    """The sensitivity scan edits the quantized graph instead of quantizing anew per layer: for every candidate the
+    edited graph must compute what ONNX Runtime's quantizer gives with that node excluded."""
+    import numpy as np
+
+    from edgetl.calibration import calibrate, calibration_items
+    from edgetl.calibration._ort import private_copy
+    from edgetl.card import ModelCard
+    from edgetl.data import load_arrays, read_splits
+    from edgetl.quantize.graph import DATA_MOVEMENT_OPS, float_node, load_float_model, qdq, quantized_nodes, \
+        shape_inferred
+    from edgetl.quantize.scoring import Scorer
+
+    run = RunDir(exported)
+    card = ModelCard.from_onnx(run.onnx)
+    calib = calibrate(run.onnx, calibration_items(run, card, None, 32), card, "images", "minmax", tmp_path, 32)
+    base = shape_inferred(private_copy(load_float_model(run.onnx).path, tmp_path))
+    x, y = load_arrays(read_splits(run.splits)[1], card, limit=16)
+    scorer = Scorer(x=x, y=y, source="val", card=card, threads=2)
+    full = qdq(base, calib, target, exclude=[])
+    quantized = quantized_nodes(full)
+    layers = [n.name for n in base.graph.node if n.op_type not in DATA_MOVEMENT_OPS and n.name in quantized]
+    assert len(layers) > 10
+    for name in layers[:3] + layers[-3:]:  # the stem, the middle, the head
+        edited = float_node(full, base, name)
+        assert name not in quantized_nodes(edited) and quantized_nodes(edited) == quantized - {name}
+        check_graph(edited, target)
+        ref = scorer.logits(qdq(base, calib, target, exclude=[name]).SerializeToString(), exact=True)
+        got = scorer.logits(edited.SerializeToString(), exact=True)
+        assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max(), name

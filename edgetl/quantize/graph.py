@@ -216,7 +216,53 @@ def float_inputs_of(proto, inputs: dict[str, int | None]) -> None:
             q = producer.get(dq.input[0])
             if q is not None and q.op_type == "QuantizeLinear":
                 node.input[k] = q.input[0]
-    while True:  # prune Q/DQ whose outputs nobody reads
+    _prune_qdq(graph)
+
+
+def float_node(proto, base, name: str):
+    """A copy of `proto` (a Q/DQ graph of `base`) in which node `name` computes in float: its activations read
+    the float tensors and its weights `base`'s float initializers. What quantizing with `name` excluded gives,
+    without running the quantizer again (which costs more than scoring a small subset)."""
+    out = copy.deepcopy(proto)
+    graph = out.graph
+    node = next(n for n in graph.node if n.name == name)
+    source = next(n for n in base.graph.node if n.name == name)
+    producer = {o: n for n in graph.node for o in n.output}
+    have = {t.name for t in graph.initializer}
+    floats = {t.name: t for t in base.graph.initializer}
+    for k, tensor in enumerate(node.input):
+        dq = producer.get(tensor)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = producer.get(dq.input[0])
+        if q is not None and q.op_type == "QuantizeLinear":
+            node.input[k] = q.input[0]
+        elif k < len(source.input) and source.input[k] in floats:  # a quantized weight or bias
+            # ONNX Runtime names a quantized bias's DequantizeLinear output after the float bias: rename that one
+            name_float = source.input[k] if source.input[k] != tensor else f"{tensor}_float"
+            node.input[k] = name_float
+            if name_float not in have:
+                init = copy.deepcopy(floats[source.input[k]])
+                init.name = name_float
+                graph.initializer.append(init)
+                have.add(name_float)
+    # An output the quantizer quantized for the graph's output alone (the cpu form's last Gemm) stays float too
+    outputs = {o.name for o in graph.output}
+    for j, tensor in enumerate(node.output):
+        q = [n for n in graph.node if tensor in n.input]
+        dq = [n for n in graph.node if q and q[0].output[0] in n.input]
+        if (len(q) == 1 and q[0].op_type == "QuantizeLinear" and len(dq) == 1 and dq[0].op_type == "DequantizeLinear"
+                and dq[0].output[0] in outputs and not any(dq[0].output[0] in n.input for n in graph.node)):
+            node.output[j] = dq[0].output[0]
+            graph.node.remove(q[0])
+            graph.node.remove(dq[0])
+    _prune_qdq(graph)
+    return out
+
+
+def _prune_qdq(graph) -> None:
+    """Remove Q/DQ nodes whose outputs nobody reads, then initializers nobody reads."""
+    while True:
         used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
         dead = [n for n in graph.node if n.op_type in QDQ_OPS and not any(o in used for o in n.output)]
         if not dead:

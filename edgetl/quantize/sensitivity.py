@@ -2,9 +2,11 @@
 
 Leave-one-out sensitivity: for each quantized compute node (convs, GEMMs, MatMuls, and also residual Adds, pools
 and the cpu form's other quantized ops), the top-1 of the model with every node quantized except that one. It
-costs one quantization and one scoring per layer (as much as one-layer-at-a-time) but measures what matters here:
-what keeping that layer in float buys with the others quantized. Layers are then kept in float greedily, most
-sensitive first, each kept only if it raised top-1, until the drop is within budget or no candidate helps.
+costs one scoring per layer (the quantized graph is edited, graph.float_node, rather than quantized anew: on
+EfficientNet-Lite0 the quantizer cost more than scoring 64 images) and measures what matters here: what keeping
+that layer in float buys with the others quantized. Layers are then kept in float greedily, most sensitive first,
+each kept only if it raised top-1 (now through the quantizer's own graph), until the drop is within budget or no
+candidate helps.
 
 Bounded, so that a real backbone (EfficientNet-Lite0: ~60 candidates) takes minutes: layers are ranked on a
 fixed, seeded subset of the scoring images (SENSITIVITY_IMAGES) by how close the model's logits come to fp32's
@@ -24,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edgetl.quantize.graph import DATA_MOVEMENT_OPS, qdq, quantized_nodes
+from edgetl.quantize.graph import DATA_MOVEMENT_OPS, float_node, qdq, quantized_nodes
 from edgetl.quantize.report import Excluded, Sensitivity
 from edgetl.quantize.scoring import Scorer
 from edgetl.stage import Events
@@ -75,15 +77,15 @@ def sensitivity(base, calib, target: str, best: Quantized, scorer: Scorer, event
     start = time.perf_counter()
     for i, name in enumerate(layers):
         events.progress(f"layer sensitivity ({len(sub.y)} images, {scoring})", i, len(layers))
-        trial = qdq(base, calib, target, exclude=[name], weights=weights)
-        t1, lg = sub.score(trial, scoring)
+        t1, lg = sub.score(float_node(best.proto, base, name), scoring)
         found.append(Sensitivity(node=name, top1_if_float=t1, gain=(t1 - ref) * 100, kl_if_float=_kl_to_fp32(sub, lg)))
         if i == 1:
             each = (time.perf_counter() - start) / 2
             events.message(f"  measuring {len(layers)} layers on {len(sub.y)} images, {each:.1f} s each: "
                            f"at most {each * len(layers) / 60:.1f} min")
         if max_drop is not None and _drop(sub, t1) <= max_drop and t1 > ref:
-            full_t1, full_logits = (t1, lg) if sub is scorer else scorer.score(trial, scoring)
+            trial = qdq(base, calib, target, exclude=[name], weights=weights)  # the quantizer's own graph is written
+            full_t1, full_logits = scorer.score(trial, scoring)
             if _drop(scorer, full_t1) <= max_drop and full_t1 > best.top1:
                 done = Quantized(trial, full_t1, full_logits, excluded=[Excluded(
                     node=name, gain=(full_t1 - best.top1) * 100, top1_after=full_t1,
