@@ -210,13 +210,17 @@ def float_inputs_of(proto, inputs: dict[str, int | None]) -> None:
         for k, name in enumerate(node.input):
             if inputs[node.name] is not None and k != inputs[node.name]:
                 continue
-            dq = producer.get(name)
-            if dq is None or dq.op_type != "DequantizeLinear":
-                continue
-            q = producer.get(dq.input[0])
-            if q is not None and q.op_type == "QuantizeLinear":
-                node.input[k] = q.input[0]
+            activation = _quantized_activation(producer, name)
+            if activation is not None:
+                node.input[k] = activation
     _prune_qdq(graph)
+
+
+def _quantized_activation(producer: dict, tensor: str) -> str | None:
+    """The float tensor behind `tensor` when it is DequantizeLinear(QuantizeLinear(float)), else None."""
+    dq = producer.get(tensor)
+    q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+    return q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None
 
 
 def float_node(proto, base, name: str):
@@ -234,9 +238,9 @@ def float_node(proto, base, name: str):
         dq = producer.get(tensor)
         if dq is None or dq.op_type != "DequantizeLinear":
             continue
-        q = producer.get(dq.input[0])
-        if q is not None and q.op_type == "QuantizeLinear":
-            node.input[k] = q.input[0]
+        activation = _quantized_activation(producer, tensor)
+        if activation is not None:
+            node.input[k] = activation
         elif k < len(source.input) and source.input[k] in floats:  # a quantized weight or bias
             # ONNX Runtime names a quantized bias's DequantizeLinear output after the float bias: rename that one
             name_float = source.input[k] if source.input[k] != tensor else f"{tensor}_float"
