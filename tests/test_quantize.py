@@ -586,6 +586,9 @@ def test_greedy_exclusion_gives_up_after_patience_layers_that_do_not_help(monkey
         def subset(self, n):
             return self
 
+        def drop(self, top1):
+            return round((self.fp32_top1 - top1) * 100, 6)
+
         def score(self, proto, scoring):
             good = 16 + 2 * ("c1" in proto)
             logits = fp32.copy()
@@ -634,3 +637,14 @@ def test_float_node_edit_computes_what_quantizing_without_the_node_does(exported
         ref = scorer.logits(qdq(base, calib, target, exclude=[name]).SerializeToString(), exact=True)
         got = scorer.logits(edited.SerializeToString(), exact=True)
         assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max(), name
+
+
+def test_a_drop_of_exactly_the_budget_is_within_it():
+    """0.84 - 0.83 is 1.0000000000000009 points in floats: the demo's int8 once ended 'over max_drop 1.0' there."""
+    import numpy as np
+
+    from edgetl.quantize.scoring import Scorer
+
+    scorer = Scorer(x=np.zeros((100, 1)), y=np.zeros(100, dtype=int), source="s", card=None, threads=1,
+                    fp32_top1=0.84)
+    assert (0.84 - 0.83) * 100 > 1.0 and scorer.drop(0.83) == 1.0 and scorer.drop(0.84) == 0.0

@@ -56,7 +56,7 @@ def quantize_fp16(run: RunDir, card: ModelCard, source: FloatModel, scorer: Scor
         return Fp16Entry(**facts, top1=None, drop=None, cpu_runnable=False,
                          cpu_note=f"onnxruntime on this CPU cannot run it: {e}", seconds=time.perf_counter() - start)
     top1 = scorer.top1(logits)
-    drop = (scorer.fp32_top1 - top1) * 100
+    drop = scorer.drop(top1)
     delta = float(np.abs(logits - scorer.fp32_logits).max())
     scale = float(max(1.0, np.abs(scorer.fp32_logits).max()))
     agreement = scorer.agreement(logits)

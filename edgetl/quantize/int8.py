@@ -91,7 +91,7 @@ def quantize_int8(run: RunDir, card: ModelCard, source: FloatModel, scorer: Scor
         if best is None or top1 > best[1].top1:
             best = (calib, Quantized(proto, top1, logits))
     calib, chosen = best
-    drop = (scorer.fp32_top1 - chosen.top1) * 100
+    drop = scorer.drop(chosen.top1)
     weights = default_cpu_weights() if target == "cpu" else "int8"
     if drop > cfg.max_drop and weights == "int8 7-bit":
         # ONNX Runtime's other remedy for a saturating U8S8 CPU: uint8 weights (U8U8) keep 8 bits and never
@@ -102,11 +102,11 @@ def quantize_int8(run: RunDir, card: ModelCard, source: FloatModel, scorer: Scor
                        f"int8 weights {chosen.top1 * 100:.2f}%")
         if top1 > chosen.top1:
             weights, chosen = "uint8", Quantized(proto, top1, logits)
-            drop = (scorer.fp32_top1 - chosen.top1) * 100
+            drop = scorer.drop(chosen.top1)
     if drop > cfg.max_drop:
         events.message(f"drop {drop:.2f} pt > max_drop {cfg.max_drop}: measuring per-layer sensitivity")
         chosen = exclude_sensitive(base, calib, target, chosen, scorer, cfg.max_drop, events, scoring, weights)
-        drop = (scorer.fp32_top1 - chosen.top1) * 100
+        drop = scorer.drop(chosen.top1)
     # the same graph the other way, for comparison only: decisions above used the form's own scoring
     other = "fused" if scoring == "exact" else "exact"
     other_top1, other_logits = scorer.score(chosen.proto, other)

@@ -3,7 +3,7 @@
 Leave-one-out sensitivity: for each quantized compute node (convs, GEMMs, MatMuls, and also residual Adds, pools
 and the cpu form's other quantized ops), the top-1 of the model with every node quantized except that one. It
 costs one scoring per layer (the quantized graph is edited, graph.float_node, rather than quantized anew: on
-EfficientNet-Lite0 the quantizer cost more than scoring 64 images) and measures what matters here: what keeping
+EfficientNet-Lite0 the quantizer cost as much as scoring 64 images) and measures what matters here: what keeping
 that layer in float buys with the others quantized. Layers are then kept in float greedily, most sensitive first,
 each kept only if it raised top-1 (now through the quantizer's own graph), until the drop is within budget or no
 candidate helps.
@@ -11,7 +11,7 @@ candidate helps.
 Bounded, so that a real backbone (EfficientNet-Lite0: ~60 candidates) takes minutes: layers are ranked on a
 fixed, seeded subset of the scoring images (SENSITIVITY_IMAGES) by how close the model's logits come to fp32's
 with that layer in float (mean KL divergence of the softmaxes: continuous, so a small subset ranks finely where
-top-1 on 64 images moves in steps of 1.6 points), the scan stops at the first layer whose
+top-1 on 128 images moves in steps of 0.8 points), the scan stops at the first layer whose
 exclusion alone meets the budget (confirmed on every image), it says how long it expects to take, and the
 greedy step gives up after PATIENCE layers in a row that do not help. Every
 decision that is written (a layer kept in float, the final top-1) is scored on all the images, the form's
@@ -31,7 +31,7 @@ from edgetl.quantize.report import Excluded, Sensitivity
 from edgetl.quantize.scoring import Scorer
 from edgetl.stage import Events
 
-SENSITIVITY_IMAGES = 64  # images the layers are ranked on (fixed, seeded); all when the set is smaller
+SENSITIVITY_IMAGES = 128  # images the layers are ranked on (fixed, seeded); all when the set is smaller
 # Layers tried in a row, most sensitive first, that do not raise top-1 before the greedy search gives up: each try
 # costs a full scoring, and past the first few the ranking's tail rarely holds a layer that helps.
 PATIENCE = 4
@@ -59,10 +59,6 @@ class Quantized:
     sensitivity_images: int | None = None
 
 
-def _drop(scorer: Scorer, top1: float) -> float:
-    return (scorer.fp32_top1 - top1) * 100
-
-
 def sensitivity(base, calib, target: str, best: Quantized, scorer: Scorer, events: Events, scoring: str = "exact",
                 max_drop: float | None = None, weights: str | None = None) -> tuple[list[Sensitivity], Quantized | None]:
     """Every quantized compute node of `best` with the top-1 (on `scorer.subset`) reached when only it stays
@@ -83,13 +79,13 @@ def sensitivity(base, calib, target: str, best: Quantized, scorer: Scorer, event
             each = (time.perf_counter() - start) / 2
             events.message(f"  measuring {len(layers)} layers on {len(sub.y)} images, {each:.1f} s each: "
                            f"at most {each * len(layers) / 60:.1f} min")
-        if max_drop is not None and _drop(sub, t1) <= max_drop and t1 > ref:
+        if max_drop is not None and sub.drop(t1) <= max_drop and t1 > ref:
             trial = qdq(base, calib, target, exclude=[name], weights=weights)  # the quantizer's own graph is written
             full_t1, full_logits = scorer.score(trial, scoring)
-            if _drop(scorer, full_t1) <= max_drop and full_t1 > best.top1:
+            if scorer.drop(full_t1) <= max_drop and full_t1 > best.top1:
                 done = Quantized(trial, full_t1, full_logits, excluded=[Excluded(
                     node=name, gain=(full_t1 - best.top1) * 100, top1_after=full_t1,
-                    drop_after=_drop(scorer, full_t1))])
+                    drop_after=scorer.drop(full_t1))])
                 events.message(f"  stopped after {i + 1} of {len(layers)} layers: keeping {name} in float meets "
                                f"max_drop")
                 break
@@ -113,7 +109,7 @@ def exclude_sensitive(base, calib, target: str, best: Quantized, scorer: Scorer,
     ref_kl = _kl_to_fp32(sub, best.logits if sub is scorer else sub.score(best.proto, scoring)[1])
     misses = 0
     for cand in ranked:
-        if _drop(scorer, current.top1) <= max_drop or cand.kl_if_float >= ref_kl:
+        if scorer.drop(current.top1) <= max_drop or cand.kl_if_float >= ref_kl:
             break  # within budget, or no layer left whose float version moves the logits towards fp32
         if misses == PATIENCE:
             events.message(f"  stopped: the next {PATIENCE} most sensitive layers did not raise top-1")
@@ -124,10 +120,10 @@ def exclude_sensitive(base, calib, target: str, best: Quantized, scorer: Scorer,
         misses = 0 if t1 > current.top1 else misses + 1
         if t1 > current.top1:
             current.excluded.append(Excluded(node=cand.node, gain=(t1 - current.top1) * 100, top1_after=t1,
-                                             drop_after=_drop(scorer, t1)))
+                                             drop_after=scorer.drop(t1)))
             events.message(f"  kept {cand.node} in float: top-1 {current.top1 * 100:.2f}% -> {t1 * 100:.2f}%")
             current.proto, current.top1, current.logits = trial, t1, lg
-    if _drop(scorer, current.top1) > max_drop:
-        events.message(f"  drop still {_drop(scorer, current.top1):.2f} pt after keeping "
+    if scorer.drop(current.top1) > max_drop:
+        events.message(f"  drop still {scorer.drop(current.top1):.2f} pt after keeping "
                        f"{len(current.excluded)} layer(s) in float")
     return current
