@@ -226,7 +226,7 @@ def _quantized_activation(producer: dict, tensor: str) -> str | None:
 def float_node(proto, base, name: str):
     """A copy of `proto` (a Q/DQ graph of `base`) in which node `name` computes in float: its activations read
     the float tensors and its weights `base`'s float initializers. What quantizing with `name` excluded gives,
-    without running the quantizer again (which costs more than scoring a small subset)."""
+    without running the quantizer again for each of the sensitivity scan's layers."""
     out = copy.deepcopy(proto)
     graph = out.graph
     node = next(n for n in graph.node if n.name == name)

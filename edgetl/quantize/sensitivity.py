@@ -2,11 +2,10 @@
 
 Leave-one-out sensitivity: for each quantized compute node (convs, GEMMs, MatMuls, and also residual Adds, pools
 and the cpu form's other quantized ops), the top-1 of the model with every node quantized except that one. It
-costs one scoring per layer (the quantized graph is edited, graph.float_node, rather than quantized anew: on
-EfficientNet-Lite0 the quantizer cost as much as scoring 64 images) and measures what matters here: what keeping
-that layer in float buys with the others quantized. Layers are then kept in float greedily, most sensitive first,
-each kept only if it raised top-1 (now through the quantizer's own graph), until the drop is within budget or no
-candidate helps.
+costs one scoring per layer (the quantized graph is edited, graph.float_node, rather than quantized anew) and
+measures what matters here: what keeping that layer in float buys with the others quantized. Layers are then
+kept in float greedily, most sensitive first, each kept only if it raised top-1 (now through the quantizer's own
+graph), until the drop is within budget or no candidate helps.
 
 Bounded, so that a real backbone (EfficientNet-Lite0: ~60 candidates) takes minutes: layers are ranked on a
 fixed, seeded subset of the scoring images (SENSITIVITY_IMAGES) by how close the model's logits come to fp32's
