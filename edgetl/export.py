@@ -116,7 +116,7 @@ def export(run_path: str | os.PathLike, cfg: ExportSettings | None = None, event
     import onnx
 
     from edgetl.data import load_arrays, read_splits
-    from edgetl.io import make_tempdir, sha256_file
+    from edgetl.io import disk_errors, make_tempdir, sha256_file
 
     cfg = cfg or ExportSettings()
     opset, static_batch, tolerance = cfg.opset, cfg.static_batch, cfg.tolerance
@@ -148,80 +148,83 @@ def export(run_path: str | os.PathLike, cfg: ExportSettings | None = None, event
         raise RunDirError(f"{run.path}: cannot write into the run directory ({e.strerror or e})",
                           "check its permissions and free disk space") from None
     try:
-        events.status(f"exporting '{card.model}' to ONNX opset {opset}")
-        t = time.perf_counter()
-        raw = tmpdir / "raw" / run.onnx.name
-        raw.parent.mkdir()
-        _torch_export(module, out_card, raw, opset, static_batch)
-        proto = onnx.load(str(raw))
-        out_card.write_onnx(proto)
-        nodes_before = len(proto.graph.node)
-        external = _initializer_bytes(proto) > cfg.external_data_threshold
-        candidate = tmpdir / "plain" / run.onnx.name
-        _save(proto, candidate, external)
-        del proto
-        timings["export"] = time.perf_counter() - t
-
-        events.status("checking the graph's inputs and outputs")
-        t = time.perf_counter()
-        _check_graph(candidate, out_card, static_batch)
-        timings["check"] = time.perf_counter() - t
-
-        events.status(f"parity with PyTorch on {n} validation images (onnxruntime)")
-        t = time.perf_counter()
-        parity, batch_sizes = _parity(candidate, x_graph, reference, labels, tolerance)
-        timings["parity"] = time.perf_counter() - t
-        if not parity["passed"]:
-            raise ExportError(
-                f"ONNX output differs from PyTorch on {n} validation images of {run.path}: "
-                f"max |delta logit| {parity['max_abs_diff']:.3g} ({parity['max_scaled_diff']:.3g} of the logit "
-                f"scale, tolerance {tolerance:g}), "
-                f"top-1 agreement {parity['top1_agreement']:.2%}; model.onnx not written",
-                "try another opset; if the gap is tiny and expected, raise the tolerance")
-
-        final, nodes_after = candidate, nodes_before
-        simplification: dict[str, Any] = {"requested": cfg.simplify, "kept": False}
-        if cfg.simplify:
-            events.status("simplifying (onnxslim)")
+        # a full disk or read-only mount under the private folder is the run's: one line naming the run
+        with disk_errors(run.onnx):
+            events.status(f"exporting '{card.model}' to ONNX opset {opset}")
             t = time.perf_counter()
-            slim_path, slim_parity, note = _simplify(candidate, tmpdir / "slim" / run.onnx.name, out_card, external,
-                                                     static_batch, x_graph, reference, labels, tolerance)
-            timings["simplify"] = time.perf_counter() - t
-            if slim_path is not None:
-                final, parity = slim_path, slim_parity
-                nodes_after = len(onnx.load(str(final), load_external_data=False).graph.node)
-                simplification["kept"] = True
-            simplification["note"] = note
+            raw = tmpdir / "raw" / run.onnx.name
+            raw.parent.mkdir()
+            _torch_export(module, out_card, raw, opset, static_batch)
+            proto = onnx.load(str(raw))
+            out_card.write_onnx(proto)
+            nodes_before = len(proto.graph.node)
+            external = _initializer_bytes(proto) > cfg.external_data_threshold
+            candidate = tmpdir / "plain" / run.onnx.name
+            _save(proto, candidate, external)
+            del proto
+            timings["export"] = time.perf_counter() - t
 
-        events.status("writing model.onnx")
-        _install(final, run.onnx)
-        header = onnx.load(str(run.onnx), load_external_data=False)
-        data_file = run.onnx.with_name(run.onnx.name + DATA_SUFFIX)
-        result = ExportResult(
-            model_file=run.onnx.name,
-            external_data=data_file.name if external else None,
-            model=card.model,
-            opset=opset,
-            exporter="torch.onnx.export (TorchScript, dynamo=False)",
-            dynamic_batch=static_batch is None,
-            static_batch=static_batch,
-            fuse_preprocess=cfg.fuse_preprocess,
-            input_format=out_card.input_format,
-            inputs=_describe(header.graph.input),
-            outputs=_describe(header.graph.output),
-            nodes_before_simplify=nodes_before,
-            nodes_after_simplify=nodes_after,
-            simplification=simplification,
-            parity={**parity, "batch_sizes": batch_sizes, "images": f"val split (splits.json), {n} spread "
-                    "evenly over it"},
-            file_size_bytes=run.onnx.stat().st_size + (data_file.stat().st_size if external else 0),
-            sha256=sha256_file(run.onnx),
-            external_data_sha256=sha256_file(data_file) if external else None,
-            weights_sha256=sha256_file(run.weights),
-            versions=_versions(),
-            seconds={**{k: round(v, 3) for k, v in timings.items()}, "total": round(time.perf_counter() - t_start, 3)},
-        )
-        result.write(run.export_report)
+            events.status("checking the graph's inputs and outputs")
+            t = time.perf_counter()
+            _check_graph(candidate, out_card, static_batch)
+            timings["check"] = time.perf_counter() - t
+
+            events.status(f"parity with PyTorch on {n} validation images (onnxruntime)")
+            t = time.perf_counter()
+            parity, batch_sizes = _parity(candidate, x_graph, reference, labels, tolerance)
+            timings["parity"] = time.perf_counter() - t
+            if not parity["passed"]:
+                raise ExportError(
+                    f"ONNX output differs from PyTorch on {n} validation images of {run.path}: "
+                    f"max |delta logit| {parity['max_abs_diff']:.3g} ({parity['max_scaled_diff']:.3g} of the logit "
+                    f"scale, tolerance {tolerance:g}), "
+                    f"top-1 agreement {parity['top1_agreement']:.2%}; model.onnx not written",
+                    "try another opset; if the gap is tiny and expected, raise the tolerance")
+
+            final, nodes_after = candidate, nodes_before
+            simplification: dict[str, Any] = {"requested": cfg.simplify, "kept": False}
+            if cfg.simplify:
+                events.status("simplifying (onnxslim)")
+                t = time.perf_counter()
+                slim_path, slim_parity, note = _simplify(candidate, tmpdir / "slim" / run.onnx.name, out_card, external,
+                                                         static_batch, x_graph, reference, labels, tolerance)
+                timings["simplify"] = time.perf_counter() - t
+                if slim_path is not None:
+                    final, parity = slim_path, slim_parity
+                    nodes_after = len(onnx.load(str(final), load_external_data=False).graph.node)
+                    simplification["kept"] = True
+                simplification["note"] = note
+
+            events.status("writing model.onnx")
+            _install(final, run.onnx)
+            header = onnx.load(str(run.onnx), load_external_data=False)
+            data_file = run.onnx.with_name(run.onnx.name + DATA_SUFFIX)
+            result = ExportResult(
+                model_file=run.onnx.name,
+                external_data=data_file.name if external else None,
+                model=card.model,
+                opset=opset,
+                exporter="torch.onnx.export (TorchScript, dynamo=False)",
+                dynamic_batch=static_batch is None,
+                static_batch=static_batch,
+                fuse_preprocess=cfg.fuse_preprocess,
+                input_format=out_card.input_format,
+                inputs=_describe(header.graph.input),
+                outputs=_describe(header.graph.output),
+                nodes_before_simplify=nodes_before,
+                nodes_after_simplify=nodes_after,
+                simplification=simplification,
+                parity={**parity, "batch_sizes": batch_sizes, "images": f"val split (splits.json), {n} spread "
+                        "evenly over it"},
+                file_size_bytes=run.onnx.stat().st_size + (data_file.stat().st_size if external else 0),
+                sha256=sha256_file(run.onnx),
+                external_data_sha256=sha256_file(data_file) if external else None,
+                weights_sha256=sha256_file(run.weights),
+                versions=_versions(),
+                seconds={**{k: round(v, 3) for k, v in timings.items()},
+                         "total": round(time.perf_counter() - t_start, 3)},
+            )
+            result.write(run.export_report)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     record_settings(run.path, "export", cfg)

@@ -423,6 +423,18 @@ def test_a_full_disk_under_triton_leaves_no_truncated_model(places, digests, tmp
     assert [p for p in repo.rglob("*") if p.is_file()] == []
 
 
+def test_a_full_disk_during_export_names_the_run(places, digests, monkeypatch, capsys):
+    """Export builds in a private folder inside the run: a full disk there is the run's, said in one line."""
+    import edgetl.export
+
+    monkeypatch.setattr(edgetl.export, "_save", _no_space)
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", str(places["run"])])
+    captured = capsys.readouterr()
+    _check(exit_.value.code, captured.out, captured.err, 1, "{run}: cannot write model.onnx (No space", places,
+           digests)
+
+
 def test_a_full_disk_while_finetune_saves_is_one_line(places, digests, monkeypatch, capsys):
     """torch.save says a full disk in words (RuntimeError "file write failed"), safetensors too: one line."""
     import torch
