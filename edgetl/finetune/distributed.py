@@ -96,8 +96,15 @@ class World:
                               "check torchrun's rendezvous settings (--rdzv-endpoint / MASTER_ADDR, ports)") from None
         try:
             yield
+        except BaseException:
+            # No barrier on a failure: a process that failed must not wait for the others.
+            dist.destroy_process_group()
+            raise
+        # A finished process waits for the others before tearing the group down: one that left while rank 0 was
+        # still writing the run was once aborted by gloo ("terminate called without an active exception") under load.
+        try:
+            self.barrier()
         finally:
-            # No barrier on the way out: a process that failed must not wait for the others.
             dist.destroy_process_group()
 
     # --- collectives ----------------------------------------------------------------------------------------
