@@ -596,7 +596,8 @@ def test_greedy_exclusion_gives_up_after_patience_layers_that_do_not_help(monkey
             return good / 20, logits
 
     ranked = [Sensitivity(node=f"c{i}", top1_if_float=0.8, gain=0.0, kl_if_float=0.0) for i in range(10)]
-    monkeypatch.setattr(S, "sensitivity", lambda *a, **k: (ranked, None))
+    ref_kl = S._kl_to_fp32(Scorer(), Scorer().score([], "exact")[1])  # the fully quantized model's, as the scan gives
+    monkeypatch.setattr(S, "sensitivity", lambda *a, **k: (ranked, None, ref_kl))
     monkeypatch.setattr(S, "qdq", lambda base, calib, target, exclude, weights=None: tried.append(exclude) or exclude)
     events = Recorder()
     best = S.Quantized(proto=[], top1=0.8, logits=Scorer().score([], "exact")[1])

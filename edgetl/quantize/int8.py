@@ -12,12 +12,11 @@ from edgetl.card import ModelCard
 from edgetl.data import ImageList
 from edgetl.errors import QuantizeError
 from edgetl.onnx_write import save_checked, sort_nodes
+from edgetl.portable.isa import cpu_int8_isa
 from edgetl.quantize.check import check_graph
 from edgetl.quantize.graph import (FloatModel, default_cpu_weights, placement_summary, qdq, quantizer_settings,
                                    shape_inferred)
-from edgetl.quantize.report import Int8Entry, MethodTried
-from edgetl.portable.isa import cpu_int8_isa
-from edgetl.quantize.report import OtherScoring
+from edgetl.quantize.report import Int8Entry, MethodTried, OtherScoring
 from edgetl.quantize.scoring import SCORING_HOW, SCORING_OF_FORM, Scorer
 from edgetl.quantize.sensitivity import Quantized, exclude_sensitive
 from edgetl.quantize.settings import QuantizeSettings

@@ -59,14 +59,15 @@ class Quantized:
 
 
 def sensitivity(base, calib, target: str, best: Quantized, scorer: Scorer, events: Events, scoring: str = "exact",
-                max_drop: float | None = None, weights: str | None = None) -> tuple[list[Sensitivity], Quantized | None]:
+                max_drop: float | None = None,
+                weights: str | None = None) -> tuple[list[Sensitivity], Quantized | None, float]:
     """Every quantized compute node of `best` with the top-1 (on `scorer.subset`) reached when only it stays
-    float, most sensitive first; and, when one node's exclusion alone meets `max_drop` on all images, that
-    model (the scan stopped there)."""
+    float, most sensitive first; when one node's exclusion alone meets `max_drop` on all images, that model
+    (the scan stopped there); and `best`'s own KL to fp32 on the subset, the ranking's reference."""
     sub = scorer.subset(SENSITIVITY_IMAGES)
     quantized = quantized_nodes(best.proto)
     layers = [n.name for n in base.graph.node if n.op_type not in DATA_MOVEMENT_OPS and n.name in quantized]
-    ref = best.top1 if sub is scorer else sub.score(best.proto, scoring)[0]
+    ref, ref_logits = (best.top1, best.logits) if sub is scorer else sub.score(best.proto, scoring)
     found: list[Sensitivity] = []
     done = None
     start = time.perf_counter()
@@ -90,13 +91,13 @@ def sensitivity(base, calib, target: str, best: Quantized, scorer: Scorer, event
                 break
     events.progress(f"layer sensitivity ({len(sub.y)} images, {scoring})", len(layers), len(layers))
     found.sort(key=lambda s: s.kl_if_float)
-    return found, done
+    return found, done, _kl_to_fp32(sub, ref_logits)
 
 
 def exclude_sensitive(base, calib, target: str, best: Quantized, scorer: Scorer, max_drop: float,
                       events: Events, scoring: str = "exact", weights: str | None = None) -> Quantized:
     """`best` with the layers kept in float that bring its drop within `max_drop` (as far as any helps)."""
-    ranked, done = sensitivity(base, calib, target, best, scorer, events, scoring, max_drop, weights)
+    ranked, done, ref_kl = sensitivity(base, calib, target, best, scorer, events, scoring, max_drop, weights)
     images = min(len(scorer.y), SENSITIVITY_IMAGES)
     if done is not None:
         done.sensitivity, done.sensitivity_images = ranked, images
@@ -104,8 +105,6 @@ def exclude_sensitive(base, calib, target: str, best: Quantized, scorer: Scorer,
                        f"{done.top1 * 100:.2f}%")
         return done
     current = Quantized(best.proto, best.top1, best.logits, sensitivity=ranked, sensitivity_images=images)
-    sub = scorer.subset(SENSITIVITY_IMAGES)
-    ref_kl = _kl_to_fp32(sub, best.logits if sub is scorer else sub.score(best.proto, scoring)[1])
     misses = 0
     for cand in ranked:
         if scorer.drop(current.top1) <= max_drop or cand.kl_if_float >= ref_kl:
