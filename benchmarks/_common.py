@@ -1,10 +1,10 @@
-"""Helpers shared by the benchmark scripts (random-init runs live in edgetl.scaffold)."""
+"""Helpers shared by the benchmark scripts (random-init runs live in edgetl.demo.scaffold)."""
 
 from __future__ import annotations
 
 import platform
 
-from edgetl.scaffold import export_and_quantize, make_run  # noqa: F401 (re-exported for the scripts)
+from edgetl.demo.scaffold import export_and_quantize, make_run  # noqa: F401 (re-exported for the scripts)
 
 
 def machine() -> str:

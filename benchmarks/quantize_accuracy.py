@@ -134,7 +134,7 @@ def imagenet_run(root: Path, weights: Path, photos: list[Path], n_calib: int, n_
 
 
 def digits_run(root: Path, weights: Path, img_size: int, epochs: int) -> Path:
-    from edgetl.data.demo import write_demo_data
+    from edgetl.demo.data import write_demo_data
     from edgetl.finetune import FinetuneSettings, finetune
 
     data = write_demo_data(root / "digits", size=img_size)
@@ -254,7 +254,7 @@ def main() -> None:
         run = root / "lite0-imagenet"
         if not (run / "model.onnx").is_file():  # a run made by an earlier call with the same --out is reused
             run = imagenet_run(root, weights, find_photos(args.photos), args.calib, args.eval)
-            from edgetl.export import export
+            from edgetl.export.run import export
             export(run)
         quantize_rows(run, "Lite0 ImageNet head, natural-photo crops", args.methods, args.threads, rows)
         from edgetl.errors import QuantizeBudgetMissed
@@ -276,7 +276,7 @@ def main() -> None:
         run = root / "lite0-digits"
         if not (run / "model.safetensors").is_file():
             run = digits_run(root, weights, args.digits_size, args.digits_epochs)
-        from edgetl.export import ExportSettings, export
+        from edgetl.export.run import ExportSettings, export
         if not (run / "model.onnx").is_file():
             # the fine-tuned Lite0's ONNX logits differ from PyTorch's by 3.3e-4 of their scale (export's default
             # tolerance is 1e-4) with 100% top-1 agreement: a float-rounding gap, not a wrong graph

@@ -1,8 +1,8 @@
 """TensorRT-RTX's real ONNX parser and builder on the graphs edgetl writes: family x precision -> parsed,
 built, engine MB, build seconds, network layers. Runs on a CPU (TensorRT-RTX compiles ahead of time).
 
-Each family is a random-init timm model (edgetl.scaffold: parse and build need no trained weights) put
-through edgetl's own export and quantize (int8 TensorRT form, fp16), then `edgetl.build.build(...,
+Each family is a random-init timm model (edgetl.demo.scaffold: parse and build need no trained weights) put
+through edgetl's own export and quantize (int8 TensorRT form, fp16), then `edgetl.tensorrt.build.build(...,
 target="rtx")` for compute capabilities 8.6, 8.9, 12.0. "layers" is the parsed network's layer count
 (INetworkDefinition.num_layers, before fusion): TensorRT-RTX's engine inspector needs a GPU to deserialize
 the engine, so the built engine's own layers cannot be listed here.
@@ -29,7 +29,7 @@ BEGIN, END = "<!-- rtx-build-table:begin -->", "<!-- rtx-build-table:end -->"
 
 
 def rows_for(family: str, root: Path, img_size: int, batch: str) -> list[dict]:
-    from edgetl.build import BuildSettings, build
+    from edgetl.tensorrt.build import BuildSettings, build
     from edgetl.errors import EdgetlError, first_line
 
     t = time.perf_counter()
@@ -70,7 +70,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    from edgetl.scaffold import FAMILIES
+    from edgetl.demo.scaffold import FAMILIES
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--families", nargs="+", default=list(FAMILIES))

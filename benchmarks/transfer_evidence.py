@@ -58,8 +58,8 @@ def sweep(args) -> None:
     import torch
 
     from edgetl.data import load_splits, test_split
-    from edgetl.data.demo import write_demo_data
-    from edgetl.demo import source_weights
+    from edgetl.demo.data import write_demo_data
+    from edgetl.demo.run import source_weights
     from edgetl.finetune import FinetuneSettings, finetune
     from edgetl.finetune.probe import linear_probe
     from edgetl.io import read_json, write_json

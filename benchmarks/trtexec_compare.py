@@ -51,7 +51,7 @@ def main() -> None:
         sys.exit("trtexec is not on PATH (JetPack: /usr/src/tensorrt/bin/trtexec)")
 
     from edgetl.bench import time_infer
-    from edgetl.engine import read_sidecar
+    from edgetl.tensorrt.engine import read_sidecar
     from edgetl.rundir import RunDir
     from edgetl.runtime import create_backend, resolve_model_file
 

@@ -329,7 +329,7 @@ def eval_cmd(
     json_out: Optional[Path] = typer.Option(None, "--json", dir_okay=False, help="also write the metrics here"),
 ) -> None:
     """Score a run's model on a folder with top-1/top-5/F1/AUC and the confusion matrix."""
-    from edgetl.evaluate import EvalSettings, eval_run
+    from edgetl.evaluate.run import EvalSettings, eval_run
     from edgetl.presentation.eval import render_eval
     from edgetl.presentation.events import RichEvents
     from edgetl.stage import load_settings
@@ -359,7 +359,7 @@ def demo(
     training from scratch, then export, quantization, a TensorRT-RTX build and the benchmark of what this machine
     can run."""
     given = dict(locals())  # first statement: only the options, before any import adds names
-    from edgetl.demo import DemoSettings, demo as run_demo
+    from edgetl.demo.run import DemoSettings, demo as run_demo
     from edgetl.presentation.demo import demo_events
     from edgetl.stage import load_settings
 
@@ -385,7 +385,7 @@ def export_cmd(
     parity_images: Optional[int] = typer.Option(None, help="validation images compared with PyTorch [default: 64]"),
 ) -> None:
     """Export the run's model to RUN/model.onnx, checked against PyTorch on real validation images."""
-    from edgetl.export import ExportSettings, export
+    from edgetl.export.run import ExportSettings, export
     from edgetl.presentation.events import RichEvents
     from edgetl.presentation.export import render_export
     from edgetl.stage import load_settings
@@ -474,7 +474,7 @@ def build_cmd(
 ) -> None:
     """Build a TensorRT (or TensorRT-RTX) engine (strongly typed; precision comes from the ONNX graph)."""
     given = dict(locals())  # first statement: only the options, before any import adds names
-    from edgetl.build import BuildSettings, build
+    from edgetl.tensorrt.build import BuildSettings, build
     from edgetl.presentation.build import render_build
     from edgetl.presentation.events import RichEvents
     from edgetl.stage import load_settings
@@ -547,7 +547,7 @@ def bundle_cmd(
 ) -> None:
     """Pack what a device needs: ONNX, model card, preprocessed eval images, entry point, SHA-256 manifest."""
     given = dict(locals())  # first statement: only the options, before any import adds names
-    from edgetl.bundle import BundleSettings, bundle
+    from edgetl.ship.bundle import BundleSettings, bundle
     from edgetl.presentation.bundle import render_bundle
     from edgetl.presentation.events import RichEvents
     from edgetl.stage import load_settings
@@ -591,9 +591,9 @@ def deploy_cmd(
     """Ship a run to a device (or many) over ssh, build the engine there, benchmark there, fetch the results.
     Several --host (or --hosts FILE) deploy in parallel and write RUN/fleet.json, fleet.md and fleet.png; exit
     code 4 when some devices failed (the others' results are written)."""
-    from edgetl.deploy import DeploySettings, deploy
+    from edgetl.ship.deploy import DeploySettings, deploy
     from edgetl.errors import FleetIncomplete
-    from edgetl.fleet import deploy_fleet
+    from edgetl.ship.fleet import deploy_fleet
     from edgetl.presentation.deploy import FleetEvents, render_deploy, render_fleet
     from edgetl.presentation.events import RichEvents
     from edgetl.stage import load_settings
@@ -639,7 +639,7 @@ def triton_cmd(
     from edgetl.presentation.events import RichEvents
     from edgetl.presentation.triton import render_triton
     from edgetl.stage import load_settings
-    from edgetl.triton import TritonSettings, triton
+    from edgetl.ship.triton import TritonSettings, triton
 
     cfg = load_settings(TritonSettings, config, _overrides(given, "run"))
     with lock_run(run, "triton"), RichEvents() as events:

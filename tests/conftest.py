@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgetl.data.demo import write_demo_data
+from edgetl.demo.data import write_demo_data
 from edgetl.finetune import FinetuneSettings, finetune
 from edgetl.stage import Events
 
@@ -85,7 +85,7 @@ def run_copy(trained_run, tmp_path) -> Path:
 def exported_copy(trained_run, tmp_path_factory):
     """Factory: exported_copy(name) -> a private, writable copy of `trained_run` with model.onnx exported
     (the export runs once per session; every call gets its own folder, named `name`)."""
-    from edgetl.export import export
+    from edgetl.export.run import export
 
     master = tmp_path_factory.mktemp("exported") / "run"
     shutil.copytree(trained_run, master)
@@ -105,7 +105,7 @@ def family_graphs(tmp_path_factory):
     model.onnx, model.int8.onnx (TensorRT form) and model.fp16.onnx written by edgetl's own export and
     quantize, made once per session. Read-only: copy it before writing. Graph structure and NVIDIA's
     parser/builder need no trained weights."""
-    from edgetl.scaffold import export_and_quantize, make_run
+    from edgetl.demo.scaffold import export_and_quantize, make_run
 
     made: dict[str, Path] = {}
 

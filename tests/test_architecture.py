@@ -161,7 +161,7 @@ def test_the_graph_sees_function_level_relative_and_package_imports():
     graph = import_graph()
     assert "edgetl.io" in graph["edgetl.stage"]  # imported inside a function only
     assert "edgetl.errors" in graph["edgetl.stage"]  # module level
-    assert "edgetl.runtime" in graph["edgetl.bundle"]  # `from edgetl.runtime import create_backend`: the __init__
+    assert "edgetl.runtime" in graph["edgetl.ship.bundle"]  # `from edgetl.runtime import create_backend`: the __init__
     assert "edgetl.presentation.console" in graph["edgetl.presentation.events"]
 
 

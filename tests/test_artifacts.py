@@ -46,7 +46,7 @@ def test_run_artifacts_are_world_readable_under_umask_022(exported_copy, umask_0
     from edgetl.models import load_trained
 
     run = exported_copy("umask")
-    from edgetl.export import export
+    from edgetl.export.run import export
 
     export(run)
     model, card = load_trained(run)
@@ -89,7 +89,7 @@ def test_stale_temporaries_are_swept_and_nothing_else(tmp_path):
 
 def test_export_temp_folder_left_by_sigkill_is_removed_by_the_next_export(exported_copy):
     run = exported_copy("killed")
-    code = f"from edgetl.export import export; export({str(run)!r})"
+    code = f"from edgetl.export.run import export; export({str(run)!r})"
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     deadline = time.time() + 120
     left = []
@@ -104,7 +104,7 @@ def test_export_temp_folder_left_by_sigkill_is_removed_by_the_next_export(export
     assert left[0].exists()  # what SIGKILL leaves behind
     decoy = run / ".export-not-edgetl"
     decoy.mkdir()
-    from edgetl.export import export
+    from edgetl.export.run import export
 
     export(run)
     assert not left[0].exists()
@@ -142,9 +142,9 @@ def _flip_in_safetensors(path: Path) -> None:
 
 
 def test_changed_onnx_is_refused_by_every_stage_that_loads_it(exported_copy):
-    from edgetl.bundle import make_bundle
+    from edgetl.ship.bundle import make_bundle
     from edgetl.errors import ModelError
-    from edgetl.evaluate import EvalSettings, eval_run
+    from edgetl.evaluate.run import EvalSettings, eval_run
     from edgetl.quantize import QuantizeSettings, quantize
 
     run = exported_copy("tampered")
@@ -159,7 +159,7 @@ def test_changed_onnx_is_refused_by_every_stage_that_loads_it(exported_copy):
         assert e.value.message.startswith(f"{run / 'model.onnx'}: changed since it was written")
         assert "export_report.json recorded" in e.value.message and e.value.hint == f"re-run `edgetl export {run}`"
     assert not (run / "model.fp16.onnx").exists() and not (run / "bundles").exists()
-    from edgetl.export import export
+    from edgetl.export.run import export
 
     export(run)  # what the hint says: the re-exported model loads again
     assert eval_run(run, EvalSettings(backend="onnxruntime")).top1 == before
@@ -167,7 +167,7 @@ def test_changed_onnx_is_refused_by_every_stage_that_loads_it(exported_copy):
 
 def test_changed_quantized_graph_is_refused(exported_copy):
     from edgetl.errors import ModelError
-    from edgetl.evaluate import EvalSettings, eval_run
+    from edgetl.evaluate.run import EvalSettings, eval_run
     from edgetl.quantize import QuantizeSettings, quantize
 
     run = exported_copy("tampered-fp16")
@@ -185,8 +185,8 @@ def test_changed_quantized_graph_is_refused(exported_copy):
 
 def test_changed_safetensors_is_refused(run_copy):
     from edgetl.errors import ModelError
-    from edgetl.evaluate import eval_run
-    from edgetl.export import export
+    from edgetl.evaluate.run import eval_run
+    from edgetl.export.run import export
 
     _flip_in_safetensors(run_copy / "model.safetensors")
     for stage in (lambda: eval_run(run_copy), lambda: export(run_copy)):
@@ -210,7 +210,7 @@ def test_a_model_is_hashed_once_per_process(exported_copy, monkeypatch):
 
 def test_garbage_model_onnx_is_one_line_in_bundle_and_deploy(exported_copy):
     """Bytes that are no ONNX at all: bundle (and deploy, through the same model_files) say so in one line."""
-    from edgetl.bundle import make_bundle, model_files
+    from edgetl.ship.bundle import make_bundle, model_files
     from edgetl.errors import ModelError
     from edgetl.rundir import RunDir
 

@@ -34,7 +34,7 @@ def _int8_cpu_graph(run: RunDir) -> None:
 
 @pytest.fixture(scope="module")
 def bench_dir(trained_run, tmp_path_factory) -> Path:
-    from edgetl.export import export
+    from edgetl.export.run import export
 
     dst = tmp_path_factory.mktemp("bench") / "run"
     shutil.copytree(trained_run, dst)
@@ -78,7 +78,7 @@ def test_latency_numbers_are_consistent(result):
 
 
 def test_top1_is_the_same_through_every_backend(result, bench_dir):
-    from edgetl.evaluate import EvalSettings, eval_run
+    from edgetl.evaluate.run import EvalSettings, eval_run
 
     torch_top1 = eval_run(bench_dir, EvalSettings(backend="torch")).top1
     # the bench scores the run's own validation split: the same number finetune recorded
@@ -261,7 +261,7 @@ def test_cli_config_is_used_the_command_line_wins_and_settings_are_recorded(benc
 
 
 def test_a_fixed_batch_model_times_only_its_batch(bench_dir, tmp_path):
-    from edgetl.export import ExportSettings, export
+    from edgetl.export.run import ExportSettings, export
 
     run = Path(shutil.copytree(bench_dir, tmp_path / "run"))
     export(run, ExportSettings(static_batch=2, parity_images=4, simplify=False))

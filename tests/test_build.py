@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetl import build as B
-from edgetl.engine import read_sidecar, sidecar_path
+from edgetl.tensorrt import build as B
+from edgetl.tensorrt.engine import read_sidecar, sidecar_path
 from edgetl.io import write_bytes, write_json
 from edgetl.card import ModelCard
 from edgetl.errors import BackendUnavailable, EdgetlError, EngineMismatch, RunDirError

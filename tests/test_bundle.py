@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetl.bundle import device_program, make_bundle, portable_files, write_tarball
+from edgetl.ship.bundle import device_program, make_bundle, portable_files, write_tarball
 from edgetl.errors import DeployError, RunDirError
 
 
@@ -282,7 +282,7 @@ def test_engine_of_another_bundle_is_reused_only_when_it_matches(bundle, tmp_pat
 def test_bundle_stage_settings_file_options_winning_and_result(exported_run, tmp_path):
     import yaml
 
-    from edgetl.bundle import BundleResult, BundleSettings, bundle
+    from edgetl.ship.bundle import BundleResult, BundleSettings, bundle
     from edgetl.cli import main
 
     run = tmp_path / "run"

@@ -14,7 +14,7 @@ from edgetl.calibration.reader import ImageCalibrationReader
 from edgetl.card import ModelCard
 from edgetl.data import ImageList, iter_batches, scan_folder
 from edgetl.errors import DataError, QuantizeError
-from edgetl.export import export
+from edgetl.export.run import export
 from edgetl.rundir import RunDir
 
 

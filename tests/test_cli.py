@@ -46,7 +46,7 @@ def test_an_error_class_chooses_its_exit_code(monkeypatch, capsys):
     def missed(*args, **kwargs):
         raise BudgetMissed("int8 [x] is 2.6 pt down [/y]", "[bold]see quant_report.json[/bold]")
 
-    monkeypatch.setattr("edgetl.evaluate.eval_run", missed)
+    monkeypatch.setattr("edgetl.evaluate.run.eval_run", missed)
     with pytest.raises(SystemExit) as exit_:
         main(["eval", "anywhere"])
     assert exit_.value.code == 3
@@ -54,7 +54,7 @@ def test_an_error_class_chooses_its_exit_code(monkeypatch, capsys):
 
 
 def test_a_plain_edgetl_error_exits_1(monkeypatch, capsys):
-    monkeypatch.setattr("edgetl.evaluate.eval_run", lambda *a, **k: (_ for _ in ()).throw(EdgetlError("no")))
+    monkeypatch.setattr("edgetl.evaluate.run.eval_run", lambda *a, **k: (_ for _ in ()).throw(EdgetlError("no")))
     with pytest.raises(SystemExit) as exit_:
         main(["eval", "anywhere"])
     assert exit_.value.code == 1 and capsys.readouterr().err == "error: no\n"

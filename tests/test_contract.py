@@ -14,8 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from edgetl import engine
-from edgetl.bundle import make_bundle
+from edgetl.tensorrt import engine
+from edgetl.ship.bundle import make_bundle
 from edgetl.errors import EngineMismatch
 from edgetl.io import sha256_file
 from edgetl.portable.rows import ROW_KEYS
@@ -148,7 +148,7 @@ def test_device_row_and_edgetl_bench_row_agree(device, run_and_bundle, bundle_co
 @pytest.mark.gpu
 def test_device_cuda_facts_match_the_package(device):
     """The device script and the package ask the same CUDA layer (portable/cuda.py, shipped in the bundle)."""
-    from edgetl.engine import machine_facts
+    from edgetl.tensorrt.engine import machine_facts
     from edgetl.errors import BackendUnavailable
 
     try:

@@ -117,7 +117,7 @@ def test_facts_copies_and_graph_capture_on_a_gpu(fake_cudart):
 
 
 def test_the_tensorrt_backend_and_engine_facts_say_why_not(fake_cudart):
-    from edgetl.engine import facts_here
+    from edgetl.tensorrt.engine import facts_here
     from edgetl.runtime import backend_class
 
     fake_cudart("no-driver")

@@ -22,7 +22,7 @@ import yaml
 
 from edgetl.card import ModelCard
 from edgetl.errors import EdgetlError
-from edgetl.evaluate import eval_run
+from edgetl.evaluate.run import eval_run
 from edgetl.finetune import FinetuneSettings, finetune
 from edgetl.finetune.distributed import World
 from edgetl.finetune.loop import train_one_epoch

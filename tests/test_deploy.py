@@ -21,7 +21,7 @@ import pytest
 
 from edgetl.errors import DeployError
 from edgetl.portable.rows import ROW_KEYS
-from edgetl.transport import SSHTransport, host_slug, remote_path, validate_host
+from edgetl.ship.transport import SSHTransport, host_slug, remote_path, validate_host
 
 SSHD = shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if os.path.exists(p)), None)
 needs_sshd = pytest.mark.skipif(SSHD is None or shutil.which("ssh") is None or shutil.which("ssh-keygen") is None,
@@ -58,7 +58,7 @@ def _local_top1(run: Path, bundle_dir: Path) -> float:
 
 
 def _deploy(run, sshd, remote, host=None, **kw):
-    from edgetl.deploy import DeploySettings, deploy
+    from edgetl.ship.deploy import DeploySettings, deploy
 
     settings = dict(hosts=[host or sshd.host], ssh_options=sshd.options, remote_dir=str(remote), python=sys.executable,
                     backend="onnxruntime", batch_sizes=(1, 4), warmup=1, iterations=5, max_images=64)
@@ -82,7 +82,7 @@ def test_good_host_names_pass(good):
 
 
 def test_bad_options_fail_before_connecting(tmp_path):
-    from edgetl.deploy import DeploySettings
+    from edgetl.ship.deploy import DeploySettings
     from edgetl.errors import EdgetlError
     from edgetl.stage import load_settings
 
@@ -184,7 +184,7 @@ def test_deploy_bench_and_fetch(sshd, demo_run, tmp_path):
 @pytest.mark.ssh
 def test_interrupted_upload_resumes(sshd, demo_run, tmp_path):
     """A partial copy (as a broken connection leaves it) is appended to, not re-sent; nothing half-installed shows."""
-    from edgetl.bundle import make_bundle
+    from edgetl.ship.bundle import make_bundle
 
     remote = tmp_path / "device"
     bundle = make_bundle(demo_run, "fp32", max_images=64)
@@ -373,9 +373,9 @@ def test_device_python_without_numpy_is_named_before_upload(sshd, demo_run, tmp_
 @needs_sshd
 @pytest.mark.ssh
 def test_too_little_disk_stops_before_upload(sshd, demo_run, tmp_path, monkeypatch):
-    import edgetl.deploy
+    import edgetl.ship.deploy
 
-    monkeypatch.setattr(edgetl.deploy, "SPACE_MARGIN", 1 << 62)  # more than any disk has free
+    monkeypatch.setattr(edgetl.ship.deploy, "SPACE_MARGIN", 1 << 62)  # more than any disk has free
     remote = tmp_path / "d"
     with pytest.raises(DeployError) as err:
         _deploy(demo_run, sshd, remote)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetl.bundle import make_bundle
+from edgetl.ship.bundle import make_bundle
 from edgetl.io import sha256_file
 
 

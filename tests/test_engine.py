@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from edgetl import engine as E
+from edgetl.tensorrt import engine as E
 from edgetl.card import ModelCard
 from edgetl.errors import EngineMismatch, RunDirError
 from edgetl.io import sha256_file, write_bytes, write_json

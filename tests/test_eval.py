@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from edgetl.cli import app
-from edgetl.evaluate import EvalResult, EvalSettings, eval_run
+from edgetl.evaluate.run import EvalResult, EvalSettings, eval_run
 from edgetl.rundir import RunDir
 
 

@@ -18,8 +18,8 @@ import torch
 from edgetl.card import ModelCard
 from edgetl.data import load_arrays, read_splits
 from edgetl.errors import ExportError, ModelError, RunDirError
-from edgetl.evaluate import EvalSettings, eval_run
-from edgetl.export import ExportSettings, export
+from edgetl.evaluate.run import EvalSettings, eval_run
+from edgetl.export.run import ExportSettings, export
 from edgetl.io import read_json, sha256_file
 from edgetl.models import load_trained
 from edgetl.rundir import RunDir
@@ -310,7 +310,7 @@ def test_checkpoint_of_a_model_timm_does_not_know(trained_run, tmp_path):
 
 
 def test_operator_the_exporter_cannot_handle(trained_run, tmp_path, monkeypatch):
-    import edgetl.export as ex
+    import edgetl.export.run as ex
 
     run = RunDir(_copy(trained_run, tmp_path / "run"))
     model, card = load_trained(run.weights)
@@ -393,7 +393,7 @@ def test_cli_config_is_used_the_command_line_wins_and_settings_are_recorded(trai
     saved = yaml.safe_load(run.settings_file("export").read_text())
     assert saved["parity_images"] == 6 and saved["simplify"] is False and saved["opset"] == 18
     assert "parity" in res.output and "pass" in res.output
-    from edgetl.export import ExportResult
+    from edgetl.export.run import ExportResult
 
     assert ExportResult.read(run.export_report).sha256 == sha256_file(run.onnx)
 

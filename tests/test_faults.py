@@ -407,13 +407,13 @@ def _no_space(*args, **kwargs):
 
 
 def test_a_full_disk_under_triton_leaves_no_truncated_model(places, digests, tmp_path, monkeypatch, capsys):
-    import edgetl.triton
+    import edgetl.ship.triton
 
     def copy_half(src, dst):  # what a full disk does: part of the file, then ENOSPC
         Path(dst).write_bytes(Path(src).read_bytes()[:1000])
         _no_space()
 
-    monkeypatch.setattr(edgetl.triton.shutil, "copyfile", copy_half)
+    monkeypatch.setattr(edgetl.ship.triton.shutil, "copyfile", copy_half)
     repo = tmp_path / "repo"
     with pytest.raises(SystemExit) as exit_:
         main(["triton", str(places["run"]), "--out", str(repo), "--name", "m"])
@@ -425,9 +425,9 @@ def test_a_full_disk_under_triton_leaves_no_truncated_model(places, digests, tmp
 
 def test_a_full_disk_during_export_names_the_run(places, digests, monkeypatch, capsys):
     """Export builds in a private folder inside the run: a full disk there is the run's, said in one line."""
-    import edgetl.export
+    import edgetl.export.run
 
-    monkeypatch.setattr(edgetl.export, "_save", _no_space)
+    monkeypatch.setattr(edgetl.export.run, "_save", _no_space)
     with pytest.raises(SystemExit) as exit_:
         main(["export", str(places["run"])])
     captured = capsys.readouterr()

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from edgetl.deploy import DeploySettings, destinations
-from edgetl.destinations import Destination, parse_destination, read_hosts_file
+from edgetl.ship.deploy import DeploySettings, destinations
+from edgetl.ship.destinations import Destination, parse_destination, read_hosts_file
 from edgetl.errors import DeployError, EdgetlError
 from edgetl.stage import Events, load_settings
 
@@ -106,15 +106,15 @@ def test_settings_refuse_bad_values():
 
 
 def test_deploy_takes_one_device(tmp_path):
-    from edgetl.deploy import deploy
+    from edgetl.ship.deploy import deploy
 
     with pytest.raises(DeployError, match="2 devices given"):
         deploy(tmp_path, DeploySettings(hosts=["a", "b"]))
 
 
 def test_fleet_table_names_power_mode_and_clocks_only_where_reported():
-    from edgetl.fleet import FleetHost, FleetResult, FleetRow
-    from edgetl.fleet_report import fleet_markdown, table
+    from edgetl.ship.fleet_result import FleetHost, FleetResult, FleetRow
+    from edgetl.ship.fleet_report import fleet_markdown, table
 
     lat = {"mean": 2.0, "p50": 1.9, "p90": 2.5, "p99": 3.25, "min": 1.5, "max": 4.0, "std": 0.3}
 
@@ -206,7 +206,7 @@ def _onnxruntime_top1(run: Path) -> float:
 @pytest.mark.ssh
 def test_fleet_two_devices_and_a_closed_port(devices, fleet_run, capsys):
     from edgetl.cli import _run
-    from edgetl.fleet import FleetResult
+    from edgetl.ship.fleet_result import FleetResult
 
     servers, closed, root = devices
     user = getpass.getuser()
@@ -272,7 +272,7 @@ def test_fleet_two_devices_and_a_closed_port(devices, fleet_run, capsys):
 @pytest.mark.ssh
 def test_fleet_jobs_1_from_a_hosts_file_runs_one_after_another(devices, fleet_run, tmp_path, capsys):
     from edgetl.cli import _run
-    from edgetl.fleet import FleetResult
+    from edgetl.ship.fleet_result import FleetResult
 
     servers, _, _ = devices
     hosts_file = tmp_path / "hosts"
@@ -296,7 +296,7 @@ def test_two_names_for_one_device_fail_for_the_second(devices, fleet_run, capsys
     """`root@127.0.0.1:PORT` and `127.0.0.1:PORT` (the login filled in by the device) would write one results
     folder: one of them deploys, the other fails naming it, and nothing is written twice."""
     from edgetl.cli import _run
-    from edgetl.fleet import FleetResult
+    from edgetl.ship.fleet_result import FleetResult
 
     servers, _, _ = devices
     named, bare = servers[0].destination, f"127.0.0.1:{servers[0].port}"

@@ -78,7 +78,7 @@ def test_every_metric_by_hand_and_eval_agrees_with_training(trained_run):
     # consistency, second: `edgetl eval` on a run scores its val split as training's final evaluation did
     import json
 
-    from edgetl.evaluate import eval_run
+    from edgetl.evaluate.run import eval_run
 
     saved = json.loads((trained_run / "metrics.json").read_text())
     again = eval_run(trained_run).model_dump(mode="json")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import edgetl.portable
-from edgetl.bundle import DEVICE_SCRIPT
+from edgetl.ship.bundle import DEVICE_SCRIPT
 from edgetl.portable import jetson, manifest, rows
 
 PORTABLE = Path(edgetl.portable.__file__).parent

@@ -1,4 +1,4 @@
-"""Q/DQ placement of the TensorRT form per timm family (edgetl.qdq_placement), and the ONNX checker on every
+"""Q/DQ placement of the TensorRT form per timm family (edgetl.quantize.placement), and the ONNX checker on every
 graph edgetl writes. Random-init 32 px runs (conftest's `family_graphs`): structure needs no trained weights."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 import onnx
 import pytest
 
-from edgetl.qdq_placement import placement_problems
+from edgetl.quantize.placement import placement_problems
 from edgetl.quantize import QuantizeSettings, check_graph, quantize
-from edgetl.scaffold import FAMILIES
+from edgetl.demo.scaffold import FAMILIES
 
 WRITTEN = ("model.onnx", "model.int8.onnx", "model.int8.cpu.onnx", "model.fp16.onnx")
 
@@ -111,7 +111,7 @@ def test_avg_down_resnet_placement(tmp_path):
     the block input feeds both paths through one shared Q/DQ). The main conv stays float into each Add:
     the Q/DQ after the branch point must not be taken for the place where the two paths meet (it once was,
     and the demo's quantize failed its own check)."""
-    from edgetl.scaffold import export_and_quantize, make_run
+    from edgetl.demo.scaffold import export_and_quantize, make_run
 
     run = make_run(tmp_path, "test_resnet", img_size=16, num_classes=5, images_per_class=4)
     export_and_quantize(run, "tensorrt")

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from edgetl.card import CARD_KEY
 from edgetl.errors import DataError, ModelError, QuantizeError, RunDirError
-from edgetl.export import export
+from edgetl.export.run import export
 from edgetl.quantize import QuantReport, QuantizeSettings, check_graph, quantize, read_report, to_fp16
 from edgetl.quantize.sensitivity import SENSITIVITY_IMAGES
 from edgetl.portable.isa import cpu_int8_isa

@@ -16,11 +16,11 @@ import pytest
 
 rtx = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is x86-64 Linux/Windows only (pip install 'edgetl[rtx]')")
 
-from edgetl import build as B  # noqa: E402
-from edgetl import engine as E  # noqa: E402
+from edgetl.tensorrt import build as B  # noqa: E402
+from edgetl.tensorrt import engine as E  # noqa: E402
 from edgetl.errors import BackendUnavailable, EdgetlError, EngineMismatch  # noqa: E402
 from edgetl.rundir import RunDir  # noqa: E402
-from edgetl.scaffold import FAMILIES  # noqa: E402
+from edgetl.demo.scaffold import FAMILIES  # noqa: E402
 from edgetl.stage import load_settings  # noqa: E402
 
 ONNX_FILES = ("model.onnx", "model.fp16.onnx", "model.int8.onnx")

@@ -98,7 +98,7 @@ def test_torch_cuda_fp16_close_to_fp32(exported, images):
 @pytest.fixture(scope="module")
 def static4(exported_copy) -> Path:
     """A real export with its batch dimension fixed at 4."""
-    from edgetl.export import ExportSettings, export
+    from edgetl.export.run import ExportSettings, export
 
     run = exported_copy("static4")
     export(run, ExportSettings(static_batch=4, parity_images=4))
@@ -191,7 +191,7 @@ def test_available_says_why_not_here():
 
 
 def _tensorrt_runs_here() -> bool:
-    from edgetl.engine import facts_here
+    from edgetl.tensorrt.engine import facts_here
 
     return bool(facts_here()[0])
 

@@ -39,8 +39,8 @@ def test_splits_record_their_root(relative_run):
 
 
 def test_run_works_from_elsewhere_and_after_moving(relative_run, tmp_path, monkeypatch):
-    from edgetl.evaluate import eval_run
-    from edgetl.export import export
+    from edgetl.evaluate.run import eval_run
+    from edgetl.export.run import export
     from edgetl.quantize import QuantizeSettings, quantize
 
     moved = tmp_path / "moved" / "r"
@@ -56,7 +56,7 @@ def test_run_works_from_elsewhere_and_after_moving(relative_run, tmp_path, monke
 
 
 def test_run_and_data_moved_together(relative_run, tmp_path, monkeypatch):
-    from edgetl.evaluate import eval_run
+    from edgetl.evaluate.run import eval_run
 
     project = tmp_path / "project"
     shutil.copytree(relative_run, project)
@@ -108,9 +108,9 @@ def test_damaged_splits_give_one_line(tmp_path, content):
 
 def test_every_stage_refuses_a_damaged_splits_file(exported_copy):
     from edgetl.bench import BenchSettings, bench
-    from edgetl.bundle import make_bundle
-    from edgetl.evaluate import eval_run
-    from edgetl.export import export
+    from edgetl.ship.bundle import make_bundle
+    from edgetl.evaluate.run import eval_run
+    from edgetl.export.run import export
     from edgetl.quantize import QuantizeSettings, quantize
 
     run = exported_copy("badsplits")

@@ -14,7 +14,7 @@ import types
 import numpy as np
 import pytest
 
-from edgetl import engine as E
+from edgetl.tensorrt import engine as E
 from edgetl.card import ModelCard
 from edgetl.errors import EdgetlError
 from edgetl.io import write_bytes, write_json

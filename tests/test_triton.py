@@ -9,7 +9,7 @@ import pytest
 
 from edgetl.errors import DeployError, EdgetlError, RunDirError
 from edgetl.stage import load_settings
-from edgetl.triton import TritonSettings, triton
+from edgetl.ship.triton import TritonSettings, triton
 
 
 def triton_repository(run, out, **settings):
@@ -87,7 +87,7 @@ def test_repository_matches_onnx_graph(exported_run, tmp_path):
 
 
 def test_static_batch_graph_has_no_dynamic_batching(exported_run, tmp_path):
-    from edgetl.export import ExportSettings, export
+    from edgetl.export.run import ExportSettings, export
 
     run = tmp_path / "static"
     shutil.copytree(exported_run, run)

@@ -39,6 +39,6 @@ def reference(run: RunDir, rows: list[dict], data: DataSource, batch_size: int) 
 
 
 def top1(backend, items, batch_size: int) -> float:
-    from edgetl.evaluate import evaluate
+    from edgetl.evaluate.run import evaluate
 
     return evaluate(backend, items, batch_size)["top1"]  # the same top-1 `edgetl eval` reports

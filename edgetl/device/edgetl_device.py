@@ -229,7 +229,7 @@ def cuda_facts() -> dict:
 
 
 def engine_facts() -> dict:
-    """The facts an engine built here is tied to, in the package's terms (edgetl.engine.machine_facts)."""
+    """The facts an engine built here is tied to, in the package's terms (edgetl.tensorrt.engine.machine_facts)."""
     version = tensorrt_version()
     if version is None:
         raise DeviceError("TensorRT is not installed on this device (no python3-libnvinfer / tensorrt package); "

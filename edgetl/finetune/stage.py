@@ -173,7 +173,7 @@ def _warn_ignored(recorded: FinetuneSettings, given: FinetuneSettings, events: E
 def _finish(run: RunDir, cfg: FinetuneSettings, device: torch.device, trained: Trained, world: World, events: Events,
             shown) -> FinetuneResult:
     """Rank 0: score the best checkpoint exactly as `edgetl eval` does, write metrics and plots, drop resume state."""
-    from edgetl.evaluate import evaluate
+    from edgetl.evaluate.run import evaluate
     from edgetl.plots import plot_confusion, plot_curves
     from edgetl.runtime import create_backend
 

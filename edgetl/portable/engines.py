@@ -3,7 +3,7 @@
 An engine only runs on the NVIDIA library (TensorRT, or TensorRT for RTX) and the GPU that built it, so
 engines live in RUN/engines/<target>-<library tag><version>/model.<precision>.plan, each with a JSON sidecar
 (model.<precision>.json) saying what it was built for. The package validates that dict with a pydantic
-model (edgetl.engine.Sidecar); the device writes it through `make_sidecar` here, so the two cannot drift.
+model (edgetl.tensorrt.engine.Sidecar); the device writes it through `make_sidecar` here, so the two cannot drift.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from edgetl.presentation.console import console
 
 
 def render_build(result) -> None:
-    """`result`: an edgetl.build.BuildResult (or its dict)."""
+    """`result`: an edgetl.tensorrt.build.BuildResult (or its dict)."""
     r = result if isinstance(result, dict) else result.model_dump()
     for line in r["warnings"]:
         console.print(f"warning: {line}", markup=False, soft_wrap=True)

@@ -6,7 +6,7 @@ from edgetl.presentation.console import console
 
 
 def render_bundle(result) -> None:
-    """`result`: an edgetl.bundle.BundleResult (or its dict)."""
+    """`result`: an edgetl.ship.bundle.BundleResult (or its dict)."""
     r = result if isinstance(result, dict) else result.model_dump()
     console.print(f"bundle {r['path']} ({'unchanged' if r['reused'] else 'written'}), sha256 {r['sha256']}",
                   markup=False, soft_wrap=True)

@@ -15,7 +15,7 @@ from edgetl.presentation.events import RichEvents
 
 def render_deploy(result, run: str | Path, console: Console | None = None) -> None:
     """One device: where the bundle went, what ran, the measured rows, where the results are."""
-    from edgetl.deploy import ran
+    from edgetl.ship.deploy import ran
 
     out = console or default_console
     where = result.host + (f":{result.port}" if result.port else "")
@@ -36,7 +36,7 @@ def render_deploy(result, run: str | Path, console: Console | None = None) -> No
 
 def render_fleet(result, console: Console | None = None) -> None:
     """A fleet: the device x precision x batch table, one line per failed (or unmeasured) device, the files."""
-    from edgetl.fleet_report import outcome_lines, summary, table
+    from edgetl.ship.fleet_report import outcome_lines, summary, table
     from edgetl.rundir import RunDir
 
     out = console or default_console

@@ -8,7 +8,7 @@ from edgetl.presentation.console import console
 
 
 def render_triton(result) -> None:
-    """`result`: an edgetl.triton.TritonResult (or its dict)."""
+    """`result`: an edgetl.ship.triton.TritonResult (or its dict)."""
     r = result if isinstance(result, dict) else result.model_dump()
     path = Path(r["path"])
     for model, backend in r["models"].items():

@@ -7,7 +7,7 @@ of two forms (each scored on its own):
                                   activations and weights, symmetric (zero point 0), per-channel weights
                                   on the output-channel axis, per-tensor activations, no bias
                                   quantization, a Q/DQ pair on weights, shared Q/DQ pairs, Q/DQ only on
-                                  the layer inputs TensorRT fuses (edgetl.qdq_placement: a residual Add
+                                  the layer inputs TensorRT fuses (edgetl.quantize.placement: a residual Add
                                   gets its skip input only, the classifier GEMV none). These are the
                                   settings NVIDIA ModelOpt passes to this same quantizer.
   cpu      (model.int8.cpu.onnx)  uint8 activations, int8 weights (U8S8; 7-bit, or uint8 U8U8, on x86
@@ -20,7 +20,7 @@ optimizations off), the cpu form through this CPU's fused int8 kernels (its ISA 
 FP16 -- float16 body, float32 inputs and outputs, overflow-prone ops kept in float32 (an op block list).
 
 Every written graph is topologically sorted, passes `check_graph` (zero points, per-channel axes, no dangling
-float path, placement) and onnx.checker's full check (edgetl.onnx_write), and is scored against the fp32
+float path, placement) and onnx.checker's full check (edgetl.export.write), and is scored against the fp32
 model on the run's val split; RUN/quant_report.json keeps one entry per precision/target. A model still over
 max_drop after layer exclusion is written, marked over_budget, and raises QuantizeBudgetMissed (exit 3).
 

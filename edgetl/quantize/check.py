@@ -1,7 +1,7 @@
 """The structural check every written Q/DQ graph passes: one named check per rule, each returning the problems it
 found; `check_graph` runs those its target needs and refuses the graph on the first problem.
 
-tensorrt: every Q/DQ int8 with zero point 0, placed as TensorRT fuses (edgetl.qdq_placement: only the skip input
+tensorrt: every Q/DQ int8 with zero point 0, placed as TensorRT fuses (edgetl.quantize.placement: only the skip input
 of a residual Add after a convolution, no Q/DQ on a GEMV or attention MatMul, none on ops TensorRT fuses nothing
 into). cpu: weights int8 with zero point 0 (or uint8: U8U8), activations uint8 or int8. Both: weight scales per channel on the
 output-channel axis (Conv: 0, Gemm: 0 with transB else 1, MatMul: 1), positive finite scales, every Q feeds only
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgetl.errors import QuantizeError
-from edgetl.qdq_placement import POOLS, placement_problems
+from edgetl.quantize.placement import POOLS, placement_problems
 from edgetl.quantize.graph import QDQ_OPS, WEIGHTED_OP_TYPES, output_channel_axis
 from edgetl.quantize.report import GraphSummary
 
@@ -147,7 +147,7 @@ def per_channel_weights(g: QdqGraph, target: str) -> list[str]:
 
 
 def tensorrt_placement_kept(g: QdqGraph, target: str) -> list[str]:
-    """Q/DQ only where TensorRT fuses them (edgetl.qdq_placement)."""
+    """Q/DQ only where TensorRT fuses them (edgetl.quantize.placement)."""
     return placement_problems(g.model) if target == "tensorrt" else []
 
 

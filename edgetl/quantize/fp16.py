@@ -12,7 +12,7 @@ import numpy as np
 from edgetl.calibration._ort import ort_names
 from edgetl.card import ModelCard
 from edgetl.errors import QuantizeError, first_line
-from edgetl.onnx_write import save_checked, sort_nodes
+from edgetl.export.write import save_checked, sort_nodes
 from edgetl.quantize.graph import FloatModel
 from edgetl.quantize.report import Fp16Entry, Parity
 from edgetl.quantize.scoring import CannotRun, Scorer

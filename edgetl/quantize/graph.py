@@ -1,5 +1,5 @@
 """Graph surgery: the float model as quantize reads it, and the Q/DQ graph ONNX Runtime's quantizer writes of it
-(with the placement edgetl.qdq_placement picks for the TensorRT form)."""
+(with the placement edgetl.quantize.placement picks for the TensorRT form)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 
 from edgetl.calibration._ort import ort_names
 from edgetl.errors import QuantizeError, first_line
-from edgetl.qdq_placement import tensorrt_placement
+from edgetl.quantize.placement import tensorrt_placement
 
-# TensorRT form: the op types that may get Q/DQ on their inputs (which nodes do: edgetl.qdq_placement).
+# TensorRT form: the op types that may get Q/DQ on their inputs (which nodes do: edgetl.quantize.placement).
 TRT_OP_TYPES = ["Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool", "GlobalAveragePool"]
 WEIGHTED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Ops that only move or reshape data: quantized alongside their neighbours in the cpu form, never worth
@@ -147,7 +147,7 @@ def quantizer_settings(target: str, weights: str | None = None) -> dict[str, Any
 def qdq(base, calib, target: str, exclude: list[str], weights: str | None = None):
     """A fresh Q/DQ ModelProto of `base` with the calibrated ranges; `exclude` nodes stay float.
 
-    tensorrt: ONNX Runtime quantizes the nodes edgetl.qdq_placement picks; then the Q/DQ on the convolution
+    tensorrt: ONNX Runtime quantizes the nodes edgetl.quantize.placement picks; then the Q/DQ on the convolution
     side of each residual Add is removed (the quantizer quantizes all inputs of a node or none), and nodes
     left float read float tensors.
     cpu: every op ONNX Runtime supports, except `exclude`, with `weights` (CPU_WEIGHTS)."""
@@ -292,7 +292,7 @@ def placement_summary(base, target: str) -> dict[str, Any]:
     count: dict[str, int] = {}
     for rule in list(plan.quantize.values()) + [f"float:{r}" for r in plan.float_nodes.values()]:
         count[rule] = count.get(rule, 0) + 1
-    return {"rule": "TensorRT fusions (edgetl.qdq_placement)", "nodes": count}
+    return {"rule": "TensorRT fusions (edgetl.quantize.placement)", "nodes": count}
 
 
 def output_channel_axis(node, rank: int) -> int:

@@ -11,7 +11,7 @@ from edgetl.calibration._ort import private_copy
 from edgetl.card import ModelCard
 from edgetl.data import ImageList
 from edgetl.errors import QuantizeError
-from edgetl.onnx_write import save_checked, sort_nodes
+from edgetl.export.write import save_checked, sort_nodes
 from edgetl.portable.isa import cpu_int8_isa
 from edgetl.quantize.check import check_graph
 from edgetl.quantize.graph import (FloatModel, default_cpu_weights, placement_summary, qdq, quantizer_settings,

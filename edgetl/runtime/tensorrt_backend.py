@@ -36,7 +36,7 @@ class TensorRTBackend(Backend):
 
     @classmethod
     def available(cls, device: str) -> str | None:
-        from edgetl.engine import facts_here
+        from edgetl.tensorrt.engine import facts_here
 
         here, missing = facts_here()  # an engine runs through TensorRT or TensorRT-RTX, whichever is here
         return None if here else "; ".join(str(e) for e in missing.values())
@@ -47,12 +47,12 @@ class TensorRTBackend(Backend):
 
     @classmethod
     def model_file(cls, run, precision: str, device: str) -> Path:
-        from edgetl.engine import find_engine
+        from edgetl.tensorrt.engine import find_engine
 
         return find_engine(run, precision)
 
     def activate_impl(self) -> ModelCard:
-        from edgetl.engine import (capturing_logger, check_engine, facts_for_engine, import_flavour, init_plugins,
+        from edgetl.tensorrt.engine import (capturing_logger, check_engine, facts_for_engine, import_flavour, init_plugins,
                                    read_sidecar)
         from edgetl.io import sha256_file
 

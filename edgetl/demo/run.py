@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from pydantic import Field, field_validator
 
-from edgetl.data.demo import write_demo_data
+from edgetl.demo.data import write_demo_data
 from edgetl.errors import EdgetlError
 from edgetl.finetune import FinetuneSettings, finetune
 from edgetl.io import read_json
@@ -134,7 +134,7 @@ def _deploy_chain(run: Path, events: Events) -> dict:
     """Make the transferred model fast: ONNX, int8 (TensorRT and CPU forms) and fp16, a TensorRT-RTX engine where
     that builder is installed, then the bench table."""
     from edgetl.bench import BenchSettings, bench
-    from edgetl.export import export
+    from edgetl.export.run import export
     from edgetl.quantize import QuantizeSettings, quantize
 
     _say = events.message
@@ -174,7 +174,7 @@ def _build_rtx(run: Path, events: Events) -> None:
         events.message("TensorRT-RTX is not installed: no engine built (pip install edgetl[rtx] builds one here, "
                        "GPU or not)")
         return
-    from edgetl.build import BuildSettings, build
+    from edgetl.tensorrt.build import BuildSettings, build
 
     events.record("section", {"title": "4. build: TensorRT-RTX engine from the int8 graph (ahead of time, no GPU "
                                        "needed)"})

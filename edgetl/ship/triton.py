@@ -28,7 +28,7 @@ from edgetl.io import atomic_path, write_text
 from edgetl.rundir import RunDir
 from edgetl.stage import SILENT, Events, Result, Settings, record_settings
 
-TEMPLATE = Path(__file__).resolve().parent / "templates" / "config.pbtxt.tmpl"
+TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "config.pbtxt.tmpl"
 KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 # numpy dtype name -> Triton data type (model_config.proto DataType)
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "uint8": "TYPE_UINT8",
@@ -57,7 +57,7 @@ class TritonResult(Result):
 
 def triton(run_path: str | os.PathLike, cfg: TritonSettings, events: Events = SILENT) -> TritonResult:
     """Write (or refresh) the model repository and return what it holds."""
-    from edgetl.bundle import graph_io
+    from edgetl.ship.bundle import graph_io
     from edgetl.card import ModelCard
 
     run = RunDir(run_path)
@@ -144,7 +144,7 @@ def _model_name(text: str) -> str:
 def _engine_max_batch(plan: Path) -> int | None:
     """The engine's largest batch, from the profile its sidecar records (edgetl build and the device
     entry point both write it through portable.engines.make_sidecar), or None where it cannot be read."""
-    from edgetl.engine import sidecar_path
+    from edgetl.tensorrt.engine import sidecar_path
 
     try:
         meta = json.loads(sidecar_path(plan).read_text(encoding="utf-8"))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgetl.errors import DeployError
-from edgetl.transport import display_name, validate_host
+from edgetl.ship.transport import display_name, validate_host
 
 _PORT = re.compile(r"^[0-9]{1,5}$")
 

@@ -3,7 +3,7 @@
 Precision lives in the ONNX graph (Q/DQ for int8, an fp16 body for fp16), so the network is always created
 STRONGLY_TYPED (TensorRT 10.x needs the flag; 11.x is always strongly typed and ignores it) and no FP16/INT8
 builder flag is ever set. What an engine is (sidecar, names, machine facts, the mismatch rule) lives in
-edgetl.engine and edgetl.portable.engines; this module only builds.
+edgetl.tensorrt.engine and edgetl.portable.engines; this module only builds.
 
 Two builder flavours, one `build()`: TensorRT (10.x/11.x, on the target GPU) and TensorRT for RTX
 (target "rtx": ahead of time for named compute capabilities, on any x86-64 machine, GPU or not). What
@@ -29,7 +29,7 @@ from pydantic import Field, field_validator
 
 from edgetl import __version__
 from edgetl.choices import BuildTargetName, EnginePrecisionName
-from edgetl.engine import (capturing_logger, engine_dir, engine_file, import_flavour, init_plugins, machine_facts,
+from edgetl.tensorrt.engine import (capturing_logger, engine_dir, engine_file, import_flavour, init_plugins, machine_facts,
                            rtx_target, sidecar_path)
 from edgetl.errors import BackendUnavailable, EdgetlError, ModelError, first_line
 from edgetl.io import sha256_file, write_bytes, write_json

@@ -289,7 +289,7 @@ def _save(proto, path: Path, external: bool) -> None:
     """Save through edgetl's one checked ONNX writer (full onnx.checker before the rename); weights go to
     `<name>.data` beside it (a relative location, so the folder stays movable) when the model is too large
     for one protobuf."""
-    from edgetl.onnx_write import save_checked
+    from edgetl.export.write import save_checked
 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checked(proto, path, ExportError, what="the exported graph", external_data=external,

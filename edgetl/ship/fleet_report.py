@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edgetl.io import atomic_path
 from edgetl.plots import BACKEND_MARKERS, PRECISION_COLOURS, _log_axis, _ms, pyplot_agg
 
-if TYPE_CHECKING:  # edgetl.fleet imports this module to write its report
-    from edgetl.fleet import FleetHost, FleetResult
+from edgetl.ship.fleet_result import FleetHost, FleetResult
 
 _CLOCK_NAMES = (("gpu_mhz", "gpu"), ("cpu0_mhz", "cpu"), ("emc_mhz", "emc"))
 

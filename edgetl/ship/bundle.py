@@ -40,8 +40,8 @@ from edgetl.portable.manifest import BUNDLE_FORMAT, ENTRY_POINT, MANIFEST, PORTA
 from edgetl.rundir import RunDir
 from edgetl.stage import SILENT, Events, Result, Settings, record_settings
 
-DEVICE_SCRIPT = Path(__file__).resolve().parent / "device" / ENTRY_POINT
-PORTABLE_SOURCE = Path(__file__).resolve().parent / "portable"
+DEVICE_SCRIPT = Path(__file__).resolve().parents[1] / "device" / ENTRY_POINT
+PORTABLE_SOURCE = Path(__file__).resolve().parents[1] / "portable"
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_MAX_IMAGES = 256
 INPUTS, LABELS = "data/inputs.npy", "data/labels.npy"
@@ -272,7 +272,7 @@ def _reference(run: RunDir, items, y: np.ndarray) -> dict:
     if not run.weights.exists():
         return {"backend": "torch", "precision": "fp32", "top1": None, "n": int(len(y)),
                 "note": "model.safetensors absent: no PyTorch reference"}
-    from edgetl.evaluate import evaluate
+    from edgetl.evaluate.run import evaluate
     from edgetl.runtime import create_backend
 
     with create_backend("torch", run.weights, device="cpu", precision="fp32") as be:

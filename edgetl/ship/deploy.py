@@ -1,6 +1,6 @@
 """`edgetl deploy`: ship a run's bundle to a device over ssh, build and benchmark there, bring the results home.
 
-`deploy(run, cfg, events) -> DeployResult` does one device; `edgetl.fleet.deploy_fleet` runs the same steps on
+`deploy(run, cfg, events) -> DeployResult` does one device; `edgetl.ship.fleet.deploy_fleet` runs the same steps on
 many devices at once. Steps (each reported through `events` as it runs):
   1. connect    one multiplexed OpenSSH connection (unreachable host / refused key: one clear line)
   2. check      device facts (Python, numpy, TensorRT / onnxruntime, GPU, free disk, L4T, power mode, clocks):
@@ -28,9 +28,9 @@ from typing import Any, Callable, Iterator, List, Optional
 
 from pydantic import Field, PositiveInt, field_validator
 
-from edgetl.bundle import MANIFEST, Bundle, device_program, make_bundle, model_files
+from edgetl.ship.bundle import MANIFEST, Bundle, device_program, make_bundle, model_files
 from edgetl.choices import FLEET_JOBS_MAX, DeployBackendName, DeployDeviceName, EnginePrecisionName
-from edgetl.destinations import (
+from edgetl.ship.destinations import (
     Destination,
     parse_destination,
     read_hosts_file,
@@ -41,7 +41,7 @@ from edgetl.io import read_json, write_json
 from edgetl.portable.rows import compare_rows
 from edgetl.rundir import RunDir
 from edgetl.stage import SILENT, Events, Result, Settings, record_settings
-from edgetl.transport import SSHTransport, host_slug, remote_path
+from edgetl.ship.transport import SSHTransport, host_slug, remote_path
 
 MIN_PYTHON = (3, 8)  # what the device side (edgetl_device.py + portable/) runs on: JetPack 5 ships 3.8
 SPACE_MARGIN = 64 << 20  # room for the engine and results next to the bundle
@@ -129,7 +129,7 @@ def deploy(run_path: str | os.PathLike, cfg: DeploySettings, events: Events = SI
     found = destinations(cfg, events)
     if len(found) != 1:
         raise DeployError(f"hosts: {len(found)} devices given, deploy() takes one",
-                          "deploy to several with edgetl.fleet.deploy_fleet (edgetl deploy does)")
+                          "deploy to several with edgetl.ship.fleet.deploy_fleet (edgetl deploy does)")
     run = RunDir(run_path)
     model_files(run, cfg.precision)  # a run that cannot be bundled fails before any connection
     record_settings(run.path, "deploy", resolved(cfg, found))

@@ -1,6 +1,6 @@
 """A fleet deploy: the run bundled once, then shipped to, built and benchmarked on many devices at once.
 
-`deploy_fleet(run, cfg, events) -> FleetResult`. Each device runs `edgetl.deploy.deploy_to` in a thread (the
+`deploy_fleet(run, cfg, events) -> FleetResult`. Each device runs `edgetl.ship.deploy.deploy_to` in a thread (the
 work is ssh subprocesses), at most `cfg.jobs` at a time. A device that fails (unreachable, closed port,
 refused key, failed device check, an error on the device) is one line in the result; the others finish.
 Results land per device in RUN/devices/<user@host>[_port]/ as for one device, and the fleet's table in
@@ -13,12 +13,9 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Dict, List, Optional
 
-from pydantic import BaseModel, ConfigDict
-
-from edgetl.bundle import make_bundle, model_files
-from edgetl.deploy import (
+from edgetl.ship.bundle import make_bundle, model_files
+from edgetl.ship.deploy import (
     DeployResult,
     DeploySettings,
     deploy_to,
@@ -27,61 +24,12 @@ from edgetl.deploy import (
     resolved,
     step_count,
 )
-from edgetl.destinations import Destination
+from edgetl.ship.destinations import Destination
 from edgetl.errors import DeployError, EdgetlError, first_line
 from edgetl.rundir import RunDir
-from edgetl.stage import SILENT, Events, Result, record_settings
-from edgetl.transport import SSHTransport
-
-
-class FleetHost(BaseModel):
-    """One device of the fleet: where its results are, what it reported, how it ended."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    host: str  # the destination as edgetl names it: user@host, user@host:2222
-    device_dir: Optional[str]  # devices/<user@host>[_port], relative to the run; None when it failed before
-    board: Optional[str]  # the device's model (Jetson) or GPU or machine, as it reported itself
-    power_mode: Optional[str]  # nvpmodel's mode name, where the device has one (Jetson)
-    clocks: Optional[Dict[str, float]]  # gpu_mhz, cpu0_mhz, emc_mhz where readable
-    started: float  # seconds since the epoch
-    finished: float
-    error: Optional[str]  # None when the device deployed (and benchmarked) fine; else the one-line reason
-    hint: Optional[str]
-
-
-class FleetRow(BaseModel):
-    """One measurement: device x precision x batch size (the device's bench row, trimmed to what compares)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    host: str  # FleetHost.host
-    backend: str
-    precision: str
-    batch_size: int
-    device: str  # cpu / cuda: where on the device it ran
-    model_file: str
-    latency_ms: Dict[str, float]  # mean, p50, p90, p99, min, max, std of one call
-    throughput_ips: float
-    top1: Optional[float]
-    top1_drop: Optional[float]  # fp32 PyTorch top-1 on the bundle's images minus this row's
-
-
-class FleetResult(Result):
-    """RUN/fleet.json."""
-
-    run: str
-    created: str
-    precision: str
-    backend: str
-    bundle_sha256: str
-    jobs: int
-    hosts: List[FleetHost]  # in the order they were listed
-    rows: List[FleetRow]
-
-    @property
-    def failed(self) -> List[FleetHost]:
-        return [h for h in self.hosts if h.error is not None]
+from edgetl.stage import SILENT, Events, record_settings
+from edgetl.ship.transport import SSHTransport
+from edgetl.ship.fleet_result import FleetHost, FleetResult, FleetRow
 
 
 class HostEvents(Events):
@@ -123,7 +71,7 @@ class HostEvents(Events):
 def deploy_fleet(run_path: str | os.PathLike, cfg: DeploySettings, events: Events = SILENT) -> FleetResult:
     """Deploy (and with cfg.bench, benchmark) on every device `cfg` names, cfg.jobs at a time; write fleet.json,
     fleet.md and fleet.png. A failed device is listed with its reason in the result (`failed`), not raised."""
-    from edgetl.fleet_report import failure_line, fleet_markdown, plot_fleet
+    from edgetl.ship.fleet_report import failure_line, fleet_markdown, plot_fleet
     from edgetl.io import write_text
 
     found = destinations(cfg, events)

@@ -53,7 +53,7 @@ def make_run(root: str | Path, model: str = "resnet18", img_size: int = 224, num
 def export_and_quantize(run: Path, targets: str = "both", fp16: bool = False) -> None:
     """edgetl's own export and int8 quantization (and fp16 if asked) of a make_run() run; accuracy is
     meaningless on random weights, so the accuracy budget is switched off (no sensitivity pass)."""
-    from edgetl.export import export
+    from edgetl.export.run import export
     from edgetl.quantize import QuantizeSettings, quantize
 
     export(run)
