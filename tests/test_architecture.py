@@ -1,10 +1,12 @@
 """The layout's rules, checked on the source (docs/architecture.md says why):
 
-- no import cycle among edgetl's modules (module-level and function-level imports alike: a deferred import
-  hides a cycle from Python's loader, not from a reader);
-- rich only in edgetl/presentation/ and cli.py;
+- no import cycle among edgetl's modules (module-level, function-level and `if TYPE_CHECKING:` imports alike: a
+  deferred or type-only import hides a cycle from Python's loader, not from a reader);
+- rich only in edgetl/presentation/ and the cli;
 - no stage (library) module imports edgetl.presentation;
-- every command takes --config.
+- every command takes --config;
+- at most 12 modules at the top level, and no module whose only users lie in one other package;
+- no function over 60 lines; no issue numbers in the code.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edgetl"
 PRESENTATION = "edgetl.presentation"
-MAY_DRAW = ("edgetl.cli",)  # besides edgetl.presentation: the command line wires stages to renderers
+MAY_DRAW = ("edgetl.cli",)  # besides edgetl.presentation: the command line (module or package) wires stages to renderers
 
 
 def _module_name(path: Path) -> str:
@@ -27,23 +29,14 @@ def _module_name(path: Path) -> str:
 MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def _imports(module: str) -> list[tuple[str, int]]:
-    """Every module `module` imports (absolute names, edgetl's and others'), with the line; anywhere in the file
-    except under `if TYPE_CHECKING:`, which never runs."""
+    """Every module `module` imports (absolute names, edgetl's and others'), with the line; anywhere in the file,
+    `if TYPE_CHECKING:` included: a type-only import still ties one module to the other."""
     path = MODULES[module]
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: list[tuple[str, int]] = []
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
-            for child in node.orelse:
-                visit(child)
-            return
         if isinstance(node, ast.Import):
             found.extend((alias.name, node.lineno) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -145,8 +138,40 @@ def _where(module: str, target_prefix: str) -> list[str]:
             for name, line in _imports(module) if name == target_prefix or name.startswith(target_prefix + ".")]
 
 
+def _under(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
 def _draws(module: str) -> bool:
-    return module in MAY_DRAW or module == PRESENTATION or module.startswith(PRESENTATION + ".")
+    return any(_under(module, m) for m in MAY_DRAW + (PRESENTATION,))
+
+
+def _home(module: str) -> str:
+    """The top-level module or package a module belongs to: edgetl.ship.fleet -> edgetl.ship."""
+    return ".".join(module.split(".")[:2])
+
+
+# portable/ has a second user that imports it as files: the device script; the cli is the one user of each
+# stage's entry module and renderer by design.
+SHARED_BY_DESIGN = ("edgetl.portable", "edgetl.presentation", "edgetl.cli", "edgetl.__main__")
+
+
+def misplaced(graph: dict[str, set[str]]) -> list[str]:
+    """Modules every edgetl user of which lies in one other package: they belong in that package."""
+    users: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        for target in targets:
+            users.setdefault(target, set()).add(module)
+    found = []
+    for module in sorted(graph):
+        homes = {_home(u) for u in users.get(module, ())}
+        if (MODULES.get(module, Path("x.py")).name == "__init__.py" or _home(module) in homes
+                or any(_under(module, m) for m in SHARED_BY_DESIGN)
+                or any(_under(u, "edgetl.cli") for u in users.get(module, ()))):
+            continue
+        if len(homes) == 1:
+            found.append(f"{module} is used only by {homes.pop()}")
+    return found
 
 
 # -- the checker itself, on a made-up graph -----------------------------------------------------------------
@@ -173,12 +198,50 @@ def test_no_import_cycle():
 
 def test_rich_is_imported_only_by_the_presentation_layer_and_the_cli():
     offenders = [line for m in MODULES if not _draws(m) for line in _where(m, "rich")]
-    assert not offenders, "rich outside edgetl/presentation and cli.py:\n" + "\n".join(offenders)
+    assert not offenders, "rich outside edgetl/presentation and the cli:\n" + "\n".join(offenders)
 
 
 def test_no_stage_module_imports_the_presentation_layer():
     offenders = [line for m in MODULES if not _draws(m) for line in _where(m, PRESENTATION)]
     assert not offenders, "edgetl.presentation imported by a stage module:\n" + "\n".join(offenders)
+
+
+def test_the_top_level_shows_the_architecture():
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 12, f"{len(top)} modules at the top level (at most 12; put the rest in packages): {top}"
+    found = misplaced(import_graph())
+    assert not found, "\n".join(found)
+
+
+def test_misplaced_finds_a_helper_with_one_foreign_user():
+    graph = {"edgetl.helper": set(), "edgetl.quantize.run": {"edgetl.helper"}, "edgetl.io": set(),
+             "edgetl.ship.bundle": {"edgetl.io"}, "edgetl.quantize.int8": {"edgetl.io"}}
+    assert misplaced(graph) == ["edgetl.helper is used only by edgetl.quantize"]
+
+
+def _long_functions(limit: int = 60) -> list[str]:
+    found = []
+    for path in MODULES.values():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > limit:
+                    found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}: {length} lines")
+    return found
+
+
+def test_no_function_is_over_60_lines():
+    found = _long_functions()
+    assert not found, "split into named steps (plan, then act):\n" + "\n".join(found)
+
+
+def test_no_issue_numbers_in_the_code():
+    import re
+
+    pattern = re.compile(r"\bissues? ?#?\d+", re.IGNORECASE)
+    found = [f"{path.relative_to(PACKAGE.parent)}:{n}: {line.strip()}" for path in MODULES.values()
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert not found, "say why in words; an issue number means nothing to a reader of the code:\n" + "\n".join(found)
 
 
 def test_every_command_takes_a_config_file():

@@ -16,7 +16,7 @@ from edgetl.data import ImageList
 from edgetl.io import read_json, sha256_file, write_json
 from edgetl.stage import SILENT, Events
 
-CACHE_FORMAT = 2  # 2: entropy ranges from edgetl's own KL search (issue 25); format-1 files are misses
+CACHE_FORMAT = 2  # 2: entropy ranges from edgetl's own KL search; format-1 files are misses
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# One of each architecture family the engine tests and tables cover (issue: TensorRT-RTX on every graph).
+# One of each architecture family the engine tests and tables cover: TensorRT-RTX must parse and build every graph.
 FAMILIES = ("resnet18", "mobilenetv3_small_050", "efficientnet_b0", "convnext_atto", "vit_tiny_patch16_224")
 
 

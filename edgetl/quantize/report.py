@@ -15,7 +15,7 @@ from edgetl.errors import QuantizeError, first_line
 from edgetl.rundir import RunDir
 from edgetl.stage import Result
 
-_LEGACY_TOP1 = ("int8_top1", "fp16_top1")  # the same number as `top1`, in reports before issue 11
+_LEGACY_TOP1 = ("int8_top1", "fp16_top1")  # the same number as `top1`, under the names older reports used
 _FIX = "move it away (edgetl quantize writes a new one) or restore it"
 
 
@@ -110,7 +110,7 @@ class Int8Entry(_Entry):
     placement: Dict[str, Any]  # which rule placed (or withheld) Q/DQ, counted
     top1_agreement: float  # share of images whose top-1 class equals fp32's
     # How top1/top1_agreement were computed: "exact" (Q/DQ arithmetic, the TensorRT form) or "fused" (this CPU's
-    # int8 kernels, the cpu form); None in reports written before issue 25, which scored every form fused.
+    # int8 kernels, the cpu form); None in older reports, which scored every form fused.
     scoring: Optional[Literal["exact", "fused"]] = None
     scoring_how: Optional[str] = None
     cpu_isa: Optional[str] = None  # the int8 instruction set of the CPU that scored (and quantized) it
