@@ -117,10 +117,89 @@ def test_ctrl_c_during_finetune_overwrite_keeps_the_old_run(trained_run, digits,
 def test_overrides_are_the_options_given_as_plain_values():
     from pathlib import Path
 
+    from edgetl.tensorrt.build import BuildSettings
     from edgetl.choices import EnginePrecision
-    from edgetl.cli import _overrides
+    from edgetl.cli import overrides
 
     given = {"run": Path("runs/x"), "config": Path("b.yaml"), "precision": EnginePrecision("int8"), "batch": None,
-             "onnx": Path("m.onnx"), "batch_size": [1, 8], "tar": False}
-    # not given (None), the run argument and --config are no settings; False (--no-tar) is one
-    assert _overrides(given, "run") == {"precision": "int8", "onnx": "m.onnx", "batch_size": [1, 8], "tar": False}
+             "onnx": Path("m.onnx"), "workspace": 512, "tf32": False}
+    # not given (None), the run argument and --config are no settings; False (--no-tf32) is one
+    assert overrides(BuildSettings, given) == {"precision": "int8", "onnx": "m.onnx", "workspace": 512, "tf32": False}
+    # a repeatable option given no time is not given either
+    from edgetl.ship.deploy import DeploySettings
+
+    assert overrides(DeploySettings, {"hosts": [], "batch_sizes": [1, 8], "ssh_options": ()}) == {"batch_sizes": [1, 8]}
+
+
+def test_an_option_that_is_no_setting_is_an_error_not_dropped():
+    from edgetl.tensorrt.build import BuildSettings
+    from edgetl.cli import overrides
+
+    with pytest.raises(TypeError, match="no field of BuildSettings: workspace_mib"):
+        overrides(BuildSettings, {"workspace_mib": 512})
+
+
+# --- every option declared once: the options are the Settings fields --------------------------------------------
+# Options that are no setting: where finetune writes and how, where the demo writes (besides RUN and --config).
+NOT_SETTINGS = {"finetune": {"out", "resume", "overwrite"}, "demo": {"out"}}
+# Settings fields without an option, set in a --config file only (they never had one; each is a detail of how,
+# not of what: the eval crop, the memory layout, when weights go to model.onnx.data, ssh's patience).
+NO_OPTION = {"finetune": {"crop_pct", "channels_last"}, "export": {"external_data_threshold"},
+             "deploy": {"connect_timeout"}}
+
+
+def _commands():
+    import typer
+
+    from edgetl.cli import app
+
+    return typer.main.get_command(app).commands  # type: ignore[attr-defined]
+
+
+def test_each_commands_options_are_its_settings_fields():
+    commands = _commands()
+    assert len(commands) == 10, sorted(commands)
+    for name, command in commands.items():
+        fields = set(command.settings().model_fields)
+        params = {p.name for p in command.params if p.name != "help"}
+        assert params - fields == {"run", "config"} & params | NOT_SETTINGS.get(name, set()), name
+        assert fields - params == NO_OPTION.get(name, set()), name
+
+
+def test_help_shows_each_fields_description_and_default():
+    from edgetl.cli.options import default_text
+
+    for name, command in _commands().items():
+        ctx = command.context_class(command, info_name=name)
+        command.get_help(ctx)  # fills in the help from the Settings model
+        fields = command.settings().model_fields
+        for param in command.params:
+            field = fields.get(param.name)
+            if field is None:
+                continue
+            help_text = param.help or ""
+            assert (field.description or "") in help_text, (name, param.name)
+            if default_text(field):
+                assert f"default: {default_text(field)}]" in help_text, (name, param.name, help_text)
+
+
+def test_help_of_the_console_script_shows_the_defaults():
+    res = run_script("finetune", "--help")
+    assert res.returncode == 0 and res.stderr == ""
+    text = " ".join(res.stdout.split())
+    for shown in ("timm model name [default: resnet50]", "[default: 0.001]", "input size [default: the model's "
+                  "pretrained size]", "hub weights via timm [default: on]", "run directory to write"):
+        assert shown in text, shown
+
+
+def test_the_cli_code_restates_no_default_and_keeps_functions_short():
+    import ast
+
+    package = ROOT / "edgetl" / "cli"
+    for path in sorted(package.glob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        assert "[default:" not in source, path.name  # a default lives in its Settings model only
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                assert lines <= 60, f"{path.name}: {node.name} is {lines} lines"

@@ -25,17 +25,20 @@ def _names(value: Any) -> Any:
 
 
 class BenchSettings(Settings):
-    data: str | None = None                     # ImageFolder DIR/<class>/*; None: the run's own val split
-    backends: list[BackendName] = Field(default_factory=lambda: list(values(BackendName)))
-    precisions: list[PrecisionName] | None = None  # None: every model file the run has
-    batch_sizes: list[int] = Field(default_factory=lambda: [1])
-    warmup: int = Field(DEFAULT_WARMUP, ge=0)    # untimed calls first
-    iterations: int = Field(DEFAULT_ITERATIONS, ge=1)  # timed calls per row (unless duration)
-    duration: float | None = None                # seconds per row instead of iterations
-    device: DeviceName = "cpu"                   # torch and onnxruntime rows; a backend may run elsewhere
-    threads: int | None = Field(None, ge=1)      # CPU threads for backends that take them
-    limit: int | None = Field(None, ge=1)        # score top-1 on the first N images only
-    cuda_graph: bool = False                     # backends that can replay a CUDA graph do
+    data: str | None = Field(None, description="ImageFolder DIR/<class>/*",
+                             json_schema_extra={"default_text": "the run's own val split"})
+    backends: list[BackendName] = Field(default_factory=lambda: list(values(BackendName)),
+                                        description="comma list of torch, onnxruntime, tensorrt")
+    precisions: list[PrecisionName] | None = Field(None, description="comma list of fp32, fp16, bf16, int8",
+                                                   json_schema_extra={"default_text": "every model file the run has"})
+    batch_sizes: list[int] = Field(default_factory=lambda: [1], description="comma list, e.g. 1,8")
+    warmup: int = Field(DEFAULT_WARMUP, ge=0, description="untimed iterations first")
+    iterations: int = Field(DEFAULT_ITERATIONS, ge=1, description="timed iterations per row")
+    duration: float | None = Field(None, description="time each row for S seconds instead of iterations")
+    device: DeviceName = Field("cpu", description="torch and onnxruntime rows; tensorrt always runs on the GPU")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch and onnxruntime")
+    limit: int | None = Field(None, ge=1, description="score top-1 on the first N images only")
+    cuda_graph: bool = Field(False, description="tensorrt rows replay a CUDA graph")
 
     @field_validator("data", mode="before")
     @classmethod

@@ -44,8 +44,8 @@ def source_weights() -> Path:
 class DemoSettings(Settings):
     """What `edgetl demo` runs: the measured setting, scaled by these few knobs."""
 
-    epochs: int = Field(10, ge=1, description="epochs per target run, both arms")
-    img_size: int = Field(32, ge=8, le=2048, description="digits are 8x8 pixels, upscaled to this")
+    epochs: int = Field(10, ge=1, description="epochs per target run")
+    img_size: int = Field(32, ge=8, le=2048, description="the 8x8 digits are upscaled to this")
     shots: int = Field(10, ge=1, le=70, description="labelled images per target class")
     seeds: int = Field(3, ge=1, le=10, description="repeats, each with its own labelled images and initialisation")
     strategy: str = Field("full", description="linear | partial | full | lp-ft")

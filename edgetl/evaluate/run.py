@@ -17,12 +17,13 @@ from edgetl.stage import SILENT, Events, Settings
 
 
 class EvalSettings(Settings):
-    data: str | None = None          # ImageFolder DIR/<class>/*; None: the run's own validation split
-    backend: BackendName = "torch"
-    precision: PrecisionName = "fp32"  # which model file of the run
-    device: DeviceName = "cpu"
+    data: str | None = Field(None, description="ImageFolder DIR/<class>/*",
+                             json_schema_extra={"default_text": "the run's own val split"})
+    backend: BackendName = Field("torch", description="which runtime scores")
+    precision: PrecisionName = Field("fp32", description="which model file of the run")
+    device: DeviceName = Field("cpu", description="(tensorrt always runs on the GPU)")
     batch_size: int = Field(64, ge=1)
-    json_path: str | None = None     # also write the result here
+    json_path: str | None = Field(None, description="also write the metrics here")
 
     @field_validator("data", "json_path", mode="before")
     @classmethod

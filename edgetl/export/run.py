@@ -66,12 +66,13 @@ class FusedPreprocess(nn.Module):
 
 
 class ExportSettings(Settings):
-    opset: int = DEFAULT_OPSET
-    static_batch: int | None = Field(None, ge=1)   # None: a dynamic batch dimension
-    fuse_preprocess: bool = False                  # the graph takes uint8 NHWC RGB and normalises it itself
-    tolerance: float = Field(DEFAULT_TOLERANCE, ge=0)  # largest scaled |delta logit| vs PyTorch that passes
-    simplify: bool = True                          # onnxslim pass, kept only if parity still holds
-    parity_images: int = Field(DEFAULT_PARITY_IMAGES, ge=1)
+    opset: int = Field(DEFAULT_OPSET, description="ONNX opset; 17 parses on TensorRT 8.5+, 10.x (JetPack 6) and 11.x")
+    static_batch: int | None = Field(None, ge=1, description="fix the batch dimension to N",
+                                     json_schema_extra={"default_text": "dynamic"})
+    fuse_preprocess: bool = Field(False, description="graph takes uint8 NHWC RGB and normalises it itself")
+    tolerance: float = Field(DEFAULT_TOLERANCE, ge=0, description="largest |delta logit| vs PyTorch that passes")
+    simplify: bool = Field(True, description="onnxslim pass, kept only if parity holds")
+    parity_images: int = Field(DEFAULT_PARITY_IMAGES, ge=1, description="validation images compared with PyTorch")
     external_data_threshold: int = Field(EXTERNAL_DATA_THRESHOLD, ge=0)  # weights beyond: model.onnx.data
 
     @field_validator("opset")

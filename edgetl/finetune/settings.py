@@ -21,56 +21,63 @@ from edgetl.stage import Settings
 
 
 class FinetuneSettings(Settings):
-    data: str
-    model: str = "resnet50"
-    pretrained: bool = True
-    weights: str | None = Field(default=None, description=".safetensors, .pth or an edgetl run dir")
-    strategy: StrategyName = "full"
-    lp_epochs: int | None = Field(default=None, ge=1, description="strategy lp-ft: linear-probe epochs [half]")
-    unfreeze: int = Field(default=1, ge=0, description="stages trained with strategy partial")
+    data: str = Field(description="ImageFolder: DATA/train/<class>, DATA/val/<class>, or DATA/<class> (split)")
+    model: str = Field("resnet50", description="timm model name")
+    pretrained: bool = Field(True, description="hub weights via timm")
+    weights: str | None = Field(default=None, description="local weights: .safetensors, .pth or an edgetl run dir")
+    strategy: StrategyName = Field("full", description="linear | partial | full | lp-ft (linear probe, then full at "
+                                   "lr x backbone_lr_scale)")
+    lp_epochs: int | None = Field(default=None, ge=1, description="with strategy lp-ft: linear-probe epochs",
+                                  json_schema_extra={"default_text": "half"})
+    unfreeze: int = Field(default=1, ge=0, description="with strategy partial: last N stages trained")
     epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=32, ge=1, description="the global batch: images per optimizer step, over every "
-                            "process and accumulation micro-step")
+    batch_size: int = Field(default=32, ge=1, description="the global batch, over all processes and accumulation "
+                            "steps")
     lr: float = Field(default=1e-3, gt=0, allow_inf_nan=False,
-                      description="for the global batch; never scaled with the process count")
-    backbone_lr_scale: float = Field(default=0.1, ge=0)
+                      description="head learning rate, for the global batch (never scaled with the process count)")
+    backbone_lr_scale: float = Field(default=0.1, ge=0, description="backbone lr = lr x this")
     # A lone linear head on frozen features is a convex problem that takes a high rate, and it starts at zero: at
     # lr 1e-3 it ended 21 points below scikit-learn's logistic regression on the same features, at 3e-2 (and on
     # un-augmented images) 0.4 below on average (ImageNet Lite0 on 10 digits a class, docs/BENCHMARKS.md
     # "Transfer from ImageNet").
-    linear_lr_scale: float = Field(default=30.0, gt=0, description="rate of the phases that train the head alone "
-                                   "(strategy linear, lp-ft's probe), x lr")
-    linear_augment: bool = Field(default=False, description="augment in the phases that train the head alone (off: "
-                                 "they see the images as evaluation does)")
-    layer_decay: float | None = Field(default=None, gt=0, le=1)
+    linear_lr_scale: float = Field(default=30.0, gt=0, description="head-only phases (strategy linear, lp-ft's "
+                                   "probe) train at lr x this")
+    linear_augment: bool = Field(default=False, description="augment in head-only phases too (off: they see the "
+                                 "images as evaluation does)")
+    layer_decay: float | None = Field(default=None, gt=0, le=1,
+                                      description="timm layer-wise lr decay instead of one backbone scale")
     weight_decay: float = Field(default=0.05, ge=0)
     warmup_epochs: float = Field(default=1.0, ge=0)
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
     freeze_bn_stats: bool = Field(default=True, description="BatchNorm keeps the source's running statistics while "
-                                  "its weights train (a run from scratch always learns its own)")
-    img_size: int | None = Field(default=None, ge=IMG_SIZE_MIN, le=IMG_SIZE_MAX,
-                                 description="default: the model's pretrained size")
+                                  "its weights train (from scratch it always learns them)")
+    img_size: int | None = Field(default=None, ge=IMG_SIZE_MIN, le=IMG_SIZE_MAX, description="input size",
+                                 json_schema_extra={"default_text": "the model's pretrained size"})
     crop_pct: float | None = Field(default=None, gt=0, le=1)
-    augment: str = "flip"
-    val_fraction: float = 0.2
+    augment: str = Field("flip", description="none | crop | flip | strong, or an albumentations YAML")
+    val_fraction: float = Field(0.2, description="val share when DATA has no train/val split")
     seed: int = Field(default=0, ge=0, le=SEED_MAX)
-    workers: int = Field(default=2, ge=0)
-    device: str = "auto"
-    amp: bool = True
+    workers: int = Field(default=2, ge=0, description="data loader processes")
+    device: str = Field("auto", description="auto | cpu | cuda[:N] (under torchrun: auto | cpu | cuda)")
+    amp: bool = Field(True, description="mixed precision on GPU")
     channels_last: bool = True
-    compile: bool = False
-    patience: int | None = Field(default=None, ge=1, description="early stopping: epochs without improvement")
-    skip_bad_images: bool = False
-    check: CheckModeName = Field(default="full", description="up-front image check: full (decode, cached per "
-                                 "file) | header | none; images failing later in training are skipped and listed")
-    baseline: BaselineName | None = Field(default=None, description="scratch: also train the from-scratch twin; "
-                                          "probe: also fit a logistic regression on the source's frozen features")
+    compile: bool = Field(False, description="torch.compile the model")
+    patience: int | None = Field(default=None, ge=1, description="early stopping after N epochs without improvement")
+    skip_bad_images: bool = Field(False, description="skip unreadable images and list them")
+    check: CheckModeName = Field(default="full", description="check every image before training: full (decode; "
+                                 "cached per file, so a second run checks only what changed) | header (open only, "
+                                 "fast) | none; an image failing later is skipped and listed in RUN/bad_images.json")
+    baseline: BaselineName | None = Field(default=None, description="scratch: also train the from-scratch twin "
+                                          "(same data, recipe, budget) in RUN/baseline-scratch and report the gain; "
+                                          "probe: also fit a logistic regression on the source's frozen pooled "
+                                          "features (seconds) and warn when the fine-tune ends below it")
     # Several processes (torchrun); a one-process run ignores all but `accumulate`.
-    accumulate: int = Field(default=1, ge=1, description="micro-steps per optimizer step (gradient accumulation)")
-    sync_bn: bool = Field(default=False, description="SyncBatchNorm across processes (CUDA only)")
-    dist_backend: DistBackendName = Field(default="auto", description="auto: nccl on CUDA, gloo on the CPU")
-    dist_timeout: float = Field(default=1800.0, gt=0, le=DIST_TIMEOUT_MAX, description="seconds a collective waits for the other "
-                                "processes before this one stops")
+    accumulate: int = Field(default=1, ge=1, description="gradient accumulation: micro-batches per optimizer step")
+    sync_bn: bool = Field(default=False, description="under torchrun on GPUs: SyncBatchNorm across processes")
+    dist_backend: DistBackendName = Field(default="auto", description="under torchrun: auto (nccl on CUDA, gloo on "
+                                          "the CPU) | nccl | gloo")
+    dist_timeout: float = Field(default=1800.0, gt=0, le=DIST_TIMEOUT_MAX, description="under torchrun: seconds to "
+                                "wait for another process before stopping")
 
     @model_validator(mode="after")
     def _weights_win(self) -> "FinetuneSettings":

@@ -14,16 +14,21 @@ from edgetl.stage import Settings
 class QuantizeSettings(Settings):
     """Settings of one quantization (RUN/settings/quantize.yaml records the last one that wrote files)."""
 
-    precision: QuantPrecisionName = Field("int8", description="int8 (Q/DQ) or fp16; fp32 is model.onnx itself")
-    target: QuantTargetName = Field("tensorrt", description="int8 form: tensorrt (S8S8), cpu (U8S8) or both")
-    calib: Optional[str] = Field(None, description="calibration ImageFolder; None: the run's train split")
+    precision: QuantPrecisionName = Field("int8", description="int8 (Q/DQ) or fp16")
+    target: QuantTargetName = Field("tensorrt", description="int8 form: tensorrt (S8S8 Q/DQ), cpu (U8S8, fast on "
+                                    "x86) or both")
+    calib: Optional[str] = Field(None, description="calibration ImageFolder DIR/<class>/*",
+                                 json_schema_extra={"default_text": "the run's train split"})
     calib_size: Optional[int] = Field(DEFAULT_CALIB_SIZE, ge=1,
-                                          description="calibration images, stratified; None: all")
-    method: CalibMethodName = Field("minmax", description="calibration method; auto tries all, keeps the best")
+                                      description="calibration images, stratified by class (all if fewer)")
+    method: CalibMethodName = Field("minmax", description="calibration method; auto tries the three and keeps the "
+                                    "best")
     percentile: float = Field(99.999, gt=0.0, le=100.0, description="with method percentile")
-    data: Optional[str] = Field(None, description="ImageFolder to score on; None: the run's val split")
+    data: Optional[str] = Field(None, description="ImageFolder to score on",
+                                json_schema_extra={"default_text": "the run's val split"})
     max_drop: float = Field(1.0, allow_inf_nan=False,
-                            description="top-1 points int8 may lose; beyond, sensitive layers stay float")
-    batch_size: int = Field(32, ge=1, description="calibration batch (a fixed-batch graph uses its own)")
+                            description="top-1 points the int8 model may lose; beyond, sensitive layers stay float")
+    batch_size: int = Field(32, ge=1, description="calibration batch")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the calibration sample")
-    threads: Optional[int] = Field(None, ge=1, description="onnxruntime intra-op threads for scoring")
+    threads: Optional[int] = Field(None, ge=1, description="onnxruntime threads for scoring",
+                                   json_schema_extra={"default_text": "all cores"})

@@ -53,7 +53,8 @@ class BundleSettings(Settings):
     precision: EnginePrecisionName = Field("fp32", description="which precision-baked ONNX file to ship")
     out: Optional[Path] = Field(None, description="also write this .tar.gz (for offline devices)")
     tar: bool = Field(False, description="also write RUN/bundles/<run>-<precision>.tar.gz")
-    max_images: int = Field(DEFAULT_MAX_IMAGES, ge=1, description="validation images carried, preprocessed")
+    max_images: int = Field(DEFAULT_MAX_IMAGES, ge=1, description="validation images carried (preprocessed) for the "
+                            "device's accuracy")
 
 
 class BundleResult(Result):

@@ -50,20 +50,23 @@ SPACE_MARGIN = 64 << 20  # room for the engine and results next to the bundle
 class DeploySettings(Settings):
     """Everything `edgetl deploy` takes. `hosts` (and `hosts_file`) name the devices; the rest applies to each."""
 
-    hosts: List[str] = Field(default_factory=list, description="ssh destinations: [user@]host[:port] or a Host alias")
-    hosts_file: Optional[str] = Field(None, description="a file of destinations, one a line, # comments")
-    jobs: int = Field(4, ge=1, le=FLEET_JOBS_MAX, description="devices deployed at once (fleet)")
-    port: Optional[int] = Field(None, ge=1, le=65535, description="ssh port where a destination names none")
+    hosts: List[str] = Field(default_factory=list, description="ssh destination: user@host, user@host:port or a Host "
+                             "alias of ~/.ssh/config; repeatable: several devices deploy in parallel")
+    hosts_file: Optional[str] = Field(None, description="file of destinations, one a line (user@host or "
+                                      "user@host:port), # comments; deploys to all of them")
+    jobs: int = Field(4, ge=1, le=FLEET_JOBS_MAX, description="devices deployed at once")
+    port: Optional[int] = Field(None, ge=1, le=65535, description="ssh port where a destination names none (ssh -p)")
     identity: Optional[str] = Field(None, description="private key file (ssh -i, IdentitiesOnly)")
-    ssh_options: List[str] = Field(default_factory=list, description="extra ssh arguments")
+    ssh_options: List[str] = Field(default_factory=list, description="extra ssh argument, repeatable (e.g. "
+                                   "-oProxyJump=gateway)")
     connect_timeout: int = Field(15, ge=1, description="seconds ssh waits for a connection")
     precision: EnginePrecisionName = "fp32"
-    backend: DeployBackendName = "tensorrt"
-    device: DeployDeviceName = Field("auto", description="onnxruntime's execution provider on the device")
+    backend: DeployBackendName = Field("tensorrt", description="tensorrt (engine built on the device) | onnxruntime")
+    device: DeployDeviceName = Field("auto", description="onnxruntime backend: auto | cpu | cuda")
     bench: bool = Field(False, description="benchmark on the device and fetch bench.json")
-    build: bool = Field(True, description="build the TensorRT engine on the device (backend tensorrt)")
+    build: bool = Field(True, description="build the TensorRT engine on the device")
     force: bool = Field(False, description="replace a bundle on the device that no longer verifies")
-    batch_sizes: List[PositiveInt] = Field(default_factory=lambda: [1, 8], min_length=1)
+    batch_sizes: List[PositiveInt] = Field(default_factory=lambda: [1, 8], min_length=1, description="repeatable")
     warmup: int = Field(10, ge=0, description="untimed runs per batch size")
     iterations: int = Field(100, ge=1, description="timed runs per batch size")
     max_images: int = Field(256, ge=1, description="validation images carried for the accuracy check")

@@ -40,11 +40,12 @@ TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE
 class TritonSettings(Settings):
     """What `edgetl triton` writes."""
 
-    out: Optional[Path] = Field(None, description="model repository folder [default: RUN/triton]")
+    out: Optional[Path] = Field(None, description="model repository folder",
+                                json_schema_extra={"default_text": "RUN/triton"})
     precision: EnginePrecisionName = "fp32"
     max_batch: int = Field(8, ge=1, description="max_batch_size, the dynamic batcher's upper bound")
-    name: Optional[str] = Field(None, description="model name [default: the run folder's name]")
-    kind: TritonKindName = Field("gpu", description="instance kind of the ONNX model")
+    name: Optional[str] = Field(None, description="model name", json_schema_extra={"default_text": "the run folder's name"})
+    kind: TritonKindName = Field("gpu", description="instance kind for the ONNX model")
     queue_delay_us: int = Field(100, ge=0, description="dynamic batching: max queue delay in microseconds")
 
 

@@ -215,14 +215,20 @@ class BuildSettings(Settings):
     """What `edgetl build` builds. Precision lives in the ONNX graph: `precision` picks which graph."""
 
     precision: EnginePrecisionName = Field("fp32", description="which precision-baked ONNX to build")
-    batch: str = Field(DEFAULT_BATCH, description="optimisation profile MIN,OPT,MAX of the batch axis, or one N")
+    batch: str = Field(DEFAULT_BATCH, description="optimisation profile MIN,OPT,MAX of the batch axis, or one fixed N")
     workspace: int = Field(DEFAULT_WORKSPACE_MIB, ge=1, description="builder workspace limit, MiB")
-    opt_level: int = Field(DEFAULT_OPT_LEVEL, ge=0, le=5, description="builder optimisation level")
-    version_compatible: bool = Field(False, description="engine runs on later TensorRT of the same major")
-    dla_core: Optional[int] = Field(None, ge=0, description="build for this DLA core, GPU fallback on")
-    timing_cache: bool = Field(True, description="reuse and update the engine folder's timing.cache")
-    target: BuildTargetName = Field("tensorrt", description="tensorrt: for this GPU; rtx: TensorRT for RTX")
-    compute_capability: Optional[str] = Field(None, description="rtx: compute capabilities to build for")
+    opt_level: int = Field(DEFAULT_OPT_LEVEL, ge=0, le=5, description="builder optimisation level 0..5 (higher: "
+                           "longer build, maybe faster)")
+    version_compatible: bool = Field(False, description="engine runs on later TensorRT of the same major (lean "
+                                     "runtime)")
+    dla_core: Optional[int] = Field(None, ge=0, description="build for this DLA core (Jetson Orin/Xavier), GPU "
+                                    "fallback on")
+    timing_cache: bool = Field(True, description="reuse and update RUN/engines/<gpu>-trt<ver>/timing.cache")
+    target: BuildTargetName = Field("tensorrt", description="tensorrt: TensorRT, for this GPU | rtx: TensorRT for "
+                                    "RTX, ahead of time, GPU or not")
+    compute_capability: Optional[str] = Field(None, description="target rtx: compute capabilities of the RTX GPUs "
+                                              "to build for",
+                                              json_schema_extra={"default_text": ",".join(RTX_COMPUTE_CAPABILITIES)})
     tf32: bool = Field(False, description="let fp32 layers compute in TF32 on Ampere or later")
     onnx: Optional[Path] = Field(None, description="build this ONNX file instead of the run's model.<precision>.onnx")
 
