@@ -4,7 +4,6 @@ message), and a real build + load where TensorRT and a GPU are."""
 from __future__ import annotations
 
 import shlex
-
 import shutil
 import subprocess
 import sys
