@@ -92,7 +92,7 @@ def test_replies_round_trip_and_print_as_before():
     assert protocol.BuildReply.from_dict(adopted.to_dict()) == adopted
     bench = protocol.BenchReply(rows=[{"top1": 1.0}], system={}, reference={}, bundle={"run": "r"}, engine=None)
     assert "written" not in bench.to_dict() and protocol.BenchReply.from_dict(bench.to_dict()) == bench
-    with pytest.raises(ValueError, match="no rows"):
+    with pytest.raises(ValueError, match="has no bundle, engine, reference, rows"):
         protocol.BenchReply.from_dict({"system": {}})
 
 

@@ -24,6 +24,8 @@ def _imports(path: Path) -> list[tuple[int, str]]:
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
             found += [(0, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module is None and node.level == 1:
+            found += [(1, a.name) for a in node.names]  # from . import cuda: each name must be a sibling
         elif isinstance(node, ast.ImportFrom):
             found.append((node.level, node.module or ""))
     return found
