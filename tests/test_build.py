@@ -3,6 +3,7 @@ message), and a real build + load where TensorRT and a GPU are."""
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 import sys
@@ -76,17 +77,17 @@ def test_profile_checked_against_the_onnx_input(exported, tmp_path):
 
 
 def test_trtexec_line():
-    cmd = B.trtexec_command("runs/pets/model.int8.onnx", "runs/pets/engines/orin-trt10.3.0.30/model.int8.plan",
-                            "images", (3, 224, 224), B.Profile(1, 8, 32), workspace_mib=2048,
-                            timing_cache="runs/pets/engines/orin-trt10.3.0.30/timing.cache", opt_level=4)
+    line = lambda *a, **k: shlex.join(B.trtexec_command(*a, **k))  # noqa: E731  (as BuildResult.trtexec records it)
+    cmd = line("runs/pets/model.int8.onnx", "runs/pets/engines/orin-trt10.3.0.30/model.int8.plan",
+               "images", (3, 224, 224), (1, 8, 32), workspace_mib=2048,
+               timing_cache="runs/pets/engines/orin-trt10.3.0.30/timing.cache", opt_level=4)
     assert cmd == ("trtexec --onnx=runs/pets/model.int8.onnx --stronglyTyped --minShapes=images:1x3x224x224 "
                    "--optShapes=images:8x3x224x224 --maxShapes=images:32x3x224x224 --memPoolSize=workspace:2048M "
                    "--timingCacheFile=runs/pets/engines/orin-trt10.3.0.30/timing.cache --builderOptimizationLevel=4 "
                    "--noTF32 --saveEngine=runs/pets/engines/orin-trt10.3.0.30/model.int8.plan --skipInference")
     # TF32 only when asked (--tf32): an "fp32" engine on Ampere or later would otherwise compute in TF32
-    assert "--noTF32" not in B.trtexec_command("m.onnx", "m.plan", "images", (3, 8, 8), B.Profile(1, 1, 1), tf32=True)
-    extra = B.trtexec_command("a b.onnx", "m.plan", "images", (3, 8, 8), B.Profile(1, 1, 1), version_compatible=True,
-                              dla_core=0)
+    assert "--noTF32" not in line("m.onnx", "m.plan", "images", (3, 8, 8), (1, 1, 1), tf32=True)
+    extra = line("a b.onnx", "m.plan", "images", (3, 8, 8), (1, 1, 1), version_compatible=True, dla_core=0)
     assert "'--onnx=a b.onnx'" in extra  # quoted for the shell
     assert "--versionCompatible --useDLACore=0 --allowGPUFallback" in extra and "--fp16" not in extra
     assert "--int8" not in cmd and "--fp16" not in cmd  # precision comes from the graph, never builder flags

@@ -38,7 +38,7 @@ def device(run_and_bundle):
     sys.path.insert(0, str(bundle.path))
     try:
         module = importlib.import_module("edgetl_device")
-        assert Path(module.engines.__file__).parent == bundle.path / "portable"
+        assert Path(module.builders.__file__).parent == bundle.path / "portable"
         yield module
     finally:
         sys.path.remove(str(bundle.path))
@@ -99,7 +99,7 @@ def test_trtexec_build_writes_the_package_sidecar(device, bundle_copy, tmp_path,
     trtexec.chmod(trtexec.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}/bin")  # no `edgetl` on PATH: the trtexec path
     monkeypatch.setattr(device, "engine_facts", lambda: dict(ORIN))
-    done = device.build(bundle_copy, "fp32", 4)
+    done = device.build(device.Build(str(bundle_copy), "fp32", 4))
     assert done["builder"] == "trtexec" and not done["reused"]
     args = (tmp_path / "args").read_text().split()
     assert "--minShapes=images:1x3x32x32" in args and "--maxShapes=images:4x3x32x32" in args
@@ -109,7 +109,7 @@ def test_trtexec_build_writes_the_package_sidecar(device, bundle_copy, tmp_path,
     sidecar = engine.read_sidecar(plan)
     assert sidecar["compute_capability"] == "8.7" and sidecar["trtexec"] == str(trtexec)
     engine.check_engine(plan, sidecar, ORIN, sha256_file(plan))
-    assert device.build(bundle_copy, "fp32", 4)["reused"]  # unchanged ONNX, TensorRT and GPU: no rebuild
+    assert device.build(device.Build(str(bundle_copy), "fp32", 4))["reused"]  # unchanged ONNX, TensorRT and GPU: no rebuild
 
 
 def test_device_row_and_edgetl_bench_row_agree(device, run_and_bundle, bundle_copy, monkeypatch):
@@ -134,7 +134,7 @@ def test_device_row_and_edgetl_bench_row_agree(device, run_and_bundle, bundle_co
     monkeypatch.setattr(time, "perf_counter", lambda: clock["t"])
     local = bench(run, BenchSettings(backends="onnxruntime", precisions="fp32", batch_sizes=[1, 4], warmup=1,
                                      iterations=5, device="cpu"), write=False).rows
-    there = device.bench(bundle_copy, "onnxruntime", "fp32", [1, 4], 1, 5, "cpu")["rows"]
+    there = device.bench(device.Bench(str(bundle_copy), "onnxruntime", "fp32", "cpu", (1, 4), 1, 5))["rows"]
     assert [tuple(r) for r in local] == [tuple(r) for r in there] == [ROW_KEYS, ROW_KEYS]
     for a, b, bs in zip(local, there, (1, 4)):
         assert a["where"] == "local" and b["where"] == "device"

@@ -67,6 +67,9 @@ class FakeEngine:
     def get_tensor_dtype(self, name):
         return rtx.DataType.FLOAT
 
+    def get_tensor_shape(self, name):
+        return (-1, 3, 8, 8)  # a dynamic batch: the profile says the range
+
     def get_tensor_profile_shape(self, name, profile):
         return (1, 3, 8, 8), (1, 3, 8, 8), (8, 3, 8, 8)
 
@@ -145,13 +148,13 @@ def _backend(plan, **options):
 def test_output_buffer_from_the_engine_shape_and_graphs_recaptured_per_batch(fake_engine):
     context = FakeContext()
     with _backend(fake_engine(context), cuda_graph=True) as be:
-        assert be._d_in.nbytes == 8 * 3 * 8 * 8 * 4  # profile max batch
-        assert be._d_out.nbytes == 8 * OUTPUT_WIDTH * 4  # the engine's output at that batch, not 8 x 4 classes
+        assert be._runner.d_in.nbytes == 8 * 3 * 8 * 8 * 4  # profile max batch
+        assert be._runner.d_out.nbytes == 8 * OUTPUT_WIDTH * 4  # the engine's output at that batch, not 8 x 4 classes
         assert set(context.addresses) == {"images", "logits"}
         x = np.zeros((3, 3, 8, 8), np.float32)
         assert be.infer(x).shape == (3, OUTPUT_WIDTH)
         assert be.infer(x).shape == (3, OUTPUT_WIDTH)
-        stream = be._stream
+        stream = be._runner.stream
         assert len(stream.captures) == 1 and stream.captures[0].launches == 2  # captured once, replayed
         assert be.infer(x[:2]).shape == (2, OUTPUT_WIDTH)  # a new batch size: the old graph goes, a new one
         assert len(stream.captures) == 2 and stream.captures[0].destroyed and not stream.captures[1].destroyed

@@ -10,12 +10,11 @@ import numpy as np
 from edgetl.card import ModelCard
 from edgetl.errors import BackendUnavailable, ModelError, first_line
 from edgetl.portable.rows import ort_timed
+from edgetl.portable.runners import ORT_PROVIDERS, OrtRunner, RunnerError
 from edgetl.runtime.base import Backend
 from edgetl.runtime.registry import register_backend
 
-_PROVIDERS = {"cpu": ["CPUExecutionProvider"],
-              "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-              "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
+_PROVIDERS = ORT_PROVIDERS  # the provider rule is the device's too (portable/runners.py)
 
 
 @register_backend
@@ -61,25 +60,15 @@ class OnnxRuntimeBackend(Backend):
         reason = self.why_not_here(self.device)
         if reason:
             raise BackendUnavailable(reason, "pip install onnxruntime-gpu for CUDA/TensorRT, or use device cpu")
-        import onnxruntime as ort
-
         card = self.options.get("card") or self._read_card()
-        wanted = _PROVIDERS[self.device.split(":")[0]]
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if self.options.get("threads"):
-            opts.intra_op_num_threads = int(self.options["threads"])
-        if self.options.get("exact"):
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         model = self.model_bytes if self.model_bytes is not None else str(self.model_path)
         try:
-            self.session = ort.InferenceSession(model, sess_options=opts, providers=wanted)
-        except Exception as e:
-            raise ModelError(f"{self.model_label}: onnxruntime cannot load it ({first_line(e)})") from None
-        graph_input = self.session.get_inputs()[0]
-        self.input_name = graph_input.name
-        batch = graph_input.shape[0] if graph_input.shape else None
-        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None  # a symbolic dim is a str
+            self.runner = OrtRunner(model, self.device, threads=self.options.get("threads"),
+                                    exact=bool(self.options.get("exact")))
+        except RunnerError as e:
+            raise ModelError(f"{self.model_label}: {e}") from None
+        self.session, self.input_name = self.runner.session, self.runner.input_name
+        self.fixed_batch = self.runner.fixed_batch
         return card
 
     def _read_card(self) -> ModelCard:
@@ -95,16 +84,17 @@ class OnnxRuntimeBackend(Backend):
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
         try:
-            return self.session.run(None, {self.input_name: x})[0]
+            return self.runner(x)
         except Exception as e:  # onnxruntime raises its own exception types (Fail, RuntimeException, ...)
             raise ModelError(f"{self.model_label}: onnxruntime failed to run it ({first_line(e)})") from None
 
     def describe(self) -> dict:
         out = super().describe()
         if self.is_active:
-            out["provider"] = self.session.get_providers()[0]
+            out["provider"] = self.runner.provider
         out["timed"] = ort_timed(self.device == "cpu")
         return out
 
     def deactivate_impl(self) -> None:
-        del self.session
+        self.runner.close()
+        self.runner = self.session = None

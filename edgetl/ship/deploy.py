@@ -38,7 +38,9 @@ from edgetl.ship.destinations import (
 )
 from edgetl.errors import DeployError
 from edgetl.io import read_json, write_json
+from edgetl.portable import protocol
 from edgetl.portable.rows import compare_rows
+from edgetl.portable.trtexec import tensorrt_unsupported
 from edgetl.rundir import RunDir
 from edgetl.stage import SILENT, Events, Result, Settings, record_settings
 from edgetl.ship.transport import SSHTransport, host_slug, remote_path
@@ -157,6 +159,34 @@ def step_count(cfg: DeploySettings, bundled: bool) -> int:
     return 3 + (not bundled) + (cfg.build and cfg.backend == "tensorrt") + cfg.bench
 
 
+class DeviceCalls:
+    """The device script's commands over one connection: a typed request (portable/protocol.py) out, its
+    JSON reply back; the program is this edgetl's own, sent on stdin each time."""
+
+    def __init__(self, transport: SSHTransport, python: str, name: str):
+        self.transport, self.python, self.name = transport, python, name
+        self.program = device_program()
+
+    def __call__(self, request, timeout: float | None = None) -> dict:
+        what = protocol.command_of(request)
+        res = self.transport.run_python(self.python, self.program, request.argv(), what=what, timeout=timeout)
+        try:
+            return json.loads(res.stdout)
+        except ValueError:
+            raise DeployError(f"{self.name}: `{what}` printed no JSON result ({res.stdout[:80]!r})") from None
+
+
+def device_requests(cfg: DeploySettings, final: str) -> tuple[protocol.Build | None, protocol.Bench | None]:
+    """What the device is asked to do in the installed bundle `final`: build (tensorrt), bench; None for a
+    step the settings leave out. Pure: the plan of a deploy, before any connection."""
+    build = (protocol.Build(final, cfg.precision, max(cfg.batch_sizes))
+             if cfg.build and cfg.backend == "tensorrt" else None)
+    bench = (protocol.Bench(final, cfg.backend, cfg.precision, cfg.device, tuple(cfg.batch_sizes), cfg.warmup,
+                            cfg.iterations, out=f"results/{cfg.backend}-{cfg.precision}/bench.json")
+             if cfg.bench else None)
+    return build, bench
+
+
 def deploy_to(run: RunDir, cfg: DeploySettings, dest: Destination, events: Events = SILENT,
               bundle: Bundle | None = None, claim: Callable[[str], None] | None = None,
               stop: threading.Event | None = None) -> DeployResult:
@@ -165,25 +195,13 @@ def deploy_to(run: RunDir, cfg: DeploySettings, dest: Destination, events: Event
     name = dest.label
     transport = SSHTransport(dest.target, cfg.ssh_options, connect_timeout=cfg.connect_timeout, port=dest.port,
                              identity=cfg.identity)  # validates the host, port and key first
-    program = device_program()
-
-    def device_cmd(*args: str, what: str, timeout: float | None = None) -> dict:
-        res = transport.run_python(cfg.python, program, list(args), what=what, timeout=timeout)
-        try:
-            return json.loads(res.stdout)
-        except ValueError:
-            raise DeployError(f"{name}: `{what}` printed no JSON result ({res.stdout[:80]!r})") from None
-
+    device = DeviceCalls(transport, cfg.python, name)
     # Connect first: an unreachable host or a refused key should not wait for the bundle to be made.
     with _step(events, f"connect to {name}", stop):
         transport.open()
     try:
         base = remote_path(cfg.remote_dir).rstrip("/") or "/"
-        with _step(events, f"check {name}", stop) as note:
-            facts = device_cmd("facts", "--space", base, what="facts")
-            check_device(facts, host=name, python=cfg.python, backend=cfg.backend, device=cfg.device,
-                         needs_trt=cfg.backend == "tensorrt" and (cfg.build or cfg.bench), bench=cfg.bench)
-            note["done"] = facts.get("model") or facts.get("machine") or ""
+        facts = _check(device, cfg, name, base, events, stop)
         slug = host_slug(dest.target, user=facts.get("user"), port=dest.port)
         if claim is not None:
             claim(slug)
@@ -196,46 +214,66 @@ def deploy_to(run: RunDir, cfg: DeploySettings, dest: Destination, events: Event
         final, staging = f"{parent}/{bundle.short_hash}", f"{parent}/.{bundle.short_hash}.partial"
         sent: dict[str, list[str]] = {"uploaded": [], "resumed": [], "skipped": []}
         with _step(events, f"upload to {name}:{final}", stop) as note:
-            installed = _upload(transport, events, bundle, final, staging, cfg.force, device_cmd, facts, sent)
+            installed = _upload(transport, events, bundle, final, staging, cfg.force, device, facts, sent)
             note["done"] = (f"{len(sent['uploaded'])} sent, {len(sent['resumed'])} resumed, "
                             f"{len(sent['skipped'])} already there" if installed else "already installed and verified")
         local = run.devices_dir / slug
         write_json(local / "facts.json", facts)
-        engine = None
-        if cfg.build and cfg.backend == "tensorrt":
-            with _step(events, f"build the TensorRT engine on {name}", stop) as note:
-                engine = device_cmd("build", "--dir", final, "--precision", cfg.precision,
-                                    "--max-batch", str(max(cfg.batch_sizes)), what="build")
-                note["done"] = "reused (ONNX, TensorRT and GPU unchanged)" if engine["reused"] else \
-                    f"built with {engine['builder']}"
-            sidecar = engine["sidecar"]  # a path as the device script saw it (relative to the login dir or absolute)
-            transport.download(sidecar, local / "engines" / Path(sidecar).parent.name / Path(sidecar).name)
-        rows: list[dict] = []
-        if cfg.bench:
-            out = f"results/{cfg.backend}-{cfg.precision}/bench.json"
-            with _step(events, f"benchmark {cfg.backend} {cfg.precision} on {name}", stop) as note:
-                args = ["bench", "--dir", final, "--backend", cfg.backend, "--precision", cfg.precision,
-                        "--device", cfg.device, "--batch-sizes", ",".join(str(b) for b in cfg.batch_sizes),
-                        "--warmup", str(cfg.warmup), "--iterations", str(cfg.iterations), "--out", out]
-                device_cmd(*args, what="bench")
-                raw = local / f"bench.{cfg.backend}.{cfg.precision}.json"
-                transport.download(f"{final}/{out}", raw)
-                report = read_json(raw)
-                _merge_bench(local / "bench.json", report)
-                rows = report["rows"]
-                row = rows[0]
-                note["done"] = (f"ran {ran(rows)}: top-1 {row['top1']:.4f}, p50 {row['latency_ms']['p50']:.2f} ms "
-                                f"at batch {row['batch_size']}")
+        build_request, bench_request = device_requests(cfg, final)
+        engine = _build(device, build_request, local, events, stop)
+        rows = _bench(device, bench_request, local, events, stop)
         result = DeployResult(
             host=dest.target, port=dest.port, device_dir=local.relative_to(run.path).as_posix(), remote_dir=final,
             bundle_sha256=bundle.sha256, bundle_reused=bundle.reused, precision=cfg.precision, backend=cfg.backend,
             uploaded=sent["uploaded"], resumed=sent["resumed"], skipped=sent["skipped"], installed=installed,
-            engine=engine, facts=facts, rows=rows, edgetl_version=bundle.manifest["edgetl_version"],
-            time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            engine=engine.to_dict() if engine else None, facts=facts, rows=rows,
+            edgetl_version=bundle.manifest["edgetl_version"], time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         result.write(local / "deploy.json")
     finally:
         transport.close()
     return result
+
+
+def _check(device: DeviceCalls, cfg: DeploySettings, name: str, base: str, events: Events,
+           stop: threading.Event | None) -> dict:
+    """The device's facts, refused (check_device) when it cannot run what `cfg` asks."""
+    with _step(events, f"check {name}", stop) as note:
+        facts = device(protocol.Facts(base))
+        check_device(facts, host=name, python=cfg.python, backend=cfg.backend, device=cfg.device,
+                     needs_trt=cfg.backend == "tensorrt" and (cfg.build or cfg.bench), bench=cfg.bench)
+        note["done"] = facts.get("model") or facts.get("machine") or ""
+    return facts
+
+
+def _build(device: DeviceCalls, request: protocol.Build | None, local: Path, events: Events,
+           stop: threading.Event | None) -> protocol.BuildReply | None:
+    """The engine built (or reused) on the device, its sidecar fetched into `local`/engines/."""
+    if request is None:
+        return None
+    with _step(events, f"build the TensorRT engine on {device.name}", stop) as note:
+        engine = protocol.BuildReply.from_dict(device(request))
+        note["done"] = ("reused (ONNX, TensorRT and GPU unchanged)" if engine.reused else
+                        f"built with {engine.builder}")
+    sidecar = Path(engine.sidecar)  # a path as the device script saw it (relative to the login dir or absolute)
+    device.transport.download(engine.sidecar, local / "engines" / sidecar.parent.name / sidecar.name)
+    return engine
+
+
+def _bench(device: DeviceCalls, request: protocol.Bench | None, local: Path, events: Events,
+           stop: threading.Event | None) -> list[dict]:
+    """The bench rows measured on the device, its bench.json fetched and merged into `local`/bench.json."""
+    if request is None:
+        return []
+    with _step(events, f"benchmark {request.backend} {request.precision} on {device.name}", stop) as note:
+        device(request)
+        raw = local / f"bench.{request.backend}.{request.precision}.json"
+        device.transport.download(f"{request.dir}/{request.out}", raw)
+        report = protocol.BenchReply.from_dict(read_json(raw))
+        _merge_bench(local / "bench.json", report.to_dict())
+        row = report.rows[0]
+        note["done"] = (f"ran {ran(report.rows)}: top-1 {row['top1']:.4f}, p50 {row['latency_ms']['p50']:.2f} ms "
+                        f"at batch {row['batch_size']}")
+    return report.rows
 
 
 def check_device(facts: dict, *, host: str, python: str, backend: str, device: str, needs_trt: bool,
@@ -254,6 +292,9 @@ def check_device(facts: dict, *, host: str, python: str, backend: str, device: s
         if not facts.get("tensorrt"):
             raise DeployError(f"{host}: TensorRT is not installed there", f"{switch}, or install TensorRT "
                               "(JetPack: sudo apt install nvidia-tensorrt; deploy/jetson-setup.sh)")
+        too_old = tensorrt_unsupported(facts["tensorrt"])
+        if too_old:
+            raise DeployError(f"{host}: {too_old}", f"{switch}, or upgrade JetPack there (JetPack 6 ships TensorRT 10)")
         if not facts.get("compute_capability"):
             why = facts.get("no_gpu_reason") or "libcudart found none"  # older device scripts do not say why
             raise DeployError(f"{host}: no CUDA GPU is usable there ({why})", switch)
@@ -280,12 +321,12 @@ def ran(rows: list[dict]) -> str:
 
 
 def _upload(transport: SSHTransport, events: Events, bundle: Bundle, final: str, staging: str, force: bool,
-            device_cmd, facts: dict, sent: dict[str, list[str]]) -> bool:
+            device: DeviceCalls, facts: dict, sent: dict[str, list[str]]) -> bool:
     """Install the bundle at `final` unless it is there and verifies; fills `sent`. True when it was installed."""
     # `test -d` rather than an inventory of the installed folder: verify hashes it anyway, once is enough.
     if transport.run(["test", "-d", final], check=False, what="test -d").returncode == 0:
         try:
-            device_cmd("verify", "--dir", final, what="verify")
+            device(protocol.Verify(final))
             sent["skipped"] = sorted(bundle.manifest["files"]) + [MANIFEST]
             return False
         except DeployError as e:
@@ -295,7 +336,7 @@ def _upload(transport: SSHTransport, events: Events, bundle: Bundle, final: str,
                 raise DeployError(f"{e.message} [on {transport.name}:{final}]",
                                   "something changed the bundle on the device; re-run with force on to replace it") from None
             transport.run(["rm", "-rf", "--", final], what=f"rm -rf {final}")
-    have = device_cmd("inventory", staging, what="inventory")[staging]["files"]
+    have = device(protocol.Inventory((staging,)))[staging]["files"]
     wanted = dict(bundle.manifest["files"])
     plan: list[tuple[str, int]] = []
     for rel, entry in sorted(wanted.items()):
@@ -329,7 +370,7 @@ def _upload(transport: SSHTransport, events: Events, bundle: Bundle, final: str,
         sent["resumed" if offset else "uploaded"].append(rel)
     if done < need:  # files that shrank since the plan: end the bar all the same
         events.progress("uploading", need, need)
-    device_cmd("verify", "--dir", staging, what="verify")
+    device(protocol.Verify(staging))
     transport.run(["mv", "--", staging, final], what="mv")
     return True
 
@@ -366,4 +407,5 @@ def _merge_bench(path: Path, doc: dict) -> Path:
                              "where": "measured on the device by edgetl_device.py"})
 
 
-__all__ = ["DeployResult", "DeploySettings", "check_device", "deploy", "deploy_to", "destinations", "ran", "resolved"]
+__all__ = ["DeployResult", "DeploySettings", "DeviceCalls", "check_device", "deploy", "deploy_to", "destinations",
+           "device_requests", "ran", "resolved"]

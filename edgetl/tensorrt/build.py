@@ -34,12 +34,13 @@ from edgetl.tensorrt.engine import (capturing_logger, engine_dir, engine_file, i
 from edgetl.errors import BackendUnavailable, EdgetlError, ModelError, first_line
 from edgetl.io import sha256_file, write_bytes, write_json
 from edgetl.portable.engines import make_sidecar, plan_name
+from edgetl.portable.trtexec import OPT_LEVEL, WORKSPACE_MIB, trtexec_command
 from edgetl.rundir import RunDir
 from edgetl.stage import SILENT, Events, Result, Settings, record_settings
 
 DEFAULT_BATCH = "1,1,32"
-DEFAULT_WORKSPACE_MIB = 1024
-DEFAULT_OPT_LEVEL = 3
+DEFAULT_WORKSPACE_MIB = WORKSPACE_MIB  # the trtexec line's defaults, said once in portable/trtexec.py
+DEFAULT_OPT_LEVEL = OPT_LEVEL
 TARGETS = {"tensorrt": "tensorrt", "rtx": "tensorrt_rtx"}  # target -> the library that builds it
 # GeForce/RTX PRO generations: Ampere, Ada, Blackwell. NVIDIA's default set also names 8.0 (A100, not an RTX
 # card) in some releases, so edgetl always names the set explicitly and the sidecar says exactly what it is.
@@ -185,31 +186,6 @@ def check_profile(profile: Profile, dims: list, where: str) -> tuple[int, ...]:
     return tuple(sample)
 
 
-# -- trtexec ---------------------------------------------------------------------------------------
-def trtexec_command(onnx: str | os.PathLike, plan: str | os.PathLike, input_name: str, sample_shape: tuple[int, ...],
-                    profile: Profile, workspace_mib: int = DEFAULT_WORKSPACE_MIB,
-                    timing_cache: str | os.PathLike | None = None, opt_level: int = DEFAULT_OPT_LEVEL,
-                    version_compatible: bool = False, dla_core: int | None = None, tf32: bool = False) -> str:
-    """The trtexec line that builds the same engine (to compare with, or to build without Python); it only
-    builds (`--skipInference`): timing is `edgetl bench`'s job."""
-    shapes = profile.shapes(sample_shape)
-    fmt = lambda s: f"{input_name}:{'x'.join(map(str, s))}"  # noqa: E731
-    args = ["trtexec", f"--onnx={onnx}", "--stronglyTyped", f"--minShapes={fmt(shapes['min'])}",
-            f"--optShapes={fmt(shapes['opt'])}", f"--maxShapes={fmt(shapes['max'])}",
-            f"--memPoolSize=workspace:{int(workspace_mib)}M"]
-    if timing_cache:
-        args.append(f"--timingCacheFile={timing_cache}")
-    args.append(f"--builderOptimizationLevel={int(opt_level)}")
-    if not tf32:
-        args.append("--noTF32")
-    if version_compatible:
-        args.append("--versionCompatible")
-    if dla_core is not None:
-        args += [f"--useDLACore={int(dla_core)}", "--allowGPUFallback"]
-    args += [f"--saveEngine={plan}", "--skipInference"]
-    return shlex.join(args)
-
-
 # -- the build -------------------------------------------------------------------------------------
 class BuildSettings(Settings):
     """What `edgetl build` builds. Precision lives in the ONNX graph: `precision` picks which graph."""
@@ -317,9 +293,10 @@ def build(run_path: str | os.PathLike, cfg: BuildSettings, events: Events = SILE
         plan = engine_file(run, facts, precision)
     use_cache = cfg.timing_cache and flavour.timing_cache
     cache_file = plan.parent / "timing.cache"
-    command = trtexec_command(onnx_path, plan, input_name, sample, profile, workspace_mib,
-                              cache_file if use_cache else None, opt_level, cfg.version_compatible, dla_core,
-                              cfg.tf32) if flavour.trtexec else None
+    command = shlex.join(trtexec_command(
+        onnx_path, plan, input_name, sample, (profile.min, profile.opt, profile.max), workspace_mib=workspace_mib,
+        timing_cache=cache_file if use_cache else None, opt_level=opt_level,
+        version_compatible=cfg.version_compatible, dla_core=dla_core, tf32=cfg.tf32)) if flavour.trtexec else None
 
     events.status(f"parsing {onnx_path.name}")
     logger = capturing_logger(trt)

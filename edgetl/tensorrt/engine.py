@@ -9,7 +9,6 @@ the sidecar dict themselves live in `edgetl.portable.engines`, shared with the d
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +20,7 @@ from edgetl.portable.engines import (ENGINE_PRECISIONS, LIBRARIES, SIDECAR_FORMA
                                      engine_mismatch, plan_name, sidecar_for)
 from edgetl.portable import cuda
 from edgetl.portable.jetson import l4t_release
+from edgetl.portable.trtexec import tensorrt_unsupported
 
 Library = Literal["tensorrt", "tensorrt_rtx"]
 REBUILD_HINT = "rebuild it here with `edgetl build`"
@@ -82,10 +82,9 @@ def import_flavour(library: str = "tensorrt"):
         raise BackendUnavailable(f"TensorRT is installed but does not import ({type(e).__name__}: {first_line(e)})",
                                  "reinstall TensorRT (on a Jetson: sudo apt install --reinstall "
                                  "python3-libnvinfer)") from None
-    m = re.match(r"\d+", str(trt.__version__))
-    if m is None or int(m.group()) < 10:
-        raise BackendUnavailable(f"TensorRT {trt.__version__} is too old: edgetl needs 10.0 or newer "
-                                 "(strongly typed networks)", "upgrade TensorRT (JetPack 6 ships 10.x)")
+    too_old = tensorrt_unsupported(trt.__version__)  # the one supported range, shared with the device
+    if too_old:
+        raise BackendUnavailable(too_old, "upgrade TensorRT (JetPack 6 ships 10.x)")
     return trt
 
 
