@@ -171,6 +171,40 @@ def test_nothing_runnable_raises_and_writes_nothing(bench_dir, tmp_path):
     assert not (run / "bench.json").exists()
 
 
+def test_plan_names_the_rows_measured_and_why_the_others_are_refused(tmp_path, monkeypatch):
+    from edgetl.bench.plan import fixed_batch_refusal, plan_bench
+    from edgetl.runtime import backend_class
+
+    run = RunDir(tmp_path)
+    for f in (run.weights, run.onnx_for("fp32"), run.onnx_for("int8", "cpu")):
+        f.write_bytes(b"")  # the plan only asks which files exist; nothing is loaded
+    plan = plan_bench(run, BenchSettings(backends="torch,onnxruntime", precisions="fp32,int8,fp16",
+                                         batch_sizes="1,4", iterations=12))
+    assert [(r.backend, r.precision, r.model_file.name, r.device) for r in plan.rows] == [
+        ("torch", "fp32", "model.safetensors", "cpu"), ("onnxruntime", "fp32", "model.onnx", "cpu"),
+        ("onnxruntime", "int8", "model.int8.cpu.onnx", "cpu")]  # on the CPU, int8 runs the cpu-form graph
+    reasons = {(s["backend"], s["precision"]): s["reason"] for s in plan.skipped}
+    assert list(reasons) == [("torch", "int8"), ("torch", "fp16"), ("onnxruntime", "fp16")]
+    assert "torch has no int8 path" in reasons[("torch", "int8")]
+    assert "torch fp16 on the CPU is not a deployment path" in reasons[("torch", "fp16")]
+    assert "model.fp16.onnx is missing" in reasons[("onnxruntime", "fp16")]  # asked for by name: says why
+    assert plan.batch_sizes == [1, 4] and plan.steps_per_row == 2 * 13 + 1 and plan.total_steps == 3 * 27
+
+    implicit = plan_bench(run, BenchSettings(backends="onnxruntime", duration=0.5))
+    assert [r.precision for r in implicit.rows] == ["fp32", "int8"] and implicit.skipped == []  # absent: not asked
+    assert implicit.iterations is None and implicit.steps_per_batch == 51  # timed for a duration
+
+    monkeypatch.setattr(backend_class("onnxruntime"), "available", classmethod(lambda cls, device: "no such thing"))
+    refused = plan_bench(run, BenchSettings(backends="onnxruntime,torch"))
+    assert refused.skipped == [{"backend": "onnxruntime", "precision": None, "reason": "no such thing"}]
+    assert [r.backend for r in refused.rows] == ["torch"]
+    empty = plan_bench(run, BenchSettings(backends="onnxruntime"))
+    assert empty.rows == [] and empty.total_steps == 1  # the progress task still has a size
+
+    assert fixed_batch_refusal(1, None, "model.onnx") is None and fixed_batch_refusal(2, 2, "model.onnx") is None
+    assert fixed_batch_refusal(1, 2, "model.onnx") == "batch 1: model.onnx has a fixed batch of 2"
+
+
 def test_time_infer_counts_and_duration(bench_dir):
     from edgetl.runtime import create_backend
 

@@ -161,3 +161,50 @@ def test_a_one_step_run_logs_no_scheduler_notice(digits, tmp_path, caplog):
     result = finetune(RunDir(tmp_path / "r"), tiny_config(digits["source"], epochs=1, batch_size=512))
     assert result.epochs_run == 1
     assert "Cosine annealing" not in caplog.text and not [r for r in caplog.records if r.name.startswith("timm")]
+
+
+# -- the loop's decisions, without training --------------------------------------------------------------
+
+def test_plan_resume_starts_after_the_checkpoint_and_carries_the_optimizer_within_a_phase():
+    from edgetl.finetune.loop import ResumePlan, plan_resume
+    from edgetl.models import strategy_phases
+
+    phases = strategy_phases("lp-ft", 4, lp_epochs=1)  # probe: epoch 0; finetune: epochs 1-3
+    new = plan_resume(phases, 4, None)
+    assert (new.start_epoch, new.phase.name, new.restore_optimizer) == (0, "probe", False)
+    after_probe = plan_resume(phases, 4, 0)  # the checkpoint ended the probe: fine-tuning starts fresh
+    assert (after_probe.start_epoch, after_probe.phase.name, after_probe.restore_optimizer) == (1, "finetune", False)
+    within = plan_resume(phases, 4, 1)
+    assert (within.start_epoch, within.phase.name, within.restore_optimizer) == (2, "finetune", True)
+    finished = plan_resume(phases, 4, 3)  # nothing left to train: the last phase, its state carried
+    assert (finished.start_epoch, finished.phase is phases[-1], finished.restore_optimizer) == (4, True, True)
+    (full,) = strategy_phases("full", 3)
+    assert plan_resume([full], 3, 0) == ResumePlan(1, full, True)
+
+
+def test_early_stop_counts_epochs_without_improvement_in_the_last_phase_only():
+    from edgetl.finetune.loop import stops_early
+    from edgetl.models import strategy_phases
+
+    probe, tune = phases = strategy_phases("lp-ft", 6, lp_epochs=2)  # probe: 0-1; finetune: 2-5
+    assert not stops_early(None, phases, tune, 5, 0)  # no patience: never
+    assert not stops_early(1, phases, probe, 1, 0)  # the probe never ends the run
+    assert not stops_early(2, phases, tune, 2, 0)  # the count starts with the phase: one epoch in
+    assert stops_early(2, phases, tune, 3, 0)  # two epochs of the phase, no better one
+    assert not stops_early(2, phases, tune, 4, 3) and stops_early(2, phases, tune, 5, 3)
+    (full,) = single = strategy_phases("full", 5)
+    assert not stops_early(1, single, full, 0, 0) and stops_early(1, single, full, 1, 0)
+
+
+def test_backbone_rate_and_augmentation_per_phase():
+    from edgetl.finetune.loop import augments, backbone_lr_scale
+    from edgetl.models import strategy_phases
+
+    cfg = FinetuneSettings(data=".", backbone_lr_scale=0.1)
+    (full,) = strategy_phases("full", 3)
+    probe, tune = lp_ft = strategy_phases("lp-ft", 3)
+    assert backbone_lr_scale(cfg, [full], from_scratch=False) == 0.1
+    assert backbone_lr_scale(cfg, [full], from_scratch=True) == 1.0  # nothing learnt to protect
+    assert backbone_lr_scale(cfg, lp_ft, from_scratch=False) == 1.0  # the phase's own rate covers every layer
+    assert augments(cfg, full) and augments(cfg, tune) and not augments(cfg, probe)
+    assert augments(cfg.model_copy(update={"linear_augment": True}), probe)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from edgetl.data import check_images, scan_folder
 from edgetl.data.cache import CheckCache, cache_file
-from edgetl.data.check import check_files, check_one, check_splits
+from edgetl.data.check import FileCheck, _files_to_check, check_files, check_one, check_splits
 from edgetl.errors import DataError
 
 BAD = ("empty.jpg", "garbage.jpg", "truncated.jpg")
@@ -134,6 +134,25 @@ def test_an_interrupted_check_keeps_what_it_checked(tmp_path):
         check_files(paths, "full", root=root, cache_dir=tmp_path / "cache", workers=1, progress=interrupt_after_ten)
     resumed = check_files(paths, "full", root=root, cache_dir=tmp_path / "cache", workers=1)
     assert resumed.cached == 10 and resumed.checked == 17 and _names(resumed.bad) == list(BAD)
+
+
+def test_files_to_check_leaves_out_what_the_cache_answers_and_what_is_gone(tmp_path):
+    root = _folder(tmp_path / "d", n=2, bad=False)
+    paths = scan_folder(root).paths
+    gone = str(root / "a" / "gone.jpg")
+    cache = CheckCache(tmp_path / "cache", root)
+    st = os.stat(paths[0])
+    cache.store(cache.key(paths[0]), st.st_size, st.st_mtime_ns, "header", "unreadable image (x)")
+    st = os.stat(paths[1])
+    cache.store(cache.key(paths[1]), st.st_size, st.st_mtime_ns, "header", None)
+    result = FileCheck("header")
+    todo = _files_to_check(paths + [gone], "header", {paths[1], paths[2]}, cache, result)
+    # paths[1] was checked for its header only, and `full` asks for a decode: checked again, in full
+    assert [(t[0], t[1]) for t in todo] == [(paths[1], "full"), (paths[2], "full"), (paths[3], "header")]
+    assert result.cached == 1 and result.bad[paths[0]] == "unreadable image (x)"
+    assert result.bad[gone].startswith("unreadable image (") and result.checked == 0
+    without_cache = _files_to_check(paths, "full", (), None, FileCheck("full"))
+    assert [t[2] for t in without_cache] == paths  # the key is the path itself
 
 
 def test_none_mode_reads_nothing(tmp_path):

@@ -3,11 +3,17 @@ runs, whether it is available here, which precisions it has, which model file of
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
 
 from edgetl.errors import EdgetlError
 from edgetl.rundir import RunDir
+
+if TYPE_CHECKING:
+    from edgetl.bench.settings import BenchSettings
+
+DURATION_STEPS = 50  # progress steps of a batch size timed for a duration, not a count of calls
 
 
 class PlannedRow(NamedTuple):
@@ -48,6 +54,42 @@ def plan_rows(run: RunDir, backends: Sequence[str], precisions: Sequence[str] | 
                 continue
             todo.append(PlannedRow(name, precision, Path(path), dev))
     return todo, skipped
+
+
+@dataclass
+class BenchPlan:
+    """What a bench measures before it loads anything: each row in `rows` at each of `batch_sizes` (that its
+    model allows), and what it refuses now, with the reason, in `skipped`."""
+
+    rows: list[PlannedRow]
+    skipped: list[dict[str, Any]]
+    batch_sizes: list[int]
+    iterations: int | None  # timed calls per batch size; None: timed for a duration
+
+    @property
+    def steps_per_batch(self) -> int:
+        return (self.iterations or DURATION_STEPS) + 1  # the timed calls, then the row
+
+    @property
+    def steps_per_row(self) -> int:
+        return len(self.batch_sizes) * self.steps_per_batch + 1  # + loading the model and its top-1
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, len(self.rows) * self.steps_per_row)
+
+
+def plan_bench(run: RunDir, cfg: BenchSettings) -> BenchPlan:
+    todo, skipped = plan_rows(run, cfg.backends, cfg.precisions, cfg.device)
+    return BenchPlan(todo, skipped, list(cfg.batch_sizes), cfg.timed_iterations)
+
+
+def fixed_batch_refusal(batch_size: int, fixed_batch: int | None, model_file: str) -> str | None:
+    """Why `batch_size` is not timed on a model with a fixed batch (a padded batch would time the fixed batch,
+    not `batch_size`); None when it is."""
+    if fixed_batch is not None and batch_size != fixed_batch:
+        return f"batch {batch_size}: {model_file} has a fixed batch of {fixed_batch}"
+    return None
 
 
 def skip_entry(backend: str | None, precision: str | None, reason: str, **more: Any) -> dict[str, Any]:

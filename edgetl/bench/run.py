@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgetl import __version__
 from edgetl.bench.data import DataSource
 from edgetl.bench.machine import system_info
-from edgetl.bench.plan import plan_rows, skip_entry, skipped_lines
+from edgetl.bench.plan import BenchPlan, PlannedRow, fixed_batch_refusal, plan_bench, skip_entry, skipped_lines
 from edgetl.bench.reference import reference, top1
 from edgetl.bench.settings import BenchSettings
 from edgetl.bench.timing import time_infer
@@ -47,96 +48,118 @@ def bench(run_path: str | os.PathLike, cfg: BenchSettings | None = None, events:
           write: bool = True) -> BenchResult:
     """Benchmark a run. Writes bench.json (the result), bench.md, bench.png and RUN/settings/bench.yaml unless
     write=False. Progress: one `benchmarking` task, a status per row; each row and skip is also an event record."""
-    from edgetl.runtime import backend_class, create_backend
-
     cfg = cfg or BenchSettings()
     run = RunDir(run_path)
     run.require(hint="give the folder that `edgetl finetune --out` wrote")
-    iterations = cfg.timed_iterations
-    batch_sizes = cfg.batch_sizes
-    todo, skipped = plan_rows(run, cfg.backends, cfg.precisions, cfg.device)
-    for entry in skipped:
+    plan = plan_bench(run, cfg)
+    for entry in plan.skipped:
         events.record("skip", entry)
     data_items = DataSource(run, cfg.data, cfg.limit)
-    notes: list[str] = []
-    rows: list[dict[str, Any]] = []
-    per_row_steps = len(batch_sizes) * ((iterations or 50) + 1) + 1
-    total, done = max(1, len(todo) * per_row_steps), 0
-
-    def advance(n: int = 1) -> None:
-        nonlocal done
-        done += n
-        events.progress(TASK, min(done, total - 1), total)  # the task ends once, below
-
-    events.progress(TASK, 0, total)
-    for planned in todo:
-        label = f"{planned.backend} {planned.precision}"
-        events.status(f"{label}: loading")
-        start = done
-        options = backend_class(planned.backend).options_for(threads=cfg.threads, cuda_graph=cfg.cuda_graph)
-        relative = _relative(planned.model_file, run.path)
-        try:
-            with create_backend(planned.backend, planned.model_file, device=planned.device,
-                                precision=planned.precision, **options) as be:
-                items, note = data_items.labelled(be.card)
-                if note and note not in notes:
-                    notes.append(note)
-                row_top1 = None
-                if items is not None:
-                    events.status(f"{label}: top-1 on {len(items)} images")
-                    row_top1 = top1(be, items, max(batch_sizes))
-                advance()
-                x_all = data_items.inputs(be.card, max(batch_sizes))
-                for bs in batch_sizes:
-                    if be.fixed_batch is not None and bs != be.fixed_batch:
-                        # a padded batch would time the fixed batch, not bs: no such row
-                        entry = skip_entry(planned.backend, planned.precision,
-                                           f"batch {bs}: {relative} has a fixed batch of {be.fixed_batch}",
-                                           model_file=relative)
-                        skipped.append(entry)
-                        events.record("skip", entry)
-                        advance((iterations or 50) + 1)
-                        continue
-                    events.status(f"{label}: batch {bs}")
-                    secs = time_infer(be, batch_of(x_all, bs), cfg.warmup, iterations, cfg.duration, tick=advance)
-                    advance()
-                    info = be.describe()
-                    row = make_row(backend=planned.backend, precision=planned.precision, batch_size=bs,
-                                   device=planned.device, model_file=relative, seconds=secs, warmup=cfg.warmup,
-                                   timed=info.get("timed"), provider=info.get("provider"), top1=row_top1,
-                                   n_images=None if items is None else len(items), where="local")
-                    rows.append(row)
-                    events.record("bench", row)
-        except EdgetlError as e:
-            entry = skip_entry(planned.backend, planned.precision, str(e), model_file=relative)
-            skipped.append(entry)
-            events.record("skip", entry)
-            done = start + per_row_steps
-    events.progress(TASK, total, total)
-    if not rows:
-        raise EdgetlError("bench: nothing could run here: " + "; ".join(skipped_lines(skipped)),
+    measured = _Measured(skipped=plan.skipped)
+    progress = _Progress(plan.total_steps, events)
+    events.progress(TASK, 0, progress.total)
+    for planned in plan.rows:
+        _measure_row(run, cfg, plan, planned, data_items, measured, progress, events)
+    events.progress(TASK, progress.total, progress.total)
+    if not measured.rows:
+        raise EdgetlError("bench: nothing could run here: " + "; ".join(skipped_lines(measured.skipped)),
                           "see `edgetl bench --help`; export/quantize/build the model files first")
 
-    ref = reference(run, rows, data_items, max(batch_sizes))
-    compare_rows(rows, ref)
+    ref = reference(run, measured.rows, data_items, max(plan.batch_sizes))
+    compare_rows(measured.rows, ref)
     result = BenchResult(
         edgetl_version=__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         run=str(run.path),
         data=data_items.description,
-        settings={"backends": list(cfg.backends), "precisions": cfg.precisions, "batch_sizes": batch_sizes,
-                  "warmup": cfg.warmup, "iterations": iterations, "duration_s": cfg.duration, "device": cfg.device,
-                  "threads": cfg.threads, "limit": cfg.limit, "cuda_graph": cfg.cuda_graph},
+        settings={"backends": list(cfg.backends), "precisions": cfg.precisions, "batch_sizes": cfg.batch_sizes,
+                  "warmup": cfg.warmup, "iterations": plan.iterations, "duration_s": cfg.duration,
+                  "device": cfg.device, "threads": cfg.threads, "limit": cfg.limit, "cuda_graph": cfg.cuda_graph},
         reference=ref,
-        rows=rows,
-        skipped=skipped,
-        notes=notes,
+        rows=measured.rows,
+        skipped=measured.skipped,
+        notes=measured.notes,
         system=system_info(),
     )
     if write:
         write_results(run, result)
         record_settings(run.path, "bench", cfg)
     return result
+
+
+@dataclass
+class _Measured:
+    """What the rows found so far: rows timed, skips (the plan's, then those found on loading), data notes."""
+
+    skipped: list[dict[str, Any]]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def skip(self, entry: dict[str, Any], events: Events) -> None:
+        self.skipped.append(entry)
+        events.record("skip", entry)
+
+
+class _Progress:
+    """The one `benchmarking` task's count; it reaches `total` only once, when bench() ends it."""
+
+    def __init__(self, total: int, events: Events):
+        self.total, self.done, self.events = total, 0, events
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        self.events.progress(TASK, min(self.done, self.total - 1), self.total)
+
+
+def _measure_row(run: RunDir, cfg: BenchSettings, plan: BenchPlan, planned: PlannedRow, data_items: DataSource,
+                 measured: _Measured, progress: _Progress, events: Events) -> None:
+    """Load one planned row's model, score its top-1, time it at each batch size; a row that fails to load or
+    run is a skip with its reason."""
+    from edgetl.runtime import backend_class, create_backend
+
+    label = f"{planned.backend} {planned.precision}"
+    events.status(f"{label}: loading")
+    start = progress.done
+    options = backend_class(planned.backend).options_for(threads=cfg.threads, cuda_graph=cfg.cuda_graph)
+    relative = _relative(planned.model_file, run.path)
+    try:
+        with create_backend(planned.backend, planned.model_file, device=planned.device,
+                            precision=planned.precision, **options) as be:
+            items, note = data_items.labelled(be.card)
+            if note and note not in measured.notes:
+                measured.notes.append(note)
+            row_top1 = None
+            if items is not None:
+                events.status(f"{label}: top-1 on {len(items)} images")
+                row_top1 = top1(be, items, max(plan.batch_sizes))
+            progress.advance()
+            x_all = data_items.inputs(be.card, max(plan.batch_sizes))
+            for bs in plan.batch_sizes:
+                refusal = fixed_batch_refusal(bs, be.fixed_batch, relative)
+                if refusal:
+                    measured.skip(skip_entry(planned.backend, planned.precision, refusal, model_file=relative),
+                                  events)
+                    progress.advance(plan.steps_per_batch)
+                    continue
+                events.status(f"{label}: batch {bs}")
+                row = _time_batch(be, planned, bs, batch_of(x_all, bs), relative, row_top1, items, cfg, progress)
+                measured.rows.append(row)
+                events.record("bench", row)
+    except EdgetlError as e:
+        measured.skip(skip_entry(planned.backend, planned.precision, str(e), model_file=relative), events)
+        progress.done = start + plan.steps_per_row
+
+
+def _time_batch(be, planned: PlannedRow, bs: int, x, relative: str, row_top1: float | None, items,
+                cfg: BenchSettings, progress: _Progress) -> dict[str, Any]:
+    """One row: `be` timed on batches of `bs`, with the row's top-1."""
+    secs = time_infer(be, x, cfg.warmup, cfg.timed_iterations, cfg.duration, tick=progress.advance)
+    progress.advance()
+    info = be.describe()
+    return make_row(backend=planned.backend, precision=planned.precision, batch_size=bs,
+                    device=planned.device, model_file=relative, seconds=secs, warmup=cfg.warmup,
+                    timed=info.get("timed"), provider=info.get("provider"), top1=row_top1,
+                    n_images=None if items is None else len(items), where="local")
 
 
 def write_results(run: RunDir, result: BenchResult) -> None:

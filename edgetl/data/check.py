@@ -83,13 +83,41 @@ def check_files(paths: Sequence[str], mode: str = "full", *, full: Collection[st
         if progress is not None:
             progress(total, total)
         return result
-    cache = None
-    if cache_dir is not False:
-        if root is None:
-            root = os.path.commonpath([os.path.abspath(os.path.dirname(p)) for p in paths])
-        cache = CheckCache(default_cache_dir() if cache_dir in (None, True) else cache_dir, root, warn)
+    cache = _open_cache(paths, root, cache_dir, warn)
+    todo = _files_to_check(paths, mode, full, cache, result)
+    tally = _Tally(result, cache, total - len(todo), total, progress)
+    tally.report()
+    n_workers = workers if workers is not None else (default_workers() if len(todo) >= POOL_MIN_FILES else 1)
+    try:
+        if n_workers <= 1 or len(todo) < 2:
+            _check_in_process(todo, tally.record)
+        else:
+            _check_in_pool(todo, n_workers, tally.record)
+    finally:
+        # Also after an interruption: what was checked is not checked again.
+        if cache is not None:
+            cache.save()
+    # In listing order, as the serial check always reported them.
+    order = {p: i for i, p in enumerate(paths)}
+    result.bad = dict(sorted(result.bad.items(), key=lambda kv: order[kv[0]]))
+    result.seconds = time.perf_counter() - t0
+    return result
 
-    todo: list[tuple[str, str, str, int, int]] = []  # (path, mode, key, size, mtime_ns)
+
+def _open_cache(paths: Sequence[str], root: str | os.PathLike | None, cache_dir: str | os.PathLike | None | bool,
+                warn: Callable[[str], None] | None) -> CheckCache | None:
+    if cache_dir is False:
+        return None
+    if root is None:
+        root = os.path.commonpath([os.path.abspath(os.path.dirname(p)) for p in paths])
+    return CheckCache(default_cache_dir() if cache_dir in (None, True) else cache_dir, root, warn)
+
+
+def _files_to_check(paths: Sequence[str], mode: str, full: Collection[str], cache: CheckCache | None,
+                    result: FileCheck) -> list[tuple[str, str, str, int, int]]:
+    """(path, mode, key, size, mtime_ns) of each file the cache cannot answer; the answered ones, and the files
+    that cannot even be stat'ed, go into `result` now."""
+    todo: list[tuple[str, str, str, int, int]] = []
     for path in paths:
         path_mode = "full" if path in full else mode
         try:
@@ -108,40 +136,37 @@ def check_files(paths: Sequence[str], mode: str = "full", *, full: Collection[st
         else:
             key = path
         todo.append((path, path_mode, key, st.st_size, st.st_mtime_ns))
-    done = total - len(todo)
-    if progress is not None:
-        progress(done, total)
+    return todo
 
-    def record(chunk, reasons) -> None:
-        nonlocal done
+
+class _Tally:
+    """Each checked chunk's verdicts into the result and the cache, and the count into `progress`."""
+
+    def __init__(self, result: FileCheck, cache: CheckCache | None, done: int, total: int,
+                 progress: Progress | None):
+        self.result, self.cache, self.done, self.total, self.progress = result, cache, done, total, progress
+
+    def report(self) -> None:
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    def record(self, chunk, reasons) -> None:
         for (path, path_mode, key, size, mtime), reason in zip(chunk, reasons):
             if reason is not None:
-                result.bad[path] = reason
-            if cache is not None:
-                cache.store(key, size, mtime, path_mode, reason)
-        result.checked += len(chunk)
-        done += len(chunk)
-        if progress is not None:
-            progress(done, total)
+                self.result.bad[path] = reason
+            if self.cache is not None:
+                self.cache.store(key, size, mtime, path_mode, reason)
+        self.result.checked += len(chunk)
+        self.done += len(chunk)
+        self.report()
 
-    n_workers = workers if workers is not None else (default_workers() if len(todo) >= POOL_MIN_FILES else 1)
-    try:
-        if n_workers <= 1 or len(todo) < 2:
-            step = max(1, min(256, len(todo) // 100 or 1))
-            for i in range(0, len(todo), step):
-                chunk = todo[i:i + step]
-                record(chunk, _check_chunk([c[:2] for c in chunk]))
-        else:
-            _check_in_pool(todo, n_workers, record)
-    finally:
-        # Also after an interruption: what was checked is not checked again.
-        if cache is not None:
-            cache.save()
-    # In listing order, as the serial check always reported them.
-    order = {p: i for i, p in enumerate(paths)}
-    result.bad = dict(sorted(result.bad.items(), key=lambda kv: order[kv[0]]))
-    result.seconds = time.perf_counter() - t0
-    return result
+
+def _check_in_process(todo, record) -> None:
+    """In chunks of about 1% (at most 256 files), so that progress moves."""
+    step = max(1, min(256, len(todo) // 100 or 1))
+    for i in range(0, len(todo), step):
+        chunk = todo[i:i + step]
+        record(chunk, _check_chunk([c[:2] for c in chunk]))
 
 
 def _check_in_pool(todo, n_workers: int, record) -> None:

@@ -10,7 +10,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -84,12 +84,119 @@ class Trained:
     best_epoch: int
 
 
+@dataclass(frozen=True)
+class ResumePlan:
+    """Where training starts: its first epoch, the phase that epoch lies in, and whether the checkpoint's
+    optimizer and schedule carry on (not when the checkpoint ended the previous phase: this one starts fresh)."""
+
+    start_epoch: int
+    phase: Phase
+    restore_optimizer: bool
+
+
+def plan_resume(phases: list[Phase], epochs: int, checkpoint_epoch: int | None) -> ResumePlan:
+    """`checkpoint_epoch`: the last finished epoch (0-based) of the run resumed; None for a new run."""
+    start_epoch = 0 if checkpoint_epoch is None else checkpoint_epoch + 1
+    phase = _phase_at(phases, min(start_epoch, epochs - 1))
+    return ResumePlan(start_epoch, phase, checkpoint_epoch is not None and checkpoint_epoch >= phase.first_epoch)
+
+
+def stops_early(patience: int | None, phases: list[Phase], phase: Phase, epoch: int, best_epoch: int) -> bool:
+    """Whether `patience` epochs passed without a better val top-1. It counts within the last phase only:
+    lp-ft's probe must not end the run."""
+    return (patience is not None and phase is phases[-1]
+            and epoch - max(best_epoch, phase.first_epoch - 1) >= patience)
+
+
+def backbone_lr_scale(cfg: FinetuneSettings, phases: list[Phase], from_scratch: bool) -> float:
+    """A lower backbone rate protects what the source task learnt; a random backbone has nothing to protect, and
+    lp-ft's fine-tuning phase runs every layer, head included, at the phase's lower rate."""
+    return 1.0 if (from_scratch or len(phases) > 1) else cfg.backbone_lr_scale
+
+
+def augments(cfg: FinetuneSettings, phase: Phase) -> bool:
+    """A head alone on frozen features cannot learn invariance to the augmentation, only its noise: head-only
+    phases see the images as evaluation (and the probe baseline) does, unless linear_augment."""
+    return not (phase.strategy == "linear" and not cfg.linear_augment)
+
+
+@dataclass
+class _Setup:
+    """What stays the same for the whole run once the model and the data are built."""
+
+    cfg: FinetuneSettings
+    run: RunDir
+    world: World
+    device: torch.device
+    batch: int
+    model: nn.Module
+    phases: list[Phase]
+    from_scratch: bool
+    amp_dtype: torch.dtype | None
+    memory_format: torch.memory_format
+    augmented: Any
+    train_ds: ImageDataset
+    val_ds: ImageDataset
+    skipped: SkippedImages | None
+    steps_per_epoch: int
+
+
+class _Optimizing(NamedTuple):
+    """A phase's trainable parameters (counted), optimizer and schedule."""
+
+    freeze: dict[str, int]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+
+
 def train(cfg: FinetuneSettings, run: RunDir, train_items: ImageList, val_items: ImageList, device: torch.device,
           state: dict[str, Any] | None, events: Events, world: World) -> Trained:
-    from timm.scheduler import CosineLRScheduler
-
     batch = per_process_batch(cfg, world.size)
     seed_everything(cfg.seed)
+    model, load_report, card, phases = _create_model(cfg, train_items, batch, events, world)
+    setup = _set_up(cfg, run, model, card, phases, load_report, train_items, val_items, device, batch, events, world)
+    resume = plan_resume(phases, cfg.epochs, None if state is None else state["epoch"])
+    phase = resume.phase
+    opt = _enter(setup, phase)
+    scaler = torch.amp.GradScaler("cuda") if setup.amp_dtype == torch.float16 else None
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    best, best_epoch, log_rows = -1.0, -1, []
+    if state is not None:
+        best, best_epoch, log_rows, card = _restore(state, resume, setup.model, opt, scaler, card)
+
+    train_model = _wrapped(setup)
+    for epoch in range(resume.start_epoch, cfg.epochs):
+        if epoch == phase.end_epoch:
+            phase = _phase_at(phases, epoch)
+            opt = _enter(setup, phase)
+            train_model = None  # the previous DDP wrapper's gradient hooks go with it
+            train_model = _wrapped(setup)
+            events.message(f"phase {phase.name}: {opt.freeze['trainable']:,} trainable parameters at "
+                           f"{cfg.lr * phase.lr_scale:g}")
+        row = _train_epoch(setup, train_model, phase, opt, scaler, criterion, card, epoch, events)
+        log_rows.append(row)
+        improved = row["val_top1"] > best  # the same on every process: validation is gathered
+        if improved:
+            best, best_epoch = row["val_top1"], epoch
+        stop = stops_early(cfg.patience, phases, phase, epoch, best_epoch)
+        if world.is_main:
+            if improved:
+                card = save_weights(run.weights, setup.model, card)
+            write_log(run, log_rows)
+            save_checkpoint(run, cfg, setup.model, opt.optimizer, opt.scheduler, scaler, epoch, best, best_epoch,
+                            card.source_weights)
+        events.record("epoch", {**row, "best": improved})
+        if stop:
+            events.message(f"early stop: no better val top-1 for {cfg.patience} epoch(s)")
+            break
+    return Trained(load_report, opt.freeze, log_rows, best_epoch)
+
+
+def _create_model(cfg: FinetuneSettings, train_items: ImageList, batch: int, events: Events,
+                  world: World) -> tuple[nn.Module, LoadReport, ModelCard, list[Phase]]:
+    """The model (the same initial weights on every process), its card and its training phases, the first
+    phase's freezing applied."""
     model, load_report = world.agree(lambda: create_model(
         cfg.model, len(train_items.classes), pretrained=cfg.pretrained and cfg.weights is None, weights=cfg.weights,
         img_size=cfg.img_size))
@@ -103,7 +210,13 @@ def train(cfg: FinetuneSettings, run: RunDir, train_items: ImageList, val_items:
     if world.distributed:
         events.message(f"{world.size} processes x {batch} image(s) x accumulate {cfg.accumulate} = global batch "
                        f"{cfg.batch_size} at lr {cfg.lr:g}")
+    return model, load_report, card, phases
 
+
+def _set_up(cfg: FinetuneSettings, run: RunDir, model: nn.Module, card: ModelCard, phases: list[Phase],
+            load_report: LoadReport, train_items: ImageList, val_items: ImageList, device: torch.device, batch: int,
+            events: Events, world: World) -> _Setup:
+    """The model on its device in its number formats, and the datasets."""
     use_cuda = device.type == "cuda"
     amp_dtype = None
     if use_cuda and cfg.amp:
@@ -121,97 +234,75 @@ def train(cfg: FinetuneSettings, run: RunDir, train_items: ImageList, val_items:
     train_ds.check_output_size(card)
     val_ds = ImageDataset(val_items, eval_transform(card))
     steps_per_epoch = optimizer_steps(micro_batches(len(train_ds), world.size, batch), cfg.accumulate)
-    # A lower backbone rate protects what the source task learnt; a random backbone has nothing to protect.
     from_scratch = load_report.source.get("kind") == "none"
     if from_scratch and (cfg.backbone_lr_scale != 1.0 or cfg.layer_decay is not None):
         events.message("no source weights: the backbone trains at the full learning rate")
+    return _Setup(cfg, run, world, device, batch, model, phases, from_scratch, amp_dtype, memory_format, augmented,
+                  train_ds, val_ds, skipped, steps_per_epoch)
 
-    def enter(phase: Phase):
-        """Freeze per the phase; a fresh optimizer and schedule over the phase's own epochs; DDP over what trains."""
-        freeze = apply_strategy(model, phase.strategy, cfg.unfreeze)
-        # lp-ft's fine-tuning phase runs every layer, head included, at the phase's lower rate.
-        backbone_scale = 1.0 if (from_scratch or len(phases) > 1) else cfg.backbone_lr_scale
-        lr = cfg.lr * phase.lr_scale
-        optimizer = torch.optim.AdamW(param_groups(model, lr, cfg.weight_decay, backbone_scale,
-                                                   None if from_scratch else cfg.layer_decay), lr=lr)
-        # A one-step phase has nothing to anneal; at t_initial 1 timm logs a notice the user cannot act on.
-        scheduler = CosineLRScheduler(optimizer, t_initial=max(phase.epochs * steps_per_epoch, 2), lr_min=lr * 1e-2,
-                                      warmup_t=int(cfg.warmup_epochs * steps_per_epoch), warmup_lr_init=lr * 1e-2,
-                                      t_in_epochs=False)
-        return freeze, optimizer, scheduler
 
-    start_epoch = 0 if state is None else state["epoch"] + 1
-    phase = _phase_at(phases, min(start_epoch, cfg.epochs - 1))
-    freeze, optimizer, scheduler = enter(phase)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+def _enter(setup: _Setup, phase: Phase) -> _Optimizing:
+    """Freeze per the phase; a fresh optimizer and schedule over the phase's own epochs."""
+    from timm.scheduler import CosineLRScheduler
 
-    best, best_epoch, log_rows = -1.0, -1, []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        if state["epoch"] >= phase.first_epoch:  # else the checkpoint ended the previous phase: start this one fresh
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        best, best_epoch = state["best"], state["best_epoch"]
-        log_rows = list(state.get("log_rows") or [])
-        card = card.model_copy(update={"source_weights": state["source_weights"]})
+    cfg, model, steps_per_epoch = setup.cfg, setup.model, setup.steps_per_epoch
+    freeze = apply_strategy(model, phase.strategy, cfg.unfreeze)
+    lr = cfg.lr * phase.lr_scale
+    optimizer = torch.optim.AdamW(param_groups(model, lr, cfg.weight_decay,
+                                               backbone_lr_scale(cfg, setup.phases, setup.from_scratch),
+                                               None if setup.from_scratch else cfg.layer_decay), lr=lr)
+    # A one-step phase has nothing to anneal; at t_initial 1 timm logs a notice the user cannot act on.
+    scheduler = CosineLRScheduler(optimizer, t_initial=max(phase.epochs * steps_per_epoch, 2), lr_min=lr * 1e-2,
+                                  warmup_t=int(cfg.warmup_epochs * steps_per_epoch), warmup_lr_init=lr * 1e-2,
+                                  t_in_epochs=False)
+    return _Optimizing(freeze, optimizer, scheduler)
 
-    def wrapped():
-        ddp = world.wrap(model, device)
-        return torch.compile(ddp) if cfg.compile else ddp
 
-    train_model = wrapped()
-    for epoch in range(start_epoch, cfg.epochs):
-        if epoch == phase.end_epoch:
-            phase = _phase_at(phases, epoch)
-            freeze, optimizer, scheduler = enter(phase)
-            train_model = None  # the previous DDP wrapper's gradient hooks go with it
-            train_model = wrapped()
-            events.message(f"phase {phase.name}: {freeze['trainable']:,} trainable parameters at "
-                           f"{cfg.lr * phase.lr_scale:g}")
-        # A head alone on frozen features cannot learn invariance to the augmentation, only its noise: head-only
-        # phases see the images as evaluation (and the probe baseline) does, unless linear_augment.
-        train_ds.transform = (eval_transform(card) if phase.strategy == "linear" and not cfg.linear_augment
-                              else augmented)
-        loader = _train_loader(train_ds, cfg, batch, epoch, world, device,
-                               on_skip=None if skipped is None else
-                               (lambda bad, epoch=epoch: skipped.add(bad, "training", epoch + 1)))
-        task = f"epoch {epoch + 1}/{cfg.epochs}"
-        events.progress(task, 0, steps_per_epoch)
-        set_train_mode(model, freeze_bn_stats=cfg.freeze_bn_stats and not from_scratch)
-        base = (epoch - phase.first_epoch) * steps_per_epoch
-        stats = train_one_epoch(train_model, loader, optimizer, criterion, device, amp_dtype=amp_dtype,
-                                memory_format=memory_format, scaler=scaler, accumulate=cfg.accumulate,
-                                on_step=lambda i: (scheduler.step_update(base + i),
-                                                   events.progress(task, i, steps_per_epoch)))
-        stats = _sum_stats(stats, world, device)
-        world.sync_buffers(model)
-        val_loss, val_top1 = _validate(model, val_ds, batch * 2, cfg.workers, device, amp_dtype, memory_format,
-                                       cfg.label_smoothing, world)
-        _check_finite(stats, val_loss, epoch, cfg, run, world)  # before this epoch's weights overwrite anything
-        row = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_top1": stats["top1"],
-               "val_loss": val_loss, "val_top1": val_top1, **_rates(model, optimizer),
-               "epoch_seconds": stats["seconds"], "images_per_second": stats["images_per_second"], "phase": phase.name}
-        log_rows.append(row)
-        improved = val_top1 > best  # the same on every process: validation is gathered
-        if improved:
-            best, best_epoch = val_top1, epoch
-        # Early stopping counts within the last phase only: lp-ft's probe must not end the run.
-        stop = (cfg.patience is not None and phase is phases[-1]
-                and epoch - max(best_epoch, phase.first_epoch - 1) >= cfg.patience)
-        if world.is_main:
-            if improved:
-                card = save_weights(run.weights, model, card)
-            write_log(run, log_rows)
-            save_checkpoint(run, cfg, model, optimizer, scheduler, scaler, epoch, best, best_epoch,
-                            card.source_weights)
-        events.record("epoch", {**row, "best": improved})
-        if stop:
-            events.message(f"early stop: no better val top-1 for {cfg.patience} epoch(s)")
-            break
-    return Trained(load_report, freeze, log_rows, best_epoch)
+def _restore(state: dict[str, Any], resume: ResumePlan, model: nn.Module, opt: _Optimizing, scaler,
+             card: ModelCard) -> tuple[float, int, list[dict[str, Any]], ModelCard]:
+    """The checkpoint's weights (and optimizer, schedule and scaler where they carry on) into this run; its best
+    so far, its log rows and its card."""
+    model.load_state_dict(state["model"])
+    if resume.restore_optimizer:
+        opt.optimizer.load_state_dict(state["optimizer"])
+        opt.scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    card = card.model_copy(update={"source_weights": state["source_weights"]})
+    return state["best"], state["best_epoch"], list(state.get("log_rows") or []), card
+
+
+def _wrapped(setup: _Setup):
+    """The model as the optimizer steps see it: DDP over what trains (so made anew per phase), compiled if asked."""
+    ddp = setup.world.wrap(setup.model, setup.device)
+    return torch.compile(ddp) if setup.cfg.compile else ddp
+
+
+def _train_epoch(setup: _Setup, train_model, phase: Phase, opt: _Optimizing, scaler, criterion, card: ModelCard,
+                 epoch: int, events: Events) -> dict[str, Any]:
+    """One epoch's optimizer steps, then validation: the epoch's log row. A diverged epoch stops the run here."""
+    cfg, world, device, steps_per_epoch = setup.cfg, setup.world, setup.device, setup.steps_per_epoch
+    setup.train_ds.transform = setup.augmented if augments(cfg, phase) else eval_transform(card)
+    skipped = setup.skipped
+    loader = _train_loader(setup.train_ds, cfg, setup.batch, epoch, world, device,
+                           on_skip=None if skipped is None else
+                           (lambda bad, epoch=epoch: skipped.add(bad, "training", epoch + 1)))
+    task = f"epoch {epoch + 1}/{cfg.epochs}"
+    events.progress(task, 0, steps_per_epoch)
+    set_train_mode(setup.model, freeze_bn_stats=cfg.freeze_bn_stats and not setup.from_scratch)
+    base = (epoch - phase.first_epoch) * steps_per_epoch
+    stats = train_one_epoch(train_model, loader, opt.optimizer, criterion, device, amp_dtype=setup.amp_dtype,
+                            memory_format=setup.memory_format, scaler=scaler, accumulate=cfg.accumulate,
+                            on_step=lambda i: (opt.scheduler.step_update(base + i),
+                                               events.progress(task, i, steps_per_epoch)))
+    stats = _sum_stats(stats, world, device)
+    world.sync_buffers(setup.model)
+    val_loss, val_top1 = _validate(setup.model, setup.val_ds, setup.batch * 2, cfg.workers, device, setup.amp_dtype,
+                                   setup.memory_format, cfg.label_smoothing, world)
+    _check_finite(stats, val_loss, epoch, cfg, setup.run, world)  # before this epoch's weights overwrite anything
+    return {"epoch": epoch + 1, "train_loss": stats["loss"], "train_top1": stats["top1"],
+            "val_loss": val_loss, "val_top1": val_top1, **_rates(setup.model, opt.optimizer),
+            "epoch_seconds": stats["seconds"], "images_per_second": stats["images_per_second"], "phase": phase.name}
 
 
 def _rates(model: nn.Module, optimizer) -> dict[str, float | None]:

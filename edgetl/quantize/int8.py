@@ -6,6 +6,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgetl.calibration._ort import private_copy
 from edgetl.card import ModelCard
@@ -22,6 +23,11 @@ from edgetl.quantize.sensitivity import Quantized, exclude_sensitive
 from edgetl.quantize.settings import QuantizeSettings
 from edgetl.rundir import RunDir
 from edgetl.stage import Events
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from edgetl.calibration.cache import CalibrationResult
 
 AUTO_METHODS = ("minmax", "entropy", "percentile")  # tried in this order; a tie keeps the first
 
@@ -55,68 +61,26 @@ def calibration_set(run: RunDir, card: ModelCard, source: FloatModel, cfg: Quant
 def quantize_int8(run: RunDir, card: ModelCard, source: FloatModel, scorer: Scorer, target: str,
                   calib_items: ImageList, calib_hash: str, cfg: QuantizeSettings, events: Events) -> Int8Entry:
     """Write the `target` form (RUN/model.int8.onnx or model.int8.cpu.onnx) and return its report entry."""
-    from edgetl.calibration import calibrate
     from edgetl.io import sha256_file
 
     start = time.perf_counter()
-    methods = AUTO_METHODS if cfg.method == "auto" else (cfg.method,)
-    batch = source.static_batch or cfg.batch_size
     scoring = SCORING_OF_FORM[target]  # the TensorRT form exactly, the cpu form through this CPU's kernels
     isa = cpu_int8_isa()["isa"]
-    tried: dict[str, MethodTried] = {}
-    seen: dict[str, dict] = {}  # method -> its ranges, to name methods that gave identical ones
-    best = None
     with tempfile.TemporaryDirectory(prefix="edgetl-quantize-") as scratch:
         # ONNX Runtime writes `<model>-inferred.onnx` beside the model it is given: a private copy keeps
         # two quantizations of one run (or a read-only run) from meeting there.
         base = shape_inferred(private_copy(source.path, Path(scratch)))
-    for method in methods:
-        calib = calibrate(source.path, calib_items, card, source.input_name, method, run.calib_cache_dir, batch,
-                          drop_last=source.static_batch is not None, percentile=cfg.percentile,
-                          calib_hash=calib_hash, model_sha256=source.sha256, events=events)
-        events.message(f"calibration {method}: {calib.calib_size} images, "
-                       + ("cache hit" if calib.cache_hit else f"{calib.seconds:.1f} s") + f" ({calib.cache_file.name})")
-        same = next((m for m, r in seen.items() if r == calib.ranges), None)
-        seen[method] = calib.ranges
-        if same is not None:  # the same ranges make the same graph: reported, not scored twice
-            tried[method] = MethodTried(top1=tried[same].top1, cache_hit=calib.cache_hit, same_ranges_as=same)
-            events.message(f"int8 {target} {method}: ranges identical to {same}'s, same model")
-            continue
-        events.status(f"scoring int8 {target} {method} ({scoring})")
-        proto = qdq(base, calib, target, exclude=[])
-        top1, logits = scorer.score(proto, scoring)
-        tried[method] = MethodTried(top1=top1, cache_hit=calib.cache_hit)
-        events.message(f"int8 {target} {method}: top-1 {top1 * 100:.2f}% ({scoring})")
-        if best is None or top1 > best[1].top1:
-            best = (calib, Quantized(proto, top1, logits))
-    calib, chosen = best
+    calib, chosen, tried = _best_calibration(run, card, source, base, scorer, target, calib_items, calib_hash,
+                                             cfg, events)
     drop = scorer.drop(chosen.top1)
     weights = default_cpu_weights() if target == "cpu" else "int8"
     if drop > cfg.max_drop and weights == "int8 7-bit":
-        # ONNX Runtime's other remedy for a saturating U8S8 CPU: uint8 weights (U8U8) keep 8 bits and never
-        # saturate, at about 3/4 of the speed; taken only when the fast 7-bit model misses the budget
-        proto = qdq(base, calib, target, exclude=[], weights="uint8")
-        top1, logits = scorer.score(proto, scoring)
-        events.message(f"int8 {target} with uint8 weights (U8U8): top-1 {top1 * 100:.2f}% ({scoring}), 7-bit "
-                       f"int8 weights {chosen.top1 * 100:.2f}%")
-        if top1 > chosen.top1:
-            weights, chosen = "uint8", Quantized(proto, top1, logits)
-            drop = scorer.drop(chosen.top1)
+        weights, chosen, drop = _try_uint8_weights(base, calib, target, chosen, scorer, drop, events)
     if drop > cfg.max_drop:
         events.message(f"drop {drop:.2f} pt > max_drop {cfg.max_drop}: measuring per-layer sensitivity")
         chosen = exclude_sensitive(base, calib, target, chosen, scorer, cfg.max_drop, events, scoring, weights)
         drop = scorer.drop(chosen.top1)
-    # the same graph the other way, for comparison only: decisions above used the form's own scoring
-    other = "fused" if scoring == "exact" else "exact"
-    other_top1, other_logits = scorer.score(chosen.proto, other)
-    gap = (chosen.top1 - other_top1) * 100
-    if abs(gap) > SCORING_GAP_PT:
-        events.warning(f"int8 {target} top-1 is {chosen.top1 * 100:.2f}% {scoring} but "
-                       f"{other_top1 * 100:.2f}% through {SCORING_HOW['fused'].format(isa=isa)} ({abs(gap):.1f} pt "
-                       f"apart)" if scoring == "exact" else
-                       f"int8 {target} top-1 is {chosen.top1 * 100:.2f}% on this CPU ({isa}) but "
-                       f"{other_top1 * 100:.2f}% with exact Q/DQ arithmetic ({abs(gap):.1f} pt apart): "
-                       f"another CPU may score it differently")
+    other, other_top1, other_logits = _score_the_other_way(chosen, scorer, target, isa, events)
     out = run.onnx_for("int8", target)
     proto = sort_nodes(chosen.proto)
     card.write_onnx(proto)
@@ -140,3 +104,73 @@ def quantize_int8(run: RunDir, card: ModelCard, source: FloatModel, scorer: Scor
     events.message(f"wrote {out.name}: int8 top-1 {chosen.top1 * 100:.2f}% {scoring} (fp32 "
                    f"{scorer.fp32_top1 * 100:.2f}%, drop {drop:.2f} pt)" + (" OVER max_drop" if entry.over_budget else ""))
     return entry
+
+
+def _best_calibration(run: RunDir, card: ModelCard, source: FloatModel, base, scorer: Scorer, target: str,
+                      calib_items: ImageList, calib_hash: str, cfg: QuantizeSettings,
+                      events: Events) -> tuple[CalibrationResult, Quantized, dict[str, MethodTried]]:
+    """Calibrate with each method (all of AUTO_METHODS with method auto), score each fully quantized graph and
+    keep the best: (its calibration, its graph, what each method scored)."""
+    from edgetl.calibration import calibrate
+
+    methods = AUTO_METHODS if cfg.method == "auto" else (cfg.method,)
+    batch = source.static_batch or cfg.batch_size
+    scoring = SCORING_OF_FORM[target]
+    tried: dict[str, MethodTried] = {}
+    seen: dict[str, dict] = {}  # method -> its ranges, to name methods that gave identical ones
+    best = None
+    for method in methods:
+        calib = calibrate(source.path, calib_items, card, source.input_name, method, run.calib_cache_dir, batch,
+                          drop_last=source.static_batch is not None, percentile=cfg.percentile,
+                          calib_hash=calib_hash, model_sha256=source.sha256, events=events)
+        events.message(f"calibration {method}: {calib.calib_size} images, "
+                       + ("cache hit" if calib.cache_hit else f"{calib.seconds:.1f} s") + f" ({calib.cache_file.name})")
+        same = next((m for m, r in seen.items() if r == calib.ranges), None)
+        seen[method] = calib.ranges
+        if same is not None:  # the same ranges make the same graph: reported, not scored twice
+            tried[method] = MethodTried(top1=tried[same].top1, cache_hit=calib.cache_hit, same_ranges_as=same)
+            events.message(f"int8 {target} {method}: ranges identical to {same}'s, same model")
+            continue
+        events.status(f"scoring int8 {target} {method} ({scoring})")
+        proto = qdq(base, calib, target, exclude=[])
+        top1, logits = scorer.score(proto, scoring)
+        tried[method] = MethodTried(top1=top1, cache_hit=calib.cache_hit)
+        events.message(f"int8 {target} {method}: top-1 {top1 * 100:.2f}% ({scoring})")
+        if best is None or top1 > best[1].top1:
+            best = (calib, Quantized(proto, top1, logits))
+    calib, chosen = best
+    return calib, chosen, tried
+
+
+def _try_uint8_weights(base, calib: CalibrationResult, target: str, chosen: Quantized, scorer: Scorer, drop: float,
+                       events: Events) -> tuple[str, Quantized, float]:
+    """ONNX Runtime's other remedy for a saturating U8S8 CPU: uint8 weights (U8U8) keep 8 bits and never
+    saturate, at about 3/4 of the speed; asked for only when the fast 7-bit model misses the budget, and kept
+    only when it scores higher. Returns (weights, graph, drop)."""
+    scoring = SCORING_OF_FORM[target]
+    proto = qdq(base, calib, target, exclude=[], weights="uint8")
+    top1, logits = scorer.score(proto, scoring)
+    events.message(f"int8 {target} with uint8 weights (U8U8): top-1 {top1 * 100:.2f}% ({scoring}), 7-bit "
+                   f"int8 weights {chosen.top1 * 100:.2f}%")
+    if top1 > chosen.top1:
+        chosen = Quantized(proto, top1, logits)
+        return "uint8", chosen, scorer.drop(chosen.top1)
+    return "int8 7-bit", chosen, drop
+
+
+def _score_the_other_way(chosen: Quantized, scorer: Scorer, target: str, isa: str,
+                         events: Events) -> tuple[str, float, np.ndarray]:
+    """The chosen graph scored the other way (exact or fused), for comparison only: every decision used the
+    form's own scoring. Warns when the two are over SCORING_GAP_PT apart."""
+    scoring = SCORING_OF_FORM[target]
+    other = "fused" if scoring == "exact" else "exact"
+    other_top1, other_logits = scorer.score(chosen.proto, other)
+    gap = (chosen.top1 - other_top1) * 100
+    if abs(gap) > SCORING_GAP_PT:
+        events.warning(f"int8 {target} top-1 is {chosen.top1 * 100:.2f}% {scoring} but "
+                       f"{other_top1 * 100:.2f}% through {SCORING_HOW['fused'].format(isa=isa)} ({abs(gap):.1f} pt "
+                       f"apart)" if scoring == "exact" else
+                       f"int8 {target} top-1 is {chosen.top1 * 100:.2f}% on this CPU ({isa}) but "
+                       f"{other_top1 * 100:.2f}% with exact Q/DQ arithmetic ({abs(gap):.1f} pt apart): "
+                       f"another CPU may score it differently")
+    return other, other_top1, other_logits
