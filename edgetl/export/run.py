@@ -27,6 +27,7 @@ from edgetl.card import ModelCard
 from edgetl.errors import ExportError, RunDirError, first_line
 from edgetl.metrics import top1
 from edgetl.models import load_trained
+from edgetl.portable.forms import FP32_FORM
 from edgetl.rundir import RunDir
 from edgetl.stage import SILENT, Events, Result, Settings, record_settings
 
@@ -156,7 +157,7 @@ def export(run_path: str | os.PathLike, cfg: ExportSettings | None = None, event
             raw.parent.mkdir()
             _torch_export(module, out_card, raw, opset, static_batch)
             proto = onnx.load(str(raw))
-            out_card.write_onnx(proto)
+            out_card.write_onnx(proto, FP32_FORM)
             nodes_before = len(proto.graph.node)
             external = _initializer_bytes(proto) > cfg.external_data_threshold
             candidate = tmpdir / "plain" / run.onnx.name
@@ -387,7 +388,7 @@ def _simplify(src: Path, dst: Path, card: ModelCard, external: bool, static_batc
     if _describe(slim.graph.input) != _describe(before.graph.input) or \
             _describe(slim.graph.output) != _describe(before.graph.output):
         return None, None, "onnxslim changed the inputs or outputs; graph kept as exported"
-    card.write_onnx(slim)
+    card.write_onnx(slim, FP32_FORM)
     _save(slim, dst, external)
     try:
         _check_graph(dst, card, static_batch)
