@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from edgetl import __version__
 from edgetl.errors import FormMismatch, ModelError, first_line
-from edgetl.portable.forms import METADATA_FORM, METADATA_PRECISION, Form, form_of_graph, mismatch
+from edgetl.portable.forms import METADATA_FORM, METADATA_PRECISION, Form, form_of_graph, form_of_metadata, mismatch
 
 CARD_KEY = "edgetl.card"
 
@@ -118,10 +118,10 @@ class ModelCard(BaseModel):
         raise ModelError(f"{where}: has no edgetl model card in metadata_props", "export it with `edgetl export`")
 
 
-def onnx_form(model: Any, file_name: str | os.PathLike | None = None) -> Form | None:
+def onnx_form(model: Any, file_name: str | os.PathLike | None = None, by_name: bool = True) -> Form | None:
     """The form of an ONNX graph (an onnx.ModelProto, or a path: weights not loaded): what its metadata_props
-    say, else what its file name says (older runs, foreign files); None when neither says. ModelError for an
-    unreadable file or metadata edgetl does not know."""
+    say, else (`by_name`) what its file name says (older runs, foreign files); None when neither says.
+    ModelError for an unreadable file or metadata edgetl does not know."""
     where = str(file_name or "ONNX model")
     if isinstance(model, (str, os.PathLike)):
         import onnx
@@ -133,7 +133,7 @@ def onnx_form(model: Any, file_name: str | os.PathLike | None = None) -> Form | 
             raise ModelError(f"{where}: not a readable ONNX file ({first_line(e)})") from None
     props = {p.key: p.value for p in model.metadata_props}
     try:
-        return form_of_graph(props, str(file_name or ""))
+        return form_of_graph(props, str(file_name or "")) if by_name else form_of_metadata(props)
     except ValueError as e:
         raise ModelError(f"{where}: {e}", "re-export it with `edgetl export` (or re-run `edgetl quantize`)") from None
 

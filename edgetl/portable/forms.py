@@ -38,10 +38,15 @@ class Form:
     target: Optional[str]  # quantize's --target word for an int8 form
     title: str  # for messages
 
+    @property
+    def stage(self) -> str:
+        """The edgetl stage that writes this graph."""
+        return "export" if self.precision == FP32 else "quantize"
+
     def command(self, run: str | None = None) -> str:
         """The edgetl command that writes this graph (`run` is put in where given)."""
         where = f" {run}" if run else ""
-        if self.precision == FP32:
+        if self.stage == "export":
             return f"edgetl export{where}"
         target = " --target cpu" if self.target == "cpu" else ""  # tensorrt is quantize's default target
         return f"edgetl quantize{where} --precision {self.precision}{target}"
