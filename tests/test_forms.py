@@ -199,3 +199,15 @@ def test_build_of_an_fp32_graph_as_int8_is_one_line_and_exit_1(run, capsys):
     assert code == 1, err
     assert f"{run / 'model.onnx'}: the graph is fp32, not int8 (precision lives in the graph)" in err
     assert not (run / "engines").exists()
+
+
+def test_bench_refuses_a_graph_of_another_precision(tmp_path):
+    from edgetl.bench.plan import plan_rows
+
+    root = tmp_path / "run"
+    _graph(root / "model.onnx", F.FP32_FORM)
+    _graph(root / "model.int8.onnx", F.FP32_FORM)  # named int8, an fp32 graph inside
+    todo, _ = plan_rows(RunDir(root), ["onnxruntime"], ["fp32"], "cpu")
+    assert [(r.precision, r.model_file.name) for r in todo] == [("fp32", "model.onnx")]
+    with pytest.raises(FormMismatch, match="model.int8.onnx: the graph is fp32, not int8"):
+        plan_rows(RunDir(root), ["onnxruntime"], ["int8"], "cpu")
