@@ -14,7 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from edgetl import __version__
-from edgetl.errors import ModelError, first_line
+from edgetl.errors import FormMismatch, ModelError, first_line
+from edgetl.portable.forms import METADATA_FORM, METADATA_PRECISION, Form, form_of_graph, form_of_metadata, mismatch
 
 CARD_KEY = "edgetl.card"
 
@@ -77,13 +78,17 @@ class ModelCard(BaseModel):
         return cls.from_json(meta[CARD_KEY], str(path))
 
     # -- ONNX ---------------------------------------------------------------------------------
-    def write_onnx(self, model_proto: Any) -> None:
-        """Set the card in an onnx.ModelProto's metadata_props, replacing an older one."""
+    def write_onnx(self, model_proto: Any, form: Form | None = None) -> None:
+        """Set the card, and the graph's `form` (edgetl.portable.forms), in an onnx.ModelProto's metadata_props,
+        replacing older ones. Without a form any older form entry is dropped: a graph derived from another
+        (quantize starts from model.onnx) must not keep its source's form."""
+        values = {CARD_KEY: self.to_json(), **(form.metadata() if form is not None else {})}
         for prop in list(model_proto.metadata_props):
-            if prop.key == CARD_KEY:
+            if prop.key in (CARD_KEY, METADATA_FORM, METADATA_PRECISION):
                 model_proto.metadata_props.remove(prop)
-        entry = model_proto.metadata_props.add()
-        entry.key, entry.value = CARD_KEY, self.to_json()
+        for key, value in values.items():
+            entry = model_proto.metadata_props.add()
+            entry.key, entry.value = key, value
 
     @classmethod
     def from_onnx(cls, model: Any) -> "ModelCard":
@@ -111,3 +116,34 @@ class ModelCard(BaseModel):
             if prop.key == CARD_KEY:
                 return cls.from_json(prop.value, where)
         raise ModelError(f"{where}: has no edgetl model card in metadata_props", "export it with `edgetl export`")
+
+
+def onnx_form(model: Any, file_name: str | os.PathLike | None = None, by_name: bool = True) -> Form | None:
+    """The form of an ONNX graph (an onnx.ModelProto, or a path: weights not loaded): what its metadata_props
+    say, else (`by_name`) what its file name says (older runs, foreign files); None when neither says.
+    ModelError for an unreadable file or metadata edgetl does not know."""
+    where = str(file_name or "ONNX model")
+    if isinstance(model, (str, os.PathLike)):
+        import onnx
+
+        where = file_name = str(model)
+        try:
+            model = onnx.load(str(model), load_external_data=False)
+        except Exception as e:
+            raise ModelError(f"{where}: not a readable ONNX file ({first_line(e)})") from None
+    props = {p.key: p.value for p in model.metadata_props}
+    try:
+        return form_of_graph(props, str(file_name or "")) if by_name else form_of_metadata(props)
+    except ValueError as e:
+        raise ModelError(f"{where}: {e}", "re-export it with `edgetl export` (or re-run `edgetl quantize`)") from None
+
+
+def check_form(path: str | os.PathLike, precision: str, target: str | None = None,
+               hint: str | None = None) -> Form | None:
+    """The form of the graph at `path`, after refusing (FormMismatch, one line) a graph that is not
+    `precision` (nor, for int8 with a `target`, that target's form). A graph whose form is unknown passes."""
+    form = onnx_form(path)
+    why = mismatch(form, precision, target)
+    if why:
+        raise FormMismatch(f"{path}: {why}", hint)
+    return form

@@ -6,12 +6,14 @@ from __future__ import annotations
 from enum import Enum
 from typing import Literal, get_args
 
+from edgetl.portable.forms import FP16, INT8, INT8_TARGETS, PRECISIONS
+
 PrecisionName = Literal["fp32", "fp16", "bf16", "int8"]
-EnginePrecisionName = Literal["fp32", "fp16", "int8"]  # what an ONNX graph / engine can have baked in
-QuantPrecisionName = Literal["int8", "fp16"]
+EnginePrecisionName = Literal[PRECISIONS]  # what an ONNX graph / engine can have baked in (edgetl.portable.forms)
+QuantPrecisionName = Literal[(INT8, FP16)]
 BackendName = Literal["torch", "onnxruntime", "tensorrt"]
 DeviceName = Literal["cpu", "cuda"]
-Int8FormName = Literal["tensorrt", "cpu"]  # S8S8 Q/DQ for TensorRT, U8S8 for x86 ONNX Runtime
+Int8FormName = Literal[INT8_TARGETS]  # the CLI's words for the int8 forms qdq-s8s8 (TensorRT) and qdq-u8s8 (CPU)
 CheckModeName = Literal["full", "header", "none"]  # finetune's up-front image check (edgetl.data.check)
 
 

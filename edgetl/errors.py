@@ -61,6 +61,10 @@ class QuantizeBudgetMissed(QuantizeError):
         self.result = result
 
 
+class FormMismatch(ModelError):
+    """An ONNX graph is not the precision or form it is asked to serve as (its metadata, or its file name, say so)."""
+
+
 class BackendUnavailable(EdgetlError):
     """A runtime backend (tensorrt, onnxruntime CUDA, ...) is not installed here."""
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgetl.errors import ModelError, first_line
+from edgetl.portable.forms import INT8
 
 EXPORT_REPORT = "export_report.json"
 QUANT_REPORT = "quant_report.json"
@@ -69,7 +70,7 @@ def recorded_onnx_hashes(path: str | os.PathLike) -> tuple[dict[Path, str], str,
         for entry in entries.values() if isinstance(entries, dict) else ():
             if isinstance(entry, dict) and entry.get("model_file") == path.name and isinstance(entry.get("model_sha256"), str):
                 precision = entry.get("precision", "int8")
-                target = f" --target {entry['target']}" if precision == "int8" and entry.get("target") else ""
+                target = f" --target {entry['target']}" if precision == INT8 and entry.get("target") else ""
                 return {path: entry["model_sha256"]}, f"edgetl quantize {run} --precision {precision}{target}", quant_report
     return None
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Iterator
 
 from edgetl.errors import RunDirError
+from edgetl.portable.forms import form_for, is_precision
 
 
 class RunDir:
@@ -76,11 +77,9 @@ class RunDir:
 
     def onnx_for(self, precision: str, target: str = "tensorrt") -> Path:
         """model.onnx (fp32), model.fp16.onnx, model.int8.onnx (TensorRT Q/DQ), model.int8.cpu.onnx."""
-        if precision == "fp32":
-            return self.onnx
-        if precision == "int8" and target == "cpu":
-            return self.path / "model.int8.cpu.onnx"
-        return self.path / f"model.{precision}.onnx"
+        if not is_precision(precision):  # no such graph; the caller's require() names the missing file
+            return self.path / f"model.{precision}.onnx"
+        return self.path / form_for(precision, target).file
 
     @property
     def quant_report(self) -> Path:

@@ -144,7 +144,15 @@ def test_cpu_form_int8_is_refused_before_the_parser(family_graphs, tmp_path, mon
     assert str(e.value.message).count("\n") == 0
     assert "ONNX Runtime (CPU) form of the int8 graph" in e.value.message
     assert str(run / "model.int8.onnx") in e.value.hint and "--precision int8" in e.value.hint
-    renamed = shutil.copy(cpu_form, run / "mine.onnx")  # by content, whatever its name
+    renamed = shutil.copy(cpu_form, run / "mine.onnx")  # by its metadata, whatever its name
+    with pytest.raises(EdgetlError, match="ONNX Runtime .CPU. form of the int8 graph"):
+        B.build(run, cfg(precision="int8", target="rtx", onnx=renamed))
+    import onnx
+
+    proto = onnx.load(str(renamed))  # an older graph, without the form in its metadata: by content
+    for prop in [p for p in proto.metadata_props if p.key in ("edgetl.form", "edgetl.precision")]:
+        proto.metadata_props.remove(prop)
+    onnx.save(proto, str(renamed))
     with pytest.raises(EdgetlError, match="uint8 .asymmetric. Q/DQ, the ONNX Runtime .CPU. int8 form"):
         B.build(run, cfg(precision="int8", target="rtx", onnx=renamed))
     assert not (run / "engines").exists()

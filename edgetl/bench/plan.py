@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
 
-from edgetl.errors import EdgetlError
+from edgetl.errors import EdgetlError, FormMismatch, ModelError
 from edgetl.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ def plan_rows(run: RunDir, backends: Sequence[str], precisions: Sequence[str] | 
                 if not implicit:  # asked for by name: say why it is missing; otherwise it just is not there
                     skipped.append(skip_entry(name, precision, str(e)))
                 continue
+            refuse_other_form(Path(path), precision)
             todo.append(PlannedRow(name, precision, Path(path), dev))
     return todo, skipped
 
@@ -90,6 +91,21 @@ def fixed_batch_refusal(batch_size: int, fixed_batch: int | None, model_file: st
     if fixed_batch is not None and batch_size != fixed_batch:
         return f"batch {batch_size}: {model_file} has a fixed batch of {fixed_batch}"
     return None
+
+
+def refuse_other_form(path: Path, precision: str) -> None:
+    """A graph whose metadata (or name) says another precision would be timed under the wrong label: refused
+    in one line (FormMismatch). An unreadable file is left to its backend, which says so on its row."""
+    if path.suffix != ".onnx":
+        return
+    from edgetl.card import check_form
+
+    try:
+        check_form(path, precision)
+    except FormMismatch:
+        raise
+    except ModelError:
+        pass
 
 
 def skip_entry(backend: str | None, precision: str | None, reason: str, **more: Any) -> dict[str, Any]:

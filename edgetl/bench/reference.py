@@ -6,6 +6,7 @@ from typing import Any
 
 from edgetl.bench.data import DataSource
 from edgetl.errors import EdgetlError
+from edgetl.portable.forms import REFERENCE_PRECISION
 from edgetl.rundir import RunDir
 
 
@@ -16,7 +17,7 @@ def reference(run: RunDir, rows: list[dict], data: DataSource, batch_size: int) 
     model.safetensors; else (a device bundle without weights) the fp32 ONNX/engine row, said so.
     """
     for r in rows:
-        if r["backend"] == "torch" and r["precision"] == "fp32" and r["top1"] is not None:
+        if r["backend"] == "torch" and r["precision"] == REFERENCE_PRECISION and r["top1"] is not None:
             return {"top1": r["top1"], "source": "torch fp32 row"}
     if run.weights.exists():
         from edgetl.runtime import create_backend
@@ -33,7 +34,7 @@ def reference(run: RunDir, rows: list[dict], data: DataSource, batch_size: int) 
 
     for backend in backend_names():  # registry order: the first backend's fp32 row
         for r in rows:
-            if r["backend"] == backend and r["precision"] == "fp32" and r["top1"] is not None:
+            if r["backend"] == backend and r["precision"] == REFERENCE_PRECISION and r["top1"] is not None:
                 return {"top1": r["top1"], "source": f"{backend} fp32 row (no model.safetensors here)"}
     return {"top1": None, "source": "none: no fp32 model scored on these images"}
 

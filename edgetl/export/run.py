@@ -16,7 +16,8 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from edgetl.card import ModelCard
 from edgetl.errors import ExportError, RunDirError, first_line
 from edgetl.metrics import top1
 from edgetl.models import load_trained
+from edgetl.portable.forms import FP32_FORM
 from edgetl.rundir import RunDir
 from edgetl.stage import SILENT, Events, Result, Settings, record_settings
 
@@ -110,39 +112,59 @@ class ExportResult(Result):
     seconds: dict[str, float]
 
 
-def export(run_path: str | os.PathLike, cfg: ExportSettings | None = None, events: Events = SILENT) -> ExportResult:
-    """Write RUN/model.onnx (fp32, dynamic batch unless `static_batch`) with the card in metadata_props,
-    and RUN/export_report.json (the result); the settings go to RUN/settings/export.yaml. Raises ExportError
-    (nothing written) when a check fails."""
-    import onnx
+@dataclass(frozen=True)
+class ExportPlan:
+    """What `export` decided before any torch work: the run, the graph's card (uint8 NHWC when the
+    preprocessing is fused) and the validation images parity runs on."""
 
-    from edgetl.data import load_arrays, read_splits
-    from edgetl.io import disk_errors, make_tempdir, sha256_file
+    run: RunDir
+    cfg: ExportSettings
+    card: ModelCard  # the checkpoint's
+    out_card: ModelCard  # the graph's
+    sample: Any  # the validation items parity runs on (edgetl.data)
 
-    cfg = cfg or ExportSettings()
-    opset, static_batch, tolerance = cfg.opset, cfg.static_batch, cfg.tolerance
+    @property
+    def n(self) -> int:
+        return len(self.sample)
+
+
+def plan_export(run_path: str | os.PathLike, cfg: ExportSettings) -> ExportPlan:
+    """Decide what `export` will do, refusing (one EdgetlError) a run it cannot export: no checkpoint, no
+    splits.json, an empty validation split. Reads the checkpoint's card and the splits only."""
+    from edgetl.data import read_splits
+
     run = RunDir(run_path)
     run.require(run.weights, hint="run `edgetl finetune` first, or give the run directory it wrote")
     run.require(run.splits, hint="export checks parity on the run's validation images; `edgetl finetune` writes splits.json")
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    events.status("loading the checkpoint")
-    model, card = load_trained(run.weights)
+    card = ModelCard.from_safetensors(run.weights)
     _, val = read_splits(run.splits)
     n = min(cfg.parity_images, len(val))
     if n == 0:
         raise ExportError(f"{run.splits}: the validation split is empty", "parity needs real validation images")
-    events.status(f"reading {n} validation images")
-    sample = val.spread(n)
-    x_float, labels = load_arrays(sample, card)
-    with torch.inference_mode():
-        reference = model(torch.from_numpy(x_float)).float().numpy()
-
     out_card = card.model_copy(update={"input_format": "uint8_nhwc"}) if cfg.fuse_preprocess else card
-    module = FusedPreprocess(model, card).eval() if cfg.fuse_preprocess else model
-    x_graph = load_arrays(sample, out_card)[0] if cfg.fuse_preprocess else x_float
+    return ExportPlan(run=run, cfg=cfg, card=card, out_card=out_card, sample=val.spread(n))
 
+
+class _Inputs(NamedTuple):
+    """The module to export and what parity compares it on."""
+
+    module: nn.Module
+    x_graph: np.ndarray  # the images as the graph takes them
+    reference: np.ndarray  # PyTorch's logits
+    labels: np.ndarray
+
+
+def export(run_path: str | os.PathLike, cfg: ExportSettings | None = None, events: Events = SILENT) -> ExportResult:
+    """Write RUN/model.onnx (fp32, dynamic batch unless `static_batch`) with the card and its form in
+    metadata_props, and RUN/export_report.json (the result); the settings go to RUN/settings/export.yaml.
+    Raises ExportError (nothing written) when a check fails."""
+    from edgetl.io import disk_errors, make_tempdir
+
+    cfg = cfg or ExportSettings()
+    plan = plan_export(run_path, cfg)
+    run = plan.run
+    t_start = time.perf_counter()
+    inputs = _load_inputs(plan, events)
     try:
         tmpdir = make_tempdir(run.path, "export")
     except OSError as e:
@@ -151,85 +173,117 @@ def export(run_path: str | os.PathLike, cfg: ExportSettings | None = None, event
     try:
         # a full disk or read-only mount under the private folder is the run's: one line naming the run
         with disk_errors(run.onnx):
-            events.status(f"exporting '{card.model}' to ONNX opset {opset}")
-            t = time.perf_counter()
-            raw = tmpdir / "raw" / run.onnx.name
-            raw.parent.mkdir()
-            _torch_export(module, out_card, raw, opset, static_batch)
-            proto = onnx.load(str(raw))
-            out_card.write_onnx(proto)
-            nodes_before = len(proto.graph.node)
-            external = _initializer_bytes(proto) > cfg.external_data_threshold
-            candidate = tmpdir / "plain" / run.onnx.name
-            _save(proto, candidate, external)
-            del proto
-            timings["export"] = time.perf_counter() - t
-
-            events.status("checking the graph's inputs and outputs")
-            t = time.perf_counter()
-            _check_graph(candidate, out_card, static_batch)
-            timings["check"] = time.perf_counter() - t
-
-            events.status(f"parity with PyTorch on {n} validation images (onnxruntime)")
-            t = time.perf_counter()
-            parity, batch_sizes = _parity(candidate, x_graph, reference, labels, tolerance)
-            timings["parity"] = time.perf_counter() - t
-            if not parity["passed"]:
-                raise ExportError(
-                    f"ONNX output differs from PyTorch on {n} validation images of {run.path}: "
-                    f"max |delta logit| {parity['max_abs_diff']:.3g} ({parity['max_scaled_diff']:.3g} of the logit "
-                    f"scale, tolerance {tolerance:g}), "
-                    f"top-1 agreement {parity['top1_agreement']:.2%}; model.onnx not written",
-                    "try another opset; if the gap is tiny and expected, raise the tolerance")
-
-            final, nodes_after = candidate, nodes_before
-            simplification: dict[str, Any] = {"requested": cfg.simplify, "kept": False}
-            if cfg.simplify:
-                events.status("simplifying (onnxslim)")
-                t = time.perf_counter()
-                slim_path, slim_parity, note = _simplify(candidate, tmpdir / "slim" / run.onnx.name, out_card, external,
-                                                         static_batch, x_graph, reference, labels, tolerance)
-                timings["simplify"] = time.perf_counter() - t
-                if slim_path is not None:
-                    final, parity = slim_path, slim_parity
-                    nodes_after = len(onnx.load(str(final), load_external_data=False).graph.node)
-                    simplification["kept"] = True
-                simplification["note"] = note
-
-            events.status("writing model.onnx")
-            _install(final, run.onnx)
-            header = onnx.load(str(run.onnx), load_external_data=False)
-            data_file = run.onnx.with_name(run.onnx.name + DATA_SUFFIX)
-            result = ExportResult(
-                model_file=run.onnx.name,
-                external_data=data_file.name if external else None,
-                model=card.model,
-                opset=opset,
-                exporter="torch.onnx.export (TorchScript, dynamo=False)",
-                dynamic_batch=static_batch is None,
-                static_batch=static_batch,
-                fuse_preprocess=cfg.fuse_preprocess,
-                input_format=out_card.input_format,
-                inputs=_describe(header.graph.input),
-                outputs=_describe(header.graph.output),
-                nodes_before_simplify=nodes_before,
-                nodes_after_simplify=nodes_after,
-                simplification=simplification,
-                parity={**parity, "batch_sizes": batch_sizes, "images": f"val split (splits.json), {n} spread "
-                        "evenly over it"},
-                file_size_bytes=run.onnx.stat().st_size + (data_file.stat().st_size if external else 0),
-                sha256=sha256_file(run.onnx),
-                external_data_sha256=sha256_file(data_file) if external else None,
-                weights_sha256=sha256_file(run.weights),
-                versions=_versions(),
-                seconds={**{k: round(v, 3) for k, v in timings.items()},
-                         "total": round(time.perf_counter() - t_start, 3)},
-            )
-            result.write(run.export_report)
+            result = _export_checked(plan, inputs, tmpdir, events, t_start)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     record_settings(run.path, "export", cfg)
     return result
+
+
+def _load_inputs(plan: ExportPlan, events: Events) -> _Inputs:
+    from edgetl.data import load_arrays
+
+    events.status("loading the checkpoint")
+    model, card = load_trained(plan.run.weights)
+    events.status(f"reading {plan.n} validation images")
+    x_float, labels = load_arrays(plan.sample, card)
+    with torch.inference_mode():
+        reference = model(torch.from_numpy(x_float)).float().numpy()
+    fused = plan.cfg.fuse_preprocess
+    module = FusedPreprocess(model, card).eval() if fused else model
+    x_graph = load_arrays(plan.sample, plan.out_card)[0] if fused else x_float
+    return _Inputs(module, x_graph, reference, labels)
+
+
+def _export_checked(plan: ExportPlan, inputs: _Inputs, tmpdir: Path, events: Events, t_start: float) -> ExportResult:
+    """Export into `tmpdir`, check, simplify, install RUN/model.onnx and write the report."""
+    import onnx
+
+    cfg, run, timings = plan.cfg, plan.run, {}
+    events.status(f"exporting '{plan.card.model}' to ONNX opset {cfg.opset}")
+    t = time.perf_counter()
+    candidate, nodes_before, external = _write_candidate(plan, inputs.module, tmpdir)
+    timings["export"] = time.perf_counter() - t
+
+    events.status("checking the graph's inputs and outputs")
+    t = time.perf_counter()
+    _check_graph(candidate, plan.out_card, cfg.static_batch)
+    timings["check"] = time.perf_counter() - t
+
+    events.status(f"parity with PyTorch on {plan.n} validation images (onnxruntime)")
+    t = time.perf_counter()
+    parity, batch_sizes = _parity(candidate, inputs.x_graph, inputs.reference, inputs.labels, cfg.tolerance)
+    timings["parity"] = time.perf_counter() - t
+    if not parity["passed"]:
+        raise ExportError(
+            f"ONNX output differs from PyTorch on {plan.n} validation images of {run.path}: "
+            f"max |delta logit| {parity['max_abs_diff']:.3g} ({parity['max_scaled_diff']:.3g} of the logit "
+            f"scale, tolerance {cfg.tolerance:g}), "
+            f"top-1 agreement {parity['top1_agreement']:.2%}; model.onnx not written",
+            "try another opset; if the gap is tiny and expected, raise the tolerance")
+
+    final, nodes_after = candidate, nodes_before
+    simplification: dict[str, Any] = {"requested": cfg.simplify, "kept": False}
+    if cfg.simplify:
+        events.status("simplifying (onnxslim)")
+        t = time.perf_counter()
+        slim_path, slim_parity, note = _simplify(candidate, tmpdir / "slim" / run.onnx.name, plan.out_card, external,
+                                                 cfg.static_batch, inputs.x_graph, inputs.reference, inputs.labels,
+                                                 cfg.tolerance)
+        timings["simplify"] = time.perf_counter() - t
+        if slim_path is not None:
+            final, parity = slim_path, slim_parity
+            nodes_after = len(onnx.load(str(final), load_external_data=False).graph.node)
+            simplification["kept"] = True
+        simplification["note"] = note
+
+    events.status("writing model.onnx")
+    _install(final, run.onnx)
+    result = _result(plan, external, (nodes_before, nodes_after), simplification,
+                     {**parity, "batch_sizes": batch_sizes}, timings, t_start)
+    result.write(run.export_report)
+    return result
+
+
+def _write_candidate(plan: ExportPlan, module: nn.Module, tmpdir: Path) -> tuple[Path, int, bool]:
+    """torch.onnx.export, the card and the fp32 form into metadata_props, saved through the checked writer:
+    (the file, its node count, whether its weights went to external data)."""
+    import onnx
+
+    cfg, name = plan.cfg, plan.run.onnx.name
+    raw = tmpdir / "raw" / name
+    raw.parent.mkdir()
+    _torch_export(module, plan.out_card, raw, cfg.opset, cfg.static_batch)
+    proto = onnx.load(str(raw))
+    plan.out_card.write_onnx(proto, FP32_FORM)
+    external = _initializer_bytes(proto) > cfg.external_data_threshold
+    candidate = tmpdir / "plain" / name
+    _save(proto, candidate, external)
+    return candidate, len(proto.graph.node), external
+
+
+def _result(plan: ExportPlan, external: bool, nodes: tuple[int, int], simplification: dict[str, Any],
+            parity: dict[str, Any], timings: dict[str, float], t_start: float) -> ExportResult:
+    import onnx
+
+    from edgetl.io import sha256_file
+
+    run, cfg = plan.run, plan.cfg
+    header = onnx.load(str(run.onnx), load_external_data=False)
+    data_file = run.onnx.with_name(run.onnx.name + DATA_SUFFIX)
+    return ExportResult(
+        model_file=run.onnx.name, external_data=data_file.name if external else None, model=plan.card.model,
+        opset=cfg.opset, exporter="torch.onnx.export (TorchScript, dynamo=False)",
+        dynamic_batch=cfg.static_batch is None, static_batch=cfg.static_batch, fuse_preprocess=cfg.fuse_preprocess,
+        input_format=plan.out_card.input_format, inputs=_describe(header.graph.input),
+        outputs=_describe(header.graph.output), nodes_before_simplify=nodes[0], nodes_after_simplify=nodes[1],
+        simplification=simplification,
+        parity={**parity, "images": f"val split (splits.json), {plan.n} spread evenly over it"},
+        file_size_bytes=run.onnx.stat().st_size + (data_file.stat().st_size if external else 0),
+        sha256=sha256_file(run.onnx), external_data_sha256=sha256_file(data_file) if external else None,
+        weights_sha256=sha256_file(run.weights), versions=_versions(),
+        seconds={**{k: round(v, 3) for k, v in timings.items()}, "total": round(time.perf_counter() - t_start, 3)},
+    )
 
 
 # -- steps ------------------------------------------------------------------------------------------
@@ -388,7 +442,7 @@ def _simplify(src: Path, dst: Path, card: ModelCard, external: bool, static_batc
     if _describe(slim.graph.input) != _describe(before.graph.input) or \
             _describe(slim.graph.output) != _describe(before.graph.output):
         return None, None, "onnxslim changed the inputs or outputs; graph kept as exported"
-    card.write_onnx(slim)
+    card.write_onnx(slim, FP32_FORM)
     _save(slim, dst, external)
     try:
         _check_graph(dst, card, static_batch)

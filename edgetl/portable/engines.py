@@ -11,9 +11,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .forms import PRECISIONS
+
 SIDECAR_FORMAT = "edgetl-engine/2"
 LIBRARIES = {"tensorrt": "trt", "tensorrt_rtx": "trtrtx"}  # library -> folder tag
-ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
+ENGINE_PRECISIONS = PRECISIONS  # the name engine.py and the device script import
 
 
 def slug(text: str) -> str:

@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any
 
+from .forms import U8S8, is_precision, serving_form
 from .hashing import sha256_file
 
 BUNDLE_FORMAT = "edgetl-bundle/2"
@@ -129,8 +130,8 @@ def verify(bundle: str | os.PathLike) -> dict[str, Any]:
 def model_file(manifest: dict[str, Any], precision: str, target: str = "tensorrt") -> str:
     """The bundle's ONNX file for a precision; target 'cpu' picks the int8 CPU (U8S8) form where it has one."""
     models = manifest["models"]
-    if precision == "int8" and target == "cpu" and "int8_cpu" in models:
-        return models["int8_cpu"]
+    if is_precision(precision) and serving_form(precision, target, {U8S8.name: U8S8.manifest_key in models}) is U8S8:
+        return models[U8S8.manifest_key]
     if precision not in models:
         raise ManifestError(f"this bundle has no {precision} model (it holds {', '.join(sorted(models))})")
     return models[precision]

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .forms import FP16, INT8, REFERENCE_PRECISION
 from .isa import cpu_int8_isa
 
 ROW_KEYS = ("backend", "precision", "batch_size", "device", "model_file", "latency_ms", "throughput_ips",
@@ -92,10 +93,10 @@ def compare_rows(rows: list[dict[str, Any]], reference: dict[str, Any]) -> None:
         flags = []
         if r["top1_drop"] is not None and r["top1_drop"] > DROP_FLAG:
             flags.append(f"top-1 {r['top1_drop'] * 100:.1f} pts below the reference")
-        if r["precision"] == "int8":
-            fp16 = find(r["backend"], "fp16", r["batch_size"], r["device"])
+        if r["precision"] == INT8:
+            fp16 = find(r["backend"], FP16, r["batch_size"], r["device"])
             if fp16 is not None and r["latency_ms"]["p50"] > NO_GAIN_RATIO * fp16["latency_ms"]["p50"]:
                 flags.append("int8 no faster than fp16")
-        if r["speedup"] is not None and r["speedup"] < 0.9 and not (r["backend"], r["precision"]) == ("torch", "fp32"):
+        if r["speedup"] is not None and r["speedup"] < 0.9 and not (r["backend"], r["precision"]) == ("torch", REFERENCE_PRECISION):
             flags.append(f"slower than {r['speedup_vs']}")
         r["flags"] = flags

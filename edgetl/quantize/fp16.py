@@ -13,6 +13,7 @@ from edgetl.calibration._ort import ort_names
 from edgetl.card import ModelCard
 from edgetl.errors import QuantizeError, first_line
 from edgetl.export.write import save_checked, sort_nodes
+from edgetl.portable.forms import FP16_FORM
 from edgetl.quantize.graph import FloatModel
 from edgetl.quantize.report import Fp16Entry, Parity
 from edgetl.quantize.scoring import CannotRun, Scorer
@@ -41,7 +42,7 @@ def quantize_fp16(run: RunDir, card: ModelCard, source: FloatModel, scorer: Scor
     events.status("converting to fp16")
     proto, kept = to_fp16(source.proto)
     proto = sort_nodes(proto)
-    card.write_onnx(proto)
+    card.write_onnx(proto, FP16_FORM)  # the graph says what it is (edgetl.portable.forms)
     out = run.onnx_for("fp16")
     save_checked(proto, out, QuantizeError, what=out.name)
     facts: dict[str, Any] = dict(model_file=out.name, model_sha256=sha256_file(out), source_model_sha256=source.sha256,

@@ -13,6 +13,7 @@ from edgetl.card import ModelCard
 from edgetl.data import ImageList
 from edgetl.errors import QuantizeError
 from edgetl.export.write import save_checked, sort_nodes
+from edgetl.portable.forms import INT8, form_for
 from edgetl.portable.isa import cpu_int8_isa
 from edgetl.quantize.check import check_graph
 from edgetl.quantize.graph import (FloatModel, default_cpu_weights, placement_summary, qdq, quantizer_settings,
@@ -83,7 +84,7 @@ def quantize_int8(run: RunDir, card: ModelCard, source: FloatModel, scorer: Scor
     other, other_top1, other_logits = _score_the_other_way(chosen, scorer, target, isa, events)
     out = run.onnx_for("int8", target)
     proto = sort_nodes(chosen.proto)
-    card.write_onnx(proto)
+    card.write_onnx(proto, form_for(INT8, target))  # the graph says what it is (edgetl.portable.forms)
     summary = check_graph(proto, target)  # raises QuantizeError: nothing is written then
     save_checked(proto, out, QuantizeError, what=out.name)
     cache = calib.cache_file

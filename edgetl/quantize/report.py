@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from edgetl.choices import Int8FormName
 from edgetl.errors import QuantizeError, first_line
+from edgetl.portable.forms import form_for
 from edgetl.rundir import RunDir
 from edgetl.stage import Result
 
@@ -149,7 +150,7 @@ class QuantReport(Result):
 
 def entry_key(entry: Int8Entry | Fp16Entry) -> str:
     """The report key of an entry: "int8/tensorrt", "int8/cpu" or "fp16"."""
-    return f"int8/{entry.target}" if entry.precision == "int8" else entry.precision
+    return form_for(entry.precision, getattr(entry, "target", None)).report_key
 
 
 def read_report(run_path: str | os.PathLike) -> QuantReport:

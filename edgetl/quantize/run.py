@@ -9,6 +9,7 @@ from typing import Dict
 
 from edgetl.card import ModelCard
 from edgetl.errors import QuantizeBudgetMissed
+from edgetl.portable.forms import FP16, INT8, INT8_TARGETS
 from edgetl.quantize.fp16 import quantize_fp16
 from edgetl.quantize.graph import load_float_model
 from edgetl.quantize.int8 import calibration_set, quantize_int8
@@ -18,7 +19,7 @@ from edgetl.quantize.settings import QuantizeSettings
 from edgetl.rundir import RunDir
 from edgetl.stage import SILENT, Events, Result, record_settings
 
-INT8_FORMS = ("tensorrt", "cpu")  # what target "both" writes, in this order
+INT8_FORMS = INT8_TARGETS  # what target "both" writes, in this order
 
 
 class QuantizeResult(Result):
@@ -37,11 +38,11 @@ def quantize(run_path: str | os.PathLike, cfg: QuantizeSettings, events: Events 
     read_report(run.path)  # a corrupt quant_report.json fails here, before any model is written
     card = ModelCard.from_onnx(run.onnx)  # a model without a card fails here, before any work
     source = load_float_model(run.onnx)
-    if cfg.precision == "int8":  # bad calibration input fails before any scoring
+    if cfg.precision == INT8:  # bad calibration input fails before any scoring
         calib_items, calib_hash = calibration_set(run, card, source, cfg, events)
     scorer = make_scorer(run, card, source, cfg.data, cfg.threads, events)
     entries: dict[str, Int8Entry | Fp16Entry] = {}
-    if cfg.precision == "fp16":
+    if cfg.precision == FP16:
         entry = quantize_fp16(run, card, source, scorer, cfg, events)
         entries[entry_key(entry)] = entry
         report = merge_report(run.path, [entry])
@@ -62,7 +63,7 @@ def quantize(run_path: str | os.PathLike, cfg: QuantizeSettings, events: Events 
 
 
 def _budget_line(e: Int8Entry | Fp16Entry) -> str:
-    what = e.precision if e.precision == "fp16" else f"int8 {e.target}"
+    what = e.precision if e.precision == FP16 else f"int8 {e.target}"
     tried = (f"after measuring {len(e.sensitivity)} layer(s) and keeping {len(e.excluded)} in float"
              if isinstance(e, Int8Entry) else "(fp16 has no layer search)")
     return (f"{e.model_file}: {what} top-1 {e.top1 * 100:.2f}% is {e.drop:.2f} pt below fp32 "

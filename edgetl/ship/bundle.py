@@ -36,13 +36,13 @@ from edgetl import __version__
 from edgetl.choices import EnginePrecisionName
 from edgetl.errors import DeployError, RunDirError
 from edgetl.io import atomic_path, sha256_file
+from edgetl.portable.forms import FP32, INT8, PRECISIONS, U8S8, form_for, form_named
 from edgetl.portable.manifest import BUNDLE_FORMAT, ENTRY_POINT, MANIFEST, PORTABLE_DIR, file_problems
 from edgetl.rundir import RunDir
 from edgetl.stage import SILENT, Events, Result, Settings, record_settings
 
 DEVICE_SCRIPT = Path(__file__).resolve().parents[1] / "device" / ENTRY_POINT
 PORTABLE_SOURCE = Path(__file__).resolve().parents[1] / "portable"
-PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_MAX_IMAGES = 256
 INPUTS, LABELS = "data/inputs.npy", "data/labels.npy"
 
@@ -137,22 +137,21 @@ def model_files(run: RunDir, precision: str) -> dict[str, Path]:
     run.require(hint="give the folder that `edgetl finetune --out` wrote")
     primary = run.onnx_for(precision)
     if not primary.exists():
-        if precision == "fp32":
-            hint = "run `edgetl export RUN` first"
-        else:
-            have = [p for p in PRECISIONS if run.onnx_for(p).exists()]
-            hint = (f"run `edgetl quantize RUN --precision {precision}` first"
-                    + (f", or bundle a precision the run has: {', '.join(have)}" if have else ""))
+        have = [p for p in PRECISIONS if run.onnx_for(p).exists()]
+        hint = form_for(precision).hint("RUN") + (f", or bundle a precision the run has: {', '.join(have)}"
+                                                  if have and precision != FP32 else "")
         raise RunDirError(f"{run.path}: {primary.name} is missing, so there is no {precision} model to bundle", hint)
     models = {precision: primary}
-    cpu = run.onnx_for("int8", "cpu")
-    if precision == "int8" and cpu.exists():
-        models["int8_cpu"] = cpu
+    cpu = run.path / U8S8.file
+    if precision == INT8 and cpu.exists():  # the CPU form travels with the int8 bundle where the run has it
+        models[U8S8.manifest_key] = cpu
     run.require(run.splits, hint="the bundle's evaluation images come from the run's validation split (splits.json)")
-    from edgetl.card import ModelCard
+    from edgetl.card import ModelCard, check_form
 
-    for path in models.values():
+    for key, path in models.items():
         ModelCard.from_onnx(path)  # one line for an unreadable or changed file (its recorded SHA-256), before parsing it here
+        form = form_named(key)
+        check_form(path, form.precision, form.target, hint=f"re-run `{form.command('RUN')}`")
         if _external_data(path):
             raise DeployError(f"{path}: stores its weights in external data files, which bundles do not carry yet",
                               "re-export without external data (models under 2 GB fit in one file)")

@@ -25,6 +25,7 @@ from edgetl import __version__
 from edgetl.choices import EnginePrecisionName, TritonKindName
 from edgetl.errors import DeployError, RunDirError
 from edgetl.io import atomic_path, write_text
+from edgetl.portable.forms import FP32, U8S8, form_for
 from edgetl.rundir import RunDir
 from edgetl.stage import SILENT, Events, Result, Settings, record_settings
 
@@ -59,21 +60,17 @@ class TritonResult(Result):
 def triton(run_path: str | os.PathLike, cfg: TritonSettings, events: Events = SILENT) -> TritonResult:
     """Write (or refresh) the model repository and return what it holds."""
     from edgetl.ship.bundle import graph_io
-    from edgetl.card import ModelCard
+    from edgetl.card import ModelCard, check_form
 
     run = RunDir(run_path)
     precision, max_batch, kind, queue_delay_us = cfg.precision, cfg.max_batch, cfg.kind, cfg.queue_delay_us
     # A CPU instance runs ONNX Runtime's CPU kernels, which are fast on U8S8 (the cpu target of quantize),
     # not on the symmetric S8S8 form made for TensorRT.
-    onnx_path = run.onnx_for(precision, "cpu" if kind == "cpu" else "tensorrt")
-    if precision == "fp32":
-        hint = "run `edgetl export RUN` first"
-    elif onnx_path.name.endswith(".cpu.onnx"):
-        hint = "run `edgetl quantize RUN --precision int8 --target cpu` first (or use kind gpu for the TensorRT form)"
-    else:
-        hint = f"run `edgetl quantize RUN --precision {precision}` first"
-    run.require(onnx_path, hint=hint)
+    form = form_for(precision, "cpu" if kind == "cpu" else "tensorrt")
+    onnx_path = run.path / form.file
+    run.require(onnx_path, hint=form.hint("RUN") + (" (or use kind gpu for the TensorRT form)" if form is U8S8 else ""))
     card = ModelCard.from_onnx(onnx_path)
+    check_form(onnx_path, precision, form.target, hint=f"re-run `{form.command('RUN')}`")
     bad = next((c for c in card.class_names if "\n" in c or "\r" in c), None)
     if bad is not None:  # labels.txt is one class per line: a line break would shift every later label
         raise DeployError(f"{onnx_path}: class name {bad!r} contains a line break, which Triton's labels.txt "
@@ -90,7 +87,7 @@ def triton(run_path: str | os.PathLike, cfg: TritonSettings, events: Events = SI
             raise DeployError(f"{plan}: built for batches up to {engine_max}, max_batch is {max_batch}",
                               f"set max_batch {engine_max} or rebuild the engine for a larger batch")
 
-    model = base if precision == "fp32" else f"{base}_{precision}"
+    model = base if precision == FP32 else f"{base}_{precision}"
     trt_models = [(plan, f"{model}_trt_{_model_name(plan.parent.name)}") for plan in plans]
     for name in [model, *(n for _, n in trt_models)]:  # before anything is written
         _check_ours(path / name)

@@ -31,10 +31,11 @@ from edgetl import __version__
 from edgetl.choices import BuildTargetName, EnginePrecisionName
 from edgetl.tensorrt.engine import (capturing_logger, engine_dir, engine_file, import_flavour, init_plugins, machine_facts,
                            rtx_target, sidecar_path)
-from edgetl.errors import BackendUnavailable, EdgetlError, ModelError, first_line
+from edgetl.errors import BackendUnavailable, EdgetlError, FormMismatch, ModelError, first_line
 from edgetl.io import sha256_file, write_bytes, write_json
 from edgetl.portable.engines import make_sidecar, plan_name
 from edgetl.portable.trtexec import OPT_LEVEL, WORKSPACE_MIB, trtexec_command
+from edgetl.portable.forms import FP16, FP32, INT8, U8S8, Form, form_for, form_of_file, mismatch
 from edgetl.rundir import RunDir
 from edgetl.stage import SILENT, Events, Result, Settings, record_settings
 
@@ -140,7 +141,7 @@ def ort_form_reason(path: str | os.PathLike) -> str | None:
     import onnx
     from onnx import TensorProto
 
-    if Path(path).name.endswith(".int8.cpu.onnx"):
+    if form_of_file(Path(path).name) is U8S8:
         return "it is the ONNX Runtime (CPU) form of the int8 graph"
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -164,10 +165,10 @@ def graph_precision(path: str | os.PathLike) -> str:
     except Exception as e:
         raise ModelError(f"{path}: not a readable ONNX file ({first_line(e)})") from None
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
-        return "int8"
+        return INT8
     if any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer):
-        return "fp16"
-    return "fp32"
+        return FP16
+    return FP32
 
 
 def check_profile(profile: Profile, dims: list, where: str) -> tuple[int, ...]:
@@ -239,67 +240,144 @@ class BuildResult(Result):
     parser_warnings: list[str] = []
 
 
-def build(run_path: str | os.PathLike, cfg: BuildSettings, events: Events = SILENT) -> BuildResult:
-    """Build RUN/engines/<target>-<library><version>/model.<precision>.plan (+ .json sidecar) from the run's
-    ONNX (or `cfg.onnx`). target "tensorrt": for this GPU; "rtx": TensorRT-RTX, ahead of time for
-    `cfg.compute_capability` (default RTX_COMPUTE_CAPABILITIES), with or without a GPU here."""
+@dataclass(frozen=True)
+class BuildPlan:
+    """Everything `build` decided before touching an NVIDIA library: which graph, which builder, which
+    profile, DLA and cache use. `plan_build` makes it (and refuses what cannot be built); the rest only acts."""
+
+    run: RunDir
+    cfg: BuildSettings
+    flavour: Flavour
+    compute_capabilities: tuple[str, ...]  # an ahead-of-time build's targets; () for TensorRT
+    onnx: Path
+    form: Form  # of the graph, from its metadata (or, for older/foreign graphs, its name and contents)
+    card: Any  # edgetl.card.ModelCard
+    profile: Profile
+    input_name: str
+    sample: tuple[int, ...]  # the per-image shape
+
+    @property
+    def precision(self) -> str:
+        return self.form.precision
+
+    @property
+    def timing_cache(self) -> bool:
+        return self.cfg.timing_cache and self.flavour.timing_cache
+
+
+def plan_build(run_path: str | os.PathLike, cfg: BuildSettings) -> BuildPlan:
+    """Decide what `build` will do, refusing (one EdgetlError) whatever cannot be built; reads the ONNX
+    header only, never TensorRT, so every refusal is testable everywhere."""
     from edgetl.card import ModelCard
 
     run = RunDir(run_path)
-    precision, dla_core, opt_level, workspace_mib = cfg.precision, cfg.dla_core, cfg.opt_level, cfg.workspace
     flavour = FLAVOURS[TARGETS[cfg.target]]
     ccs = parse_compute_capabilities(cfg.compute_capability)
     if ccs and not flavour.ahead_of_time:
         raise EdgetlError(f"compute_capability: {flavour.title} builds for the GPU it runs on",
                           "leave it out, or build with target rtx")
-    onnx_path = Path(cfg.onnx) if cfg.onnx is not None else run.onnx_for(precision, "tensorrt")
-    run.require(onnx_path, hint="run `edgetl export` first" if precision == "fp32"
-                else f"run `edgetl quantize --precision {precision}` first")
-    why_ort = ort_form_reason(onnx_path)
-    if why_ort:
-        raise EdgetlError(f"{onnx_path}: {why_ort}, which NVIDIA's parser refuses (non-zero zero points)",
-                          f"build the TensorRT form instead: {run.onnx_for('int8', 'tensorrt')} "
-                          f"(`edgetl build {run.path} --precision int8`)")
-    held = graph_precision(onnx_path)
-    if held != precision:  # else model.int8.plan and its sidecar would claim int8 for an fp32 graph
-        raise EdgetlError(f"{onnx_path}: the graph is {held}, not {precision} (precision lives in the graph)",
-                          f"build it with --precision {held}, or give the {precision} graph "
-                          f"({run.onnx_for(precision, 'tensorrt').name}"
-                          + (", from `edgetl quantize`)" if precision != "fp32" else ", from `edgetl export`)"))
+    onnx_path = Path(cfg.onnx) if cfg.onnx is not None else run.onnx_for(cfg.precision, "tensorrt")
+    run.require(onnx_path, hint=form_for(cfg.precision).hint())
+    form = source_form(run, onnx_path, cfg.precision)
     profile = parse_batch(cfg.batch)
-    if dla_core is not None and not flavour.dla:
+    _check_builder_options(flavour, cfg)
+    card = ModelCard.from_onnx(onnx_path)
+    input_name, dims = onnx_input(onnx_path)
+    sample = check_profile(profile, dims, str(onnx_path))
+    if flavour.ahead_of_time:
+        ccs = ccs or RTX_COMPUTE_CAPABILITIES
+    return BuildPlan(run=run, cfg=cfg, flavour=flavour, compute_capabilities=tuple(ccs or ()), onnx=onnx_path,
+                     form=form, card=card, profile=profile, input_name=input_name, sample=sample)
+
+
+def source_form(run: RunDir, onnx_path: Path, precision: str) -> Form:
+    """The form of the graph to build, refused (FormMismatch, one line) unless it is `precision`'s TensorRT
+    form: else model.int8.plan and its sidecar would claim int8 for an fp32 graph. The graph's metadata
+    says its form; an older or foreign graph without it is judged by its name and contents."""
+    from edgetl.card import onnx_form
+
+    form = onnx_form(onnx_path, by_name=False)
+    why_ort = ("it is the ONNX Runtime (CPU) form of the int8 graph" if form is U8S8 else None) if form \
+        else ort_form_reason(onnx_path)
+    if why_ort:
+        raise FormMismatch(f"{onnx_path}: {why_ort}, which NVIDIA's parser refuses (non-zero zero points)",
+                           f"build the TensorRT form instead: {run.onnx_for(INT8, 'tensorrt')} "
+                           f"(`edgetl build {run.path} --precision int8`)")
+    form = form or form_for(graph_precision(onnx_path))
+    why = mismatch(form, precision)
+    if why:
+        wanted = form_for(precision)
+        raise FormMismatch(f"{onnx_path}: {why}",
+                           f"build it with --precision {form.precision}, or give the {precision} graph "
+                           f"({wanted.file}, from `edgetl {wanted.stage}`)")
+    return form
+
+
+def _check_builder_options(flavour: Flavour, cfg: BuildSettings) -> None:
+    """Refuse what this builder cannot do: DLA (on a builder without one, or for an fp32 graph), version
+    compatibility on an ahead-of-time builder."""
+    if cfg.dla_core is not None and not flavour.dla:
         raise EdgetlError(f"dla_core: {flavour.title} has no DLA (Jetson's TensorRT does)", "leave dla_core out")
     if cfg.version_compatible and flavour.ahead_of_time:
         raise EdgetlError(f"version_compatible: a {flavour.title} engine runs on the {flavour.title} version "
                           "that built it", "leave version_compatible off")
-    if dla_core is not None and precision == "fp32":
+    if cfg.dla_core is not None and cfg.precision == FP32:
         # DLA runs fp16 and int8 layers only: an fp32 graph would fall back to the GPU layer by layer
         raise EdgetlError("dla_core: DLA runs fp16 and int8 graphs only, not fp32",
                           "build precision fp16 or int8 (after `edgetl quantize`) for the DLA")
-    card = ModelCard.from_onnx(onnx_path)
-    input_name, dims = onnx_input(onnx_path)
-    sample = check_profile(profile, dims, str(onnx_path))
 
+
+def build(run_path: str | os.PathLike, cfg: BuildSettings, events: Events = SILENT) -> BuildResult:
+    """Build RUN/engines/<target>-<library><version>/model.<precision>.plan (+ .json sidecar) from the run's
+    ONNX (or `cfg.onnx`). target "tensorrt": for this GPU; "rtx": TensorRT-RTX, ahead of time for
+    `cfg.compute_capability` (default RTX_COMPUTE_CAPABILITIES), with or without a GPU here."""
+    plan = plan_build(run_path, cfg)
+    flavour = plan.flavour
     events.status(f"loading {flavour.title}")
     trt = import_flavour(flavour.library)
-    if flavour.ahead_of_time:
-        ccs = ccs or RTX_COMPUTE_CAPABILITIES
-        cc_enums = _compute_capability_enums(trt, ccs)
-        facts = _optional_machine_facts(flavour.library, trt)
-        plan = engine_dir(run, rtx_target(ccs), flavour.library, facts["library_version"]) / plan_name(precision)
-    else:
-        cc_enums = []
-        facts = machine_facts(flavour.library, trt)
-        plan = engine_file(run, facts, precision)
-    use_cache = cfg.timing_cache and flavour.timing_cache
-    cache_file = plan.parent / "timing.cache"
+    facts, engine = _engine_target(trt, plan)
+    cache_file = engine.parent / "timing.cache"
+    profile = plan.profile
     command = shlex.join(trtexec_command(
-        onnx_path, plan, input_name, sample, (profile.min, profile.opt, profile.max), workspace_mib=workspace_mib,
-        timing_cache=cache_file if use_cache else None, opt_level=opt_level,
-        version_compatible=cfg.version_compatible, dla_core=dla_core, tf32=cfg.tf32)) if flavour.trtexec else None
+        plan.onnx, engine, plan.input_name, plan.sample, (profile.min, profile.opt, profile.max),
+        workspace_mib=cfg.workspace, timing_cache=cache_file if plan.timing_cache else None, opt_level=cfg.opt_level,
+        version_compatible=cfg.version_compatible, dla_core=cfg.dla_core, tf32=cfg.tf32)) if flavour.trtexec else None
 
-    events.status(f"parsing {onnx_path.name}")
+    events.status(f"parsing {plan.onnx.name}")
     logger = capturing_logger(trt)
+    builder, network = _parse(trt, logger, plan)
+    parser_warnings = logger.warnings()
+    layers = int(network.num_layers)
+    own_warnings: list[str] = []
+    config = _configure(trt, logger, builder, network, plan)
+    cache = attach_timing_cache(config, cache_file, own_warnings.append) if plan.timing_cache else None
+
+    ccs = plan.compute_capabilities
+    where = f"for compute capability {', '.join(ccs)}" if flavour.ahead_of_time else f"on {facts['gpu_name']}"
+    events.status(f"building {engine.name} {where} with {flavour.title} {facts['library_version']} "
+                  f"(batch {plan.profile.min},{plan.profile.opt},{plan.profile.max})")
+    data, seconds = _serialise(logger, builder, network, config, plan)
+    if cache is not None:
+        write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
+    write_engine(engine, data, _sidecar(plan, facts, data, seconds, command))
+    record_settings(plan.run.path, "build", cfg)  # only once the engine is there: a refused build leaves the run as it was
+    return BuildResult(plan=engine, sidecar=sidecar_path(engine), trtexec=command, seconds=seconds,
+                       warnings=own_warnings + logger.warnings(), layers=layers, parser_warnings=parser_warnings)
+
+
+def _engine_target(trt, plan: BuildPlan) -> tuple[dict[str, Any], Path]:
+    """The machine facts the sidecar records, and the engine's path (named after the graph's precision)."""
+    library = plan.flavour.library
+    if plan.flavour.ahead_of_time:
+        facts = _optional_machine_facts(library, trt)
+        return facts, engine_dir(plan.run, rtx_target(plan.compute_capabilities), library,
+                                 facts["library_version"]) / plan_name(plan.precision)
+    facts = machine_facts(library, trt)
+    return facts, engine_file(plan.run, facts, plan.precision)
+
+
+def _parse(trt, logger, plan: BuildPlan):
+    """(builder, network) with the graph parsed; one EdgetlError listing the parser's errors."""
     init_plugins(trt, logger)
     builder = trt.Builder(logger)
     # 10.x needs the flag; 11.x and TensorRT-RTX accept it (they are always strongly typed); a release that
@@ -307,68 +385,77 @@ def build(run_path: str | os.PathLike, cfg: BuildSettings, events: Events = SILE
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not parser.parse_from_file(str(plan.onnx)):
         errors = [parser_error_line(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise EdgetlError(f"{onnx_path}: {flavour.title} {trt.__version__}'s ONNX parser cannot take it:\n  "
+        raise EdgetlError(f"{plan.onnx}: {plan.flavour.title} {trt.__version__}'s ONNX parser cannot take it:\n  "
                           + "\n  ".join(errors or logger.lines()[:3] or ["(no detail)"]),
                           "check the ops against the parser's ONNX support matrix; re-export with another opset")
-    parser_warnings = logger.warnings()
-    layers = int(network.num_layers)
+    return builder, network
 
-    config = new_config(trt, builder, workspace_mib, opt_level, cfg.tf32)
-    if cc_enums:
+
+def _configure(trt, logger, builder, network, plan: BuildPlan):
+    """The builder config: workspace, level, TF32, target compute capabilities, the profile, DLA."""
+    cfg, title = plan.cfg, plan.flavour.title
+    config = new_config(trt, builder, cfg.workspace, cfg.opt_level, cfg.tf32)
+    if plan.flavour.ahead_of_time:
+        cc_enums = _compute_capability_enums(trt, plan.compute_capabilities)
         config.num_compute_capabilities = len(cc_enums)
         for i, cc in enumerate(cc_enums):
             if not config.set_compute_capability(cc, i):
-                raise EdgetlError(f"compute_capability: {flavour.title} {trt.__version__} refused {ccs[i]}: "
+                raise EdgetlError(f"compute_capability: {title} {trt.__version__} refused "
+                                  f"{plan.compute_capabilities[i]}: "
                                   + " | ".join(logger.lines()[:2] or ["no reason logged"]))
     trt_profile = builder.create_optimization_profile()
-    shapes = profile.shapes(sample)
+    shapes = plan.profile.shapes(plan.sample)
     trt_profile.set_shape(network.get_input(0).name, shapes["min"], shapes["opt"], shapes["max"])
     if config.add_optimization_profile(trt_profile) < 0:
-        raise EdgetlError(f"{onnx_path}: {flavour.title} rejected the optimisation profile {shapes}: "
+        raise EdgetlError(f"{plan.onnx}: {title} rejected the optimisation profile {shapes}: "
                           + " | ".join(logger.lines()[:2] or ["no reason logged"]))
     if cfg.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-    if dla_core is not None:
-        if builder.num_DLA_cores == 0:
-            raise BackendUnavailable("dla_core: this GPU has no DLA (Jetson AGX/NX Orin and Xavier do)",
-                                     "leave dla_core out to build for the GPU")
-        if not 0 <= dla_core < builder.num_DLA_cores:
-            raise EdgetlError(f"dla_core {dla_core}: this device has DLA cores 0..{builder.num_DLA_cores - 1}")
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = int(dla_core)
-        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run go to the GPU
-    own_warnings: list[str] = []
-    cache = attach_timing_cache(config, cache_file, own_warnings.append) if use_cache else None
+    if cfg.dla_core is not None:
+        _use_dla(trt, builder, config, cfg.dla_core)
+    return config
 
-    where = (f"for compute capability {', '.join(ccs)}" if flavour.ahead_of_time else f"on {facts['gpu_name']}")
-    events.status(f"building {plan.name} {where} with {flavour.title} {facts['library_version']} "
-                  f"(batch {profile.min},{profile.opt},{profile.max})")
+
+def _use_dla(trt, builder, config, dla_core: int) -> None:
+    """Send layers to DLA core `dla_core`, the rest to the GPU; refused on a GPU without one."""
+    if builder.num_DLA_cores == 0:
+        raise BackendUnavailable("dla_core: this GPU has no DLA (Jetson AGX/NX Orin and Xavier do)",
+                                 "leave dla_core out to build for the GPU")
+    if not 0 <= dla_core < builder.num_DLA_cores:
+        raise EdgetlError(f"dla_core {dla_core}: this device has DLA cores 0..{builder.num_DLA_cores - 1}")
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = int(dla_core)
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run go to the GPU
+
+
+def _serialise(logger, builder, network, config, plan: BuildPlan) -> tuple[bytes, float]:
+    """The engine's bytes and the seconds the builder took."""
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
     if serialized is None:
-        raise EdgetlError(f"{onnx_path}: {flavour.title} could not build an engine: " +
+        raise EdgetlError(f"{plan.onnx}: {plan.flavour.title} could not build an engine: " +
                           " | ".join(logger.lines()[:5] or ["no reason logged"]),
                           "try a larger workspace, or opt_level 3")
-    data = bytes(serialized)
-    if cache is not None:
-        write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
-    sidecar = make_sidecar(
+    return bytes(serialized), seconds
+
+
+def _sidecar(plan: BuildPlan, facts: dict[str, Any], data: bytes, seconds: float,
+             command: str | None) -> dict[str, Any]:
+    cfg, shapes = plan.cfg, plan.profile.shapes(plan.sample)
+    return make_sidecar(
         library=facts["library"], library_version=facts["library_version"], gpu_name=facts["gpu_name"],
-        compute_capability=facts["compute_capability"], target_compute_capabilities=list(ccs or []) or None,
-        cuda_driver=facts.get("cuda_driver"), l4t_release=facts.get("l4t_release"), precision=precision,
-        profile={"input": input_name, **{k: list(v) for k, v in shapes.items()}}, source_onnx=Path(onnx_path).name,
-        source_onnx_sha256=sha256_file(onnx_path), engine_sha256=hashlib.sha256(data).hexdigest(),
-        builder="edgetl build", edgetl_version=__version__, card=card.model_dump(mode="json"),
+        compute_capability=facts["compute_capability"], target_compute_capabilities=list(plan.compute_capabilities)
+        or None, cuda_driver=facts.get("cuda_driver"), l4t_release=facts.get("l4t_release"),
+        precision=plan.precision, profile={"input": plan.input_name, **{k: list(v) for k, v in shapes.items()}},
+        source_onnx=plan.onnx.name, source_onnx_sha256=sha256_file(plan.onnx),
+        engine_sha256=hashlib.sha256(data).hexdigest(), builder="edgetl build", edgetl_version=__version__,
+        card=plan.card.model_dump(mode="json"),
         built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), build_seconds=seconds,
-        workspace_mib=int(workspace_mib), builder_optimization_level=int(opt_level),
-        version_compatible=cfg.version_compatible, dla_core=dla_core, trtexec=command)
-    write_engine(plan, data, sidecar)
-    record_settings(run.path, "build", cfg)  # only once the engine is there: a refused build leaves the run as it was
-    return BuildResult(plan=plan, sidecar=sidecar_path(plan), trtexec=command, seconds=seconds,
-                       warnings=own_warnings + logger.warnings(), layers=layers, parser_warnings=parser_warnings)
+        workspace_mib=int(cfg.workspace), builder_optimization_level=int(cfg.opt_level),
+        version_compatible=cfg.version_compatible, dla_core=cfg.dla_core, trtexec=command)
 
 
 def new_config(trt, builder, workspace_mib: int = DEFAULT_WORKSPACE_MIB, opt_level: int = DEFAULT_OPT_LEVEL,
@@ -438,7 +525,6 @@ def parser_error_line(err) -> str:
     return f"{' '.join(where)}: {desc}"
 
 
-_parser_error = parser_error_line  # the name this module used before
 
 
 def _call(obj, attr: str):

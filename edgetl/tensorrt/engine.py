@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from edgetl.choices import EnginePrecisionName
 from edgetl.errors import BackendUnavailable, EngineMismatch, RunDirError, first_line
 from edgetl.io import read_json
 from edgetl.portable.engines import (ENGINE_PRECISIONS, LIBRARIES, SIDECAR_FORMAT, engine_dir_name,
@@ -39,7 +40,7 @@ class Sidecar(BaseModel):
     target_compute_capabilities: list[str]
     cuda_driver: str | None
     l4t_release: str | None
-    precision: Literal["fp32", "fp16", "int8"]
+    precision: EnginePrecisionName  # edgetl.portable.forms.PRECISIONS
     profile: dict[str, Any]
     workspace_mib: int | None
     builder_optimization_level: int | None
