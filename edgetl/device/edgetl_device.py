@@ -78,8 +78,8 @@ def load_manifest(bundle: Path) -> dict:
     return _call(bundle_manifest.load_manifest, bundle)
 
 
-def model_file(manifest: dict, precision: str, target: str = "tensorrt") -> str:
-    return _call(bundle_manifest.model_file, manifest, precision, target)
+def model_file(manifest: dict, precision: str, device: str = "cuda") -> str:
+    return _call(bundle_manifest.model_file, manifest, precision, device)
 
 
 def verify(bundle: Path) -> dict:
@@ -180,7 +180,7 @@ def plan_ort(manifest: dict, precision: str, device: str, providers) -> tuple:
     if providers is None:
         raise DeviceError(NO_ORT)
     where = ort_device(device, providers)
-    return model_file(manifest, precision, "cpu" if where == "cpu" else "tensorrt"), where
+    return model_file(manifest, precision, where), where
 
 
 def open_runner(bundle: Path, request: Bench, manifest: dict, precision: str):

@@ -127,10 +127,11 @@ def verify(bundle: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-def model_file(manifest: dict[str, Any], precision: str, target: str = "tensorrt") -> str:
-    """The bundle's ONNX file for a precision; target 'cpu' picks the int8 CPU (U8S8) form where it has one."""
+def model_file(manifest: dict[str, Any], precision: str, device: str = "cuda") -> str:
+    """The bundle's ONNX file for a precision on a runtime device (forms.serving_form: on "cpu" the int8 CPU
+    (U8S8) form where the bundle has one)."""
     models = manifest["models"]
-    if is_precision(precision) and serving_form(precision, target, {U8S8.name: U8S8.manifest_key in models}) is U8S8:
+    if is_precision(precision) and serving_form(precision, device, {U8S8.name: U8S8.manifest_key in models}) is U8S8:
         return models[U8S8.manifest_key]
     if precision not in models:
         raise ManifestError(f"this bundle has no {precision} model (it holds {', '.join(sorted(models))})")

@@ -9,6 +9,7 @@ import numpy as np
 
 from edgetl.card import ModelCard
 from edgetl.errors import BackendUnavailable, ModelError, first_line
+from edgetl.portable.forms import PRECISIONS, U8S8, serving_form
 from edgetl.portable.rows import ort_timed
 from edgetl.portable.runners import ORT_PROVIDERS, OrtRunner, RunnerError
 from edgetl.runtime.base import Backend
@@ -26,7 +27,7 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
     devices = tuple(_PROVIDERS)  # "tensorrt": ONNX Runtime's TensorRT execution provider
-    precisions = ("fp32", "fp16", "int8")
+    precisions = PRECISIONS
     options_taken = ("threads", "card", "exact")
     precision_notes = {"bf16": "edgetl writes no bf16 ONNX or engine (quantize makes fp16 and int8); bf16 is a "
                                "torch-only row"}
@@ -48,12 +49,9 @@ class OnnxRuntimeBackend(Backend):
     def model_file(cls, run, precision: str, device: str) -> Path:
         """On the CPU the int8 row uses the cpu-form graph (U8S8) when it exists: the TensorRT form (S8S8) is
         slow on x86 kernels."""
-        path = run.onnx_for(precision)
-        if precision == "int8" and device == "cpu" and run.onnx_for("int8", "cpu").exists():
-            path = run.onnx_for("int8", "cpu")
-        hint = ("run `edgetl export` first" if precision == "fp32"
-                else f"run `edgetl quantize --precision {precision}` first")
-        run.require(path, hint=hint)
+        form = serving_form(precision, device, {U8S8.name: (run.path / U8S8.file).exists()})
+        path = run.path / form.file
+        run.require(path, hint=form.hint())
         return path
 
     def activate_impl(self) -> ModelCard:

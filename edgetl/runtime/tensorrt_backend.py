@@ -18,6 +18,7 @@ import numpy as np
 from edgetl.card import ModelCard
 from edgetl.errors import EdgetlError, EngineMismatch, RunDirError
 from edgetl.io import sha256_file
+from edgetl.portable.forms import PRECISIONS
 from edgetl.portable import cuda
 from edgetl.portable.runners import RunnerError, TrtRunner
 from edgetl.runtime.base import Backend
@@ -30,7 +31,7 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
     devices = ("cuda",)
-    precisions = ("fp32", "fp16", "int8")
+    precisions = PRECISIONS
     options_taken = ("cuda_graph",)
     precision_notes = {"bf16": "edgetl writes no bf16 ONNX or engine (quantize makes fp16 and int8); bf16 is a "
                                "torch-only row"}

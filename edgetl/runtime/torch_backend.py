@@ -8,10 +8,12 @@ import numpy as np
 
 from edgetl.card import ModelCard
 from edgetl.errors import BackendUnavailable, EdgetlError
+from edgetl.portable.forms import FP16, FP32, INT8
 from edgetl.runtime.base import Backend
 from edgetl.runtime.registry import register_backend
 
-_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+BF16 = "bf16"  # torch-only: no ONNX or engine carries it
+_DTYPES = {FP32: "float32", FP16: "float16", BF16: "bfloat16"}
 
 
 @register_backend
@@ -22,7 +24,7 @@ class TorchBackend(Backend):
     devices = ("cpu", "cuda")
     precisions = tuple(_DTYPES)
     options_taken = ("threads", "compile")
-    precision_notes = {"int8": "torch has no int8 path in edgetl: the int8 model is the Q/DQ ONNX "
+    precision_notes = {INT8: "torch has no int8 path in edgetl: the int8 model is the Q/DQ ONNX "
                                "(onnxruntime and tensorrt rows)"}
 
     @classmethod
@@ -37,14 +39,14 @@ class TorchBackend(Backend):
 
     @classmethod
     def unsupported(cls, precision: str, device: str) -> str | None:
-        if precision in ("fp16", "bf16") and not device.startswith("cuda"):
+        if precision in (FP16, BF16) and not device.startswith("cuda"):
             return (f"torch {precision} on the CPU is not a deployment path (slow reduced-precision kernels); "
                     "bench it with device cuda")
         return super().unsupported(precision, device)
 
     @classmethod
     def bench_precisions(cls, device: str) -> tuple[str, ...]:
-        return ("fp32", "fp16") if device.startswith("cuda") else ("fp32",)  # bf16 only when asked for
+        return (FP32, FP16) if device.startswith("cuda") else (FP32,)  # bf16 only when asked for
 
     @classmethod
     def model_file(cls, run, precision: str, device: str) -> Path:
