@@ -101,7 +101,9 @@ def test_ctrl_c_during_finetune_overwrite_keeps_the_old_run(trained_run, digits,
     before = tree_digest(out)
     pending = pending_dir(out)
     proc = _start("finetune", digits["source"], "--out", out, "--overwrite", "--model", "resnet18", "--no-pretrained",
-                  "--img-size", "32", "--epochs", "5", "--batch-size", "64", "--workers", "0", "--augment", "crop")
+                  "--img-size", "32", "--epochs", "40", "--batch-size", "64", "--workers", "0", "--augment", "crop")
+    # 40 epochs of well under a second each: under load this poll once saw the first checkpoint only as a
+    # 5-epoch run was finishing, and the signal came after it had exited 0. The signal stops it at epoch 1-2.
     _wait_for(lambda: (pending / "last_checkpoint.pt").exists(), proc)  # the new run finished an epoch
     proc.send_signal(signal.SIGINT)
     out_text, err = proc.communicate(timeout=300)
