@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgetl.errors import ModelError, first_line
-from edgetl.portable.forms import INT8
+from edgetl.portable.forms import FP32_FORM, form_of_file
 
 EXPORT_REPORT = "export_report.json"
 QUANT_REPORT = "quant_report.json"
@@ -56,12 +56,12 @@ def recorded_onnx_hashes(path: str | os.PathLike) -> tuple[dict[Path, str], str,
     run = path.parent
     export_report = run / EXPORT_REPORT
     if export_report.exists() and path.name == "model.onnx":
-        report = _read_report(export_report, f"edgetl export {run}")
+        report = _read_report(export_report, FP32_FORM.command(str(run)))
         if report.get("model_file") == path.name and isinstance(report.get("sha256"), str):
             files = {path: report["sha256"]}
             if report.get("external_data") and isinstance(report.get("external_data_sha256"), str):
                 files[run / report["external_data"]] = report["external_data_sha256"]
-            return files, f"edgetl export {run}", export_report
+            return files, FP32_FORM.command(str(run)), export_report
         return None
     quant_report = run / QUANT_REPORT
     if quant_report.exists():
@@ -69,9 +69,9 @@ def recorded_onnx_hashes(path: str | os.PathLike) -> tuple[dict[Path, str], str,
         entries = report.get("entries")
         for entry in entries.values() if isinstance(entries, dict) else ():
             if isinstance(entry, dict) and entry.get("model_file") == path.name and isinstance(entry.get("model_sha256"), str):
-                precision = entry.get("precision", "int8")
-                target = f" --target {entry['target']}" if precision == INT8 and entry.get("target") else ""
-                return {path: entry["model_sha256"]}, f"edgetl quantize {run} --precision {precision}{target}", quant_report
+                form = form_of_file(path.name)
+                redo = form.command(str(run)) if form else f"edgetl quantize {run}"
+                return {path: entry["model_sha256"]}, redo, quant_report
     return None
 
 
