@@ -77,3 +77,43 @@ def _auc(labels: np.ndarray, probs: np.ndarray, n: int, roc_auc_score) -> float 
         scores = [roc_auc_score(labels == c, probs[:, c]) for c in present]
     value = float(np.mean(scores))
     return None if math.isnan(value) else value
+
+
+SIGNIFICANCE = 0.05  # a drop with a larger p-value is "not distinguishable from 0" on these images
+
+
+class ClassChange(Result):
+    """One class's top-1 under the reference model and under the model compared with it."""
+
+    n: int
+    reference: float
+    model: float
+
+
+class PairedDrop(Result):
+    """A model against its reference (fp32) on the same images, image by image: whether a drop in top-1 is
+    more than the luck of which images were scored (exact McNemar test), and where it lands per class."""
+
+    n: int
+    only_reference_right: int  # images the reference classifies right and the model wrong
+    only_model_right: int
+    p_value: float  # two-sided exact McNemar: a binomial test on the images the two models disagree on
+    significant: bool  # p_value < SIGNIFICANCE
+    per_class: dict[str, ClassChange]
+
+
+def paired_drop(reference_logits: np.ndarray, model_logits: np.ndarray, labels: np.ndarray,
+                classes: list[str]) -> PairedDrop:
+    """McNemar's exact test on the discordant images (scipy's binomial test), and per-class top-1 of both."""
+    from scipy.stats import binomtest
+
+    labels = np.asarray(labels)
+    ref_right = np.asarray(reference_logits).argmax(1) == labels
+    model_right = np.asarray(model_logits).argmax(1) == labels
+    b, c = int((ref_right & ~model_right).sum()), int((~ref_right & model_right).sum())
+    p = float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0
+    per_class = {name: ClassChange(n=int(mask.sum()), reference=float(ref_right[mask].mean()),
+                                   model=float(model_right[mask].mean()))
+                 for i, name in enumerate(classes) if (mask := labels == i).any()}
+    return PairedDrop(n=int(len(labels)), only_reference_right=b, only_model_right=c, p_value=p,
+                      significant=p < SIGNIFICANCE, per_class=per_class)

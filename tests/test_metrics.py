@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgetl.metrics import classification_metrics
+from edgetl.metrics import classification_metrics, paired_drop
 
 
 def test_three_class_by_hand():
@@ -84,3 +84,28 @@ def test_every_metric_by_hand_and_eval_agrees_with_training(trained_run):
     again = eval_run(trained_run).model_dump(mode="json")
     for key in ("top1", "top5", "macro_f1", "auc_roc", "confusion", "per_class_accuracy"):
         assert again[key] == saved[key], key
+
+
+def test_mcnemar_exact_by_hand():
+    """20 images, both classes of 10. fp32 misses two of class b that the other model gets; the other model
+    misses eight of class a. Discordant 8 vs 2: p = 2 * P(X <= 2 | n=10, 1/2) = 2 * (1 + 10 + 45) / 1024."""
+    labels = np.array([0] * 10 + [1] * 10)
+    reference = np.eye(2)[labels]
+    reference[[10, 11]] = [1, 0]
+    model = np.eye(2)[labels]
+    model[:8] = [0, 1]
+    d = paired_drop(reference, model, labels, ["a", "b"])
+    assert (d.n, d.only_reference_right, d.only_model_right) == (20, 8, 2)
+    assert d.p_value == pytest.approx(112 / 1024) and not d.significant  # 30 points down, yet p = 0.11
+    assert d.per_class["a"].model == pytest.approx(0.2) and d.per_class["b"].reference == pytest.approx(0.8)
+    assert d.per_class["a"].n == d.per_class["b"].n == 10
+
+
+def test_mcnemar_same_predictions_and_a_clear_drop():
+    labels = np.arange(40) % 4
+    logits = np.eye(4)[labels]
+    same = paired_drop(logits, logits, labels, list("abcd"))
+    assert same.p_value == 1.0 and not same.significant and same.only_reference_right == 0
+    worse = np.eye(4)[(labels + 1) % 4]  # wrong everywhere: 40 discordant images, all one way
+    clear = paired_drop(logits, worse, labels, list("abcd"))
+    assert clear.p_value == pytest.approx(2 * 0.5 ** 40) and clear.significant

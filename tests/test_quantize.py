@@ -108,6 +108,10 @@ def test_int8_tensorrt_form_structure_and_accuracy(quantized):
     assert abs(e.drop) <= MAX_DROP_PT and e.top1_agreement >= MIN_AGREEMENT
     assert e.drop == pytest.approx((e.fp32_top1 - e.top1) * 100)
     assert e.calib_size == 64 and len(e.calib_hash) == 64 and e.excluded == [] and e.seconds > 0
+    # image by image: the drop is what the discordant images make it, per class counts add up to the images
+    d = e.paired
+    assert d.n == e.eval_n and d.only_reference_right - d.only_model_right == round(e.drop * e.eval_n / 100)
+    assert sum(c.n for c in d.per_class.values()) == e.eval_n and 0 < d.p_value <= 1
     # scored as TensorRT computes it: the Q/DQ arithmetic, not this CPU's fused int8 kernels (issue 25);
     # recomputed here with ONNX Runtime's optimizations off, on the same val images
     assert e.scoring == "exact" and e.other_scoring.scoring == "fused" and e.cpu_isa == cpu_int8_isa()["isa"]
@@ -393,6 +397,7 @@ def test_missed_budget_exits_3_keeps_the_file_and_marks_it(exported, tmp_path):
     assert e.over_budget is True and e.within_max_drop is False and e.drop > 1.0
     assert (run / "model.int8.onnx").exists() and e.model_sha256
     assert "model.int8.onnx" in done.stdout and "above max_drop 1.0" in done.stdout  # the table, then exit 3
+    assert e.paired.significant and e.paired.p_value < 0.01 and "(a real drop)" in done.stdout
     candidates = {s.node for s in e.sensitivity}
     model = onnx.load(str(run / "model.onnx"))
     ops = {n.name: n.op_type for n in model.graph.node}

@@ -49,4 +49,23 @@ def quant_notes(entries: dict[str, dict]) -> list[str]:
             notes.append(f"{name}: drop {drop:.2f} pt is above max_drop {e['max_drop']}")
         for x in e.get("excluded") or []:
             notes.append(f"{name}: kept {x['node']} in float (+{x['gain']:.2f} pt)")
+        notes.extend(f"{name}: {line}" for line in paired_notes(e.get("paired"), drop))
     return notes
+
+
+CLASS_LOSS_PT = 10.0  # a class that lost this many points is named, however the overall drop reads
+
+
+def paired_notes(paired: dict | None, drop: float | None) -> list[str]:
+    """Whether the drop is distinguishable from 0 on these images (McNemar), and the classes that lost most."""
+    if not paired or drop is None:
+        return []
+    b, c = paired["only_reference_right"], paired["only_model_right"]
+    verdict = "a real drop" if paired["significant"] and drop > 0 else (
+        "a real gain" if paired["significant"] else "not distinguishable from 0")
+    lines = [f"drop {drop:+.2f} pt on {paired['n']} images: {b} right only in fp32, {c} only here, McNemar "
+             f"p={paired['p_value']:.2g} ({verdict})"]
+    losses = sorted(((k, (v["reference"] - v["model"]) * 100, v["n"]) for k, v in paired["per_class"].items()),
+                    key=lambda t: -t[1])
+    lines += [f"class {k} lost {pt:.1f} pt ({n} images)" for k, pt, n in losses if pt >= CLASS_LOSS_PT]
+    return lines

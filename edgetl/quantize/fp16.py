@@ -69,6 +69,7 @@ def quantize_fp16(run: RunDir, card: ModelCard, source: FloatModel, scorer: Scor
                      parity=Parity(max_abs_logit_delta=delta, tolerance=tol, top1_agreement=agreement,
                                    min_agreement=FP16_MIN_AGREEMENT),
                      parity_ok=delta <= tol and agreement >= FP16_MIN_AGREEMENT, cpu_runnable=True,
+                     paired=scorer.paired(logits),
                      seconds=time.perf_counter() - start)
 
 

@@ -92,7 +92,7 @@ def quantize_int8(run: RunDir, card: ModelCard, source: FloatModel, scorer: Scor
         target=target, model_file=out.name, model_sha256=sha256_file(out), source_model_sha256=source.sha256,
         fp32_top1=scorer.fp32_top1, top1=chosen.top1, drop=drop, within_max_drop=drop <= cfg.max_drop,
         over_budget=drop > cfg.max_drop, max_drop=cfg.max_drop, placement=placement_summary(base, target),
-        top1_agreement=scorer.agreement(chosen.logits), scoring=scoring,
+        top1_agreement=scorer.agreement(chosen.logits), paired=scorer.paired(chosen.logits), scoring=scoring,
         scoring_how=SCORING_HOW[scoring].format(isa=isa), cpu_isa=isa,
         reduce_range=bool(quantizer_settings(target, weights)["reduce_range"]), weights=weights,
         other_scoring=OtherScoring(scoring=other, top1=other_top1, top1_agreement=scorer.agreement(other_logits)),

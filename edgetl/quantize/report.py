@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from edgetl.choices import Int8FormName
 from edgetl.errors import QuantizeError, first_line
+from edgetl.metrics import PairedDrop
 from edgetl.portable.forms import form_for
 from edgetl.rundir import RunDir
 from edgetl.stage import Result
@@ -89,6 +90,7 @@ class _Entry(Result):
     calib_size: Optional[int] = None
     calib_hash: Optional[str] = None
     excluded: List[Excluded] = []
+    paired: Optional[PairedDrop] = None  # the drop image by image: McNemar's p-value, per-class top-1
     eval_n: int
     eval_data: str
     seconds: float

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgetl.card import ModelCard
 from edgetl.errors import ModelError, QuantizeError
-from edgetl.metrics import top1 as top1_of
+from edgetl.metrics import PairedDrop, paired_drop, top1 as top1_of
 from edgetl.quantize.graph import FloatModel
 from edgetl.rundir import RunDir
 from edgetl.stage import Events
@@ -81,6 +81,10 @@ class Scorer:
     def agreement(self, logits: np.ndarray) -> float:
         """Share of images whose top-1 class is the fp32 model's."""
         return float((logits.argmax(1) == self.fp32_logits.argmax(1)).mean())
+
+    def paired(self, logits: np.ndarray) -> PairedDrop:
+        """The drop from fp32 image by image: its significance (McNemar) and per class."""
+        return paired_drop(self.fp32_logits, logits, self.y, list(self.card.class_names))
 
     def subset(self, n: int, seed: int = 0) -> "Scorer":
         """The same scorer on a fixed, seeded choice of at most `n` of its images (the sensitivity search
