@@ -211,3 +211,12 @@ def test_bench_refuses_a_graph_of_another_precision(tmp_path):
     assert [(r.precision, r.model_file.name) for r in todo] == [("fp32", "model.onnx")]
     with pytest.raises(FormMismatch, match="model.int8.onnx: the graph is fp32, not int8"):
         plan_rows(RunDir(root), ["onnxruntime"], ["int8"], "cpu")
+
+
+def test_int8_form_takes_the_form_its_name_or_quantizes_target_word():
+    from edgetl.portable.forms import S8S8, U8S8, int8_form
+
+    assert int8_form("tensorrt") is S8S8 and int8_form("qdq-s8s8") is S8S8 and int8_form(S8S8) is S8S8
+    assert int8_form("cpu") is U8S8 and int8_form("int8/cpu") is U8S8
+    with pytest.raises(ValueError, match="not an int8 form"):
+        int8_form("fp16")

@@ -70,6 +70,7 @@ FORMS = (FP32_FORM, FP16_FORM, S8S8, U8S8)
 
 # the words the CLI, quant_report.json and the manifest have used for the int8 forms
 _ALIASES = {"int8/tensorrt": S8S8, "int8/cpu": U8S8, "int8_cpu": U8S8}
+_TARGET_WORDS = {form.target: form for form in FORMS if form.target}  # quantize's --target words
 
 
 def is_precision(word: object) -> bool:
@@ -97,6 +98,15 @@ def form_named(name: str) -> Form | None:
         if name in (form.name, form.report_key, form.manifest_key):
             return form
     return _ALIASES.get(name)
+
+
+def int8_form(target: "Form | str") -> Form:
+    """An int8 form from itself, its name, or quantize's target word ("tensorrt" -> S8S8, "cpu" -> U8S8): the
+    quantizer's internals branch on the form, whichever word the user gave."""
+    form = target if isinstance(target, Form) else form_named(target) or _TARGET_WORDS.get(target)
+    if form is None or form.precision != INT8:
+        raise ValueError(f"not an int8 form: {target!r} (use {', '.join(INT8_TARGETS)}, {S8S8.name} or {U8S8.name})")
+    return form
 
 
 def form_of_file(file_name: str) -> Form | None:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgetl.errors import QuantizeError
+from edgetl.portable.forms import S8S8, U8S8, int8_form
 from edgetl.quantize.placement import POOLS, placement_problems
 from edgetl.quantize.graph import QDQ_OPS, WEIGHTED_OP_TYPES, output_channel_axis
 from edgetl.quantize.report import GraphSummary
@@ -99,13 +100,13 @@ def zero_points_of_the_form(g: QdqGraph, target: str) -> list[str]:
         if zp.dtype == np.int8:
             if np.any(zp != 0):
                 problems.append(f"{node.name}: int8 zero point is not 0 (TensorRT needs symmetric)")
-        elif zp.dtype == np.uint8 and target == "cpu":
+        elif zp.dtype == np.uint8 and int8_form(target) is U8S8:
             pass  # asymmetric uint8 activations, and weights in the U8U8 variant (x86 without VNNI)
-        elif zp.dtype == np.int32 and target == "cpu" and node.op_type == "DequantizeLinear" and np.all(zp == 0):
+        elif zp.dtype == np.int32 and int8_form(target) is U8S8 and node.op_type == "DequantizeLinear" and np.all(zp == 0):
             pass  # int32 bias (scale = input scale x weight scale): the cpu form quantizes biases
         else:
             problems.append(f"{node.name}: zero point of type {zp.dtype}, "
-                            + ("int8 needed" if target == "tensorrt" or is_weight else "int8 or uint8 needed"))
+                            + ("int8 needed" if int8_form(target) is S8S8 or is_weight else "int8 or uint8 needed"))
     return problems
 
 
@@ -148,7 +149,7 @@ def per_channel_weights(g: QdqGraph, target: str) -> list[str]:
 
 def tensorrt_placement_kept(g: QdqGraph, target: str) -> list[str]:
     """Q/DQ only where TensorRT fuses them (edgetl.quantize.placement)."""
-    return placement_problems(g.model) if target == "tensorrt" else []
+    return placement_problems(g.model) if int8_form(target) is S8S8 else []
 
 
 CHECKS = (scales_positive, zero_points_of_the_form, quantize_feeds_only_dequantize, no_float_path,

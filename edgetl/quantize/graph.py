@@ -12,6 +12,7 @@ from typing import Any
 
 from edgetl.calibration._ort import ort_names
 from edgetl.errors import QuantizeError, first_line
+from edgetl.portable.forms import S8S8, U8S8, int8_form
 from edgetl.quantize.placement import tensorrt_placement
 
 # TensorRT form: the op types that may get Q/DQ on their inputs (which nodes do: edgetl.quantize.placement).
@@ -116,7 +117,7 @@ def quantizer_settings(target: str, weights: str | None = None) -> dict[str, Any
     """The QDQ quantizer's arguments for a target (documented in docs/quantize.md); `weights` (cpu form, one
     of CPU_WEIGHTS) defaults to default_cpu_weights()."""
     QuantType = ort_names("onnxruntime.quantization", "QuantType")
-    if target == "tensorrt":
+    if int8_form(target) is S8S8:
         return dict(per_channel=True, reduce_range=False, weight_type=QuantType.QInt8,
                     activation_type=QuantType.QInt8, op_types=list(TRT_OP_TYPES),
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
@@ -126,7 +127,7 @@ def quantizer_settings(target: str, weights: str | None = None) -> dict[str, Any
                                    # MaxPool's input is quantized even where its producer's output is not
                                    "ForceQuantizeNoInputCheck": True,
                                    "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}})
-    if target == "cpu":
+    if int8_form(target) is U8S8:
         weights = weights or default_cpu_weights()
         if weights not in CPU_WEIGHTS:
             raise QuantizeError(f"cpu weights '{weights}': not one of {', '.join(CPU_WEIGHTS)}")
@@ -159,7 +160,7 @@ def qdq(base, calib, target: str, exclude: list[str], weights: str | None = None
     float_inputs: dict[str, int | None] = {name: None for name in exclude}
     nodes_to_quantize: list[str] = []
     op_types = s["op_types"]
-    if target == "tensorrt":
+    if int8_form(target) is S8S8:
         plan = tensorrt_placement(base)
         nodes_to_quantize = [n for n in plan.quantize if n not in float_inputs]
         kinds = {n.name: n.op_type for n in base.graph.node}
@@ -178,7 +179,7 @@ def qdq(base, calib, target: str, exclude: list[str], weights: str | None = None
     except Exception as e:
         raise QuantizeError(f"onnxruntime's quantizer failed on this graph ({first_line(e)})") from None
     proto = quantizer.model.model
-    if target == "tensorrt":
+    if int8_form(target) is S8S8:
         # Shared Q/DQ pairs: the quantizer routes every reader of a quantized tensor through its DQ, also
         # nodes the placement leaves float (a LayerNorm beside a ViT residual Add): they read the float tensor.
         chosen = set(nodes_to_quantize)
@@ -286,7 +287,7 @@ def quantized_nodes(proto) -> set[str]:
 
 def placement_summary(base, target: str) -> dict[str, Any]:
     """Which rule placed or withheld Q/DQ, counted (tensorrt form), for the report."""
-    if target != "tensorrt":
+    if int8_form(target) is not S8S8:
         return {"rule": "onnxruntime QDQ, every op it supports, outputs quantized (U8S8)"}
     plan = tensorrt_placement(base)
     count: dict[str, int] = {}

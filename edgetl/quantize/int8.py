@@ -13,7 +13,7 @@ from edgetl.card import ModelCard
 from edgetl.data import ImageList
 from edgetl.errors import QuantizeError
 from edgetl.export.write import save_checked, sort_nodes
-from edgetl.portable.forms import INT8, form_for
+from edgetl.portable.forms import INT8, U8S8, form_for, int8_form
 from edgetl.portable.isa import cpu_int8_isa
 from edgetl.quantize.check import check_graph
 from edgetl.quantize.graph import (FloatModel, default_cpu_weights, placement_summary, qdq, quantizer_settings,
@@ -65,7 +65,7 @@ def quantize_int8(run: RunDir, card: ModelCard, source: FloatModel, scorer: Scor
     from edgetl.io import sha256_file
 
     start = time.perf_counter()
-    scoring = SCORING_OF_FORM[target]  # the TensorRT form exactly, the cpu form through this CPU's kernels
+    scoring = SCORING_OF_FORM[int8_form(target).name]  # the TensorRT form exactly, the cpu form through this CPU's kernels
     isa = cpu_int8_isa()["isa"]
     with tempfile.TemporaryDirectory(prefix="edgetl-quantize-") as scratch:
         # ONNX Runtime writes `<model>-inferred.onnx` beside the model it is given: a private copy keeps
@@ -74,7 +74,7 @@ def quantize_int8(run: RunDir, card: ModelCard, source: FloatModel, scorer: Scor
     calib, chosen, tried = _best_calibration(run, card, source, base, scorer, target, calib_items, calib_hash,
                                              cfg, events)
     drop = scorer.drop(chosen.top1)
-    weights = default_cpu_weights() if target == "cpu" else "int8"
+    weights = default_cpu_weights() if int8_form(target) is U8S8 else "int8"
     if drop > cfg.max_drop and weights == "int8 7-bit":
         weights, chosen, drop = _try_uint8_weights(base, calib, target, chosen, scorer, drop, events)
     if drop > cfg.max_drop:
@@ -116,7 +116,7 @@ def _best_calibration(run: RunDir, card: ModelCard, source: FloatModel, base, sc
 
     methods = AUTO_METHODS if cfg.method == "auto" else (cfg.method,)
     batch = source.static_batch or cfg.batch_size
-    scoring = SCORING_OF_FORM[target]
+    scoring = SCORING_OF_FORM[int8_form(target).name]
     tried: dict[str, MethodTried] = {}
     seen: dict[str, dict] = {}  # method -> its ranges, to name methods that gave identical ones
     best = None
@@ -148,7 +148,7 @@ def _try_uint8_weights(base, calib: CalibrationResult, target: str, chosen: Quan
     """ONNX Runtime's other remedy for a saturating U8S8 CPU: uint8 weights (U8U8) keep 8 bits and never
     saturate, at about 3/4 of the speed; asked for only when the fast 7-bit model misses the budget, and kept
     only when it scores higher. Returns (weights, graph, drop)."""
-    scoring = SCORING_OF_FORM[target]
+    scoring = SCORING_OF_FORM[int8_form(target).name]
     proto = qdq(base, calib, target, exclude=[], weights="uint8")
     top1, logits = scorer.score(proto, scoring)
     events.message(f"int8 {target} with uint8 weights (U8U8): top-1 {top1 * 100:.2f}% ({scoring}), 7-bit "
@@ -163,7 +163,7 @@ def _score_the_other_way(chosen: Quantized, scorer: Scorer, target: str, isa: st
                          events: Events) -> tuple[str, float, np.ndarray]:
     """The chosen graph scored the other way (exact or fused), for comparison only: every decision used the
     form's own scoring. Warns when the two are over SCORING_GAP_PT apart."""
-    scoring = SCORING_OF_FORM[target]
+    scoring = SCORING_OF_FORM[int8_form(target).name]
     other = "fused" if scoring == "exact" else "exact"
     other_top1, other_logits = scorer.score(chosen.proto, other)
     gap = (chosen.top1 - other_top1) * 100

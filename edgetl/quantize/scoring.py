@@ -20,12 +20,13 @@ import numpy as np
 from edgetl.card import ModelCard
 from edgetl.errors import ModelError, QuantizeError
 from edgetl.metrics import PairedDrop, paired_drop, top1 as top1_of
+from edgetl.portable.forms import S8S8, U8S8
 from edgetl.quantize.graph import FloatModel
 from edgetl.rundir import RunDir
 from edgetl.stage import Events
 
 DYNAMIC_BATCH = 64  # scoring batch of a graph with a dynamic batch (a fixed-batch graph uses its own)
-SCORING_OF_FORM = {"tensorrt": "exact", "cpu": "fused"}  # how each int8 form's own target computes it
+SCORING_OF_FORM = {S8S8.name: "exact", U8S8.name: "fused"}  # how each int8 form's own target computes it
 SCORING_HOW = {"exact": "exact Q/DQ arithmetic (onnxruntime, graph optimizations off)",
                "fused": "onnxruntime's fused int8 CPU kernels on {isa}"}
 
