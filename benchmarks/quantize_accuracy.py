@@ -276,7 +276,8 @@ def main() -> None:
         run = root / "lite0-digits"
         if not (run / "model.safetensors").is_file():
             run = digits_run(root, weights, args.digits_size, args.digits_epochs)
-        from edgetl.export.run import ExportSettings, export
+        from edgetl.export.run import export
+        from edgetl.export.settings import ExportSettings
         if not (run / "model.onnx").is_file():
             # the fine-tuned Lite0's ONNX logits differ from PyTorch's by 3.3e-4 of their scale (export's default
             # tolerance is 1e-4) with 100% top-1 agreement: a float-rounding gap, not a wrong graph

@@ -144,7 +144,8 @@ def _flip_in_safetensors(path: Path) -> None:
 def test_changed_onnx_is_refused_by_every_stage_that_loads_it(exported_copy):
     from edgetl.ship.bundle import make_bundle
     from edgetl.errors import ModelError
-    from edgetl.evaluate.run import EvalSettings, eval_run
+    from edgetl.evaluate.run import eval_run
+    from edgetl.evaluate.settings import EvalSettings
     from edgetl.quantize import QuantizeSettings, quantize
 
     run = exported_copy("tampered")
@@ -167,7 +168,8 @@ def test_changed_onnx_is_refused_by_every_stage_that_loads_it(exported_copy):
 
 def test_changed_quantized_graph_is_refused(exported_copy):
     from edgetl.errors import ModelError
-    from edgetl.evaluate.run import EvalSettings, eval_run
+    from edgetl.evaluate.run import eval_run
+    from edgetl.evaluate.settings import EvalSettings
     from edgetl.quantize import QuantizeSettings, quantize
 
     run = exported_copy("tampered-fp16")

@@ -78,7 +78,8 @@ def test_latency_numbers_are_consistent(result):
 
 
 def test_top1_is_the_same_through_every_backend(result, bench_dir):
-    from edgetl.evaluate.run import EvalSettings, eval_run
+    from edgetl.evaluate.run import eval_run
+    from edgetl.evaluate.settings import EvalSettings
 
     torch_top1 = eval_run(bench_dir, EvalSettings(backend="torch")).top1
     # the bench scores the run's own validation split: the same number finetune recorded
@@ -295,7 +296,8 @@ def test_cli_config_is_used_the_command_line_wins_and_settings_are_recorded(benc
 
 
 def test_a_fixed_batch_model_times_only_its_batch(bench_dir, tmp_path):
-    from edgetl.export.run import ExportSettings, export
+    from edgetl.export.run import export
+    from edgetl.export.settings import ExportSettings
 
     run = Path(shutil.copytree(bench_dir, tmp_path / "run"))
     export(run, ExportSettings(static_batch=2, parity_images=4, simplify=False))

@@ -26,7 +26,7 @@ from edgetl.evaluate.run import eval_run
 from edgetl.finetune import FinetuneSettings, finetune
 from edgetl.finetune.distributed import World
 from edgetl.finetune.loop import train_one_epoch
-from edgetl.finetune.stage import check_devices
+from edgetl.finetune.run import check_devices
 from edgetl.stage import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent

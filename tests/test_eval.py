@@ -9,7 +9,8 @@ import yaml
 from typer.testing import CliRunner
 
 from edgetl.cli import app
-from edgetl.evaluate.run import EvalResult, EvalSettings, eval_run
+from edgetl.evaluate.run import EvalResult, eval_run
+from edgetl.evaluate.settings import EvalSettings
 from edgetl.rundir import RunDir
 
 

@@ -18,8 +18,10 @@ import torch
 from edgetl.card import ModelCard
 from edgetl.data import load_arrays, read_splits
 from edgetl.errors import ExportError, ModelError, RunDirError
-from edgetl.evaluate.run import EvalSettings, eval_run
-from edgetl.export.run import ExportSettings, export
+from edgetl.evaluate.run import eval_run
+from edgetl.evaluate.settings import EvalSettings
+from edgetl.export.run import export
+from edgetl.export.settings import ExportSettings
 from edgetl.io import read_json, sha256_file
 from edgetl.models import load_trained
 from edgetl.rundir import RunDir

@@ -98,7 +98,8 @@ def test_torch_cuda_fp16_close_to_fp32(exported, images):
 @pytest.fixture(scope="module")
 def static4(exported_copy) -> Path:
     """A real export with its batch dimension fixed at 4."""
-    from edgetl.export.run import ExportSettings, export
+    from edgetl.export.run import export
+    from edgetl.export.settings import ExportSettings
 
     run = exported_copy("static4")
     export(run, ExportSettings(static_batch=4, parity_images=4))

@@ -151,7 +151,8 @@ def test_demo_rejects_bad_options_before_writing(tmp_path):
 
 
 def test_demo_option_checks(tmp_path):
-    from edgetl.demo.run import DemoSettings, check_demo_out
+    from edgetl.demo.run import check_demo_out
+    from edgetl.demo.settings import DemoSettings
     from edgetl.stage import load_settings
 
     assert load_settings(DemoSettings, None, {}) == DemoSettings(shots=10, seeds=3, img_size=32, strategy="full",

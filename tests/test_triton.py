@@ -87,7 +87,8 @@ def test_repository_matches_onnx_graph(exported_run, tmp_path):
 
 
 def test_static_batch_graph_has_no_dynamic_batching(exported_run, tmp_path):
-    from edgetl.export.run import ExportSettings, export
+    from edgetl.export.run import export
+    from edgetl.export.settings import ExportSettings
 
     run = tmp_path / "static"
     shutil.copytree(exported_run, run)

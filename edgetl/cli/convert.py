@@ -15,7 +15,7 @@ from edgetl.rundir import lock_run  # light: names and the run lock only
 
 
 def _export_settings():
-    from edgetl.export.run import ExportSettings
+    from edgetl.export.settings import ExportSettings
 
     return ExportSettings
 

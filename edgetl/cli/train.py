@@ -100,7 +100,7 @@ def _finetune_other_rank(load: Callable, out: Path, resume: bool, overwrite: boo
 
 
 def _eval_settings():
-    from edgetl.evaluate.run import EvalSettings
+    from edgetl.evaluate.settings import EvalSettings
 
     return EvalSettings
 
@@ -129,7 +129,7 @@ def eval_cmd(
 
 
 def _demo_settings():
-    from edgetl.demo.run import DemoSettings
+    from edgetl.demo.settings import DemoSettings
 
     return DemoSettings
 

