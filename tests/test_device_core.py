@@ -161,3 +161,47 @@ def test_top1_pads_for_a_fixed_batch_and_time_calls_counts(monkeypatch):
     calls = []
     secs = measure.time_calls(lambda: calls.append(1), warmup=3, iterations=4)
     assert len(calls) == 7 and secs.tolist() == [1.0] * 4
+
+
+def _graph_with(path: Path, props: dict, initializer_floats: int = 0) -> Path:
+    """A one-node ONNX graph with these metadata_props (and an initializer of that many floats: a large field
+    the reader must skip over)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.zeros(initializer_floats, np.float32), "w")] if initializer_floats else []
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], initializer=inits)
+    model = helper.make_model(graph)
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_metadata_is_read_without_onnx_as_onnx_reads_it(tmp_path):
+    import onnx
+
+    from edgetl.portable.onnxmeta import NotOnnx, metadata_props
+
+    props = {"edgetl.precision": "int8", "edgetl.form": "qdq-u8s8", "note": "ünïcode [x]"}
+    path = _graph_with(tmp_path / "m.onnx", props, initializer_floats=300_000)
+    assert metadata_props(path) == props == {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert metadata_props(_graph_with(tmp_path / "bare.onnx", {})) == {}
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(path.read_bytes()[:1000])  # ends inside the initializer
+    with pytest.raises(NotOnnx):
+        metadata_props(cut)
+
+
+def test_the_device_refuses_a_graph_whose_metadata_says_another_form(device, tmp_path):
+    """An fp32 graph under the int8 name (a hand-edited bundle): the device refuses it in one line before a
+    build or a session; the right graph, and a graph with no form recorded, pass."""
+    fp32_as_int8 = _graph_with(tmp_path / "model.int8.onnx", {"edgetl.precision": "fp32", "edgetl.form": "fp32"})
+    with pytest.raises(device.DeviceError, match=r"model.int8.onnx: the graph is fp32, not int8 .*edgetl bundle"):
+        device.check_form(fp32_as_int8, "int8", "tensorrt")
+    cpu_form = _graph_with(tmp_path / "model.int8.cpu.onnx", {"edgetl.precision": "int8", "edgetl.form": "qdq-u8s8"})
+    with pytest.raises(device.DeviceError, match=r"it is the ONNX Runtime \(CPU\) form"):
+        device.check_form(cpu_form, "int8", "tensorrt")  # TensorRT builds the S8S8 form only
+    device.check_form(cpu_form, "int8")  # onnxruntime runs either int8 form
+    device.check_form(_graph_with(tmp_path / "old.onnx", {}), "fp32", "tensorrt")

@@ -3,10 +3,9 @@
 
 It needs the Python standard library and numpy, plus TensorRT's Python API (JetPack) or onnxruntime for the
 backend it runs; no edgetl install. Everything that produces a number or a file both sides read (the
-manifest check, engine names and the sidecar, the runners, the timing and top-1 loops, the trtexec line,
-the bench row, the requests and replies) is edgetl's own `portable/` package, shipped next to this file;
-this file only orchestrates. The bundle carries its images already preprocessed (data/inputs.npy), so
-nothing is decoded here.
+manifest check, graph forms, engine names and the sidecar, the runners, the timing and top-1 loops, the
+trtexec line, the bench row, the requests and replies) is edgetl's own `portable/` package, shipped next to
+this file, which only orchestrates. Its images come preprocessed (data/inputs.npy): nothing is decoded here.
 
     python3 edgetl_device.py verify   [--dir BUNDLE]                check every file against manifest.json
     python3 edgetl_device.py facts    [--space PATH]                device model, L4T, TensorRT, numpy, power mode, clocks
@@ -34,7 +33,7 @@ from pathlib import Path
 sys.dont_write_bytecode = True  # never write __pycache__ into a verified bundle
 
 try:  # next to this file in a bundle (or provided by the program `edgetl deploy` sends on stdin)
-    from portable import builders, cuda, jetson, manifest as bundle_manifest
+    from portable import builders, cuda, forms, jetson, manifest as bundle_manifest
     from portable.facts import facts, find_trtexec, ort_providers, run_quiet, tensorrt_version
     from portable.hashing import inventory, sha256_file
     from portable.protocol import Bench, Build, BuildReply, Facts, Inventory, RequestError, Verify, VerifyReply, parse
@@ -72,6 +71,13 @@ def _call(fn, *args):
         return fn(*args)
     except (bundle_manifest.ManifestError, builders.BuildError) as e:
         raise DeviceError(str(e)) from None
+
+
+def check_form(path: Path, precision: str, target=None) -> None:
+    """Refuse a graph whose own metadata says it is not what it is about to be built or run as."""
+    reason = forms.graph_mismatch(path, precision, target)
+    if reason:
+        raise DeviceError(f"{path.name}: {reason}; re-bundle the run (edgetl bundle)")
 
 
 def load_manifest(bundle: Path) -> dict:
@@ -140,6 +146,7 @@ def build(request: Build) -> dict:
     manifest = verify_and_load(bundle)
     precision = request.precision or manifest["precision"]
     rel = model_file(manifest, precision)
+    check_form(bundle / rel, precision, "tensorrt")
     machine = engine_facts()
     profile = profile_for(manifest["io"], request.max_batch)
     plan, sidecar = engine_paths(bundle, machine, precision)
@@ -194,6 +201,7 @@ def open_runner(bundle: Path, request: Bench, manifest: dict, precision: str):
         rel, where, timed = Path(engine["engine"]).relative_to(bundle).as_posix(), "cuda", TRT_TIMED
     else:
         rel, where = plan_ort(manifest, precision, request.device, ort_providers())
+        check_form(bundle / rel, precision)
         timed = ort_timed(where == "cpu")
     try:
         if engine is not None:

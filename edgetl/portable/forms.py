@@ -13,6 +13,7 @@ runtimes). The CLI's words ("tensorrt", "cpu", "int8/cpu", "int8_cpu") stay as a
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
@@ -146,6 +147,18 @@ def mismatch(form: Form | None, precision: str, target: str | None = None) -> st
     if target is not None and precision == INT8 and form is not form_for(INT8, target):
         return f"it is the {form.title}"
     return None
+
+
+def graph_mismatch(path: str | os.PathLike, precision: str, target: str | None = None) -> str | None:
+    """`mismatch` for a graph file, read with the standard library (the device may have no onnx); None where
+    the file cannot be walked: whatever loads it next says what is wrong with it."""
+    from .onnxmeta import NotOnnx, metadata_props
+
+    try:
+        props = metadata_props(path)
+    except (NotOnnx, OSError):
+        return None
+    return mismatch(form_of_graph(props, os.path.basename(path)), precision, target)
 
 
 def serving_form(precision: str, device: str, has: Mapping[str, bool] | None = None) -> Form:
