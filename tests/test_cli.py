@@ -79,11 +79,30 @@ def _wait_for(condition, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.05)
 
 
+# The export of the tests' tiny model takes a second or so: a poll that saw its work folder late once sent the
+# signal after it had finished (exit 0). This holds the export after its first graph is written, half-way
+# through its work, until the signal comes: the test then interrupts the same point on every machine.
+_HOLD_EXPORT = """import sys, time
+import edgetl.export.run as export_run
+_write = export_run._write_candidate
+def _held(*args, **kwargs):
+    out = _write(*args, **kwargs)
+    time.sleep(600)
+    return out
+export_run._write_candidate = _held
+from edgetl.cli import main
+main()
+"""
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_during_export_exits_128_plus_n_and_leaves_the_run_as_it_was(run_copy, sig, code):
     before = tree_digest(run_copy)
-    proc = _start("export", run_copy)
-    _wait_for(lambda: any(p.name.startswith(".export.edgetl-") for p in run_copy.iterdir()), proc)  # export's work folder
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200")
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_EXPORT, "export", str(run_copy)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    work = lambda: [p for p in run_copy.iterdir() if p.name.startswith(".export.edgetl-")]  # noqa: E731
+    _wait_for(lambda: any(f.suffix == ".onnx" for w in work() for f in w.rglob("*")), proc)  # a graph half-way
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == code, err
