@@ -79,28 +79,35 @@ def _wait_for(condition, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.05)
 
 
-# The export of the tests' tiny model takes a second or so: a poll that saw its work folder late once sent the
-# signal after it had finished (exit 0). This holds the export after its first graph is written, half-way
-# through its work, until the signal comes: the test then interrupts the same point on every machine.
-_HOLD_EXPORT = """import sys, time
-import edgetl.export.run as export_run
-_write = export_run._write_candidate
-def _held(*args, **kwargs):
-    out = _write(*args, **kwargs)
+# Signals are sent while the command is held right after a step it has finished (one function of its own,
+# wrapped: the step runs, then the process sleeps): the same point on every machine. Sent at a random moment,
+# a signal once came after a one-second export had finished (exit 0), and once landed where it was lost:
+# py-spy showed the fine-tune training 20 epochs on after it (see the closing note of issue 22).
+_HOLD = """import importlib, sys, time
+module = importlib.import_module(sys.argv.pop(1))
+name = sys.argv.pop(1)
+step = getattr(module, name)
+def held(*args, **kwargs):
+    out = step(*args, **kwargs)
     time.sleep(600)
     return out
-export_run._write_candidate = _held
+setattr(module, name, held)
 from edgetl.cli import main
 main()
 """
 
 
+def _held(module: str, function: str, *args) -> subprocess.Popen:
+    """`edgetl ARGS` that sleeps after the first call of `module.function` returns."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200")
+    return subprocess.Popen([sys.executable, "-c", _HOLD, module, function, *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_during_export_exits_128_plus_n_and_leaves_the_run_as_it_was(run_copy, sig, code):
     before = tree_digest(run_copy)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200")
-    proc = subprocess.Popen([sys.executable, "-c", _HOLD_EXPORT, "export", str(run_copy)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = _held("edgetl.export.run", "_write_candidate", "export", run_copy)
     work = lambda: [p for p in run_copy.iterdir() if p.name.startswith(".export.edgetl-")]  # noqa: E731
     _wait_for(lambda: any(f.suffix == ".onnx" for w in work() for f in w.rglob("*")), proc)  # a graph half-way
     proc.send_signal(sig)
@@ -119,10 +126,9 @@ def test_ctrl_c_during_finetune_overwrite_keeps_the_old_run(trained_run, digits,
     shutil.copytree(trained_run, out)
     before = tree_digest(out)
     pending = pending_dir(out)
-    proc = _start("finetune", digits["source"], "--out", out, "--overwrite", "--model", "resnet18", "--no-pretrained",
-                  "--img-size", "32", "--epochs", "40", "--batch-size", "64", "--workers", "0", "--augment", "crop")
-    # 40 epochs of well under a second each: under load this poll once saw the first checkpoint only as a
-    # 5-epoch run was finishing, and the signal came after it had exited 0. The signal stops it at epoch 1-2.
+    proc = _held("edgetl.finetune.loop", "save_checkpoint", "finetune", digits["source"], "--out", out, "--overwrite",
+                 "--model", "resnet18", "--no-pretrained", "--img-size", "32", "--epochs", "5", "--batch-size", "64",
+                 "--workers", "0", "--augment", "crop")
     _wait_for(lambda: (pending / "last_checkpoint.pt").exists(), proc)  # the new run finished an epoch
     proc.send_signal(signal.SIGINT)
     out_text, err = proc.communicate(timeout=300)
