@@ -230,3 +230,31 @@ def test_the_cli_code_restates_no_default_and_keeps_functions_short():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 lines = node.end_lineno - node.lineno + 1
                 assert lines <= 60, f"{path.name}: {node.name} is {lines} lines"
+
+
+_FINALIZER_SIGNAL = """import os, signal, sys, threading, time
+from edgetl.cli import run
+class Slow:
+    def __del__(self):
+        time.sleep(0.5)  # the signal arrives in here: Python raises it inside the finalizer and drops it
+if sys.argv[1] == "kept":
+    run._keep_interrupts({})
+threading.Timer(0.1, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+try:
+    x = Slow()
+    del x
+    time.sleep(2)
+    print("lost")
+except KeyboardInterrupt:
+    print("kept")
+"""
+
+
+@pytest.mark.parametrize("mode", ["kept", "lost"])
+def test_ctrl_c_during_a_finalizer_is_not_lost(mode):
+    """Python drops a KeyboardInterrupt raised in a __del__ ("Exception ignored"): a fine-tune once trained on
+    after its Ctrl-C and exited 0. The command line raises it again; without that hook it is lost."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", _FINALIZER_SIGNAL, mode], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.stdout.strip() == mode, done.stderr

@@ -26,6 +26,7 @@ def _run(args: List[str]) -> int:
     command = typer.main.get_command(app)
     received: dict = {}
     restore = _unwind_on_sigterm(received)
+    forget = _keep_interrupts(received)
     try:
         # make_context + invoke rather than app(): Typer's own main turns Ctrl-C into a bare exit code,
         # which would lose what the stage kept, and its error types differ between Typer versions.
@@ -68,6 +69,7 @@ def _run(args: List[str]) -> int:
         return 1
     finally:
         restore()
+        forget()
 
 
 def _print_error(message: str, hint: Optional[str], label: str = "error: ") -> None:
@@ -106,6 +108,28 @@ def _print_usage_error(e: Exception, args: List[str]) -> int:
 
 def _command_name(args: List[str]) -> str:
     return next((a for a in args if not a.startswith("-")), "")
+
+
+def _keep_interrupts(received: dict):
+    """A KeyboardInterrupt that Python raises while the main thread runs a finalizer (a __del__, a weakref
+    callback: torch and tempfile run many) is printed as "Exception ignored" and dropped, and the command ran
+    on to exit 0 (seen with py-spy: a fine-tune trained 20 epochs past its Ctrl-C). Raise it again in the main
+    thread, outside the finalizer. Returns a function that restores the previous hook."""
+    import _thread
+    import threading
+
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            # From another thread, a moment later: raised here, it would be dropped again (a hook is a finalizer
+            # too). Landing in another finalizer brings it back here, so it is never lost.
+            threading.Timer(0.05, _thread.interrupt_main, (received.get("signum", signal.SIGINT),)).start()
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+    return lambda: setattr(sys, "unraisablehook", previous)
 
 
 def _unwind_on_sigterm(received: dict):
