@@ -119,17 +119,26 @@ def _keep_interrupts(received: dict):
     import threading
 
     previous = sys.unraisablehook
+    pending: list = []
 
     def hook(unraisable) -> None:
         if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
             # From another thread, a moment later: raised here, it would be dropped again (a hook is a finalizer
             # too). Landing in another finalizer brings it back here, so it is never lost.
-            threading.Timer(0.05, _thread.interrupt_main, (received.get("signum", signal.SIGINT),)).start()
+            timer = threading.Timer(0.05, _thread.interrupt_main, (received.get("signum", signal.SIGINT),))
+            timer.daemon = True
+            pending.append(timer)
+            timer.start()
             return
         previous(unraisable)
 
+    def forget() -> None:
+        for timer in pending:  # the command has ended: nothing may interrupt its exit
+            timer.cancel()
+        sys.unraisablehook = previous
+
     sys.unraisablehook = hook
-    return lambda: setattr(sys, "unraisablehook", previous)
+    return forget
 
 
 def _unwind_on_sigterm(received: dict):
