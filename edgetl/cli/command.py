@@ -8,6 +8,7 @@ no setting stops the command (and tests/test_cli.py finds it before anyone runs 
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 from enum import Enum
 from pathlib import Path
@@ -42,11 +43,16 @@ def overrides(settings: Any, given: Dict[str, Any], not_settings: Iterable[str] 
     return {k: plain(v) for k, v in given.items() if k not in skip and v is not None and v != [] and v != ()}
 
 
-def stage(name: str, settings: Callable[[], Any], *, not_settings: Iterable[str] = ()) -> Callable:
-    """Register `body` as the command `name`. `settings()` returns the stage's Settings class (imported on call:
-    most stage modules import torch). `body(load, **options)` gets, besides its options, `load()`, which returns
-    the settings resolved from --config and the options given; its first parameter is hidden from Typer."""
+def stage(name: str, settings_path: str, *, not_settings: Iterable[str] = ()) -> Callable:
+    """Register `body` as the command `name`, whose Settings class is `settings_path` ("module:Class", imported
+    only when needed: most stage modules import torch). `body(load, **options)` gets, besides its options,
+    `load()`, which returns the settings resolved from --config and the options given; its first parameter is
+    hidden from Typer."""
     not_settings = tuple(not_settings)
+
+    def settings() -> Any:
+        module, _, attr = settings_path.partition(":")
+        return getattr(importlib.import_module(module), attr)
 
     def register(body: Callable) -> Callable:
         signature = inspect.signature(body, eval_str=True)

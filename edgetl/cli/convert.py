@@ -14,13 +14,7 @@ from edgetl.presentation.console import console
 from edgetl.rundir import lock_run  # light: names and the run lock only
 
 
-def _export_settings():
-    from edgetl.export.settings import ExportSettings
-
-    return ExportSettings
-
-
-@stage("export", _export_settings)
+@stage("export", "edgetl.export.settings:ExportSettings")
 def export_cmd(
     load: Callable,
     run: Path = run_argument("holds model.safetensors and splits.json"),
@@ -43,13 +37,7 @@ def export_cmd(
     render_export(result)
 
 
-def _quantize_settings():
-    from edgetl.quantize import QuantizeSettings
-
-    return QuantizeSettings
-
-
-@stage("quantize", _quantize_settings)
+@stage("quantize", "edgetl.quantize:QuantizeSettings")
 def quantize(
     load: Callable,
     run: Path = run_argument("with model.onnx, from `edgetl export`"),
@@ -82,13 +70,7 @@ def quantize(
     render_quantize(result)
 
 
-def _build_settings():
-    from edgetl.tensorrt.build import BuildSettings
-
-    return BuildSettings
-
-
-@stage("build", _build_settings)
+@stage("build", "edgetl.tensorrt.build:BuildSettings")
 def build_cmd(
     load: Callable,
     run: Path = run_argument("holds model.onnx / model.fp16.onnx / model.int8.onnx"),
@@ -116,13 +98,7 @@ def build_cmd(
     render_build(result)
 
 
-def _bench_settings():
-    from edgetl.bench import BenchSettings
-
-    return BenchSettings
-
-
-@stage("bench", _bench_settings)
+@stage("bench", "edgetl.bench:BenchSettings")
 def bench_cmd(
     load: Callable,
     run: Path = run_argument(),

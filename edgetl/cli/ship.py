@@ -14,13 +14,7 @@ from edgetl.cli.options import run_argument, setting
 from edgetl.rundir import lock_run  # light: names and the run lock only
 
 
-def _bundle_settings():
-    from edgetl.ship.bundle import BundleSettings
-
-    return BundleSettings
-
-
-@stage("bundle", _bundle_settings)
+@stage("bundle", "edgetl.ship.bundle:BundleSettings")
 def bundle_cmd(
     load: Callable,
     run: Path = run_argument(),
@@ -41,13 +35,7 @@ def bundle_cmd(
     render_bundle(result)
 
 
-def _deploy_settings():
-    from edgetl.ship.deploy import DeploySettings
-
-    return DeploySettings
-
-
-@stage("deploy", _deploy_settings)
+@stage("deploy", "edgetl.ship.deploy:DeploySettings")
 def deploy_cmd(
     load: Callable,
     ctx: typer.Context,
@@ -106,13 +94,7 @@ def _deploy(run: Path, cfg) -> None:
                               f"their reasons are above and in {run / 'fleet.md'}; the others' results are written")
 
 
-def _triton_settings():
-    from edgetl.ship.triton import TritonSettings
-
-    return TritonSettings
-
-
-@stage("triton", _triton_settings)
+@stage("triton", "edgetl.ship.triton:TritonSettings")
 def triton_cmd(
     load: Callable,
     run: Path = run_argument(),

@@ -14,13 +14,7 @@ from edgetl.cli.options import (BATCH_SIZE, CONFIG, DATA, DEMO_OUT, DEVICE, DIST
                                 IMG_SIZE, OVERWRITE, PRECISION, RESUME, SEED, STRATEGY, run_argument, setting)
 
 
-def _finetune_settings():
-    from edgetl.finetune import FinetuneSettings
-
-    return FinetuneSettings
-
-
-@stage("finetune", _finetune_settings, not_settings=("out", "resume", "overwrite"))
+@stage("finetune", "edgetl.finetune:FinetuneSettings", not_settings=("out", "resume", "overwrite"))
 def finetune(
     load: Callable,
     data: Path = typer.Argument(...),
@@ -99,13 +93,7 @@ def _finetune_other_rank(load: Callable, out: Path, resume: bool, overwrite: boo
         raise
 
 
-def _eval_settings():
-    from edgetl.evaluate.settings import EvalSettings
-
-    return EvalSettings
-
-
-@stage("eval", _eval_settings)
+@stage("eval", "edgetl.evaluate.settings:EvalSettings")
 def eval_cmd(
     load: Callable,
     run: Path = run_argument(),
@@ -128,13 +116,7 @@ def eval_cmd(
     render_eval(result)
 
 
-def _demo_settings():
-    from edgetl.demo.settings import DemoSettings
-
-    return DemoSettings
-
-
-@stage("demo", _demo_settings, not_settings=("out",))
+@stage("demo", "edgetl.demo.settings:DemoSettings", not_settings=("out",))
 def demo(
     load: Callable,
     config: Optional[Path] = CONFIG,
