@@ -53,6 +53,10 @@ def quantize(
     batch_size: Optional[int] = BATCH_SIZE,
     seed: Optional[int] = SEED,
     threads: Optional[int] = THREADS,
+    qat: Optional[bool] = setting("--qat/--no-qat"),
+    qat_epochs: Optional[int] = setting(),
+    qat_lr: Optional[float] = setting(),
+    qat_batch_size: Optional[int] = setting(),
 ) -> None:
     """Bake INT8 (Q/DQ) or FP16 into the ONNX graph and score it against fp32 -> quant_report.json."""
     from edgetl.errors import QuantizeBudgetMissed

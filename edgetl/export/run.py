@@ -227,7 +227,7 @@ def _write_candidate(plan: ExportPlan, module: nn.Module, tmpdir: Path) -> tuple
     cfg, name = plan.cfg, plan.run.onnx.name
     raw = tmpdir / "raw" / name
     raw.parent.mkdir()
-    _torch_export(module, plan.out_card, raw, cfg.opset, cfg.static_batch)
+    torch_export(module, plan.out_card, raw, cfg.opset, cfg.static_batch)
     proto = onnx.load(str(raw))
     plan.out_card.write_onnx(proto, FP32_FORM)
     external = _initializer_bytes(proto) > cfg.external_data_threshold
@@ -261,7 +261,7 @@ def _result(plan: ExportPlan, external: bool, nodes: tuple[int, int], simplifica
 
 
 # -- steps ------------------------------------------------------------------------------------------
-def _torch_export(module: nn.Module, card: ModelCard, path: Path, opset: int, static_batch: int | None) -> None:
+def torch_export(module: nn.Module, card: ModelCard, path: Path, opset: int, static_batch: int | None) -> None:
     c, h, w = card.input_size
     batch = static_batch or 2  # 2, not 1: a batch of 1 lets the tracer bake in size-1 broadcasts
     if card.input_format == "uint8_nhwc":

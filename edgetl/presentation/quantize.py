@@ -49,8 +49,24 @@ def quant_notes(entries: dict[str, dict]) -> list[str]:
             notes.append(f"{name}: drop {drop:.2f} pt is above max_drop {e['max_drop']}")
         for x in e.get("excluded") or []:
             notes.append(f"{name}: kept {x['node']} in float (+{x['gain']:.2f} pt)")
+        notes.extend(f"{name}: {line}" for line in qat_notes(e.get("qat")))
         notes.extend(f"{name}: {line}" for line in paired_notes(e.get("paired"), drop))
     return notes
+
+
+def qat_notes(qat: dict | None) -> list[str]:
+    """PTQ and QAT side by side, which graph the file holds, and the classes QAT changed most."""
+    if not qat:
+        return []
+    lines = [f"PTQ top-1 {qat['ptq_top1'] * 100:.2f}% (drop {qat['ptq_drop']:+.2f} pt) vs QAT "
+             f"{qat['top1'] * 100:.2f}% (drop {qat['drop']:+.2f} pt) after {qat['epochs']} epoch(s), "
+             f"{qat['minutes']:.1f} min ({qat['library']}); the file holds the "
+             f"{'QAT' if qat['kept'] else 'PTQ'} graph"]
+    before, after = (qat.get("ptq_paired") or {}).get("per_class", {}), (qat.get("paired") or {}).get("per_class", {})
+    changes = sorted(((k, (after[k]["model"] - v["model"]) * 100) for k, v in before.items() if k in after),
+                     key=lambda t: -abs(t[1]))
+    lines += [f"QAT moved class {k} {pt:+.1f} pt" for k, pt in changes[:3] if abs(pt) >= CLASS_LOSS_PT]
+    return lines
 
 
 CLASS_LOSS_PT = 10.0  # a class that lost this many points is named, however the overall drop reads

@@ -72,6 +72,31 @@ class Parity(_Part):
     min_agreement: float
 
 
+class QatRun(_Part):
+    """Quantization-aware training after the layer search missed max_drop: the post-training (PTQ) graph and the
+    QAT graph side by side, scored on the same images the same way. The entry's own fields describe the graph
+    written to `model_file`: the QAT one when `kept` (it scored at least as high as PTQ's), else PTQ's."""
+    library: str  # what did the fake quantization, with its version
+    epochs: int
+    lr: float
+    batch_size: int
+    train_images: int
+    minutes: float
+    train_log: List[Dict[str, Any]] = []  # per epoch: loss, top-1 (fake-quantized, augmented), seconds
+    fake_quantized_modules: int
+    trained_in_float: List[str] = []  # quantized graph nodes no module carries a fake quantizer for
+    kept: bool
+    ptq_top1: float
+    ptq_drop: float
+    ptq_paired: Optional[PairedDrop] = None
+    ptq_model_sha256: str
+    top1: float
+    drop: float
+    top1_agreement: float
+    paired: Optional[PairedDrop] = None
+    within_max_drop: bool
+
+
 class _Entry(Result):
     """The facts every entry has. `top1`/`drop` are None only for an fp16 model this CPU cannot run."""
 
@@ -127,6 +152,7 @@ class Int8Entry(_Entry):
     calib_cache: str
     sensitivity: List[Sensitivity] = []
     structure: GraphSummary
+    qat: Optional[QatRun] = None  # absent in reports written before QAT, and when PTQ met max_drop
 
 
 class Fp16Entry(_Entry):

@@ -32,3 +32,10 @@ class QuantizeSettings(Settings):
     seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the calibration sample")
     threads: Optional[int] = Field(None, ge=1, description="onnxruntime threads for scoring",
                                    json_schema_extra={"default_text": "all cores"})
+    qat: bool = Field(False, description="int8 still over max_drop after the layer search: fine-tune with fake "
+                      "quantization (QAT, NVIDIA ModelOpt: pip install -e \".[qat]\") and keep the better graph")
+    qat_epochs: int = Field(2, ge=1, le=100, description="QAT epochs over the run's train split")
+    qat_lr: float = Field(1e-4, gt=0, le=1.0, allow_inf_nan=False,
+                          description="QAT learning rate (constant; a fraction of the fine-tune's)")
+    qat_batch_size: Optional[int] = Field(None, ge=1, description="QAT batch",
+                                          json_schema_extra={"default_text": "the fine-tune's"})
