@@ -54,7 +54,8 @@ def frozen(venv: Path) -> dict[str, str]:
 def requirements() -> list[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    reqs = list(project["dependencies"]) + [r for r in extras["dev"] if not r.startswith("edgetl[")] + extras["rtx"]
+    reqs = (list(project["dependencies"]) + [r for r in extras["dev"] if not r.startswith("edgetl[")] + extras["rtx"]
+            + extras["qat"])
     return [r for r in reqs if not norm(r).startswith(SDIST_ONLY)]
 
 

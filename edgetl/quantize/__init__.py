@@ -22,7 +22,9 @@ FP16 -- float16 body, float32 inputs and outputs, overflow-prone ops kept in flo
 Every written graph is topologically sorted, passes `check_graph` (zero points, per-channel axes, no dangling
 float path, placement) and onnx.checker's full check (edgetl.export.write), and is scored against the fp32
 model on the run's val split; RUN/quant_report.json keeps one entry per precision/target. A model still over
-max_drop after layer exclusion is written, marked over_budget, and raises QuantizeBudgetMissed (exit 3).
+max_drop after layer exclusion is written, marked over_budget, and raises QuantizeBudgetMissed (exit 3); with
+`qat`, quantization-aware training comes first (qat): the model fine-tunes with fake quantization at the same
+places, and its Q/DQ graph replaces PTQ's when it scores at least as high.
 
 One concept per module:
   settings     QuantizeSettings: every option, its default and limits
@@ -31,6 +33,8 @@ One concept per module:
   graph        graph surgery: the float model as read, Q/DQ written by ONNX Runtime, float inputs
   check        check_graph: the structural rules a written Q/DQ graph meets, one named check each
   sensitivity  the exclusion search (which layers stay float to meet max_drop)
+  fakequant    NVIDIA ModelOpt's fake quantizers on the modules behind the graph's quantized nodes
+  qat          quantization-aware training: train, export, write and score the QAT graph, its report block
   scoring      top-1 and logits of a graph against fp32, on the scoring images, exact or fused
   isa          this CPU's int8 instruction set (what fused int8 kernels compute here)
   report       quant_report.json as models (QuantReport, QuantEntry), read and merged
