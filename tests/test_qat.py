@@ -123,19 +123,23 @@ def test_ctrl_c_in_qat_leaves_the_ptq_graph_and_its_entry(qat_run, tmp_path):
     assert set(run.iterdir()) - before <= {run / "model.int8.onnx", run / "quant_report.json", run / "settings"}
 
 
-def test_qat_without_the_extra_or_for_fp16_is_one_line(tmp_path, monkeypatch):
-    from typer.testing import CliRunner
+def _cli(capsys, *args: str) -> tuple[int, str]:
+    from edgetl.cli import main
 
-    from edgetl.cli import app
+    with pytest.raises(SystemExit) as exit_:
+        main(["quantize", *args])
+    return exit_.value.code, capsys.readouterr().err
 
-    res = CliRunner().invoke(app, ["quantize", str(tmp_path), "--precision", "fp16", "--qat"])
-    assert res.exit_code == 1 and "qat trains for int8; precision is fp16" in res.output
+
+def test_qat_without_the_extra_or_for_fp16_is_one_line(tmp_path, monkeypatch, capsys):
+    code, err = _cli(capsys, str(tmp_path), "--precision", "fp16", "--qat")
+    assert code == 1 and err.startswith("error: qat trains for int8; precision is fp16\n")
     monkeypatch.setitem(sys.modules, "modelopt", None)  # as if the extra were not installed
     monkeypatch.setitem(sys.modules, "modelopt.torch.quantization", None)
     with pytest.raises(QuantizeError, match=r'pip install -e "\.\[qat\]"'):
         quantize(tmp_path, QuantizeSettings(qat=True))
-    res = CliRunner().invoke(app, ["quantize", str(tmp_path), "--qat"])
-    assert res.exit_code == 1 and 'pip install -e ".[qat]"' in res.output and "Traceback" not in res.output
+    code, err = _cli(capsys, str(tmp_path), "--qat")
+    assert code == 1 and 'pip install -e ".[qat]"' in err and "Traceback" not in err and len(err.splitlines()) == 2
     for bad in (["--qat-epochs", "0"], ["--qat-lr", "0"], ["--qat-batch-size", "0"]):
-        res = CliRunner().invoke(app, ["quantize", str(tmp_path), "--qat", *bad])
-        assert res.exit_code != 0 and bad[0][2:].replace("-", "_") in res.output, res.output
+        code, err = _cli(capsys, str(tmp_path), "--qat", *bad)
+        assert code != 0 and f"setting '{bad[0][2:].replace('-', '_')}'" in err, err
