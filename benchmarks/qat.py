@@ -95,12 +95,12 @@ def main() -> None:
     print(f"\ndate: {datetime.date.today()}; machine: {machine()}; {args.threads} thread(s); load "
           f"{os.getloadavg()[0]:.1f}; digits 0-4 at {args.size} px, max_drop {args.max_drop}, "
           f"{args.qat_epochs} QAT epoch(s)")
-    print("| model | val images | fp32 top-1 | PTQ top-1 | PTQ drop (pt) | layers kept float | QAT top-1 "
+    print("| model | val images | fp32 top-1 | PTQ top-1 (after the layer search) | PTQ drop (pt) | layers kept float | QAT top-1 "
           "| QAT drop (pt) | QAT minutes | quantize minutes | exit |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for model, r in rows:
         qat = r["qat"]
-        cells = ("not run (PTQ within budget)",) * 3 if qat is None else (
+        cells = ("not run: PTQ within budget", "", "") if qat is None else (
             f"{qat[0] * 100:.2f}" + ("" if qat[3] else " (PTQ kept)"), f"{qat[1]:+.2f}", f"{qat[2]:.1f}")
         print(f"| {model} | {r['n']} | {r['fp32'] * 100:.2f} | {r['ptq'][0] * 100:.2f} | {r['ptq'][1]:+.2f} | "
               f"{r['excluded']} | {' | '.join(cells)} | {r['wall_min']:.1f} | {r['code']} |")
