@@ -95,8 +95,8 @@ def main() -> None:
     print(f"\ndate: {datetime.date.today()}; machine: {machine()}; {args.threads} thread(s); load "
           f"{os.getloadavg()[0]:.1f}; digits 0-4 at {args.size} px, max_drop {args.max_drop}, "
           f"{args.qat_epochs} QAT epoch(s)")
-    print("| model | val images | fp32 top-1 | PTQ top-1 (after the layer search) | PTQ drop (pt) | layers kept float | QAT top-1 "
-          "| QAT drop (pt) | QAT minutes | quantize minutes | exit |")
+    print("| model | val images | fp32 top-1 | PTQ top-1 (after the layer search) | PTQ drop (pt) | layers kept float "
+          "| QAT top-1 | QAT drop (pt) | QAT minutes | quantize minutes | exit |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for model, r in rows:
         qat = r["qat"]

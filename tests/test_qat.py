@@ -54,6 +54,7 @@ def test_qat_scores_at_least_ptq_and_writes_a_checked_tensorrt_graph(qat_run):
     assert e.top1 == q.top1 and e.drop == q.drop and e.over_budget  # the entry describes the written (QAT) graph
     assert q.ptq_model_sha256 != e.model_sha256 and e.excluded  # PTQ's float layers stay float in the QAT graph
     assert q.train_images > 0 and q.minutes > 0 and len(q.train_log) == 1 and q.paired.n == e.eval_n
+    assert 0 < q.float_top1 <= 1
     path = run / "model.int8.onnx"
     from edgetl.io import sha256_file
 

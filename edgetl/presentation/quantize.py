@@ -61,7 +61,9 @@ def qat_notes(qat: dict | None) -> list[str]:
     lines = [f"PTQ top-1 {qat['ptq_top1'] * 100:.2f}% (drop {qat['ptq_drop']:+.2f} pt) vs QAT "
              f"{qat['top1'] * 100:.2f}% (drop {qat['drop']:+.2f} pt) after {qat['epochs']} epoch(s), "
              f"{qat['minutes']:.1f} min ({qat['library']}); the file holds the "
-             f"{'QAT' if qat['kept'] else 'PTQ'} graph"]
+             f"{'QAT' if qat['kept'] else 'PTQ'} graph"
+             + (f"; the QAT weights in float score {qat['float_top1'] * 100:.2f}%" if qat.get("float_top1") is not None
+                else "")]
     before, after = (qat.get("ptq_paired") or {}).get("per_class", {}), (qat.get("paired") or {}).get("per_class", {})
     changes = sorted(((k, (after[k]["model"] - v["model"]) * 100) for k, v in before.items() if k in after),
                      key=lambda t: -abs(t[1]))

@@ -55,6 +55,7 @@ class Trained:
     train_images: int = 0
     seconds: float = 0.0
     static_batch: int | None = None  # the graph's fixed batch, as model.onnx's
+    float_top1: float | None = None  # the trained weights in float, scored once
 
 
 def train_qat(run: RunDir, card: ModelCard, source: FloatModel, base, entry: Int8Entry, calib_items: ImageList,
@@ -203,15 +204,18 @@ def qat_entry(run: RunDir, card: ModelCard, scorer: Scorer, entry: Int8Entry, tr
                 weights=entry.weights if int8_form(target) is U8S8 else None)
     top1, logits = scorer.score(proto, scoring)
     drop = scorer.drop(top1)
+    if trained.float_top1 is None:
+        trained.float_top1 = scorer.top1(scorer.logits(trained.path))
     block = QatRun(
         library=library_version(), epochs=cfg.qat_epochs, lr=cfg.qat_lr, batch_size=trained.batch_size,
         train_images=trained.train_images, minutes=round(trained.seconds / 60, 3), train_log=trained.log,
         fake_quantized_modules=len(trained.places.modules), trained_in_float=trained.places.unmapped,
         kept=top1 >= entry.top1, ptq_top1=entry.top1, ptq_drop=entry.drop, ptq_paired=entry.paired,
         ptq_model_sha256=entry.model_sha256, top1=top1, drop=drop, top1_agreement=scorer.agreement(logits),
-        paired=scorer.paired(logits), within_max_drop=drop <= cfg.max_drop)
+        paired=scorer.paired(logits), within_max_drop=drop <= cfg.max_drop, float_top1=trained.float_top1)
     events.message(f"QAT int8 {target}: top-1 {top1 * 100:.2f}% {scoring} (PTQ {entry.top1 * 100:.2f}%, fp32 "
-                   f"{scorer.fp32_top1 * 100:.2f}%, drop {drop:.2f} pt)")
+                   f"{scorer.fp32_top1 * 100:.2f}%, drop {drop:.2f} pt; the QAT weights in float "
+                   f"{trained.float_top1 * 100:.2f}%)")
     if not block.kept:
         events.message(f"kept the PTQ graph in {entry.model_file}: QAT scored lower")
         return entry.model_copy(update={"qat": block})

@@ -95,6 +95,8 @@ class QatRun(_Part):
     top1_agreement: float
     paired: Optional[PairedDrop] = None
     within_max_drop: bool
+    # the QAT weights in float, on the same images: what the extra training alone gave, apart from int8
+    float_top1: Optional[float] = None
 
 
 class _Entry(Result):
