@@ -38,26 +38,34 @@ class Reference:
 
 
 def calibration_images(run: RunDir, card: ModelCard, int8_path: Path | None) -> ImageList | None:
-    """The images the int8 graph was calibrated on, rebuilt from RUN/settings/quantize.yaml and checked against
-    the hash quant_report.json holds for that graph; None when they cannot be (another quantize ran last, the
-    folder moved or changed): coverage is then read against val."""
+    """The images the int8 graph was calibrated on, checked against the hash quant_report.json holds for that
+    graph: those RUN/settings/quantize.yaml names if the last quantize was an int8 one, else the default (a
+    sample of the train split). None when neither matches (the folder moved or changed): coverage is then read
+    against val."""
     from edgetl.calibration.sampling import calibration_items, items_hash
     from edgetl.quantize.report import read_report
     from edgetl.quantize.settings import QuantizeSettings
     from edgetl.stage import load_settings
 
-    if int8_path is None or not run.settings_file("quantize").is_file():
+    if int8_path is None:
         return None
     try:
-        q = load_settings(QuantizeSettings, run.settings_file("quantize"))
         entry = next((e for e in read_report(run.path).entries.values()
                       if getattr(e, "model_file", None) == int8_path.name), None)
-        if q.precision != INT8 or entry is None or not getattr(entry, "calib_hash", None):
+        if entry is None or not getattr(entry, "calib_hash", None):
             return None
-        items = calibration_items(run, card, q.calib, q.calib_size, q.seed)
-        return items if items_hash(items) == entry.calib_hash else None
+        tried = [(None, 0)]  # quantize's default calibration
+        if run.settings_file("quantize").is_file():
+            q = load_settings(QuantizeSettings, run.settings_file("quantize"))
+            if q.precision == INT8:
+                tried.insert(0, (q.calib, q.seed))
+        for calib, seed in tried:  # calib_size as recorded: the images used, which the sample then keeps
+            items = calibration_items(run, card, calib, entry.calib_size, seed)
+            if items_hash(items) == entry.calib_hash:
+                return items
     except (EdgetlError, OSError):
-        return None
+        pass
+    return None
 
 
 def _key(run: RunDir, int8_path: Path | None, ranges: list[QuantRange], cfg: ShiftSettings) -> str:
