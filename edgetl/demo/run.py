@@ -134,9 +134,8 @@ def _deploy_chain(run: Path, events: Events) -> dict:
         except QuantizeBudgetMissed as e:  # written and marked over budget: the demo says so and goes on
             _say(f"over budget: {e.message}")
             entries.update(e.result.entries)
-    for key, entry in entries.items():
-        top1_text = "n/a" if entry.top1 is None else f"{entry.top1:.3f}"
-        _say(f"{key:14} top-1 {top1_text} (fp32 {entry.fp32_top1:.3f}) -> {entry.model_file}")
+    # the table `edgetl quantize` prints, with its notes (McNemar on the drop, classes that lost most)
+    events.record("quantize_table", {"entries": {k: e.model_dump(mode="json") for k, e in entries.items()}})
     _build_rtx(run, events)
     events.record("section", {"title": "5. benchmark what this machine can run"})
     result = bench(run, BenchSettings(backends=["torch", "onnxruntime", "tensorrt"], batch_sizes=[1, 8], warmup=5,
