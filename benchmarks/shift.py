@@ -7,6 +7,12 @@ time is reported apart, then each set's check is timed alone.
 
     edgetl demo --out runs/demo        # an EfficientNet-Lite0 (ImageNet weights) fine-tuned on digits 5-9
     python benchmarks/shift.py runs/demo/transfer-seed0 runs/demo/data-seed0/target/test [--threads 2]
+
+Speed at a deployment resolution (the demo's digits are 32 px): `--scaffold 224` times the same check on an
+EfficientNet-Lite0 run made without training (random weights and images: the verdicts mean nothing there, the
+time does; 100 train, 100 val, 200 new images).
+
+    python benchmarks/shift.py --scaffold 224 [--threads 2]
 """
 
 from __future__ import annotations
@@ -46,10 +52,24 @@ def write_variant(src: Path, dst: Path, change, seed: int = 0) -> int:
     return n
 
 
+def scaffold(root: Path, size: int) -> tuple[Path, Path]:
+    from _common import export_and_quantize, make_run
+
+    run = make_run(root / "scaffold", "tf_efficientnet_lite0", img_size=size, num_classes=10, images_per_class=20)
+    export_and_quantize(run, "tensorrt")
+    rng = np.random.default_rng(1)
+    for c in range(10):
+        (root / "new" / str(c)).mkdir(parents=True)
+        for i in range(20):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / "new" / str(c) / f"{i}.png")
+    return run, root / "new"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", type=Path)
-    ap.add_argument("data", type=Path, help="held-out images of the run's classes (ImageFolder)")
+    ap.add_argument("run", type=Path, nargs="?")
+    ap.add_argument("data", type=Path, nargs="?", help="held-out images of the run's classes (ImageFolder)")
+    ap.add_argument("--scaffold", type=int, metavar="SIZE", help="time an untrained Lite0 run at SIZE px instead")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--changes", nargs="+", default=list(CHANGES))
     args = ap.parse_args()
@@ -60,6 +80,9 @@ def main() -> None:
     print(machine())
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
+        if args.scaffold:
+            args.run, args.data = scaffold(Path(tmp), args.scaffold)
+            args.changes = ["same"]
         shutil.copytree(args.run, run, ignore=shutil.ignore_patterns("engines", "baseline-scratch", "bundles"))
         (run / "shift_reference.npz").unlink(missing_ok=True)
         rows = []
