@@ -255,7 +255,8 @@ def plot_shift(result: Any, scores: Any, val_scores: Any, path: Path) -> None:
     f = result.features
     ax.axvline(f.threshold, color="black", linestyle="--", label=f"val p{f.quantile:g}")
     ax.set(xlabel="Mahalanobis distance to the nearest class mean", ylabel="density",
-           title=f"features: {f.verdict} (MMD p={f.mmd_p:.3g})")
+           title=f"features: {f.verdict} ({'MMD' if f.mmd_p is not None else 'rank test'} "
+                 f"p={f.mmd_p if f.mmd_p is not None else f.above_p:.3g})")
     ax.legend()
     if coverage:
         rows = coverage.tensors[:SHIFT_TENSORS]

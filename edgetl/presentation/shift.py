@@ -34,7 +34,8 @@ def render_shift(result: Any, console: Console | None = None) -> None:
     table.add_row("features: median distance", f"{f.median_score:.1f}", f"{f.val_median_score:.1f}",
                   _p(f.above_p))
     table.add_row(f"  above val's p{f.quantile:g}", _pct(f.above), _pct(f.above_expected), "")
-    table.add_row("  MMD²", f"{f.mmd2:.4f}", "", _p(f.mmd_p))
+    if f.mmd_p is not None:
+        table.add_row("  MMD²", f"{f.mmd2:.4f}", "", _p(f.mmd_p))
     if c is not None:
         worst = c.tensors[0] if c.tensors else None
         table.add_row("int8: worst tensor outside", _share(worst.new) if worst else "-",

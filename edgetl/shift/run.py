@@ -27,6 +27,7 @@ from edgetl.stage import SILENT, Events, Result, record_settings
 LOOKS_LIKE = "looks like training"
 SHIFTED = "shifted: accuracy likely lower"
 COVERED = "int8 ranges cover it"
+MMD_MIN_IMAGES = 2  # per side: a two-sample test needs two of each
 NOT_COVERED = "int8 ranges do not cover it: re-calibrate with these images"
 
 
@@ -41,8 +42,8 @@ class FeatureShift(Result):
     above_p: float  # one-sided Mann-Whitney test: new scores larger than val's
     median_score: float
     val_median_score: float
-    mmd2: float
-    mmd_p: float  # permutation test, new vs val features
+    mmd2: Optional[float]  # None with fewer than MMD_MIN_IMAGES on a side: the verdict is then the rank test's
+    mmd_p: Optional[float]  # permutation test, new vs val features
     mmd_images: List[int]  # [new, val] images in the test
     shifted: bool
     verdict: str
@@ -145,7 +146,12 @@ def shift(run_path: str | os.PathLike, cfg: ShiftSettings, events: Events = SILE
     run.require(run.onnx, hint="run `edgetl export` first")
     card = ModelCard.from_onnx(run.onnx)
     items, labelled = new_images(cfg.data, list(card.class_names))
+    if not labelled:
+        events.message(f"{cfg.data}: read as unlabelled (labelled means DIR/<class>/* with the model's classes: "
+                       f"{', '.join(card.class_names[:10])}{', ...' if card.num_classes > 10 else ''})")
     int8_path = _int8_graph(run)
+    if int8_path is None:
+        events.message(f"no int8 graph in {run.path}: int8 coverage not checked (`edgetl quantize {run.path}`)")
     ranges = []
     if int8_path is not None:
         why = graph_mismatch(int8_path, INT8, S8S8.target if int8_path.name == S8S8.file else U8S8.target)
@@ -180,8 +186,10 @@ def _feature_shift(new: Pass, scores: np.ndarray, ref: Reference, cfg: ShiftSett
     above, above_p = above_share(scores, ref.val_scores, threshold)
     a = new.features[spread(len(scores), cfg.max_images, cfg.seed)]
     b = ref.val.features[spread(len(ref.val_scores), cfg.max_images, cfg.seed + 1)]
-    mmd2, mmd_p = mmd_test(a, b, ref.gaussian, cfg.permutations, cfg.seed)
-    shifted = mmd_p < cfg.alpha
+    mmd2 = mmd_p = None
+    if min(len(a), len(b)) >= MMD_MIN_IMAGES:
+        mmd2, mmd_p = mmd_test(a, b, ref.gaussian, cfg.permutations, cfg.seed)
+    shifted = (mmd_p if mmd_p is not None else above_p) < cfg.alpha  # a set too small for MMD: the rank test
     return FeatureShift(quantile=cfg.quantile, threshold=threshold, above=above, above_expected=1 - cfg.quantile / 100,
                         above_p=above_p, median_score=float(np.median(scores)),
                         val_median_score=float(np.median(ref.val_scores)), mmd2=mmd2, mmd_p=mmd_p,
