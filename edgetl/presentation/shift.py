@@ -28,7 +28,9 @@ def render_shift(result: Any, console: Console | None = None) -> None:
     console = console or default_console
     f, c, a = result.features, result.coverage, result.accuracy
     kind = "labelled" if result.labelled else "unlabelled"
-    table = Table(title=f"shift: {result.images} {kind} images of {result.data} vs val ({result.val_images})")
+    console.print(f"{result.data}: {result.images} {kind} images against the run's val split ({result.val_images})",
+                  markup=False, highlight=False)
+    table = Table(title="domain shift")
     for name, justify in (("check", "left"), ("new", "right"), ("val", "right"), ("test", "right")):
         table.add_column(name, justify=justify)
     table.add_row("features: median distance", f"{f.median_score:.1f}", f"{f.val_median_score:.1f}",
