@@ -157,6 +157,7 @@ def shift(run_path: str | os.PathLike, cfg: ShiftSettings, events: Events = SILE
         why = graph_mismatch(int8_path, INT8, S8S8.target if int8_path.name == S8S8.file else U8S8.target)
         if why:
             raise FormMismatch(f"{int8_path.name}: {why}", f"re-run `edgetl quantize {run.path}`")
+        ModelCard.from_onnx(int8_path)  # readable, and the bytes quantize recorded
         ranges = int8_ranges(onnx.load(str(int8_path)), onnx.load(str(run.onnx), load_external_data=False))
     ref = reference(run, card, int8_path, ranges, cfg, events)
     events.status(f"checking {len(items)} images of {cfg.data}")
@@ -172,7 +173,8 @@ def shift(run_path: str | os.PathLike, cfg: ShiftSettings, events: Events = SILE
         train_images=ref.train_images, features=features, coverage=coverage, accuracy=accuracy,
         least_like_training=_rows(items, new, scores, np.argsort(-scores)[:cfg.top], card),
         most_saturating=_rows(items, new, scores, _saturating(new, cfg.top), card),
-        verdicts=_verdicts(features, coverage, accuracy, cfg.alpha), json_path=str(run.shift_json), png_path=str(run.shift_png))
+        verdicts=_verdicts(features, coverage, accuracy, cfg.alpha), json_path=str(run.shift_json),
+        png_path=str(run.shift_png))
     from edgetl.plots import plot_shift
 
     plot_shift(result, scores, ref.val_scores, run.shift_png)
