@@ -104,16 +104,24 @@ class PairedDrop(Result):
 
 def paired_drop(reference_logits: np.ndarray, model_logits: np.ndarray, labels: np.ndarray,
                 classes: list[str]) -> PairedDrop:
-    """McNemar's exact test on the discordant images (scipy's binomial test), and per-class top-1 of both."""
-    from scipy.stats import binomtest
+    """McNemar's exact test on the discordant images, and per-class top-1 of both."""
 
     labels = np.asarray(labels)
     ref_right = np.asarray(reference_logits).argmax(1) == labels
     model_right = np.asarray(model_logits).argmax(1) == labels
-    b, c = int((ref_right & ~model_right).sum()), int((~ref_right & model_right).sum())
-    p = float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0
+    b, c, p = mcnemar(ref_right, model_right)
     per_class = {name: ClassChange(n=int(mask.sum()), reference=float(ref_right[mask].mean()),
                                    model=float(model_right[mask].mean()))
                  for i, name in enumerate(classes) if (mask := labels == i).any()}
     return PairedDrop(n=int(len(labels)), only_reference_right=b, only_model_right=c, p_value=p,
                       significant=p < SIGNIFICANCE, per_class=per_class)
+
+
+def mcnemar(reference_right: np.ndarray, model_right: np.ndarray) -> tuple[int, int, float]:
+    """(images only the reference got right, images only the model got right, two-sided exact McNemar p-value:
+    scipy's binomial test on the images the two disagree on)."""
+    from scipy.stats import binomtest
+
+    ref, model = np.asarray(reference_right, bool), np.asarray(model_right, bool)
+    b, c = int((ref & ~model).sum()), int((~ref & model).sum())
+    return b, c, float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0

@@ -234,3 +234,43 @@ def plot_bench(result: dict[str, Any], path: str | Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+# -- the shift figure: new images against val, in feature space and in the int8 ranges ------------------------
+SHIFT_TENSORS = 30  # the worst tensors drawn; all are in shift.json
+
+
+def plot_shift(result: Any, scores: Any, val_scores: Any, path: Path) -> None:
+    """Left: the Mahalanobis score of the new images and of val, with val's threshold. Right (with an int8
+    graph): per quantized tensor, worst first, the share of values outside its int8 range, new and val."""
+    import numpy as np
+
+    plt = pyplot_agg()
+    coverage = result.coverage
+    fig, axes = plt.subplots(1, 2 if coverage else 1, figsize=(12 if coverage else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    bins = np.histogram_bin_edges(np.concatenate([scores, val_scores]), bins=30)
+    ax.hist(val_scores, bins=bins, density=True, alpha=0.5, label=f"val ({len(val_scores)})")
+    ax.hist(scores, bins=bins, density=True, alpha=0.5, label=f"new ({len(scores)})")
+    f = result.features
+    ax.axvline(f.threshold, color="black", linestyle="--", label=f"val p{f.quantile:g}")
+    ax.set(xlabel="Mahalanobis distance to the nearest class mean", ylabel="density",
+           title=f"features: {f.verdict} ({'MMD' if f.mmd_p is not None else 'rank test'} "
+                 f"p={f.mmd_p if f.mmd_p is not None else f.above_p:.3g})")
+    ax.legend()
+    if coverage:
+        rows = coverage.tensors[:SHIFT_TENSORS]
+        ax = axes[0][1]
+        x = np.arange(len(rows))
+        floor = 1e-7  # zero on a log axis
+        ax.bar(x - 0.2, [max(r.val, floor) for r in rows], 0.4, label="val")
+        ax.bar(x + 0.2, [max(r.new, floor) for r in rows], 0.4, label="new",
+               color=["#d62728" if not r.covered else "#ff7f0e" for r in rows])
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=floor)
+        ax.set(xlabel=f"quantized tensor (worst {len(rows)} of {len(coverage.tensors)})",
+               ylabel="share of values outside the int8 range", title=f"int8 coverage: {coverage.verdict.split(':')[0]}")
+        ax.set_xticks(x, [str(i + 1) for i in x], fontsize=6)
+        ax.legend()
+    fig.tight_layout()
+    _save(fig, path)

@@ -107,6 +107,19 @@ class RunDir:
         return self.path / "bench.png"
 
     @property
+    def shift_json(self) -> Path:
+        """The last `edgetl shift` check (shift.png its figure; shift_reference.npz its cached train side)."""
+        return self.path / "shift.json"
+
+    @property
+    def shift_png(self) -> Path:
+        return self.path / "shift.png"
+
+    @property
+    def shift_reference(self) -> Path:
+        return self.path / "shift_reference.npz"
+
+    @property
     def devices_dir(self) -> Path:
         return self.path / "devices"
 

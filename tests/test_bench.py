@@ -98,6 +98,19 @@ def test_top1_is_the_same_through_every_backend(result, bench_dir):
     assert ort["speedup"] == pytest.approx(_row(result, "torch", "fp32", 4)["latency_ms"]["p50"] / ort["latency_ms"]["p50"], rel=1e-2)
 
 
+def test_each_drop_is_tested_image_by_image_against_the_reference(result):
+    """McNemar's counts are the drop itself: (only the reference right - only the row right) / n."""
+    tests = result["drop_tests"]
+    assert set(tests) == {"torch fp32", "onnxruntime fp32", "onnxruntime int8"}
+    assert tests["torch fp32"]["only_reference_right"] == tests["torch fp32"]["only_model_right"] == 0
+    for label, t in tests.items():
+        backend, precision = label.split()
+        row = _row(result, backend, precision, 1)
+        assert t["n"] == row["n_images"]
+        assert (t["only_reference_right"] - t["only_model_right"]) / t["n"] == pytest.approx(row["top1_drop"], abs=1e-6)
+        assert 0 < t["p_value"] <= 1 and t["significant"] == (t["p_value"] < 0.05)
+
+
 def test_missing_tensorrt_is_one_skip_and_the_rest_ran(result):
     if _tensorrt_importable():
         pytest.skip("tensorrt is installed here")

@@ -185,7 +185,7 @@ def _commands():
 
 def test_each_commands_options_are_its_settings_fields():
     commands = _commands()
-    assert len(commands) == 10, sorted(commands)
+    assert len(commands) == 11, sorted(commands)
     for name, command in commands.items():
         fields = set(command.settings().model_fields)
         params = {p.name for p in command.params if p.name != "help"}

@@ -27,8 +27,13 @@ def test_demo_runs_every_stage_through_the_console_script(tmp_path):
     assert f"{gain * 100:+.1f}" in res.stdout  # the per-seed table shows the measured gain
     report = json.loads((run / "quant_report.json").read_text())
     assert {"int8/tensorrt", "int8/cpu", "fp16"} <= set(report["entries"])
+    p_value = report["entries"]["int8/tensorrt"]["paired"]["p_value"]
+    assert f"McNemar p={p_value:.2g}" in res.stdout  # the quantize table's notes, as `edgetl quantize` prints them
     for name in ("model.onnx", "model.int8.onnx", "model.int8.cpu.onnx", "model.fp16.onnx", "bench.json", "bench.png"):
         assert (run / name).is_file(), name
+    shift = json.loads((run / "shift.json").read_text())  # the last check: the inverted test digits
+    assert shift["data"].endswith("inverted-test") and shift["features"]["mmd_p"] < 0.01
+    assert "looks like training" in res.stdout and "shifted: accuracy likely lower" in res.stdout
     rows = json.loads((run / "bench.json").read_text())["rows"]
     assert {r["backend"] for r in rows} >= {"torch", "onnxruntime"}
     try:

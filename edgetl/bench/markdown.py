@@ -34,7 +34,23 @@ def caption(result: dict[str, Any]) -> list[str]:
              f"else the backend's own fp32) / p50 of the row; drop: reference top-1 minus the row's "
              f"(reference {fmt(ref.get('top1'), '.4f')}: {ref.get('source', 'n/a')})"]
     lines += [f"timed: {t}" for t in timed]
-    return lines
+    tests = drop_tests_line(result)
+    return lines + ([tests] if tests else [])
+
+
+def drop_tests_line(result: dict[str, Any]) -> str | None:
+    """Each scored row's drop judged image by image against the reference (McNemar's exact test): a drop on a
+    few hundred images is often "not distinguishable from 0"."""
+    tests = result.get("drop_tests") or {}
+    said = []
+    for label, t in tests.items():
+        if t["only_reference_right"] == t["only_model_right"] == 0:
+            continue  # the same images right: nothing to test
+        verdict = "a real drop" if t["significant"] and t["only_reference_right"] > t["only_model_right"] else \
+            "not distinguishable from 0"
+        said.append(f"{label} p={t['p_value']:.2g} ({t['only_reference_right']} images only the reference got "
+                    f"right, {t['only_model_right']} only this one: {verdict})")
+    return ("drop, image by image against the reference (McNemar): " + "; ".join(said)) if said else None
 
 
 def bench_markdown(result: dict[str, Any]) -> str:

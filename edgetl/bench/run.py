@@ -18,7 +18,7 @@ from edgetl import __version__
 from edgetl.bench.data import DataSource
 from edgetl.bench.machine import system_info
 from edgetl.bench.plan import BenchPlan, PlannedRow, fixed_batch_refusal, plan_bench, skip_entry, skipped_lines
-from edgetl.bench.reference import reference, top1
+from edgetl.bench.reference import drop_tests, reference, row_label, scored
 from edgetl.bench.settings import BenchSettings
 from edgetl.bench.timing import time_infer
 from edgetl.errors import EdgetlError
@@ -38,6 +38,8 @@ class BenchResult(Result):
     data: str
     settings: dict[str, Any]
     reference: dict[str, Any]
+    # "backend precision" -> McNemar's test of that row's drop against the reference, on the same images
+    drop_tests: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]]
     skipped: list[dict[str, Any]]
     notes: list[str]
@@ -65,7 +67,7 @@ def bench(run_path: str | os.PathLike, cfg: BenchSettings | None = None, events:
         raise EdgetlError("bench: nothing could run here: " + "; ".join(skipped_lines(measured.skipped)),
                           "see `edgetl bench --help`; export/quantize/build the model files first")
 
-    ref = reference(run, measured.rows, data_items, max(plan.batch_sizes))
+    ref, reference_right = reference(run, measured.rows, data_items, max(plan.batch_sizes), measured.right)
     compare_rows(measured.rows, ref)
     result = BenchResult(
         edgetl_version=__version__,
@@ -76,6 +78,7 @@ def bench(run_path: str | os.PathLike, cfg: BenchSettings | None = None, events:
                   "warmup": cfg.warmup, "iterations": plan.iterations, "duration_s": cfg.duration,
                   "device": cfg.device, "threads": cfg.threads, "limit": cfg.limit, "cuda_graph": cfg.cuda_graph},
         reference=ref,
+        drop_tests=drop_tests(reference_right, measured.right),
         rows=measured.rows,
         skipped=measured.skipped,
         notes=measured.notes,
@@ -94,6 +97,7 @@ class _Measured:
     skipped: list[dict[str, Any]]
     rows: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    right: dict[str, Any] = field(default_factory=dict)  # "backend precision" -> which images it got right
 
     def skip(self, entry: dict[str, Any], events: Events) -> None:
         self.skipped.append(entry)
@@ -131,7 +135,7 @@ def _measure_row(run: RunDir, cfg: BenchSettings, plan: BenchPlan, planned: Plan
             row_top1 = None
             if items is not None:
                 events.status(f"{label}: top-1 on {len(items)} images")
-                row_top1 = top1(be, items, max(plan.batch_sizes))
+                row_top1, measured.right[row_label(planned._asdict())] = scored(be, items, max(plan.batch_sizes))
             progress.advance()
             x_all = data_items.inputs(be.card, max(plan.batch_sizes))
             for bs in plan.batch_sizes:

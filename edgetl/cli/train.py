@@ -11,7 +11,8 @@ from edgetl.choices import Backend as BackendChoice, Baseline, CheckMode, Device
 from edgetl.choices import Precision as PrecisionChoice, Strategy
 from edgetl.cli.command import stage
 from edgetl.cli.options import (BATCH_SIZE, CONFIG, DATA, DEMO_OUT, DEVICE, DIST_TIMEOUT, EPOCHS, FINETUNE_OUT,
-                                IMG_SIZE, OVERWRITE, PRECISION, RESUME, SEED, STRATEGY, run_argument, setting)
+                                IMG_SIZE, OVERWRITE, PRECISION, RESUME, SEED, STRATEGY, THREADS, run_argument, setting)
+from edgetl.rundir import lock_run  # light: names and the run lock only
 
 
 @stage("finetune", "edgetl.finetune:FinetuneSettings", not_settings=("out", "resume", "overwrite"))
@@ -114,6 +115,35 @@ def eval_cmd(
     with RichEvents() as events:
         result = eval_run(run, cfg, events)
     render_eval(result)
+
+
+@stage("shift", "edgetl.shift.settings:ShiftSettings")
+def shift_cmd(
+    load: Callable,
+    run: Path = run_argument("with model.onnx (and model.int8.onnx for the coverage check)"),
+    config: Optional[Path] = CONFIG,
+    data: Optional[Path] = DATA,
+    alpha: Optional[float] = setting(),
+    quantile: Optional[float] = setting(),
+    permutations: Optional[int] = setting(),
+    max_images: Optional[int] = setting(),
+    reference_images: Optional[int] = setting(),
+    coverage_limit: Optional[float] = setting(),
+    batch_size: Optional[int] = BATCH_SIZE,
+    threads: Optional[int] = THREADS,
+    seed: Optional[int] = SEED,
+    top: Optional[int] = setting(),
+) -> None:
+    """Do new images look like the training data? Feature-space distance and an MMD test against val, int8
+    range coverage, and accuracy when labelled; writes RUN/shift.json and RUN/shift.png."""
+    from edgetl.presentation.events import RichEvents
+    from edgetl.presentation.shift import render_shift
+    from edgetl.shift.run import shift
+
+    cfg = load()
+    with lock_run(run, "shift"), RichEvents() as events:
+        result = shift(run, cfg, events)
+    render_shift(result)
 
 
 @stage("demo", "edgetl.demo.settings:DemoSettings", not_settings=("out",))

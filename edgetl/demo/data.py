@@ -96,3 +96,15 @@ def _limit(labels: np.ndarray, per_class: int) -> np.ndarray:
         idx = np.flatnonzero(labels == c)[:per_class]
         limited[idx] = c
     return limited
+
+
+def write_inverted(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """dst/<class>/<image>: every image of src inverted (white digits on black), a domain shift for the demo's
+    `edgetl shift` check. Idempotent."""
+    src, dst = Path(src), Path(dst)
+    for path in sorted(src.rglob("*.png")):
+        out = dst / path.relative_to(src)
+        if not out.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(255 - np.asarray(Image.open(path).convert("L")), mode="L").save(out)
+    return dst

@@ -49,6 +49,7 @@ class DemoResult(Result):
     seeds: list[dict[str, Any]]  # per seed: transfer and scratch top-1 on test, gain, test images
     verdict: str
     bench: dict[str, Any]  # bench.json of the transferred run
+    shift: dict[str, list[str]]  # edgetl shift's verdicts on the test digits as they are and inverted
 
 
 def check_demo_out(out: Path) -> None:
@@ -58,7 +59,7 @@ def check_demo_out(out: Path) -> None:
 
 
 def demo(out: str | Path, cfg: DemoSettings, events: Events = SILENT) -> DemoResult:
-    """`edgetl demo`: data, transfer vs scratch per seed, then export, quantize and bench."""
+    """`edgetl demo`: data, transfer vs scratch per seed, then export, quantize, bench and a domain-shift check."""
     show = events  # the name `events` reads as finetune's argument below; `show` is the demo's own
     out = Path(out)
     check_demo_out(out)
@@ -91,7 +92,9 @@ def demo(out: str | Path, cfg: DemoSettings, events: Events = SILENT) -> DemoRes
                      "gain": m["baseline"]["gain_top1"], "test": m["n"]})
     verdict = _compare(rows, cfg.shots, cfg.strategy, show)
     bench = _deploy_chain(runs[0], show)
-    return DemoResult(source=weights, transfer=runs[0], runs=runs, seeds=rows, verdict=verdict, bench=bench)
+    shift = _shift_check(runs[0], out / "data-seed0", show)
+    return DemoResult(source=weights, transfer=runs[0], runs=runs, seeds=rows, verdict=verdict, bench=bench,
+                      shift=shift)
 
 
 def _compare(rows: list[dict], shots: int, strategy: str, events: Events) -> str:
@@ -134,9 +137,8 @@ def _deploy_chain(run: Path, events: Events) -> dict:
         except QuantizeBudgetMissed as e:  # written and marked over budget: the demo says so and goes on
             _say(f"over budget: {e.message}")
             entries.update(e.result.entries)
-    for key, entry in entries.items():
-        top1_text = "n/a" if entry.top1 is None else f"{entry.top1:.3f}"
-        _say(f"{key:14} top-1 {top1_text} (fp32 {entry.fp32_top1:.3f}) -> {entry.model_file}")
+    # the table `edgetl quantize` prints, with its notes (McNemar on the drop, classes that lost most)
+    events.record("quantize_table", {"entries": {k: e.model_dump(mode="json") for k, e in entries.items()}})
     _build_rtx(run, events)
     events.record("section", {"title": "5. benchmark what this machine can run"})
     result = bench(run, BenchSettings(backends=["torch", "onnxruntime", "tensorrt"], batch_sizes=[1, 8], warmup=5,
@@ -144,6 +146,23 @@ def _deploy_chain(run: Path, events: Events) -> dict:
     events.record("bench_table", result)  # the whole result; bench itself records each row as "bench"
     _say(f"bench.json, bench.md, bench.png -> {run}")
     return result
+
+
+def _shift_check(run: Path, data: Path, events: Events) -> dict[str, list[str]]:
+    """`edgetl shift` on the held-out test digits as they are, then inverted (white on black: another camera):
+    the first should look like training, the second not."""
+    from edgetl.demo.data import write_inverted
+    from edgetl.shift import ShiftSettings
+    from edgetl.shift.run import shift
+
+    events.record("section", {"title": "6. domain shift: the test digits as they are, and inverted"})
+    verdicts = {}
+    for name, folder in (("test", data / "target" / "test"),
+                         ("inverted", write_inverted(data / "target" / "test", data / "inverted-test"))):
+        result = shift(run, ShiftSettings(data=str(folder)), events)
+        events.record("shift_table", result.model_dump(mode="json"))
+        verdicts[name] = result.verdicts
+    return verdicts
 
 
 def _build_rtx(run: Path, events: Events) -> None:

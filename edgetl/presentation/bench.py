@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgetl.bench.markdown import COLUMNS, fmt, row_cells
+from edgetl.bench.markdown import COLUMNS, drop_tests_line, fmt, row_cells
 from edgetl.bench.plan import skipped_lines
 
 _TEXT = ("backend", "precision", "device", "model file", "flags", "row", "file")
@@ -105,7 +105,9 @@ def _terminal_caption(result: dict[str, Any], layout: str) -> list[str]:
         if any(r.get("flags") for r in result["rows"]):
             legend.append(f"{FLAGGED} = flagged, see below")
         lines.append("; ".join(filter(None, legend + ["every column: bench.md"])))
-    return lines + sorted({f"timed: {r['backend']}: {r['timed']}" for r in result["rows"] if r.get("timed")})
+    tests = drop_tests_line(result)
+    return lines + ([tests] if tests else []) + sorted({f"timed: {r['backend']}: {r['timed']}"
+                                                        for r in result["rows"] if r.get("timed")})
 
 
 def print_bench(result: Any, console=None) -> None:

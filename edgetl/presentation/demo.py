@@ -13,7 +13,8 @@ from edgetl.presentation.events import RichEvents
 def demo_events() -> RichEvents:
     """RichEvents that draw the demo's records."""
     return RichEvents(on_record={"section": print_section, "epoch": print_epoch, "transfer": print_transfer,
-                                 "bench_table": print_bench_result})
+                                 "quantize_table": print_quantize_result, "bench_table": print_bench_result,
+                                 "shift_table": print_shift_result})
 
 
 def print_section(data: dict[str, Any]) -> None:
@@ -38,3 +39,16 @@ def print_bench_result(result: dict[str, Any]) -> None:
     from edgetl.presentation.bench import print_bench
 
     print_bench(result)
+
+
+def print_quantize_result(data: dict[str, Any]) -> None:
+    from edgetl.presentation.quantize import render_quantize
+
+    render_quantize(data)
+
+
+def print_shift_result(data: dict[str, Any]) -> None:
+    from edgetl.presentation.shift import render_shift
+    from edgetl.shift.run import ShiftResult
+
+    render_shift(ShiftResult.model_validate(data))

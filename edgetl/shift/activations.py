@@ -1,0 +1,152 @@
+"""The one pass over an image set: each image is decoded once and run through the fp32 graph, with the
+penultimate features and every tensor the int8 graph quantizes added as outputs, and through the int8 graph.
+
+Coverage is read on the fp32 graph's tensors against the int8 graph's own scales: what the calibration chose is
+in the QuantizeLinear nodes (scale, zero point), so no calibration cache is needed and any int8 graph of the run
+is checked as it is deployed. A value counts as outside when it lies more than half a step beyond the int8
+grid's ends: the quantizer clips it (saturates) there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgetl.card import ModelCard
+from edgetl.data import ImageList, iter_batches
+from edgetl.errors import ModelError
+from edgetl.portable.runners import OrtRunner, RunnerError
+
+_GRID = {"int8": (-128, 127), "uint8": (0, 255)}
+
+
+@dataclass(frozen=True)
+class QuantRange:
+    """The float interval an activation tensor's int8 grid covers (half a step beyond both ends included)."""
+
+    tensor: str
+    lo: float
+    hi: float
+
+
+@dataclass
+class Pass:
+    """What one image set gave: per image, fp32 logits, features, the share of each quantized tensor's values
+    outside its range (columns in the order of the ranges), and int8 logits."""
+
+    labels: np.ndarray
+    logits: np.ndarray
+    features: np.ndarray
+    outside: np.ndarray  # (images, tensors); (images, 0) without an int8 graph
+    int8_logits: np.ndarray | None
+
+
+def _initializers(graph) -> dict:
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+
+
+def int8_ranges(int8_proto, fp32_proto) -> list[QuantRange]:
+    """The activation tensors the int8 graph quantizes (per-tensor QuantizeLinear on a non-constant input) that
+    the fp32 graph has too, and the float interval each one's int8 grid covers, in graph order; weights are
+    constants and never shift."""
+    consts = _initializers(int8_proto.graph)
+    known = {t for n in fp32_proto.graph.node for t in n.output} | {i.name for i in fp32_proto.graph.input}
+    ranges: dict[str, QuantRange] = {}
+    for node in int8_proto.graph.node:
+        if (node.op_type != "QuantizeLinear" or node.input[0] in consts or node.input[0] in ranges
+                or node.input[0] not in known):
+            continue
+        scale = consts.get(node.input[1])
+        zero = consts.get(node.input[2]) if len(node.input) > 2 else np.zeros((), np.uint8)
+        if scale is None or zero is None or scale.size != 1 or zero.dtype.name not in _GRID:
+            continue  # per-channel or computed scales: not an activation range calibration chose
+        qmin, qmax = _GRID[zero.dtype.name]
+        s, z = float(scale.reshape(())), float(zero.reshape(()))
+        ranges[node.input[0]] = QuantRange(node.input[0], (qmin - z - 0.5) * s, (qmax - z + 0.5) * s)
+    return list(ranges.values())
+
+
+def feature_tensor(proto) -> str:
+    """The classifier's input: the activation input of the graph's last Gemm or MatMul (the head)."""
+    consts = {t.name for t in proto.graph.initializer}
+    for node in reversed(proto.graph.node):  # ONNX graphs are stored in topological order
+        if node.op_type in ("Gemm", "MatMul"):
+            inputs = [t for t in node.input[:2] if t not in consts]
+            if inputs:
+                return inputs[0]
+    raise ModelError("the fp32 graph has no Gemm or MatMul head, so it has no penultimate features to compare",
+                     "edgetl shift needs a classifier whose last layer is linear (every timm classifier's is)")
+
+
+def probe_graph(fp32_path: Path, tensors: list[str]) -> bytes:
+    """The fp32 graph with `tensors` added as outputs after the logits (the graph's input is not an output: the
+    pass has it already)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    proto = onnx.load(str(fp32_path))
+    have = {o.name for o in proto.graph.output} | {i.name for i in proto.graph.input}
+    for name in tensors:
+        if name not in have:
+            proto.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+            have.add(name)
+    return proto.SerializeToString()
+
+
+def _session(model, threads: int | None, exact: bool, what: str) -> OrtRunner:
+    try:
+        return OrtRunner(model, "cpu", threads=threads, exact=exact)
+    except RunnerError as e:
+        raise ModelError(f"{what}: {e}", "re-run the command that wrote it (edgetl export / quantize)") from None
+
+
+def _run(runner: OrtRunner, x: np.ndarray, names: list[str] | None) -> list[np.ndarray]:
+    """The outputs named (all for None) of a batch; a fixed-batch graph gets the batch padded, then trimmed."""
+    n, size = len(x), runner.fixed_batch
+    if size and n != size:
+        x = np.concatenate([x, np.repeat(x[-1:], size - n, axis=0)]) if n < size else x
+        if n > size:
+            parts = [_run(runner, x[i:i + size], names) for i in range(0, n, size)]
+            return [np.concatenate(p) for p in zip(*parts)]
+    outputs = runner.session.run(names, {runner.input_name: x})
+    return [o[:n] for o in outputs]
+
+
+def _outside_shares(x: np.ndarray, outputs: dict[str, np.ndarray], ranges: list[QuantRange]) -> np.ndarray:
+    shares = np.zeros((len(x), len(ranges)), np.float64)
+    for j, r in enumerate(ranges):
+        a = (outputs[r.tensor] if r.tensor in outputs else x).reshape(len(x), -1)
+        shares[:, j] = ((a < r.lo) | (a > r.hi)).mean(1)
+    return shares
+
+
+def run_pass(fp32_path: Path, card: ModelCard, items: ImageList, *, int8_path: Path | None = None,
+             ranges: list[QuantRange] = (), batch_size: int = 16, threads: int | None = None,
+             exact_int8: bool = True, progress: Callable[[int, int], None] | None = None) -> Pass:
+    """One pass of `items` through the fp32 graph (features, and the `ranges`' tensors) and the int8 graph."""
+    import onnx
+
+    feature = feature_tensor(onnx.load(str(fp32_path), load_external_data=False))
+    tensors = [r.tensor for r in ranges]
+    probe = _session(probe_graph(fp32_path, [feature] + tensors), threads, False, str(fp32_path))
+    names = [o.name for o in probe.session.get_outputs()]
+    int8 = _session(str(int8_path), threads, exact_int8, str(int8_path)) if int8_path is not None else None
+    labels, logits, features, outside, int8_logits, done = [], [], [], [], [], 0
+    for x, y in iter_batches(items, card, batch_size):
+        out = dict(zip(names, _run(probe, x, None)))
+        labels.append(y)
+        logits.append(out[names[0]])
+        features.append(out[feature].reshape(len(x), -1))
+        outside.append(_outside_shares(x, out, list(ranges)))
+        if int8 is not None:
+            int8_logits.append(_run(int8, x, None)[0])
+        done += len(y)
+        if progress:
+            progress(done, len(items))
+    return Pass(labels=np.concatenate(labels), logits=np.concatenate(logits), features=np.concatenate(features),
+                outside=np.concatenate(outside), int8_logits=np.concatenate(int8_logits) if int8 else None)
