@@ -144,3 +144,19 @@ def test_qat_without_the_extra_or_for_fp16_is_one_line(tmp_path, monkeypatch, ca
     for bad in (["--qat-epochs", "0"], ["--qat-lr", "0"], ["--qat-batch-size", "0"]):
         code, err = _cli(capsys, str(tmp_path), "--qat", *bad)
         assert code != 0 and f"setting '{bad[0][2:].replace('-', '_')}'" in err, err
+
+
+def test_shift_checks_the_qat_graph_and_says_where_its_activations_come_from(qat_run, digits):
+    """`edgetl shift` reads the QAT graph's ranges against model.onnx's activations (the same tensor names: one
+    exporter) and says that they are the fp32 weights', not the QAT weights'."""
+    from conftest import Recorder
+    from edgetl.shift import ShiftSettings
+    from edgetl.shift.run import shift
+
+    run, _ = qat_run
+    said = Recorder()
+    result = shift(run, ShiftSettings(data=str(Path(digits["source"]) / "val"), permutations=200), said)
+    c = result.coverage
+    assert c.model_file == "model.int8.onnx" and len(c.tensors) >= 10
+    assert any("quantization-aware training" in w for w in said.warnings), said.warnings
+    assert result.features.verdict == "looks like training"  # the run's own val images

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,9 +52,13 @@ def library_version() -> str:
 
 @contextlib.contextmanager
 def quiet_logging():
+    """ModelOpt's notes (a CUDA_HOME log line, "Cannot find transformers package", torch.jit deprecation warnings
+    from its import) say nothing about edgetl's use of it: kept off the user's terminal, around ModelOpt only."""
     logging.disable(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
         logging.disable(logging.NOTSET)
 

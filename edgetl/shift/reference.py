@@ -37,21 +37,27 @@ class Reference:
     calib_outside: np.ndarray | None = None  # (images, tensors) on the int8 graph's own calibration images
 
 
+def int8_entry(run: RunDir, int8_path: Path):
+    """The quant_report.json entry of an int8 graph of the run (None without one)."""
+    from edgetl.quantize.report import read_report
+
+    return next((e for e in read_report(run.path).entries.values()
+                 if getattr(e, "model_file", None) == int8_path.name), None)
+
+
 def calibration_images(run: RunDir, card: ModelCard, int8_path: Path | None) -> ImageList | None:
     """The images the int8 graph was calibrated on, checked against the hash quant_report.json holds for that
     graph: those RUN/settings/quantize.yaml names if the last quantize was an int8 one, else the default (a
     sample of the train split). None when neither matches (the folder moved or changed): coverage is then read
     against val."""
     from edgetl.calibration.sampling import calibration_items, items_hash
-    from edgetl.quantize.report import read_report
     from edgetl.quantize.settings import QuantizeSettings
     from edgetl.stage import load_settings
 
     if int8_path is None:
         return None
     try:
-        entry = next((e for e in read_report(run.path).entries.values()
-                      if getattr(e, "model_file", None) == int8_path.name), None)
+        entry = int8_entry(run, int8_path)
         if entry is None or not getattr(entry, "calib_hash", None):
             return None
         tried = [(None, 0)]  # quantize's default calibration

@@ -18,7 +18,7 @@ from edgetl.metrics import PairedDrop, paired_drop
 from edgetl.portable.forms import INT8, S8S8, U8S8, graph_mismatch
 from edgetl.rundir import RunDir
 from edgetl.shift.activations import Pass, int8_ranges, run_pass
-from edgetl.shift.reference import Reference, reference
+from edgetl.shift.reference import Reference, int8_entry, reference
 from edgetl.shift.scores import (above_share, accuracy_difference, mahalanobis, mmd_test, spread, tensor_outside,
                                  uncovered)
 from edgetl.shift.settings import ShiftSettings
@@ -158,6 +158,10 @@ def shift(run_path: str | os.PathLike, cfg: ShiftSettings, events: Events = SILE
         if why:
             raise FormMismatch(f"{int8_path.name}: {why}", f"re-run `edgetl quantize {run.path}`")
         ModelCard.from_onnx(int8_path)  # readable, and the bytes quantize recorded
+        entry = int8_entry(run, int8_path)
+        if entry is not None and entry.qat is not None and entry.qat.kept:
+            events.warning(f"{int8_path.name} comes from quantization-aware training: its ranges are checked "
+                           f"against {run.onnx.name}'s activations, close to but not those of the QAT weights")
         ranges = int8_ranges(onnx.load(str(int8_path)), onnx.load(str(run.onnx), load_external_data=False))
     ref = reference(run, card, int8_path, ranges, cfg, events)
     events.status(f"checking {len(items)} images of {cfg.data}")
