@@ -23,7 +23,10 @@ from test_qdq_placement import Graph
 
 MOBILE = "mobilenetv3_small_050"  # the run test_export trains too (cached per session)
 UNREACHABLE = -50.0
-SETTINGS = dict(max_drop=UNREACHABLE, qat=True, qat_epochs=1, calib_size=64, batch_size=16, threads=2)
+# 2 epochs at 3e-4: the 5-epoch digits run is undertrained (about 65% top-1), and with 1 epoch at 1e-4 QAT's
+# int8 top-1 landed a few images either side of PTQ's depending on torch's thread count; here it lands 10-16
+# points above PTQ's with 1 or 2 threads (much of it the extra training: see the report's float_top1)
+SETTINGS = dict(max_drop=UNREACHABLE, qat=True, qat_epochs=2, qat_lr=3e-4, calib_size=64, batch_size=16, threads=2)
 
 
 def _exported(train_run, folder: Path) -> Path:
@@ -49,11 +52,11 @@ def test_qat_scores_at_least_ptq_and_writes_a_checked_tensorrt_graph(qat_run):
     run, result = qat_run
     e = result.entries["int8/tensorrt"]
     q = e.qat
-    assert q is not None and q.epochs == 1 and q.library.startswith("nvidia-modelopt ")
+    assert q is not None and q.epochs == 2 and q.library.startswith("nvidia-modelopt ")
     assert q.top1 >= q.ptq_top1 and q.kept, (q.ptq_top1, q.top1)
     assert e.top1 == q.top1 and e.drop == q.drop and e.over_budget  # the entry describes the written (QAT) graph
     assert q.ptq_model_sha256 != e.model_sha256 and e.excluded  # PTQ's float layers stay float in the QAT graph
-    assert q.train_images > 0 and q.minutes > 0 and len(q.train_log) == 1 and q.paired.n == e.eval_n
+    assert q.train_images > 0 and q.minutes > 0 and len(q.train_log) == 2 and q.paired.n == e.eval_n
     assert 0 < q.float_top1 <= 1
     path = run / "model.int8.onnx"
     from edgetl.io import sha256_file
@@ -98,7 +101,7 @@ def test_the_quantize_table_shows_ptq_and_qat_side_by_side(qat_run):
     _, result = qat_run
     notes = quant_notes(result.model_dump(mode="json")["entries"])
     line = next(n for n in notes if n.startswith("model.int8.onnx: PTQ top-1"))
-    assert "vs QAT" in line and "after 1 epoch(s)" in line and "holds the QAT graph" in line
+    assert "vs QAT" in line and "after 2 epoch(s)" in line and "holds the QAT graph" in line
 
 
 class _InterruptQat(Events):
