@@ -34,6 +34,11 @@ def top1(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((np.asarray(logits).argmax(axis=1) == np.asarray(labels)).mean())
 
 
+def top1_agreement(logits: np.ndarray, reference_logits: np.ndarray) -> float:
+    """Share of images whose top-1 class is the same under both models."""
+    return float((np.asarray(logits).argmax(1) == np.asarray(reference_logits).argmax(1)).mean())
+
+
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """top1, top5 (5+ classes), macro_f1, auc_roc (one-vs-rest macro), per-class accuracy, confusion."""
     from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score, top_k_accuracy_score
@@ -115,6 +120,13 @@ def paired_drop(reference_logits: np.ndarray, model_logits: np.ndarray, labels: 
                  for i, name in enumerate(classes) if (mask := labels == i).any()}
     return PairedDrop(n=int(len(labels)), only_reference_right=b, only_model_right=c, p_value=p,
                       significant=p < SIGNIFICANCE, per_class=per_class)
+
+
+def drop_verdict(significant: bool, only_reference_right: int, only_model_right: int) -> str:
+    """A paired comparison in words: a real drop, a real gain, or neither on these images."""
+    if not significant:
+        return "not distinguishable from 0"
+    return "a real drop" if only_reference_right > only_model_right else "a real gain"
 
 
 def mcnemar(reference_right: np.ndarray, model_right: np.ndarray) -> tuple[int, int, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgetl.bench.plan import skipped_lines
+from edgetl.metrics import drop_verdict
 
 COLUMNS = ("backend", "precision", "batch", "device", "model file", "mean ms", "p50 ms", "p90 ms", "p99 ms",
            "img/s", "speed-up", "top-1", "drop (pts)", "flags")
@@ -46,8 +47,7 @@ def drop_tests_line(result: dict[str, Any]) -> str | None:
     for label, t in tests.items():
         if t["only_reference_right"] == t["only_model_right"] == 0:
             continue  # the same images right: nothing to test
-        verdict = "a real drop" if t["significant"] and t["only_reference_right"] > t["only_model_right"] else \
-            "not distinguishable from 0"
+        verdict = drop_verdict(t["significant"], t["only_reference_right"], t["only_model_right"])
         said.append(f"{label} p={t['p_value']:.2g} ({t['only_reference_right']} images only the reference got "
                     f"right, {t['only_model_right']} only this one: {verdict})")
     return ("drop, image by image against the reference (McNemar): " + "; ".join(said)) if said else None

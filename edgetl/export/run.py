@@ -26,7 +26,7 @@ from torch import nn
 from edgetl.card import ModelCard
 from edgetl.errors import ExportError, RunDirError, first_line
 from edgetl.export.settings import ExportSettings
-from edgetl.metrics import top1
+from edgetl.metrics import top1, top1_agreement
 from edgetl.models import load_trained
 from edgetl.portable.forms import FP32_FORM
 from edgetl.rundir import RunDir
@@ -376,7 +376,7 @@ def _parity(path: Path, x: np.ndarray, reference: np.ndarray, labels: np.ndarray
     # |logit| once that exceeds 1 (below 1 it is the plain absolute difference).
     scale = np.maximum(1.0, np.abs(ref.astype(np.float64)).max(axis=1, keepdims=True))
     max_scaled = float((diff / scale).max()) if finite else float("inf")
-    agreement = float(np.mean(got.argmax(1) == ref.argmax(1)))
+    agreement = top1_agreement(got, ref)
     n = len(reference)
     return {
         "n_images": n,

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from edgetl.metrics import drop_verdict
 from edgetl.presentation.console import console as default_console
 
 
@@ -79,8 +80,7 @@ def paired_notes(paired: dict | None, drop: float | None) -> list[str]:
     if not paired or drop is None:
         return []
     b, c = paired["only_reference_right"], paired["only_model_right"]
-    verdict = "a real drop" if paired["significant"] and drop > 0 else (
-        "a real gain" if paired["significant"] else "not distinguishable from 0")
+    verdict = drop_verdict(paired["significant"], b, c)
     lines = [f"drop {drop:+.2f} pt on {paired['n']} images: {b} right only in fp32, {c} only here, McNemar "
              f"p={paired['p_value']:.2g} ({verdict})"]
     losses = sorted(((k, (v["reference"] - v["model"]) * 100, v["n"]) for k, v in paired["per_class"].items()),

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgetl.card import ModelCard
 from edgetl.errors import ModelError, QuantizeError
-from edgetl.metrics import PairedDrop, paired_drop, top1 as top1_of
+from edgetl.metrics import PairedDrop, paired_drop, top1 as top1_of, top1_agreement
 from edgetl.portable.forms import S8S8, U8S8
 from edgetl.quantize.graph import FloatModel
 from edgetl.rundir import RunDir
@@ -81,7 +81,7 @@ class Scorer:
 
     def agreement(self, logits: np.ndarray) -> float:
         """Share of images whose top-1 class is the fp32 model's."""
-        return float((logits.argmax(1) == self.fp32_logits.argmax(1)).mean())
+        return top1_agreement(logits, self.fp32_logits)
 
     def paired(self, logits: np.ndarray) -> PairedDrop:
         """The drop from fp32 image by image: its significance (McNemar) and per class."""
