@@ -94,17 +94,18 @@ def scan_folder(root: str | os.PathLike, classes: list[str] | None = None,
     items = ImageList(list(classes))
     index = {c: i for i, c in enumerate(classes)}
     for name in found:
-        files = sorted(
-            os.path.join(dirpath, f)
-            for dirpath, _, filenames in os.walk(root / name)
-            for f in filenames
-            if is_image_file(f)
-        )
+        files = image_files(root / name)
         if not files:
             raise DataError(f"{root / name}: class folder has no images", "add images or remove the folder")
         items.paths += files
         items.labels += [index[name]] * len(files)
     return items
+
+
+def image_files(folder: str | os.PathLike) -> list[str]:
+    """Every file with an image extension under `folder`, sub-folders included, sorted."""
+    return sorted(os.path.join(dirpath, f) for dirpath, _, filenames in os.walk(folder) for f in filenames
+                  if is_image_file(f))
 
 
 def load_splits(data: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> tuple[ImageList, ImageList]:

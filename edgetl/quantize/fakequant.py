@@ -21,12 +21,12 @@ Q/DQ pair) as the next convolution's input, which is trained.
 from __future__ import annotations
 
 import contextlib
-import logging
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 from edgetl.errors import QuantizeError, first_line
+from edgetl.quantize.graph import quiet_logging
 from edgetl.quantize.placement import tensorrt_placement
 
 INSTALL_HINT = 'pip install -e ".[qat]"'
@@ -36,7 +36,7 @@ QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")  # graph nodes a module's input and w
 def modelopt_quantization() -> Any:
     """modelopt.torch.quantization, or one QuantizeError line that says how to install it."""
     try:
-        with quiet_logging():  # on a CPU-only machine torch's extension loader logs a CUDA_HOME line at import
+        with quiet_modelopt():  # on a CPU-only machine torch's extension loader logs a CUDA_HOME line at import
             import modelopt.torch.quantization as mtq
     except ImportError as e:
         raise QuantizeError(f"qat needs NVIDIA ModelOpt (nvidia-modelopt), which cannot be imported "
@@ -51,16 +51,12 @@ def library_version() -> str:
 
 
 @contextlib.contextmanager
-def quiet_logging():
+def quiet_modelopt():
     """ModelOpt's notes (a CUDA_HOME log line, "Cannot find transformers package", torch.jit deprecation warnings
     from its import) say nothing about edgetl's use of it: kept off the user's terminal, around ModelOpt only."""
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(logging.NOTSET)
+    with quiet_logging(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def module_name(node_name: str, modules: dict[str, Any]) -> str | None:
@@ -131,7 +127,7 @@ def add_fake_quant(model, places: Places, input_ranges: dict[str, tuple[float, f
     for name in places.modules:
         quant_cfg += [{"quantizer_name": f"{name}.weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}},
                       {"quantizer_name": f"{name}.input_quantizer", "cfg": {"num_bits": 8, "axis": None}}]
-    with quiet_logging(), torch.no_grad(), contextlib.redirect_stdout(None):  # it prints a line per conversion
+    with quiet_modelopt(), torch.no_grad(), contextlib.redirect_stdout(None):  # it prints a line per conversion
         mtq.quantize(model, {"quant_cfg": quant_cfg, "algorithm": "max"}, lambda m: m(calib_batch))
     for name in places.modules:
         module = model.get_submodule(name)

@@ -174,7 +174,7 @@ def qdq(base, calib, target: str, exclude: list[str], weights: str | None = None
                                  activation_qType=s["activation_type"], tensors_range=ranges,
                                  nodes_to_quantize=nodes_to_quantize, nodes_to_exclude=list(exclude),
                                  op_types_to_quantize=op_types, extra_options=s["extra_options"])
-        with _quiet_logging():  # uint8 weights: ONNX Runtime logs each int32 bias it clips (the score shows it)
+        with quiet_logging():  # uint8 weights: ONNX Runtime logs each int32 bias it clips (the score shows it)
             quantizer.quantize_model()
     except Exception as e:
         raise QuantizeError(f"onnxruntime's quantizer failed on this graph ({first_line(e)})") from None
@@ -191,7 +191,7 @@ def qdq(base, calib, target: str, exclude: list[str], weights: str | None = None
 
 
 @contextlib.contextmanager
-def _quiet_logging():
+def quiet_logging():
     logging.disable(logging.WARNING)
     try:
         yield

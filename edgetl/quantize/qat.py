@@ -157,10 +157,7 @@ def _export(model, card: ModelCard, torch_card: ModelCard, source: FloatModel, s
 
 
 def _opset(source: FloatModel) -> int:
-    import onnx
-
-    proto = onnx.load(str(source.path), load_external_data=False)
-    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    return next(o.version for o in source.proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _nodes_by_module(base, model) -> dict[str, str]:
