@@ -9,15 +9,17 @@ grid's ends: the quantizer clips it (saturates) there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from edgetl.card import ModelCard
 from edgetl.data import ImageList, iter_batches
 from edgetl.errors import ModelError
+from edgetl.portable.forms import Form
+from edgetl.portable.rows import pad_batch
 from edgetl.portable.runners import OrtRunner, RunnerError
 
 _GRID = {"int8": (-128, 127), "uint8": (0, 255)}
@@ -83,19 +85,36 @@ def feature_tensor(proto) -> str:
                      "edgetl shift needs a classifier whose last layer is linear (every timm classifier's is)")
 
 
-def probe_graph(fp32_path: Path, tensors: list[str]) -> bytes:
+def probe_graph(fp32_proto, tensors: list[str]) -> bytes:
     """The fp32 graph with `tensors` added as outputs after the logits (the graph's input is not an output: the
     pass has it already)."""
-    import onnx
-    from onnx import TensorProto, helper
+    from onnx import ModelProto, TensorProto, helper
 
-    proto = onnx.load(str(fp32_path))
+    proto = ModelProto()
+    proto.CopyFrom(fp32_proto)
     have = {o.name for o in proto.graph.output} | {i.name for i in proto.graph.input}
     for name in tensors:
         if name not in have:
             proto.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
             have.add(name)
     return proto.SerializeToString()
+
+
+@dataclass
+class Graphs:
+    """The run's graphs a pass runs, each read once: model.onnx (with its weights) and its feature tensor, and
+    the int8 graph, the ranges it quantizes and whether its form is scored exactly."""
+
+    fp32_path: Path
+    fp32: Any
+    feature: str
+    int8_form: Form | None = None  # its file lies beside model.onnx
+    ranges: list[QuantRange] = field(default_factory=list)
+    exact_int8: bool = True
+
+    @property
+    def int8_path(self) -> Path | None:
+        return self.fp32_path.parent / self.int8_form.file if self.int8_form is not None else None
 
 
 def _session(model, threads: int | None, exact: bool, what: str) -> OrtRunner:
@@ -105,16 +124,14 @@ def _session(model, threads: int | None, exact: bool, what: str) -> OrtRunner:
         raise ModelError(f"{what}: {e}", "re-run the command that wrote it (edgetl export / quantize)") from None
 
 
-def _run(runner: OrtRunner, x: np.ndarray, names: list[str] | None) -> list[np.ndarray]:
-    """The outputs named (all for None) of a batch; a fixed-batch graph gets the batch padded, then trimmed."""
-    n, size = len(x), runner.fixed_batch
-    if size and n != size:
-        x = np.concatenate([x, np.repeat(x[-1:], size - n, axis=0)]) if n < size else x
-        if n > size:
-            parts = [_run(runner, x[i:i + size], names) for i in range(0, n, size)]
-            return [np.concatenate(p) for p in zip(*parts)]
-    outputs = runner.session.run(names, {runner.input_name: x})
-    return [o[:n] for o in outputs]
+def _run(runner: OrtRunner, x: np.ndarray) -> list[np.ndarray]:
+    """Every output for a batch; a fixed-batch graph runs it in chunks of its batch, the last one padded."""
+    step = runner.fixed_batch or len(x)
+    parts = []
+    for start in range(0, len(x), step):
+        xb, n = pad_batch(x[start:start + step], step)
+        parts.append([o[:n] for o in runner.session.run(None, {runner.input_name: xb})])
+    return [np.concatenate(p) for p in zip(*parts)]
 
 
 def _outside_shares(x: np.ndarray, outputs: dict[str, np.ndarray], ranges: list[QuantRange]) -> np.ndarray:
@@ -125,28 +142,29 @@ def _outside_shares(x: np.ndarray, outputs: dict[str, np.ndarray], ranges: list[
     return shares
 
 
-def run_pass(fp32_path: Path, card: ModelCard, items: ImageList, *, int8_path: Path | None = None,
-             ranges: list[QuantRange] = (), batch_size: int = 16, threads: int | None = None,
-             exact_int8: bool = True, progress: Callable[[int, int], None] | None = None) -> Pass:
-    """One pass of `items` through the fp32 graph (features, and the `ranges`' tensors) and the int8 graph."""
-    import onnx
-
-    feature = feature_tensor(onnx.load(str(fp32_path), load_external_data=False))
-    tensors = [r.tensor for r in ranges]
-    probe = _session(probe_graph(fp32_path, [feature] + tensors), threads, False, str(fp32_path))
+def run_pass(graphs: Graphs, card: ModelCard, items: ImageList, *, coverage: bool = True, int8: bool = True,
+             batch_size: int = 16, threads: int | None = None,
+             progress: Callable[[int, int], None] | None = None) -> Pass:
+    """One pass of `items` through the fp32 graph (features and, with `coverage`, the int8 ranges' tensors) and,
+    with `int8`, through the int8 graph."""
+    ranges = graphs.ranges if coverage else []
+    what = str(graphs.fp32_path)
+    probe = _session(probe_graph(graphs.fp32, [graphs.feature] + [r.tensor for r in ranges]), threads, False, what)
     names = [o.name for o in probe.session.get_outputs()]
-    int8 = _session(str(int8_path), threads, exact_int8, str(int8_path)) if int8_path is not None else None
+    quantized = None
+    if int8 and graphs.int8_path is not None:
+        quantized = _session(str(graphs.int8_path), threads, graphs.exact_int8, str(graphs.int8_path))
     labels, logits, features, outside, int8_logits, done = [], [], [], [], [], 0
     for x, y in iter_batches(items, card, batch_size):
-        out = dict(zip(names, _run(probe, x, None)))
+        out = dict(zip(names, _run(probe, x)))
         labels.append(y)
         logits.append(out[names[0]])
-        features.append(out[feature].reshape(len(x), -1))
-        outside.append(_outside_shares(x, out, list(ranges)))
-        if int8 is not None:
-            int8_logits.append(_run(int8, x, None)[0])
+        features.append(out[graphs.feature].reshape(len(x), -1))
+        outside.append(_outside_shares(x, out, ranges))
+        if quantized is not None:
+            int8_logits.append(_run(quantized, x)[0])
         done += len(y)
         if progress:
             progress(done, len(items))
     return Pass(labels=np.concatenate(labels), logits=np.concatenate(logits), features=np.concatenate(features),
-                outside=np.concatenate(outside), int8_logits=np.concatenate(int8_logits) if int8 else None)
+                outside=np.concatenate(outside), int8_logits=np.concatenate(int8_logits) if quantized else None)

@@ -13,14 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.card import ModelCard
-from edgetl.data import read_splits
-from edgetl.data import ImageList
+from edgetl.data import ImageList, read_splits
 from edgetl.errors import EdgetlError, RunDirError
-from edgetl.portable.forms import INT8
+from edgetl.integrity import file_sha256
 from edgetl.io import atomic_path
-from edgetl.portable.hashing import sha256_file
+from edgetl.portable.forms import INT8, Form
 from edgetl.rundir import RunDir
-from edgetl.shift.activations import Pass, QuantRange, run_pass
+from edgetl.shift.activations import Graphs, Pass, run_pass
 from edgetl.shift.scores import Gaussian, fit_gaussian, mahalanobis
 from edgetl.shift.settings import ShiftSettings
 from edgetl.stage import Events
@@ -37,15 +36,14 @@ class Reference:
     calib_outside: np.ndarray | None = None  # (images, tensors) on the int8 graph's own calibration images
 
 
-def int8_entry(run: RunDir, int8_path: Path):
-    """The quant_report.json entry of an int8 graph of the run (None without one)."""
+def int8_entry(run: RunDir, form: Form):
+    """The quant_report.json entry of the run's int8 graph of `form` (None without one)."""
     from edgetl.quantize.report import read_report
 
-    return next((e for e in read_report(run.path).entries.values()
-                 if getattr(e, "model_file", None) == int8_path.name), None)
+    return read_report(run.path).entries.get(form.report_key)
 
 
-def calibration_images(run: RunDir, card: ModelCard, int8_path: Path | None) -> ImageList | None:
+def calibration_images(run: RunDir, card: ModelCard, form: Form) -> ImageList | None:
     """The images the int8 graph was calibrated on, checked against the hash quant_report.json holds for that
     graph: those RUN/settings/quantize.yaml names if the last quantize was an int8 one, else the default (a
     sample of the train split). None when neither matches (the folder moved or changed): coverage is then read
@@ -54,10 +52,8 @@ def calibration_images(run: RunDir, card: ModelCard, int8_path: Path | None) -> 
     from edgetl.quantize.settings import QuantizeSettings
     from edgetl.stage import load_settings
 
-    if int8_path is None:
-        return None
     try:
-        entry = int8_entry(run, int8_path)
+        entry = int8_entry(run, form)
         if entry is None or not getattr(entry, "calib_hash", None):
             return None
         tried = [(None, 0)]  # quantize's default calibration
@@ -74,11 +70,13 @@ def calibration_images(run: RunDir, card: ModelCard, int8_path: Path | None) -> 
     return None
 
 
-def _key(run: RunDir, int8_path: Path | None, ranges: list[QuantRange], cfg: ShiftSettings) -> str:
+def _key(run: RunDir, graphs: Graphs, cfg: ShiftSettings) -> str:
     quantize = run.settings_file("quantize")  # which images calibrated the int8 graph
-    return json.dumps({"format": CACHE_FORMAT, "fp32": sha256_file(run.onnx), "splits": sha256_file(run.splits),
+    int8 = graphs.int8_path
+    # file_sha256: cached, and both graphs were just hashed when their cards were checked against the reports
+    return json.dumps({"format": CACHE_FORMAT, "fp32": file_sha256(run.onnx), "splits": file_sha256(run.splits),
                        "quantize": quantize.read_text() if quantize.is_file() else None,
-                       "int8": sha256_file(int8_path) if int8_path else None, "tensors": [r.tensor for r in ranges],
+                       "int8": file_sha256(int8) if int8 else None, "tensors": [r.tensor for r in graphs.ranges],
                        "reference_images": cfg.reference_images}, sort_keys=True)
 
 
@@ -110,12 +108,11 @@ def _save(path: Path, key: str, ref: Reference) -> None:
                      calib_outside=ref.calib_outside if ref.calib_outside is not None else np.zeros((0,)))
 
 
-def reference(run: RunDir, card: ModelCard, int8_path: Path | None, ranges: list[QuantRange], cfg: ShiftSettings,
-              events: Events) -> Reference:
+def reference(run: RunDir, card: ModelCard, graphs: Graphs, cfg: ShiftSettings, events: Events) -> Reference:
     """The run's reference statistics, from the cache when it matches, else computed and cached."""
     run.require(run.splits, hint="edgetl shift compares with the run's own train and val splits (edgetl finetune)")
     path = run.shift_reference
-    key = _key(run, int8_path, ranges, cfg)
+    key = _key(run, graphs, cfg)
     cached = _load(path, key)
     if cached is not None:
         events.message(f"training-side statistics from {path.name}")
@@ -123,16 +120,15 @@ def reference(run: RunDir, card: ModelCard, int8_path: Path | None, ranges: list
     train, val_items = read_splits(run.splits)
     train = train.spread(cfg.reference_images)
     events.status(f"fitting class means and covariance on {len(train)} train images")
-    fitted = run_pass(run.onnx, card, train, batch_size=cfg.batch_size, threads=cfg.threads,
-                      progress=lambda d, t: events.progress("train split", d, t))
+    common = dict(batch_size=cfg.batch_size, threads=cfg.threads)
+    fitted = run_pass(graphs, card, train, coverage=False, int8=False,
+                      progress=lambda d, t: events.progress("train split", d, t), **common)
     g = fit_gaussian(fitted.features, fitted.labels, card.num_classes)
-    val = run_pass(run.onnx, card, val_items, int8_path=int8_path, ranges=ranges, batch_size=cfg.batch_size,
-                   threads=cfg.threads, progress=lambda d, t: events.progress("val split", d, t))
+    val = run_pass(graphs, card, val_items, progress=lambda d, t: events.progress("val split", d, t), **common)
     ref = Reference(gaussian=g, val=val, val_scores=mahalanobis(val.features, g), train_images=len(train))
-    calib = calibration_images(run, card, int8_path) if ranges else None
+    calib = calibration_images(run, card, graphs.int8_form) if graphs.ranges else None
     if calib is not None:
-        ref.calib_outside = run_pass(run.onnx, card, calib, ranges=ranges, batch_size=cfg.batch_size,
-                                     threads=cfg.threads,
+        ref.calib_outside = run_pass(graphs, card, calib, int8=False, **common,
                                      progress=lambda d, t: events.progress("calibration images", d, t)).outside
     try:
         _save(path, key, ref)

@@ -12,12 +12,14 @@ import numpy as np
 
 from edgetl.card import ModelCard
 from edgetl.data import ImageList, scan_folder
+from edgetl.data.folder import image_files
 from edgetl.data.images import is_image_file
 from edgetl.errors import DataError, FormMismatch
-from edgetl.metrics import PairedDrop, paired_drop
+from edgetl.metrics import PairedDrop, paired_drop, top1_agreement
 from edgetl.portable.forms import INT8, S8S8, U8S8, graph_mismatch
+from edgetl.quantize.scoring import SCORING_OF_FORM
 from edgetl.rundir import RunDir
-from edgetl.shift.activations import Pass, int8_ranges, run_pass
+from edgetl.shift.activations import Graphs, Pass, feature_tensor, int8_ranges, run_pass
 from edgetl.shift.reference import Reference, int8_entry, reference
 from edgetl.shift.scores import (above_share, accuracy_difference, mahalanobis, mmd_test, spread, tensor_outside,
                                  uncovered)
@@ -122,26 +124,40 @@ def new_images(data: str | os.PathLike, classes: list[str]) -> tuple[ImageList, 
     loose = [f for f in root.iterdir() if f.is_file() and is_image_file(f.name)]
     if folders and not loose and set(folders) <= set(classes):
         return scan_folder(root, classes=classes), True
-    paths = sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files if is_image_file(f))
+    paths = image_files(root)
     if not paths:
         raise DataError(f"{root}: holds no images", "give a folder of images (.jpg, .png, ...)")
     return ImageList(list(classes), paths, [-1] * len(paths)), False
 
 
-def _int8_graph(run: RunDir) -> Path | None:
-    """The int8 graph coverage is read against: the TensorRT form, else the CPU form; None without either."""
-    for form in (S8S8, U8S8):
-        path = run.path / form.file
-        if path.is_file():
-            return path
-    return None
+def _graphs(run: RunDir, events: Events) -> Graphs:
+    """model.onnx, and the int8 graph coverage is read against: the TensorRT form, else the CPU form (checked:
+    its form, readable, the bytes quantize recorded), with the ranges it quantizes."""
+    import onnx
+
+    fp32 = onnx.load(str(run.onnx))
+    graphs = Graphs(fp32_path=run.onnx, fp32=fp32, feature=feature_tensor(fp32))
+    form = next((f for f in (S8S8, U8S8) if (run.path / f.file).is_file()), None)
+    if form is None:
+        events.message(f"no int8 graph in {run.path}: int8 coverage not checked (`edgetl quantize {run.path}`)")
+        return graphs
+    path = run.path / form.file
+    why = graph_mismatch(path, INT8, form.target)
+    if why:
+        raise FormMismatch(f"{path.name}: {why}", f"re-run `edgetl quantize {run.path}`")
+    ModelCard.from_onnx(path)
+    entry = int8_entry(run, form)
+    if entry is not None and entry.qat is not None and entry.qat.kept:
+        events.warning(f"{path.name} comes from quantization-aware training: its ranges are checked "
+                       f"against {run.onnx.name}'s activations, close to but not those of the QAT weights")
+    graphs.int8_form, graphs.exact_int8 = form, SCORING_OF_FORM[form.name] == "exact"
+    graphs.ranges = int8_ranges(onnx.load(str(path)), fp32)
+    return graphs
 
 
 def shift(run_path: str | os.PathLike, cfg: ShiftSettings, events: Events = SILENT) -> ShiftResult:
     """Check `cfg.data` against the run's training side; write RUN/shift.json and RUN/shift.png and record `cfg`
     in RUN/settings/shift.yaml."""
-    import onnx
-
     run = RunDir(run_path)
     run.require(run.onnx, hint="run `edgetl export` first")
     card = ModelCard.from_onnx(run.onnx)
@@ -149,28 +165,14 @@ def shift(run_path: str | os.PathLike, cfg: ShiftSettings, events: Events = SILE
     if not labelled:
         events.message(f"{cfg.data}: read as unlabelled (labelled means DIR/<class>/* with the model's classes: "
                        f"{', '.join(card.class_names[:10])}{', ...' if card.num_classes > 10 else ''})")
-    int8_path = _int8_graph(run)
-    if int8_path is None:
-        events.message(f"no int8 graph in {run.path}: int8 coverage not checked (`edgetl quantize {run.path}`)")
-    ranges = []
-    if int8_path is not None:
-        why = graph_mismatch(int8_path, INT8, S8S8.target if int8_path.name == S8S8.file else U8S8.target)
-        if why:
-            raise FormMismatch(f"{int8_path.name}: {why}", f"re-run `edgetl quantize {run.path}`")
-        ModelCard.from_onnx(int8_path)  # readable, and the bytes quantize recorded
-        entry = int8_entry(run, int8_path)
-        if entry is not None and entry.qat is not None and entry.qat.kept:
-            events.warning(f"{int8_path.name} comes from quantization-aware training: its ranges are checked "
-                           f"against {run.onnx.name}'s activations, close to but not those of the QAT weights")
-        ranges = int8_ranges(onnx.load(str(int8_path)), onnx.load(str(run.onnx), load_external_data=False))
-    ref = reference(run, card, int8_path, ranges, cfg, events)
+    graphs = _graphs(run, events)
+    ref = reference(run, card, graphs, cfg, events)
     events.status(f"checking {len(items)} images of {cfg.data}")
-    new = run_pass(run.onnx, card, items, int8_path=int8_path, ranges=ranges, batch_size=cfg.batch_size,
-                   threads=cfg.threads, exact_int8=int8_path is not None and int8_path.name == S8S8.file,
+    new = run_pass(graphs, card, items, batch_size=cfg.batch_size, threads=cfg.threads,
                    progress=lambda d, t: events.progress("new images", d, t))
     scores = mahalanobis(new.features, ref.gaussian)
     features = _feature_shift(new, scores, ref, cfg)
-    coverage = _coverage(run, int8_path, ranges, new, ref, cfg, labelled) if int8_path is not None else None
+    coverage = _coverage(run, graphs, new, ref, cfg, labelled) if graphs.int8_form is not None else None
     accuracy = _accuracy(new, ref, list(card.class_names)) if labelled else None
     result = ShiftResult(
         data=str(cfg.data), labelled=labelled, images=len(items), val_images=len(ref.val.labels),
@@ -203,11 +205,12 @@ def _feature_shift(new: Pass, scores: np.ndarray, ref: Reference, cfg: ShiftSett
 
 
 def _agreement(p: Pass) -> float:
-    return float((p.int8_logits.argmax(1) == p.logits.argmax(1)).mean())
+    return top1_agreement(p.int8_logits, p.logits)
 
 
-def _coverage(run: RunDir, int8_path: Path, ranges, new: Pass, ref: Reference, cfg: ShiftSettings,
+def _coverage(run: RunDir, graphs: Graphs, new: Pass, ref: Reference, cfg: ShiftSettings,
               labelled: bool) -> Coverage:
+    ranges = graphs.ranges
     new_share, val_share = tensor_outside(new.outside), tensor_outside(ref.val.outside)
     # measured against what the calibration images themselves overflow when they can be rebuilt, else val's
     base = tensor_outside(ref.calib_outside) if ref.calib_outside is not None else val_share
@@ -224,7 +227,7 @@ def _coverage(run: RunDir, int8_path: Path, ranges, new: Pass, ref: Reference, c
     verdict = NOT_COVERED if bad.any() else COVERED
     if val_bad.any():
         verdict += f"; the val split overflows {int(val_bad.sum())} range(s) too: the calibration images are narrower than the data"
-    return Coverage(model_file=int8_path.name, reference="calibration images" if ref.calib_outside is not None
+    return Coverage(model_file=graphs.int8_form.file, reference="calibration images" if ref.calib_outside is not None
                     else "val split", tensors=tensors, uncovered=int(bad.sum()), val_uncovered=int(val_bad.sum()),
                     int8_agreement=_agreement(new), val_int8_agreement=_agreement(ref.val), verdict=verdict,
                     command=command)
